@@ -1,0 +1,275 @@
+//! Byte-level framing: `0x00 COBS(payload || crc32_le(payload)) 0x00`.
+//!
+//! COBS removes every zero byte from the frame body, so 0x00 is a pure delimiter: a receiver that
+//! joins mid-stream, or sees line noise, drops bytes up to the next 0x00 and is in sync again.
+//! Each frame is written with a delimiter on *both* sides so that garbage in front of a frame is
+//! cut off as its own (rejected) piece instead of corrupting the frame that follows it. Empty
+//! pieces between two delimiters are legal and ignored.
+
+use thiserror::Error;
+
+/// Largest payload (a postcard-encoded message) a frame may carry.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+const CRC_LEN: usize = 4;
+/// Largest COBS body (without delimiters) a valid frame can have.
+pub const MAX_ENCODED_BODY: usize = cobs::max_encoding_length(MAX_PAYLOAD + CRC_LEN);
+
+/// Why a piece of the byte stream between two delimiters was not accepted as a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error(
+        "frame body exceeds {MAX_ENCODED_BODY} bytes without a delimiter; dropped to the next 0x00"
+    )]
+    Oversized,
+    #[error("frame is not valid COBS")]
+    BadCobs,
+    #[error("frame of {0} bytes is too short to hold a CRC-32")]
+    TooShort(usize),
+    #[error("CRC-32 mismatch: frame says {expected:#010x}, payload hashes to {actual:#010x}")]
+    BadCrc { expected: u32, actual: u32 },
+}
+
+/// Error returned when asked to encode a payload larger than [`MAX_PAYLOAD`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("payload of {0} bytes exceeds the {MAX_PAYLOAD}-byte frame limit")]
+pub struct PayloadTooLarge(pub usize);
+
+/// Appends one complete frame carrying `payload` to `out`.
+pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), PayloadTooLarge> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(PayloadTooLarge(payload.len()));
+    }
+    let mut body = Vec::with_capacity(payload.len() + CRC_LEN);
+    body.extend_from_slice(payload);
+    body.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+
+    let start = out.len();
+    out.push(0);
+    out.resize(start + 1 + cobs::max_encoding_length(body.len()), 0);
+    let written = cobs::encode(&body, &mut out[start + 1..]);
+    out.truncate(start + 1 + written);
+    out.push(0);
+    Ok(())
+}
+
+/// Counters of what the decoder accepted and what it threw away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecoderStats {
+    pub frames: u64,
+    /// Pieces between delimiters that were rejected (bad COBS, bad CRC, too long, too short).
+    pub rejected_frames: u64,
+    /// Bytes belonging to rejected pieces.
+    pub dropped_bytes: u64,
+}
+
+/// Incremental frame decoder. Feed it any chunks of the byte stream; it yields payloads.
+///
+/// Memory is bounded: it never buffers more than [`MAX_ENCODED_BODY`] bytes, whatever it is fed.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    body: Vec<u8>,
+    /// Set once the current piece has grown past the limit; we discard until the next 0x00.
+    overflowed: bool,
+    overflow_len: u64,
+    stats: DecoderStats,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self {
+            body: Vec::new(),
+            overflowed: false,
+            overflow_len: 0,
+            stats: DecoderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> DecoderStats {
+        self.stats
+    }
+
+    /// Consumes `input`, calling `sink` with each complete frame's payload or with the error that
+    /// made a piece unacceptable. Returns nothing: every input byte is either buffered or handled.
+    pub fn feed(&mut self, input: &[u8], mut sink: impl FnMut(Result<&[u8], FrameError>)) {
+        let mut rest = input;
+        while !rest.is_empty() {
+            match rest.iter().position(|&b| b == 0) {
+                None => {
+                    self.buffer(rest);
+                    return;
+                }
+                Some(end) => {
+                    self.buffer(&rest[..end]);
+                    self.finish_piece(&mut sink);
+                    rest = &rest[end + 1..];
+                }
+            }
+        }
+    }
+
+    fn buffer(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            self.overflow_len += bytes.len() as u64;
+            return;
+        }
+        if self.body.len() + bytes.len() > MAX_ENCODED_BODY {
+            self.overflowed = true;
+            self.overflow_len = (self.body.len() + bytes.len()) as u64;
+            self.body.clear();
+            self.body.shrink_to(MAX_ENCODED_BODY);
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    fn finish_piece(&mut self, sink: &mut impl FnMut(Result<&[u8], FrameError>)) {
+        if self.overflowed {
+            self.overflowed = false;
+            self.reject(self.overflow_len, FrameError::Oversized, sink);
+            return;
+        }
+        if self.body.is_empty() {
+            return; // back-to-back delimiters: not a frame, not an error
+        }
+        let piece_len = self.body.len() as u64;
+        match decode_body(&self.body) {
+            Ok(payload) => {
+                self.stats.frames += 1;
+                self.body.clear();
+                sink(Ok(&payload));
+            }
+            Err(e) => {
+                self.body.clear();
+                self.reject(piece_len, e, sink);
+            }
+        }
+    }
+
+    fn reject(
+        &mut self,
+        len: u64,
+        err: FrameError,
+        sink: &mut impl FnMut(Result<&[u8], FrameError>),
+    ) {
+        self.stats.rejected_frames += 1;
+        self.stats.dropped_bytes += len;
+        sink(Err(err));
+    }
+}
+
+fn decode_body(body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    // COBS never expands on decode, so the body length bounds the output.
+    let mut decoded = vec![0u8; body.len()];
+    let report = cobs::decode(body, &mut decoded).map_err(|_| FrameError::BadCobs)?;
+    // The cobs decoder stops at an embedded end; a valid frame is exactly one COBS block run.
+    if report.parsed_size() < body.len() {
+        return Err(FrameError::BadCobs);
+    }
+    decoded.truncate(report.frame_size());
+    if decoded.len() < CRC_LEN {
+        return Err(FrameError::TooShort(decoded.len()));
+    }
+    let split = decoded.len() - CRC_LEN;
+    let mut crc_bytes = [0u8; CRC_LEN];
+    crc_bytes.copy_from_slice(&decoded[split..]);
+    let expected = u32::from_le_bytes(crc_bytes);
+    decoded.truncate(split);
+    let actual = crc32fast::hash(&decoded);
+    if expected != actual {
+        return Err(FrameError::BadCrc { expected, actual });
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<FrameError>, DecoderStats) {
+        let mut dec = FrameDecoder::new();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        dec.feed(bytes, |r| match r {
+            Ok(p) => ok.push(p.to_vec()),
+            Err(e) => bad.push(e),
+        });
+        (ok, bad, dec.stats())
+    }
+
+    #[test]
+    fn round_trips_payloads_with_zeros() {
+        let mut wire = Vec::new();
+        for p in [&b""[..], b"\0\0\0", b"hello\0world", &[0xff; 300]] {
+            encode_frame(p, &mut wire).unwrap();
+        }
+        let (ok, bad, stats) = decode_all(&wire);
+        assert_eq!(
+            ok,
+            vec![
+                b"".to_vec(),
+                b"\0\0\0".to_vec(),
+                b"hello\0world".to_vec(),
+                vec![0xff; 300]
+            ]
+        );
+        assert!(bad.is_empty());
+        assert_eq!(stats.frames, 4);
+    }
+
+    #[test]
+    fn refuses_to_encode_oversized_payload() {
+        let mut wire = Vec::new();
+        assert_eq!(
+            encode_frame(&vec![1; MAX_PAYLOAD + 1], &mut wire),
+            Err(PayloadTooLarge(MAX_PAYLOAD + 1))
+        );
+        assert!(wire.is_empty());
+        encode_frame(&vec![1; MAX_PAYLOAD], &mut wire).unwrap();
+        assert_eq!(decode_all(&wire).0, vec![vec![1; MAX_PAYLOAD]]);
+    }
+
+    #[test]
+    fn flipped_bit_is_rejected_and_next_frame_survives() {
+        let mut wire = Vec::new();
+        encode_frame(b"first frame", &mut wire).unwrap();
+        let second_start = wire.len();
+        encode_frame(b"second frame", &mut wire).unwrap();
+        wire[3] ^= 0x10;
+        let (ok, bad, stats) = decode_all(&wire);
+        assert_eq!(ok, vec![b"second frame".to_vec()]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(stats.rejected_frames, 1);
+        assert_eq!(stats.dropped_bytes, (second_start - 2) as u64);
+    }
+
+    #[test]
+    fn endless_garbage_is_bounded_and_counted() {
+        let mut dec = FrameDecoder::new();
+        let junk = vec![0x55u8; 4096];
+        for _ in 0..100 {
+            dec.feed(&junk, |_| panic!("no piece ends without a delimiter"));
+            assert!(dec.body.capacity() <= MAX_ENCODED_BODY);
+        }
+        let mut errors = Vec::new();
+        dec.feed(&[0], |r| errors.push(r.map(|p| p.to_vec())));
+        assert_eq!(errors, vec![Err(FrameError::Oversized)]);
+        assert_eq!(dec.stats().dropped_bytes, 409_600);
+        let mut wire = Vec::new();
+        encode_frame(b"after the storm", &mut wire).unwrap();
+        let mut got = Vec::new();
+        dec.feed(&wire, |r| got.push(r.unwrap().to_vec()));
+        assert_eq!(got, vec![b"after the storm".to_vec()]);
+    }
+
+    #[test]
+    fn short_piece_is_rejected() {
+        let (ok, bad, _) = decode_all(&[0, 0x02, 0x07, 0]);
+        assert!(ok.is_empty());
+        assert_eq!(bad, vec![FrameError::TooShort(1)]);
+    }
+}

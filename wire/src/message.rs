@@ -1,0 +1,381 @@
+//! Message types. Two layers share one frame format:
+//!
+//! * [`Message`]: the link layer, one per frame. Handshake, stream data, acks, rewinds, pings.
+//!   Link messages are not retransmitted; a lost one is repaired by the stream machinery.
+//! * [`Control`]: records carried *inside* the reliable control stream (session 0). Exec, Started,
+//!   Signal, Exited, ... arrive exactly once and in order, across reconnects, like stdout bytes.
+//!
+//! The postcard encoding of an enum is its variant index followed by the fields, so **variant
+//! order is the wire contract**: append new variants, never reorder or remove them.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Identifies a session (the main process or an exec) within one containerVM.
+pub type SessionId = u32;
+
+/// Session 0 is reserved for the control stream.
+pub const CONTROL_SESSION: SessionId = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// Reliable control records; only in session 0, one per direction.
+    Control,
+    /// Appliance -> tether.
+    Stdin,
+    /// Tether -> appliance.
+    Stdout,
+    /// Tether -> appliance.
+    Stderr,
+}
+
+/// One direction of one byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamKey {
+    pub session: SessionId,
+    pub kind: StreamKind,
+}
+
+impl StreamKey {
+    pub const CONTROL: StreamKey = StreamKey {
+        session: CONTROL_SESSION,
+        kind: StreamKind::Control,
+    };
+
+    pub fn new(session: SessionId, kind: StreamKind) -> Self {
+        Self { session, kind }
+    }
+}
+
+/// A receiver's position in one stream: everything below `received` is held (persisted, or
+/// delivered to the process) and the sender may transmit up to, not including, `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub key: StreamKey,
+    pub received: u64,
+    pub limit: u64,
+}
+
+pub type Nonce = [u8; 32];
+pub type Mac = [u8; 32];
+pub type BootId = [u8; 16];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub container_id: String,
+    /// Random per boot of the containerVM; a new boot id means fresh streams.
+    pub boot_id: BootId,
+    pub nonce: Nonce,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub version: u16,
+    pub nonce: Nonce,
+    /// The server's proof that it knows the container's secret.
+    pub mac: Mac,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The guest's proof that it knows the container's secret.
+    pub mac: Mac,
+    /// What the guest holds of every stream the server sends (stdin, control).
+    pub received: Vec<Position>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// What the server holds of every stream the guest sends (stdout, stderr, control).
+    pub received: Vec<Position>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    UnsupportedVersion,
+    UnknownContainer,
+    BadProof,
+    /// The same container id is already connected and authenticated on another channel.
+    AlreadyConnected,
+    ProtocolViolation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub reason: RefuseReason,
+    pub detail: String,
+}
+
+/// Link-layer message: exactly one per frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Challenge(Challenge),
+    Proof(Proof),
+    Welcome(Welcome),
+    Refused(Refused),
+    /// Stream bytes starting at offset `seq`. With `fin`, the stream ends after these bytes.
+    Data {
+        key: StreamKey,
+        seq: u64,
+        fin: bool,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Cumulative ack plus credit: the receiver holds everything below `upto` (the end-of-stream
+    /// mark counts as one offset) and grants sending up to `limit`.
+    Ack {
+        key: StreamKey,
+        upto: u64,
+        limit: u64,
+    },
+    /// The receiver saw a gap: resend from `from`.
+    Rewind {
+        key: StreamKey,
+        from: u64,
+    },
+    Ping {
+        token: u64,
+    },
+    Pong {
+        token: u64,
+    },
+    /// Orderly close of this connection (not of the container).
+    Goodbye {
+        reason: String,
+    },
+}
+
+/// What a session runs. Paths and args are byte-exact UTF-8 strings; nothing is split or joined.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub dir: String,
+    pub user: String,
+    pub group: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// Reliable control records, carried in the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Server -> tether: start a new session.
+    Exec {
+        session: SessionId,
+        name: String,
+        spec: ExecSpec,
+    },
+    /// Tether -> server: a session's process is running.
+    Started {
+        session: SessionId,
+        name: String,
+        pid: u32,
+    },
+    /// Tether -> server: a session could not start. `exit_code` is 126 (found but not
+    /// executable, or permission denied) or 127 (not found), as a shell reports them.
+    StartFailed {
+        session: SessionId,
+        exit_code: i32,
+        errno: i32,
+        message: String,
+    },
+    Resize {
+        session: SessionId,
+        rows: u16,
+        cols: u16,
+    },
+    /// Deliver `signal` to the session's process, or its whole process group with `group`.
+    Signal {
+        session: SessionId,
+        signal: i32,
+        group: bool,
+    },
+    CloseStdin {
+        session: SessionId,
+    },
+    /// `exit_code` is the code, or 128 + signal when `signal` killed the process.
+    Exited {
+        session: SessionId,
+        exit_code: i32,
+        signal: Option<i32>,
+    },
+    /// Tether's own state: booting, running, stopping, failed.
+    Status {
+        state: String,
+        detail: String,
+    },
+    /// Server -> tether: wall clock, nanoseconds since the Unix epoch.
+    SetTime {
+        unix_nanos: u64,
+    },
+    /// Tether's own diagnostics.
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    /// Tether -> server: tether's boot stages, nanoseconds on the guest's monotonic clock.
+    Timing {
+        stage: String,
+        monotonic_nanos: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("message does not decode: {0}")]
+    Malformed(String),
+    #[error("message has {0} trailing bytes after its end")]
+    TrailingBytes(usize),
+}
+
+/// Encodes any wire value with postcard.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising into a Vec cannot fail for these types: no maps with non-string keys,
+    // no unsized sequences. The expect documents an invariant, not a runtime condition.
+    postcard::to_allocvec(value).expect("postcard encoding of wire types is infallible")
+}
+
+/// Decodes exactly one value from `bytes`; trailing bytes are an error, not ignored.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Linux x86 signal names, as docker prints them.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal)
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| NAMES.get(i).copied())
+}
+
+/// Parses `KILL`, `SIGKILL`, `sigkill` or `9` into a signal number.
+pub fn parse_signal(text: &str) -> Option<i32> {
+    if let Ok(n) = text.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = text.to_ascii_uppercase();
+    let wanted = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    (1..=31).find(|&n| signal_name(n) == Some(wanted.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trip() {
+        let m = Message::Data {
+            key: StreamKey::new(7, StreamKind::Stderr),
+            seq: 1 << 40,
+            fin: true,
+            bytes: b"\0| \"quoted\" \xe2\x9c\x93".to_vec(),
+        };
+        assert_eq!(decode::<Message>(&encode(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&Message::Ping { token: 5 });
+        bytes.push(0);
+        assert_eq!(
+            decode::<Message>(&bytes),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn unknown_variant_is_malformed_not_a_panic() {
+        assert!(matches!(
+            decode::<Message>(&[200, 1, 2]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Control>(&[]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn signal_names_and_parsing() {
+        assert_eq!(signal_name(9), Some("SIGKILL"));
+        assert_eq!(signal_name(15), Some("SIGTERM"));
+        assert_eq!(signal_name(0), None);
+        assert_eq!(signal_name(32), None);
+        assert_eq!(parse_signal("KILL"), Some(9));
+        assert_eq!(parse_signal("sigusr1"), Some(10));
+        assert_eq!(parse_signal("28"), Some(28));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+
+    /// The variant index is the wire contract; this pins it so a reorder fails loudly.
+    #[test]
+    fn variant_tags_are_stable() {
+        let tag = |m: &Message| encode(m)[0];
+        assert_eq!(tag(&Message::Ping { token: 0 }), 8);
+        assert_eq!(
+            tag(&Message::Goodbye {
+                reason: String::new()
+            }),
+            10
+        );
+        assert_eq!(encode(&Control::CloseStdin { session: 1 })[0], 5);
+    }
+}
