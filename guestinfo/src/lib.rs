@@ -1,0 +1,33 @@
+//! A containerVM's configuration in VMware guestinfo form: VIC's extraconfig key encoding (with
+//! escaping so values may contain `|`), the VMX `key = "value"` text that carries it (VMX files on
+//! vSphere, fw_cfg under QEMU), and the typed container spec tether runs. Tether decodes it; the
+//! toolchain and the appliance encode it. One codec, both directions.
+
+pub mod keys;
+pub mod spec;
+pub mod vmx;
+
+pub use keys::{KeyError, KeyPath, KeySet, KeyWriter};
+pub use spec::{ContainerSpec, Rlimit, SessionSpec};
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("config text: {0}")]
+    Vmx(#[from] vmx::VmxError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
+
+/// Parses VMX text and decodes the spec in it.
+pub fn spec_from_vmx(text: &str) -> Result<ContainerSpec, ConfigError> {
+    let keys = KeySet::from_pairs(vmx::parse(text)?);
+    Ok(spec::decode(&keys)?)
+}
+
+/// Encodes a spec as VMX text (sorted keys: the same spec always gives the same bytes).
+pub fn spec_to_vmx(spec: &ContainerSpec) -> String {
+    let pairs = spec::encode(spec);
+    vmx::write(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
