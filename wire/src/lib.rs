@@ -30,7 +30,7 @@ pub use handshake::{
 pub use keepalive::{Keepalive, Liveness};
 pub use message::{
     decode, encode, BootId, Control, DecodeError, ExecSpec, LogLevel, Message, Nonce, Position,
-    RefuseReason, SessionId, StreamKey, StreamKind,
+    RefuseReason, SessionId, StreamKey, StreamKind, Welcome,
 };
 pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT};
 pub use stream::{Chunk, Delivery, InStream, OutStream, StreamError};

@@ -233,6 +233,10 @@ pub enum Control {
         stage: String,
         monotonic_nanos: u64,
     },
+    /// Server -> tether: a session configured to wait for its first attach may start now.
+    Release {
+        session: SessionId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -419,6 +419,12 @@ impl Streams {
         })
     }
 
+    /// Offsets produced but not yet acknowledged by the peer, over every outgoing stream (the
+    /// end-of-stream marks included): zero means the peer holds everything.
+    pub fn unacknowledged(&self) -> u64 {
+        self.out.values().map(|s| s.end() - s.acked()).sum()
+    }
+
     /// Totals for diagnostics: (gaps seen on incoming streams, retransmissions by this side).
     pub fn loss_counters(&self) -> (u64, u64) {
         let gaps = self.inp.values().map(InStream::gaps).sum();

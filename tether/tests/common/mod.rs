@@ -1,0 +1,303 @@
+//! A minimal appliance for host-mode tests: listens on a Unix socket, runs the server side of the
+//! handshake, persists nothing, releases everything at once, and records what arrives.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use guestinfo::{ContainerSpec, SessionSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use wire::{
+    decode, write_message, Control, FrameDecoder, Inbound, Message, Role, Secret, ServerHandshake,
+    StreamConfig, StreamKey, StreamKind, Streams, Welcome,
+};
+
+pub const SECRET: &[u8] = b"test-secret";
+pub const ID: &str = "c0ffee00c0ffee00";
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "tether-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn session(args: &[&str]) -> SessionSpec {
+    SessionSpec {
+        id: ID.into(),
+        name: "main".into(),
+        path: args[0].into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        dir: "/".into(),
+        stop_signal: "SIGTERM".into(),
+        ..Default::default()
+    }
+}
+
+pub fn spec(main: SessionSpec) -> ContainerSpec {
+    ContainerSpec {
+        id: ID.into(),
+        name: "test".into(),
+        debug: 1,
+        hostname: Some("testhost".into()),
+        domainname: None,
+        secret: SECRET.to_vec(),
+        channel_device: None,
+        disk_label: "containerfs".into(),
+        disk_wait_ms: 1000,
+        stop_grace_ms: 1000,
+        sessions: [(ID.to_string(), main)].into(),
+        execs: BTreeMap::new(),
+    }
+}
+
+/// The appliance side of one tether process.
+pub struct Harness {
+    pub dir: TempDir,
+    listener: std::os::unix::net::UnixListener,
+    pub child: Child,
+}
+
+impl Harness {
+    pub fn start(spec: &ContainerSpec) -> Self {
+        let dir = TempDir::new("h");
+        let sock = dir.0.join("channel.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let config = dir.0.join("config.vmx");
+        std::fs::write(&config, guestinfo::spec_to_vmx(spec)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--channel", sock.to_str().unwrap()])
+            .args(["--drain-timeout", "5"])
+            .spawn()
+            .unwrap();
+        Self {
+            dir,
+            listener,
+            child,
+        }
+    }
+
+    pub async fn accept(&self) -> Conn {
+        let listener = UnixListener::from_std(self.listener.try_clone().unwrap()).unwrap();
+        let (sock, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("tether connects within 10 s")
+            .unwrap();
+        Conn::handshake(sock).await
+    }
+
+    /// Waits for tether to exit; returns its exit code.
+    pub fn wait(&mut self) -> i32 {
+        for _ in 0..200 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("tether did not exit within 10 s");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub out: BTreeMap<StreamKey, Vec<u8>>,
+    pub fins: Vec<StreamKey>,
+    pub control: Vec<Control>,
+}
+
+impl Seen {
+    pub fn stdout(&self, session: u32) -> &[u8] {
+        self.out
+            .get(&StreamKey::new(session, StreamKind::Stdout))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn stderr(&self, session: u32) -> &[u8] {
+        self.out
+            .get(&StreamKey::new(session, StreamKind::Stderr))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn exit(&self, session: u32) -> Option<(i32, Option<i32>)> {
+        self.control.iter().find_map(|c| match c {
+            Control::Exited {
+                session: s,
+                exit_code,
+                signal,
+            } if *s == session => Some((*exit_code, *signal)),
+            _ => None,
+        })
+    }
+}
+
+pub struct Conn {
+    sock: UnixStream,
+    dec: FrameDecoder,
+    pub streams: Streams,
+    pub seen: Seen,
+}
+
+impl Conn {
+    async fn next_msgs(sock: &mut UnixStream, dec: &mut FrameDecoder) -> Vec<Message> {
+        let mut buf = vec![0u8; 65536];
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "tether closed the channel");
+        let mut msgs = Vec::new();
+        dec.feed(&buf[..n], |f| {
+            msgs.push(decode::<Message>(f.unwrap()).unwrap())
+        });
+        msgs
+    }
+
+    async fn handshake(mut sock: UnixStream) -> Self {
+        let mut dec = FrameDecoder::new();
+        let mut msgs = Vec::new();
+        while msgs.is_empty() {
+            msgs = Self::next_msgs(&mut sock, &mut dec).await;
+        }
+        let Message::Hello(hello) = msgs.remove(0) else {
+            panic!("expected Hello")
+        };
+        assert_eq!(hello.container_id, ID);
+        let (server, challenge) =
+            ServerHandshake::on_hello(hello, [9; 32], |_| Some(Secret::new(SECRET.to_vec())))
+                .unwrap();
+        let mut out = Vec::new();
+        write_message(&Message::Challenge(challenge), &mut out);
+        sock.write_all(&out).await.unwrap();
+        while msgs.is_empty() {
+            msgs = Self::next_msgs(&mut sock, &mut dec).await;
+        }
+        let Message::Proof(proof) = msgs.remove(0) else {
+            panic!("expected Proof")
+        };
+        let auth = server.on_proof(proof).unwrap();
+        let mut streams = Streams::new(Role::Appliance, StreamConfig::default());
+        streams.resume(&auth.peer_received).unwrap();
+        out.clear();
+        write_message(
+            &Message::Welcome(Welcome {
+                received: streams.positions(),
+            }),
+            &mut out,
+        );
+        sock.write_all(&out).await.unwrap();
+        let mut conn = Self {
+            sock,
+            dec,
+            streams,
+            seen: Seen::default(),
+        };
+        for m in msgs {
+            conn.apply(m);
+        }
+        conn
+    }
+
+    fn apply(&mut self, m: Message) {
+        match self
+            .streams
+            .on_message(m)
+            .expect("tether speaks the protocol")
+        {
+            Inbound::Data { key, bytes, fin } => {
+                self.seen
+                    .out
+                    .entry(key)
+                    .or_default()
+                    .extend_from_slice(&bytes);
+                if fin {
+                    self.seen.fins.push(key);
+                }
+                self.streams.release(key, bytes.len() as u64);
+            }
+            Inbound::Control(records) => self.seen.control.extend(records),
+            _ => {}
+        }
+    }
+
+    pub async fn flush(&mut self) {
+        let mut out = Vec::new();
+        while let Some(m) = self.streams.poll_transmit() {
+            write_message(&m, &mut out);
+        }
+        if !out.is_empty() {
+            self.sock.write_all(&out).await.unwrap();
+        }
+    }
+
+    pub async fn control(&mut self, record: Control) {
+        self.streams.send_control(&record).unwrap();
+        self.flush().await;
+    }
+
+    pub async fn stdin(&mut self, session: u32, bytes: &[u8], fin: bool) {
+        let s = self
+            .streams
+            .open_out(StreamKey::new(session, StreamKind::Stdin));
+        assert_eq!(s.write(bytes), bytes.len());
+        if fin {
+            s.close();
+        }
+        self.flush().await;
+    }
+
+    /// Exchanges traffic until `done` holds; panics after `secs` seconds.
+    pub async fn until(&mut self, secs: u64, mut done: impl FnMut(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !done(&self.seen) {
+            let mut buf = vec![0u8; 65536];
+            tokio::select! {
+                r = self.sock.read(&mut buf) => {
+                    let n = r.unwrap();
+                    assert!(n > 0, "tether closed the channel; seen so far: {:?}", self.seen.control);
+                    let mut msgs = Vec::new();
+                    self.dec.feed(&buf[..n], |f| msgs.push(decode::<Message>(f.unwrap()).unwrap()));
+                    for m in msgs {
+                        self.apply(m);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.streams.on_tick(0);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    panic!("timed out; control seen: {:?}\nstdout: {:?}",
+                        self.seen.control, String::from_utf8_lossy(self.seen.stdout(1)));
+                }
+            }
+            self.flush().await;
+        }
+    }
+}

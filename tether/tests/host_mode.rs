@@ -1,0 +1,262 @@
+//! tether as an ordinary process: real fork/exec, real pipes and ptys, the real channel code over
+//! a Unix socket, against a minimal appliance built on `wire`.
+
+mod common;
+
+use common::{session, spec, Harness, ID};
+use sha2::{Digest, Sha256};
+use wire::{Control, ExecSpec};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `args` as the main session; returns (stdout, stderr, exit, tether's exit code).
+fn run_main(args: &[&str]) -> (Vec<u8>, Vec<u8>, (i32, Option<i32>), i32) {
+    let mut h = Harness::start(&spec(session(args)));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(20, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    let code = h.wait();
+    (
+        seen.stdout(1).to_vec(),
+        seen.stderr(1).to_vec(),
+        seen.exit(1).unwrap(),
+        code,
+    )
+}
+
+#[test]
+fn exit_codes_zero_to_nine() {
+    for code in 0..=9 {
+        let script = format!("echo out{code}; echo err{code} >&2; exit {code}");
+        let (out, err, exit, tether_code) = run_main(&["/bin/sh", "-c", &script]);
+        assert_eq!(out, format!("out{code}\n").as_bytes());
+        assert_eq!(err, format!("err{code}\n").as_bytes());
+        assert_eq!(exit, (code, None));
+        assert_eq!(
+            tether_code, code,
+            "tether exits with the main session's code"
+        );
+    }
+}
+
+#[test]
+fn not_found_is_127_and_not_executable_is_126() {
+    let mut h = Harness::start(&spec(session(&["no-such-program-xyz"])));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(seen.exit(1), Some((127, None)));
+    let failed = seen
+        .control
+        .iter()
+        .find_map(|c| match c {
+            Control::StartFailed { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        failed.contains("no-such-program-xyz") && failed.contains("not found in PATH"),
+        "{failed}"
+    );
+    assert_eq!(h.wait(), 127);
+
+    // A file that exists but is not executable.
+    let mut h = Harness::start(&spec(session(&["/etc/hostname"])));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(seen.exit(1), Some((126, None)));
+    assert_eq!(h.wait(), 126);
+}
+
+#[test]
+fn sigkill_is_137_with_the_signal_named() {
+    let (_, _, exit, code) = run_main(&["/bin/sh", "-c", "kill -KILL $$"]);
+    assert_eq!(exit, (137, Some(9)));
+    assert_eq!(wire::message::signal_name(exit.1.unwrap()), Some("SIGKILL"));
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn args_and_env_with_pipes_quotes_and_unicode_arrive_intact() {
+    let tricky = ["a|b", "with space", "\"dq\" 'sq'", "ünïcödé €", "\\|", ""];
+    let mut args = vec![
+        "/bin/sh",
+        "-c",
+        "printf '<%s>\\n' \"$@\"; printf '%s\\n' \"$TRICKY\"",
+        "sh",
+    ];
+    args.extend(tricky);
+    let mut s = session(&args);
+    s.env.push("TRICKY=x|y \"z\" é".into());
+    let mut h = Harness::start(&spec(s));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    let expected: String = tricky
+        .iter()
+        .map(|a| format!("<{a}>\n"))
+        .collect::<String>()
+        + "x|y \"z\" é\n";
+    assert_eq!(
+        String::from_utf8(seen.stdout(1).to_vec()).unwrap(),
+        expected
+    );
+    assert_eq!(h.wait(), 0);
+}
+
+#[test]
+fn ten_megabytes_of_binary_stdout_are_byte_identical() {
+    let dir = common::TempDir::new("blob");
+    let blob: Vec<u8> = (0..10_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let path = dir.0.join("blob");
+    std::fs::write(&path, &blob).unwrap();
+    let (out, err, exit, _) = run_main(&["/bin/cat", path.to_str().unwrap()]);
+    assert_eq!(exit, (0, None));
+    assert!(err.is_empty());
+    assert_eq!(out.len(), blob.len());
+    assert_eq!(Sha256::digest(&out), Sha256::digest(&blob));
+}
+
+#[test]
+fn stdin_is_echoed_and_close_gives_eof() {
+    let mut s = session(&["/bin/cat"]);
+    s.open_stdin = true;
+    let mut h = Harness::start(&spec(s));
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.stdin(1, &input, true).await;
+        c.until(20, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    assert_eq!(Sha256::digest(seen.stdout(1)), Sha256::digest(&input));
+    assert_eq!(seen.exit(1), Some((0, None)));
+    assert_eq!(h.wait(), 0);
+}
+
+#[test]
+fn tty_resize_is_seen_by_stty_size() {
+    let mut s = session(&["/bin/sh", "-c", "echo ready; read line; stty size"]);
+    s.tty = true;
+    s.open_stdin = true;
+    let mut h = Harness::start(&spec(s));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.stdout(1).windows(5).any(|w| w == b"ready"))
+            .await;
+        c.control(Control::Resize {
+            session: 1,
+            rows: 33,
+            cols: 101,
+        })
+        .await;
+        c.stdin(1, b"go\n", false).await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    let out = String::from_utf8_lossy(seen.stdout(1)).to_string();
+    assert!(out.contains("33 101"), "stty size output: {out:?}");
+    assert_eq!(seen.exit(1), Some((0, None)));
+    assert_eq!(h.wait(), 0);
+}
+
+#[test]
+fn exec_runs_beside_the_main_session_with_its_own_streams_and_code() {
+    let mut s = session(&["/bin/sh", "-c", "echo main-up; read x; echo main-done"]);
+    s.open_stdin = true;
+    let mut h = Harness::start(&spec(s));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.stdout(1) == b"main-up\n").await;
+        let exec = |id, script: &str| Control::Exec {
+            session: id,
+            name: format!("exec-{id}"),
+            spec: ExecSpec {
+                path: "/bin/sh".into(),
+                args: vec!["sh".into(), "-c".into(), script.into()],
+                env: vec!["PATH=/bin:/usr/bin".into()],
+                dir: "/tmp".into(),
+                ..Default::default()
+            },
+        };
+        c.control(exec(4096, "pwd; echo to-err >&2; exit 3")).await;
+        c.control(exec(4097, "exec no-such-cmd-abc")).await;
+        c.until(10, |s| s.exit(4096).is_some() && s.exit(4097).is_some())
+            .await;
+        assert!(s_is_running(&c.seen), "main must still be running");
+        c.stdin(1, b"\n", false).await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(seen.stdout(4096), b"/tmp\n");
+    assert_eq!(seen.stderr(4096), b"to-err\n");
+    assert_eq!(seen.exit(4096), Some((3, None)));
+    assert_eq!(
+        seen.exit(4097),
+        Some((127, None)),
+        "exec of a missing command is 127"
+    );
+    assert_eq!(seen.stdout(1), b"main-up\nmain-done\n");
+    assert_eq!(h.wait(), 0);
+}
+
+fn s_is_running(seen: &common::Seen) -> bool {
+    seen.exit(1).is_none()
+}
+
+#[test]
+fn signal_is_trapped_by_a_shell_script() {
+    let script = "trap 'echo got USR1; exit 42' USR1; echo ready; while :; do sleep 0.05; done";
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", script])));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.stdout(1) == b"ready\n").await;
+        c.control(Control::Signal {
+            session: 1,
+            signal: libc::SIGUSR1,
+            group: false,
+        })
+        .await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(seen.stdout(1), b"ready\ngot USR1\n");
+    assert_eq!(seen.exit(1), Some((42, None)));
+    assert_eq!(h.wait(), 42);
+}
+
+#[test]
+fn output_produced_before_the_appliance_connects_is_not_lost() {
+    // The appliance is slow to accept: tether buffers (bounded) and delivers after the handshake.
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", "seq 1 20000"])));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(20, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(seen.stdout(1), expected.as_bytes());
+    assert_eq!(h.wait(), 0);
+    let _ = ID;
+}
