@@ -8,7 +8,10 @@ FUZZ_TARGETS := frame_decoder message_decode
 # cargo-fuzz needs nightly -Z flags; RUSTC_BOOTSTRAP lets the one stable toolchain accept them.
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
 
-.PHONY: help deps deps-rust build test lint unit fuzz fuzz-regressions demo clean
+.PHONY: help deps deps-rust build tether kernel test lint unit fuzz fuzz-regressions demo clean
+
+TETHER_BIN := target/x86_64-unknown-linux-musl/release/tether
+TETHER_MAX_BYTES := 2097152
 
 help:
 	@echo "make demo    boot a containerVM under QEMU and show its output"
@@ -24,6 +27,18 @@ deps-rust:
 
 build: deps-rust
 	$(CARGO) build --workspace --release
+
+# The guest agent: static, stripped, at most 2 MiB.
+tether: deps-rust
+	$(CARGO) build -p tether --release --target x86_64-unknown-linux-musl
+	@file $(TETHER_BIN)
+	@size=$$(stat -c %s $(TETHER_BIN)); echo "tether: $$size bytes (limit $(TETHER_MAX_BYTES))"; \
+		test $$size -le $(TETHER_MAX_BYTES) || { echo "tether is over 2 MiB" >&2; exit 1; }
+
+# The containerVM kernel, cached under ~/.cache/tether/kernel/<config hash>/.
+kernel:
+	./scripts/install-deps.sh system
+	./kernel-config/build.sh
 
 lint: deps-rust
 	$(CARGO) fmt --all -- --check

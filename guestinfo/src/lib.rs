@@ -31,3 +31,15 @@ pub fn spec_to_vmx(spec: &ContainerSpec) -> String {
     let pairs = spec::encode(spec);
     vmx::write(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
+
+/// The container id and channel secret alone, for reporting a config that fails to decode as a
+/// whole: if these two keys are readable, the appliance can still be told what went wrong.
+pub fn identity_from_vmx(text: &str) -> Option<(String, Vec<u8>)> {
+    let keys = KeySet::from_pairs(vmx::parse(text).ok()?);
+    let r = KeyPath::read_only();
+    let id = keys.required(r.field("common").field("id").as_str()).ok()?;
+    let secret = keys
+        .bytes(r.field("channel").field("secret").as_str())
+        .ok()??;
+    Some((id, secret))
+}

@@ -92,10 +92,8 @@ fn stop_signal_of(name: &str) -> i32 {
     wire::message::parse_signal(name).unwrap_or(libc::SIGTERM)
 }
 
-/// Runs the container to the end. Must be called inside a `LocalSet`.
-pub async fn run(cfg: AgentConfig) -> Outcome {
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let ctx = Ctx {
+fn new_ctx(events: mpsc::UnboundedSender<Event>) -> Ctx {
+    Ctx {
         shared: Rc::new(RefCell::new(Shared {
             streams: Streams::new(Role::Guest, StreamConfig::default()),
             stdin: BTreeMap::new(),
@@ -105,8 +103,74 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
         tx_wake: Rc::new(Notify::new()),
         space: Rc::new(Notify::new()),
         stdin_wake: Rc::new(Notify::new()),
-        events: events_tx,
+        events,
+    }
+}
+
+/// A container that could not be started, and who it is.
+pub struct Failure {
+    pub container_id: String,
+    pub secret: Vec<u8>,
+    pub message: String,
+    pub exit_code: i32,
+}
+
+/// Tells the appliance why the container cannot run (as the main session's start failure), and
+/// waits up to `drain` for it to acknowledge. Must be called inside a `LocalSet`.
+pub async fn report_failure(
+    f: Failure,
+    channel: ChannelSpec,
+    device: Option<OwnedFd>,
+    drain: Duration,
+) {
+    let (events_tx, _events) = mpsc::unbounded_channel();
+    let ctx = new_ctx(events_tx);
+    let identity = Identity {
+        container_id: f.container_id,
+        secret: wire::Secret::new(f.secret),
+        boot_id: link::new_boot_id(),
     };
+    tokio::task::spawn_local(link::run(ctx.clone(), channel, device, identity));
+    for record in [
+        Control::Status {
+            state: "failed".into(),
+            detail: f.message.clone(),
+        },
+        Control::Log {
+            level: wire::LogLevel::Error,
+            message: f.message.clone(),
+        },
+        Control::StartFailed {
+            session: MAIN_SESSION,
+            exit_code: f.exit_code,
+            errno: 0,
+            message: f.message,
+        },
+        Control::Exited {
+            session: MAIN_SESSION,
+            exit_code: f.exit_code,
+            signal: None,
+        },
+    ] {
+        ctx.send_control(record);
+    }
+    let deadline = tokio::time::Instant::now() + drain;
+    while ctx.shared.borrow().streams.unacknowledged() > 0 {
+        let space = ctx.space.clone();
+        tokio::select! {
+            _ = space.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                crate::log::warn("the appliance did not acknowledge the failure report");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the container to the end. Must be called inside a `LocalSet`.
+pub async fn run(cfg: AgentConfig) -> Outcome {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let ctx = new_ctx(events_tx);
     // The reaper registers for SIGCHLD before any child exists, so no exit goes unseen.
     let reaper_ready = crate::reaper::install(ctx.clone());
     let spec = cfg.spec;
@@ -356,7 +420,7 @@ impl Controller {
                     };
                     // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer; the kernel then
                     // sends SIGWINCH to the tty's foreground process group.
-                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) };
                 }
             }
             Control::CloseStdin { session } => {

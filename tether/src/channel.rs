@@ -10,7 +10,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::fdio::FdStream;
 
 /// The virtio-serial port name the appliance's QEMU launcher gives the channel.
-#[allow(dead_code)] // used by PID 1 boot, which lands next
 pub const VIRTIO_PORT_NAME: &str = "org.tether.channel";
 
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin {}
@@ -44,7 +43,6 @@ impl ChannelSpec {
 }
 
 /// Finds `/dev/vportNpM` whose virtio port name is `name`, listing what it saw on failure.
-#[allow(dead_code)] // used by PID 1 boot, which lands next
 pub fn find_virtio_port(sys: &Path, name: &str) -> Result<PathBuf, String> {
     let dir = sys.join("class/virtio-ports");
     let mut seen = Vec::new();
@@ -93,7 +91,7 @@ pub fn open_device(path: &Path) -> io::Result<OwnedFd> {
         cfsetspeed(&mut t, BaudRate::B115200)?;
         tcsetattr(&fd, SetArg::TCSANOW, &t)?;
         // SAFETY: TIOCEXCL takes no argument and only sets a flag on the tty we own.
-        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCEXCL) };
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCEXCL as _) };
     }
     Ok(fd)
 }

@@ -6,8 +6,8 @@ pub fn set_wall_clock(unix_nanos: u64) {
         return;
     }
     let ts = libc::timespec {
-        tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
-        tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+        tv_sec: (unix_nanos / 1_000_000_000) as _,
+        tv_nsec: (unix_nanos % 1_000_000_000) as _,
     };
     // SAFETY: clock_settime reads a valid timespec.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {

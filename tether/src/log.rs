@@ -27,7 +27,6 @@ pub fn warn(msg: &str) {
 pub fn info(msg: &str) {
     emit(2, "info", msg);
 }
-#[allow(dead_code)] // used by PID 1 boot, which lands next
 pub fn debug(msg: &str) {
     emit(3, "debug", msg);
 }

@@ -6,11 +6,14 @@
 //! The exit code is the main session's.
 
 mod agent;
+mod boot;
 mod channel;
 mod clock;
 mod fdio;
 mod link;
 mod log;
+mod os;
+mod pid1;
 mod reaper;
 mod session;
 mod spawn;
@@ -124,11 +127,7 @@ fn host_main(args: HostArgs) -> i32 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if std::process::id() == 1 {
-        log::error("PID 1 boot is not built yet; run tether with --config (host mode)");
-        // A PID 1 that exits panics the kernel; until boot exists, sleep forever instead.
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
+        pid1::main();
     }
     match parse_host_args(&args) {
         Ok(a) => std::process::exit(host_main(a)),

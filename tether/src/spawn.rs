@@ -264,7 +264,7 @@ fn child_main(
             ChildStdio::Pty { tty } => {
                 let fd = tty.as_raw_fd();
                 check(
-                    libc::ioctl(fd, libc::TIOCSCTTY, 0),
+                    libc::ioctl(fd, libc::TIOCSCTTY as _, 0),
                     err,
                     Step::ControllingTty,
                 );

@@ -1,0 +1,432 @@
+//! PID 1 boot steps, each against the `Os` trait: base mounts, config, the image disk by label
+//! (bounded wait), the container root with its own /dev, hostname and hosts, and the switch into
+//! it. After the switch tether's own files (the initramfs) are unreachable: the image is `/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use guestinfo::ContainerSpec;
+
+use crate::os::Os;
+
+/// Where the image disk is mounted before it becomes `/`.
+pub const NEW_ROOT: &str = "/mnt/containerfs";
+/// QEMU: `-fw_cfg name=opt/org.tether/config,file=...`.
+pub const FW_CFG_CONFIG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw";
+
+const MS_NOSUID: u64 = libc::MS_NOSUID;
+const MS_NODEV: u64 = libc::MS_NODEV;
+const MS_NOEXEC: u64 = libc::MS_NOEXEC;
+const MS_RDONLY: u64 = libc::MS_RDONLY;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootError(pub String);
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(msg: impl Into<String>) -> BootError {
+    BootError(msg.into())
+}
+
+/// Mounts a filesystem, creating the mount point; an already-mounted target (EBUSY) is fine.
+fn mount(
+    os: &dyn Os,
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: u64,
+    data: &str,
+) -> Result<(), BootError> {
+    os.mkdir_all(target)
+        .map_err(|e| err(format!("mkdir {}: {e}", target.display())))?;
+    match os.mount(source, target, fstype, flags, data) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        r => r.map_err(|e| err(e.to_string())),
+    }
+}
+
+/// The kernel gives PID 1 nothing: mount what tether itself needs.
+pub fn mount_base(os: &dyn Os) -> Result<(), BootError> {
+    mount(
+        os,
+        "proc",
+        Path::new("/proc"),
+        "proc",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "",
+    )?;
+    mount(
+        os,
+        "sysfs",
+        Path::new("/sys"),
+        "sysfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "",
+    )?;
+    mount(
+        os,
+        "devtmpfs",
+        Path::new("/dev"),
+        "devtmpfs",
+        MS_NOSUID,
+        "mode=0755",
+    )?;
+    mount(
+        os,
+        "devpts",
+        Path::new("/dev/pts"),
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "gid=5,mode=620,ptmxmode=666",
+    )?;
+    mount(
+        os,
+        "shm",
+        Path::new("/dev/shm"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        "mode=1777",
+    )?;
+    mount(
+        os,
+        "run",
+        Path::new("/run"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        "mode=0755",
+    )?;
+    Ok(())
+}
+
+/// The config text: fw_cfg (QEMU), else the file named by `tether.config=` on the kernel command
+/// line. (The VMware backdoor source is read by the caller when neither is present.)
+pub fn read_config(os: &dyn Os) -> Result<String, BootError> {
+    let mut looked = vec![FW_CFG_CONFIG.to_string()];
+    if let Ok(bytes) = os.read_file(Path::new(FW_CFG_CONFIG)) {
+        return String::from_utf8(bytes).map_err(|_| err(format!("{FW_CFG_CONFIG}: not UTF-8")));
+    }
+    let cmdline = os.read_file(Path::new("/proc/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if let Some(path) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tether.config="))
+    {
+        looked.push(path.to_string());
+        if let Ok(bytes) = os.read_file(Path::new(path)) {
+            return String::from_utf8(bytes).map_err(|_| err(format!("{path}: not UTF-8")));
+        }
+    }
+    Err(err(format!(
+        "no config found (looked at {}); pass it with -fw_cfg name=opt/org.tether/config,file=... or as guestinfo",
+        looked.join(", ")
+    )))
+}
+
+/// The ext4 volume label of a block device, if it has one.
+fn ext4_label(os: &dyn Os, dev: &Path) -> Option<String> {
+    let sb = os.read_at(dev, 1024, 256).ok()?;
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let name = &sb[0x78..0x88];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// Finds the block device whose ext4 label is `label`, waiting up to `wait` for it to appear.
+/// The error names every device seen and its label.
+pub fn find_disk(os: &dyn Os, label: &str, wait: Duration) -> Result<PathBuf, BootError> {
+    let step = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut seen = Vec::new();
+        for name in os
+            .list_dir(Path::new("/sys/class/block"))
+            .unwrap_or_default()
+        {
+            if name.starts_with("loop") || name.starts_with("ram") {
+                continue;
+            }
+            let dev = Path::new("/dev").join(&name);
+            match ext4_label(os, &dev) {
+                Some(l) if l == label => return Ok(dev),
+                Some(l) => seen.push(format!("{name} (ext4 label {l:?})")),
+                None => seen.push(format!("{name} (no ext4 label)")),
+            }
+        }
+        if waited >= wait {
+            return Err(err(format!(
+                "no disk labelled {label:?} appeared within {} ms; block devices seen: {}. \
+                 Attach the image disk (bootstrap-iso disk labels it {label:?})",
+                wait.as_millis(),
+                if seen.is_empty() {
+                    "none".to_string()
+                } else {
+                    seen.join(", ")
+                }
+            )));
+        }
+        os.sleep(step);
+        waited += step;
+    }
+}
+
+/// Standard device nodes of a container's /dev: (name, major, minor).
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Mounts the image disk and builds the container's view in it: its own /dev (standard nodes,
+/// a private devpts, shm; never the channel device), /proc, /sys (read-only), hostname, hosts.
+pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<PathBuf, BootError> {
+    let root = PathBuf::from(NEW_ROOT);
+    mount(os, &disk.to_string_lossy(), &root, "ext4", 0, "")
+        .map_err(|e| err(format!("mounting the image disk {}: {e}", disk.display())))?;
+    mount(
+        os,
+        "proc",
+        &root.join("proc"),
+        "proc",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "",
+    )?;
+    mount(
+        os,
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+        "",
+    )?;
+    let dev = root.join("dev");
+    mount(
+        os,
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MS_NOSUID,
+        "mode=755,size=65536k",
+    )?;
+    for (name, major, minor) in DEVICES {
+        os.mknod_char(&dev.join(name), 0o666, major, minor)
+            .map_err(|e| err(format!("mknod /dev/{name}: {e}")))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        os.symlink(target, &dev.join(link))
+            .map_err(|e| err(format!("symlink /dev/{link}: {e}")))?;
+    }
+    mount(
+        os,
+        "devpts",
+        &dev.join("pts"),
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,gid=5,mode=620,ptmxmode=666",
+    )?;
+    mount(
+        os,
+        "shm",
+        &dev.join("shm"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )?;
+    let hostname = spec.effective_hostname();
+    os.sethostname(&hostname)
+        .map_err(|e| err(format!("sethostname {hostname:?}: {e}")))?;
+    let etc = root.join("etc");
+    os.mkdir_all(&etc)
+        .map_err(|e| err(format!("mkdir /etc: {e}")))?;
+    let short = hostname.split('.').next().unwrap_or(&hostname);
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {short}\n"
+    );
+    os.write_file(&etc.join("hosts"), hosts.as_bytes())
+        .map_err(|e| err(format!("writing /etc/hosts: {e}")))?;
+    os.write_file(&etc.join("hostname"), format!("{hostname}\n").as_bytes())
+        .map_err(|e| err(format!("writing /etc/hostname: {e}")))?;
+    if let Err(e) = os.loopback_up() {
+        crate::log::warn(&format!("loopback interface not brought up: {e}"));
+    }
+    Ok(root)
+}
+
+/// Makes `root` the filesystem root for tether and everything it starts (as switch_root does):
+/// the initramfs, with tether's own files, is left unreachable underneath.
+pub fn switch_root(os: &dyn Os, root: &Path) -> Result<(), BootError> {
+    os.chdir(root)
+        .map_err(|e| err(format!("chdir {}: {e}", root.display())))?;
+    os.move_mount(root, Path::new("/"))
+        .map_err(|e| err(e.to_string()))?;
+    os.chroot(Path::new("."))
+        .map_err(|e| err(format!("chroot: {e}")))?;
+    os.chdir(Path::new("/"))
+        .map_err(|e| err(format!("chdir /: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::recording::Recording;
+
+    fn ext4_image(label: &str) -> Vec<u8> {
+        let mut img = vec![0u8; 2048];
+        img[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        img[1024 + 0x78..1024 + 0x78 + label.len()].copy_from_slice(label.as_bytes());
+        img
+    }
+
+    #[test]
+    fn finds_the_labelled_disk_among_others() {
+        let os = Recording::default();
+        os.file("/sys/class/block/vda/dev", b"");
+        os.file("/sys/class/block/vdb/dev", b"");
+        os.file("/dev/vda", &ext4_image("scratch"));
+        os.file("/dev/vdb", &ext4_image("containerfs"));
+        let dev = find_disk(&os, "containerfs", Duration::from_secs(1)).unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/vdb"));
+    }
+
+    #[test]
+    fn waits_for_a_late_disk_then_gives_up_naming_what_it_saw() {
+        let os = Recording::default();
+        os.file("/sys/class/block/vda/dev", b"");
+        os.file("/dev/vda", &ext4_image("other"));
+        os.appear_at
+            .borrow_mut()
+            .push((300, "/sys/class/block/vdb/dev".into(), vec![]));
+        os.appear_at
+            .borrow_mut()
+            .push((300, "/dev/vdb".into(), ext4_image("containerfs")));
+        assert_eq!(
+            find_disk(&os, "containerfs", Duration::from_secs(1)).unwrap(),
+            PathBuf::from("/dev/vdb")
+        );
+        assert!(*os.clock_ms.borrow() >= 300);
+
+        let os = Recording::default();
+        os.file("/sys/class/block/vda/dev", b"");
+        os.file("/dev/vda", &ext4_image("other"));
+        os.file("/sys/class/block/sr0/dev", b"");
+        let e = find_disk(&os, "containerfs", Duration::from_millis(500)).unwrap_err();
+        assert!(e.0.contains("within 500 ms"), "{e}");
+        assert!(
+            e.0.contains("vda (ext4 label \"other\")") && e.0.contains("sr0 (no ext4 label)"),
+            "{e}"
+        );
+        assert_eq!(*os.clock_ms.borrow(), 500, "the wait is bounded");
+    }
+
+    #[test]
+    fn config_from_fw_cfg_then_cmdline_else_a_clear_error() {
+        let os = Recording::default();
+        os.file(FW_CFG_CONFIG, b"a = \"1\"");
+        assert_eq!(read_config(&os).unwrap(), "a = \"1\"");
+        let os = Recording::default();
+        os.file(
+            "/proc/cmdline",
+            b"console=ttyS0 tether.config=/cfg.vmx quiet",
+        );
+        os.file("/cfg.vmx", b"b = \"2\"");
+        assert_eq!(read_config(&os).unwrap(), "b = \"2\"");
+        let os = Recording::default();
+        let e = read_config(&os).unwrap_err();
+        assert!(
+            e.0.contains("no config found") && e.0.contains("fw_cfg"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn container_root_gets_its_own_dev_without_the_channel() {
+        let os = Recording::default();
+        let mut spec = guestinfo::spec_from_vmx(&guestinfo::spec_to_vmx(&sample())).unwrap();
+        spec.hostname = Some("web".into());
+        spec.domainname = Some("example.com".into());
+        let root = prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+        assert_eq!(root, PathBuf::from(NEW_ROOT));
+        let calls = os.calls();
+        assert!(calls.contains(&"mount /dev/vdb /mnt/containerfs ext4 ".to_string()));
+        assert!(calls.contains(&"mknod /mnt/containerfs/dev/null 666 1:3".to_string()));
+        assert!(calls
+            .iter()
+            .any(|c| c.starts_with("mount devpts /mnt/containerfs/dev/pts devpts newinstance")));
+        assert!(calls.contains(&"sethostname web.example.com".to_string()));
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.contains("vport") || c.contains("ttyS")),
+            "no channel device in the container's /dev"
+        );
+        let hosts = os
+            .read_file(Path::new("/mnt/containerfs/etc/hosts"))
+            .unwrap();
+        assert!(String::from_utf8(hosts)
+            .unwrap()
+            .contains("127.0.1.1\tweb.example.com web\n"));
+    }
+
+    #[test]
+    fn a_failing_mount_is_an_error_naming_it() {
+        let os = Recording::default();
+        os.failing.borrow_mut().push("mount /dev/vdb".into());
+        let e = prepare_root(&os, Path::new("/dev/vdb"), &sample()).unwrap_err();
+        assert!(e.0.contains("mounting the image disk /dev/vdb"), "{e}");
+    }
+
+    #[test]
+    fn switch_root_moves_the_image_onto_slash() {
+        let os = Recording::default();
+        switch_root(&os, Path::new(NEW_ROOT)).unwrap();
+        assert_eq!(
+            os.calls(),
+            [
+                "chdir /mnt/containerfs",
+                "move /mnt/containerfs /",
+                "chroot .",
+                "chdir /"
+            ]
+        );
+    }
+
+    fn sample() -> ContainerSpec {
+        let main = guestinfo::SessionSpec {
+            id: "abc".into(),
+            path: "/bin/true".into(),
+            args: vec!["/bin/true".into()],
+            dir: "/".into(),
+            stop_signal: "SIGTERM".into(),
+            ..Default::default()
+        };
+        ContainerSpec {
+            id: "abc".into(),
+            name: String::new(),
+            debug: 1,
+            hostname: None,
+            domainname: None,
+            secret: b"s".to_vec(),
+            channel_device: None,
+            disk_label: "containerfs".into(),
+            disk_wait_ms: 100,
+            stop_grace_ms: 100,
+            sessions: [("abc".to_string(), main)].into(),
+            execs: Default::default(),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Every privileged operating-system call PID 1 makes, behind one narrow trait. The real
+//! implementation runs in the QEMU tests; `Recording` lets boot logic be unit-tested without root.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+/// What `power` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Off,
+    Restart,
+}
+
+pub trait Os {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: u64,
+        data: &str,
+    ) -> io::Result<()>;
+    /// Moves the mount at `source` onto `target` (MS_MOVE).
+    fn move_mount(&self, source: &Path, target: &Path) -> io::Result<()>;
+    fn remount_readonly(&self, target: &Path) -> io::Result<()>;
+    fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// A character device node.
+    fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()>;
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()>;
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset` (superblocks of block devices).
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn chdir(&self, path: &Path) -> io::Result<()>;
+    fn chroot(&self, path: &Path) -> io::Result<()>;
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+    fn loopback_up(&self) -> io::Result<()>;
+    fn sync(&self);
+    /// Does not return on success.
+    fn power(&self, action: Power) -> io::Error;
+    fn sleep(&self, d: Duration);
+}
+
+/// The real system calls.
+pub struct Real;
+
+fn cpath(p: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+impl Os for Real {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: u64,
+        data: &str,
+    ) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some(source),
+            target,
+            Some(fstype),
+            MsFlags::from_bits_truncate(flags as _),
+            (!data.is_empty()).then_some(data),
+        )
+        .map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("mount {fstype} on {}: {e}", target.display()),
+            )
+        })
+    }
+
+    fn move_mount(&self, source: &Path, target: &Path) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!(
+                    "move mount {} to {}: {e}",
+                    source.display(),
+                    target.display()
+                ),
+            )
+        })
+    }
+
+    fn remount_readonly(&self, target: &Path) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()> {
+        let c = cpath(path)?;
+        // SAFETY: mknod with a valid C string and integer arguments.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | mode,
+                libc::makedev(major as u32, minor as u32),
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        }
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        std::fs::write(path, contents)
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chdir(path).map_err(io::Error::from)
+    }
+
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chroot(path).map_err(io::Error::from)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(io::Error::from)
+    }
+
+    fn loopback_up(&self) -> io::Result<()> {
+        // SAFETY: a datagram socket for the interface ioctls, an ifreq we own, closed after.
+        unsafe {
+            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if sock < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                *dst = *src as libc::c_char;
+            }
+            let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req);
+            if rc == 0 {
+                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req);
+            }
+            let err = io::Error::last_os_error();
+            libc::close(sock);
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+
+    fn sync(&self) {
+        nix::unistd::sync();
+    }
+
+    fn power(&self, action: Power) -> io::Error {
+        use nix::sys::reboot::{reboot, RebootMode};
+        let mode = match action {
+            Power::Off => RebootMode::RB_POWER_OFF,
+            Power::Restart => RebootMode::RB_AUTOBOOT,
+        };
+        match reboot(mode) {
+            Err(e) => io::Error::from(e),
+            Ok(never) => match never {},
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// A fake that records each call and serves files from a map. `sleep` advances a fake clock.
+#[cfg(test)]
+pub mod recording {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    pub struct Recording {
+        pub calls: RefCell<Vec<String>>,
+        pub files: RefCell<BTreeMap<String, Vec<u8>>>,
+        /// Files that appear once the fake clock passes the given milliseconds.
+        pub appear_at: RefCell<Vec<(u64, String, Vec<u8>)>>,
+        pub clock_ms: RefCell<u64>,
+        /// Calls (by prefix) that fail.
+        pub failing: RefCell<Vec<String>>,
+    }
+
+    impl Recording {
+        pub fn file(&self, path: &str, contents: &[u8]) {
+            self.files
+                .borrow_mut()
+                .insert(path.to_string(), contents.to_vec());
+        }
+
+        fn record(&self, call: String) -> io::Result<()> {
+            let fail = self.failing.borrow().iter().any(|f| call.starts_with(f));
+            self.calls.borrow_mut().push(call.clone());
+            if fail {
+                Err(io::Error::other(format!("injected failure: {call}")))
+            } else {
+                Ok(())
+            }
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl Os for Recording {
+        fn mount(&self, s: &str, t: &Path, fs: &str, _f: u64, d: &str) -> io::Result<()> {
+            self.record(format!("mount {s} {} {fs} {d}", t.display()))
+        }
+        fn move_mount(&self, s: &Path, t: &Path) -> io::Result<()> {
+            self.record(format!("move {} {}", s.display(), t.display()))
+        }
+        fn remount_readonly(&self, t: &Path) -> io::Result<()> {
+            self.record(format!("remount-ro {}", t.display()))
+        }
+        fn mkdir_all(&self, p: &Path) -> io::Result<()> {
+            self.record(format!("mkdir {}", p.display()))
+        }
+        fn mknod_char(&self, p: &Path, mode: u32, ma: u64, mi: u64) -> io::Result<()> {
+            self.record(format!("mknod {} {mode:o} {ma}:{mi}", p.display()))
+        }
+        fn symlink(&self, t: &str, l: &Path) -> io::Result<()> {
+            self.record(format!("symlink {} -> {t}", l.display()))
+        }
+        fn write_file(&self, p: &Path, c: &[u8]) -> io::Result<()> {
+            self.file(&p.display().to_string(), c);
+            self.record(format!("write {}", p.display()))
+        }
+        fn read_file(&self, p: &Path) -> io::Result<Vec<u8>> {
+            self.files
+                .borrow()
+                .get(&p.display().to_string())
+                .cloned()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn read_at(&self, p: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
+            let data = self.read_file(p)?;
+            let start = off as usize;
+            data.get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
+        }
+        fn list_dir(&self, p: &Path) -> io::Result<Vec<String>> {
+            let prefix = format!("{}/", p.display());
+            let files = self.files.borrow();
+            let mut names: Vec<String> = files
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+                .collect();
+            names.dedup();
+            Ok(names)
+        }
+        fn chdir(&self, p: &Path) -> io::Result<()> {
+            self.record(format!("chdir {}", p.display()))
+        }
+        fn chroot(&self, p: &Path) -> io::Result<()> {
+            self.record(format!("chroot {}", p.display()))
+        }
+        fn sethostname(&self, n: &str) -> io::Result<()> {
+            self.record(format!("sethostname {n}"))
+        }
+        fn loopback_up(&self) -> io::Result<()> {
+            self.record("loopback up".into())
+        }
+        fn sync(&self) {
+            let _ = self.record("sync".into());
+        }
+        fn power(&self, a: Power) -> io::Error {
+            let _ = self.record(format!("power {a:?}"));
+            io::Error::other("fake power")
+        }
+        fn sleep(&self, d: Duration) {
+            let now = *self.clock_ms.borrow() + d.as_millis() as u64;
+            *self.clock_ms.borrow_mut() = now;
+            let due: Vec<(u64, String, Vec<u8>)> = self
+                .appear_at
+                .borrow()
+                .iter()
+                .filter(|(t, _, _)| *t <= now)
+                .cloned()
+                .collect();
+            for (_, path, data) in due {
+                self.file(&path, &data);
+            }
+        }
+    }
+}

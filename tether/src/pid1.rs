@@ -1,0 +1,181 @@
+//! tether as PID 1: boot, run the container, power off. Nothing here may panic or return: a PID 1
+//! that exits panics the kernel. Every failure is reported on the console and, when the config
+//! says who we are, over the channel; then the VM powers off cleanly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::agent::{self, AgentConfig, Failure};
+use crate::boot;
+use crate::channel::{self, ChannelSpec};
+use crate::log;
+use crate::os::{Os, Power, Real};
+
+/// How long to wait for the appliance to take the last output (and a boot failure report).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        log::error(&format!("internal error, powering off: {info}"));
+        power_off(&Real, Power::Off);
+    }));
+    // Non-dumpable: the container's processes cannot open /proc/1/fd (the channel) or ptrace us.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let power = run(&Real);
+    power_off(&Real, power)
+}
+
+fn power_off(os: &dyn Os, action: Power) -> ! {
+    os.sync();
+    if let Err(e) = os.remount_readonly(std::path::Path::new("/")) {
+        log::debug(&format!("remount / read-only: {e}"));
+    }
+    os.sync();
+    let e = os.power(action);
+    log::error(&format!("power {action:?} failed: {e}; halting"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn channel_spec(os: &dyn Os, configured: Option<&str>) -> ChannelSpec {
+    let path = match configured {
+        Some(p) if p.starts_with('/') => PathBuf::from(p),
+        Some(name) => channel::find_virtio_port(std::path::Path::new("/sys"), name)
+            .unwrap_or_else(|_| PathBuf::from("/dev/ttyS1")),
+        None => {
+            match channel::find_virtio_port(std::path::Path::new("/sys"), channel::VIRTIO_PORT_NAME)
+            {
+                Ok(p) => p,
+                Err(why) => {
+                    log::info(&format!("{why}; using the serial port /dev/ttyS1"));
+                    PathBuf::from("/dev/ttyS1")
+                }
+            }
+        }
+    };
+    let _ = os;
+    ChannelSpec::Device(path)
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error(&format!("cannot start the runtime: {e}"));
+            None
+        }
+    }
+}
+
+/// Reports a boot failure over the channel if we know who we are; the console has it already.
+fn report(identity: Option<(String, Vec<u8>)>, channel: ChannelSpec, message: String) -> Power {
+    log::error(&message);
+    let Some((id, secret)) = identity else {
+        log::error(
+            "the config does not say which container this is; the error is on the console only",
+        );
+        return Power::Off;
+    };
+    let ChannelSpec::Device(path) = &channel else {
+        return Power::Off;
+    };
+    let device = match channel::open_device(path) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error(&format!(
+                "cannot open the channel to report the failure: {e}"
+            ));
+            return Power::Off;
+        }
+    };
+    if let Some(rt) = runtime() {
+        let failure = Failure {
+            container_id: id,
+            secret,
+            message,
+            exit_code: 125,
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(
+            &rt,
+            agent::report_failure(failure, channel, Some(device), DRAIN_TIMEOUT),
+        );
+    }
+    Power::Off
+}
+
+fn run(os: &dyn Os) -> Power {
+    if let Err(e) = boot::mount_base(os) {
+        log::error(&format!("boot: {e}"));
+        return Power::Off;
+    }
+    let text = match boot::read_config(os) {
+        Ok(t) => t,
+        Err(e) => return report(None, channel_spec(os, None), format!("config: {e}")),
+    };
+    let spec = match guestinfo::spec_from_vmx(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            return report(
+                guestinfo::identity_from_vmx(&text),
+                channel_spec(os, None),
+                format!("config does not decode: {e}"),
+            )
+        }
+    };
+    log::set_level(spec.debug);
+    let channel = channel_spec(os, spec.channel_device.as_deref());
+    let identity = Some((spec.id.clone(), spec.secret.clone()));
+    // The channel is opened before the switch: the container's /dev never has its node.
+    let ChannelSpec::Device(path) = &channel else {
+        return Power::Off;
+    };
+    let device = match channel::open_device(path) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error(&format!(
+                "cannot open the channel {}: {e}; nothing can attach to this container",
+                path.display()
+            ));
+            return Power::Off;
+        }
+    };
+    let root = boot::find_disk(
+        os,
+        &spec.disk_label,
+        Duration::from_millis(spec.disk_wait_ms),
+    )
+    .and_then(|disk| boot::prepare_root(os, &disk, &spec))
+    .and_then(|root| boot::switch_root(os, &root));
+    if let Err(e) = root {
+        drop(device);
+        return report(identity, channel, format!("boot: {e}"));
+    }
+    let Some(rt) = runtime() else {
+        return Power::Off;
+    };
+    let restart = spec.main_session().is_some_and(|m| m.restart);
+    let cfg = AgentConfig {
+        spec,
+        root: PathBuf::from("/"),
+        channel,
+        device: Some(device),
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let local = tokio::task::LocalSet::new();
+    let outcome = local.block_on(&rt, agent::run(cfg));
+    log::info(&format!(
+        "main session exited {}; shutting down",
+        outcome.exit_code
+    ));
+    if restart {
+        Power::Restart
+    } else {
+        Power::Off
+    }
+}
