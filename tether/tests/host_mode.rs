@@ -260,3 +260,36 @@ fn output_produced_before_the_appliance_connects_is_not_lost() {
     assert_eq!(h.wait(), 0);
     let _ = ID;
 }
+
+#[test]
+fn appliance_restarts_mid_stream_lose_and_duplicate_nothing() {
+    // The main session streams numbered lines with pauses; the appliance is "killed" three times
+    // mid-stream and a new one, knowing only what it had persisted, accepts the reconnect.
+    let script = "i=0; while [ $i -lt 4000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); \
+                  [ $((i % 200)) = 0 ] && sleep 0.05; done; exit 7";
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", script])));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        for cut in 1..=3 {
+            let want = cut * 9_000;
+            c.until(20, |s| s.stdout(1).len() >= want).await;
+            let (streams, seen) = c.crash();
+            c = h.accept_restored(streams, seen).await;
+        }
+        c.until(30, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    let out: String = (0..4000).map(|i| format!("line {i}\n")).collect();
+    let err: String = (0..4000).map(|i| format!("err {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(seen.stdout(1)), out);
+    assert_eq!(String::from_utf8_lossy(seen.stderr(1)), err);
+    let exits = seen
+        .control
+        .iter()
+        .filter(|c| matches!(c, Control::Exited { .. }))
+        .count();
+    assert_eq!(exits, 1, "the exit is reported exactly once");
+    assert_eq!(seen.exit(1), Some((7, None)));
+    assert_eq!(h.wait(), 7);
+}

@@ -101,12 +101,21 @@ impl Harness {
     }
 
     pub async fn accept(&self) -> Conn {
+        self.accept_restored(
+            Streams::new(Role::Appliance, StreamConfig::default()),
+            Seen::default(),
+        )
+        .await
+    }
+
+    /// Accepts as a restarted appliance that knows only `seen` (what it had persisted).
+    pub async fn accept_restored(&self, streams: Streams, seen: Seen) -> Conn {
         let listener = UnixListener::from_std(self.listener.try_clone().unwrap()).unwrap();
         let (sock, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
             .await
             .expect("tether connects within 10 s")
             .unwrap();
-        Conn::handshake(sock).await
+        Conn::handshake(sock, streams, seen).await
     }
 
     /// Waits for tether to exit; returns its exit code.
@@ -180,7 +189,7 @@ impl Conn {
         msgs
     }
 
-    async fn handshake(mut sock: UnixStream) -> Self {
+    async fn handshake(mut sock: UnixStream, mut streams: Streams, seen: Seen) -> Self {
         let mut dec = FrameDecoder::new();
         let mut msgs = Vec::new();
         while msgs.is_empty() {
@@ -203,7 +212,6 @@ impl Conn {
             panic!("expected Proof")
         };
         let auth = server.on_proof(proof).unwrap();
-        let mut streams = Streams::new(Role::Appliance, StreamConfig::default());
         streams.resume(&auth.peer_received).unwrap();
         out.clear();
         write_message(
@@ -217,7 +225,7 @@ impl Conn {
             sock,
             dec,
             streams,
-            seen: Seen::default(),
+            seen,
         };
         for m in msgs {
             conn.apply(m);
@@ -245,6 +253,22 @@ impl Conn {
             Inbound::Control(records) => self.seen.control.extend(records),
             _ => {}
         }
+    }
+
+    /// Dies like a killed appliance: the connection drops; what was received is what a real
+    /// appliance would have persisted. Returns the streams a restarted appliance rebuilds from it.
+    pub fn crash(self) -> (Streams, Seen) {
+        let mut restored = Streams::new(Role::Appliance, StreamConfig::default());
+        for (key, bytes) in &self.seen.out {
+            restored.restore_in(*key, bytes.len() as u64, self.seen.fins.contains(key));
+        }
+        let control = self
+            .streams
+            .in_stream(StreamKey::CONTROL)
+            .unwrap()
+            .released();
+        restored.restore_in(StreamKey::CONTROL, control, false);
+        (restored, self.seen)
     }
 
     pub async fn flush(&mut self) {
