@@ -70,14 +70,110 @@ pub fn split_list(text: &str) -> Vec<String> {
     items
 }
 
-/// A set of guestinfo keys with typed, erroring accessors. Keys are stored without suffixes.
+/// Where guestinfo values come from, with typed, erroring accessors on top of `lookup`.
+pub trait KeySource {
+    /// The value stored under `key` (its `@secret`/`@non-persistent` suffix already resolved),
+    /// `<nil>` included.
+    fn lookup(&self, key: &str) -> Option<String>;
+
+    /// The value, `None` when absent or `<nil>`.
+    fn raw(&self, key: &str) -> Option<String> {
+        self.lookup(key).filter(|v| v != NIL)
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.raw(key)
+    }
+
+    fn required(&self, key: &str) -> Result<String, KeyError> {
+        match self.raw(key) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(key_error(key, "required but missing or empty")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, KeyError> {
+        match self.raw(key).as_deref() {
+            None => Ok(None),
+            Some("true") | Some("1") => Ok(Some(true)),
+            Some("false") | Some("0") => Ok(Some(false)),
+            Some(other) => Err(key_error(
+                key,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, KeyError>
+    where
+        Self: Sized,
+    {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                key_error(
+                    key,
+                    format!("expected a number of type {}, got {v:?}", short_type::<T>()),
+                )
+            }),
+        }
+    }
+
+    fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KeyError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(Some)
+                .map_err(|e| key_error(key, format!("expected base64: {e}"))),
+        }
+    }
+
+    /// A slice of scalars: count at `key`, items at `key~`.
+    fn list(&self, key: &str) -> Result<Vec<String>, KeyError> {
+        let count = match self.raw(key) {
+            None => None,
+            Some(c) => Some(c.trim().parse::<i64>().map_err(|_| {
+                key_error(key, format!("expected the item count minus one, got {c:?}"))
+            })?),
+        };
+        let items_key = format!("{key}~");
+        let items = self.raw(&items_key).map(|v| split_list(&v));
+        match (count, items) {
+            (None, None) | (Some(-1), None) => Ok(Vec::new()),
+            (None, Some(items)) => Ok(items),
+            (Some(n), Some(items)) if n >= 0 && items.len() as i64 == n + 1 => Ok(items),
+            (Some(n), Some(items)) => Err(key_error(
+                &items_key,
+                format!(
+                    "{key} declares {} item(s) but {} found; a `|` inside an item must be written `\\|`",
+                    n + 1,
+                    items.len()
+                ),
+            )),
+            (Some(n), None) => Err(key_error(
+                &items_key,
+                format!("{key} declares {} item(s) but the item key is missing", n + 1),
+            )),
+        }
+    }
+
+    /// A map's keys, listed at `key`.
+    fn map_keys(&self, key: &str) -> Vec<String> {
+        match self.raw(key).as_deref() {
+            None | Some("") => Vec::new(),
+            Some(v) => split_list(v),
+        }
+    }
+}
+
+/// A complete set of keys (from VMX text). Suffixes are stripped on the way in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeySet {
     values: BTreeMap<String, String>,
 }
 
 impl KeySet {
-    /// Takes raw key/value pairs (from VMX text or the backdoor), normalising suffixes.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut values = BTreeMap::new();
         for (mut k, v) in pairs {
@@ -102,95 +198,20 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
+}
 
-    /// The raw value, `None` when absent or `<nil>`.
-    pub fn raw(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| *v != NIL)
+impl KeySource for KeySet {
+    fn lookup(&self, key: &str) -> Option<String> {
+        self.values.get(key).cloned()
     }
+}
 
-    pub fn string(&self, key: &str) -> Option<String> {
-        self.raw(key).map(str::to_string)
-    }
+/// Keys fetched one at a time (the VMware backdoor's info-get), trying each suffix in turn.
+pub struct LookupSource<F: Fn(&str) -> Option<String>>(pub F);
 
-    pub fn required(&self, key: &str) -> Result<String, KeyError> {
-        match self.raw(key) {
-            Some(v) if !v.is_empty() => Ok(v.to_string()),
-            _ => Err(key_error(key, "required but missing or empty")),
-        }
-    }
-
-    pub fn bool(&self, key: &str) -> Result<Option<bool>, KeyError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some("true") | Some("1") => Ok(Some(true)),
-            Some("false") | Some("0") => Ok(Some(false)),
-            Some(other) => Err(key_error(
-                key,
-                format!("expected true or false, got {other:?}"),
-            )),
-        }
-    }
-
-    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, KeyError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                key_error(
-                    key,
-                    format!("expected a number of type {}, got {v:?}", short_type::<T>()),
-                )
-            }),
-        }
-    }
-
-    pub fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KeyError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map(Some)
-                .map_err(|e| key_error(key, format!("expected base64: {e}"))),
-        }
-    }
-
-    /// A slice of scalars: count at `key`, items at `key~`.
-    pub fn list(&self, key: &str) -> Result<Vec<String>, KeyError> {
-        let count = match self.raw(key) {
-            None => None,
-            Some(c) => Some(c.trim().parse::<i64>().map_err(|_| {
-                key_error(key, format!("expected the item count minus one, got {c:?}"))
-            })?),
-        };
-        let items_key = format!("{key}~");
-        let items = self.raw(&items_key).map(split_list);
-        match (count, items) {
-            (None, None) | (Some(-1), None) => Ok(Vec::new()),
-            (None, Some(items)) => Ok(items),
-            (Some(n), Some(items)) if n >= 0 && items.len() as i64 == n + 1 => Ok(items),
-            (Some(n), Some(items)) => Err(key_error(
-                &items_key,
-                format!(
-                    "{key} declares {} item(s) but {} found; a `|` inside an item must be written `\\|`",
-                    n + 1,
-                    items.len()
-                ),
-            )),
-            (Some(n), None) => Err(key_error(
-                &items_key,
-                format!("{key} declares {} item(s) but the item key is missing", n + 1),
-            )),
-        }
-    }
-
-    /// A map's keys, listed at `key`.
-    pub fn map_keys(&self, key: &str) -> Vec<String> {
-        match self.raw(key) {
-            None | Some("") => Vec::new(),
-            Some(v) => split_list(v),
-        }
+impl<F: Fn(&str) -> Option<String>> KeySource for LookupSource<F> {
+    fn lookup(&self, key: &str) -> Option<String> {
+        (self.0)(key).or_else(|| SUFFIXES.iter().find_map(|s| (self.0)(&format!("{key}{s}"))))
     }
 }
 
@@ -367,6 +388,9 @@ mod tests {
         assert_eq!(s.number::<u32>("n").unwrap(), Some(42));
         assert!(s.number::<u8>("t").unwrap_err().problem.contains("u8"));
         assert_eq!(s.string("nil"), None);
+        let lazy = LookupSource(|k: &str| (k == "secret@secret").then(|| "aGk=".to_string()));
+        assert_eq!(lazy.bytes("secret").unwrap(), Some(b"hi".to_vec()));
+        assert_eq!(lazy.raw("other"), None);
         assert!(s.required("nil").is_err());
         assert_eq!(s.bytes("secret").unwrap(), Some(b"hi".to_vec()));
         assert_eq!(s.list("l").unwrap(), ["a|b", "c"]);

@@ -7,7 +7,7 @@ pub mod keys;
 pub mod spec;
 pub mod vmx;
 
-pub use keys::{KeyError, KeyPath, KeySet, KeyWriter};
+pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

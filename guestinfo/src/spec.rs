@@ -10,6 +10,7 @@
 //! | `channel/device` | channel device: a virtio port name or a /dev path (default: auto) |
 //! | `storage/label`, `storage/wait` | image disk label (default containerfs), wait in ms (default 10000) |
 //! | `stop/grace` | ms between the stop signal and SIGKILL at shutdown (default 10000) |
+//! | `network/dns`, `network/search` | lists: nameservers and search domains for /etc/resolv.conf (none: the image's file is kept) |
 //! | `sessions`, `execs` | maps of sessions: the main session's key is the container id |
 //! | `<map>\|ID/common/id`, `.../common/name` | session id and name |
 //! | `.../cmd/Path`, `.../cmd/Args`, `.../cmd/Env`, `.../cmd/Dir` | program, argv (argv\[0\] included), environment, working dir |
@@ -21,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::keys::{KeyError, KeyPath, KeySet, KeyWriter};
+use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
 
 pub const DEFAULT_DISK_LABEL: &str = "containerfs";
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;
@@ -98,6 +99,8 @@ pub struct ContainerSpec {
     pub disk_label: String,
     pub disk_wait_ms: u64,
     pub stop_grace_ms: u64,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
     /// Sessions started at boot; the one keyed by the container id is the main session.
     pub sessions: BTreeMap<String, SessionSpec>,
     /// Sessions declared as execs (started on request).
@@ -127,7 +130,7 @@ fn root() -> KeyPath {
 }
 
 /// Decodes and validates a spec. Every error names the offending key and what to do.
-pub fn decode(keys: &KeySet) -> Result<ContainerSpec, KeyError> {
+pub fn decode(keys: &impl KeySource) -> Result<ContainerSpec, KeyError> {
     let r = root();
     let id = keys.required(r.field("common").field("id").as_str())?;
     let debug = keys
@@ -162,6 +165,8 @@ pub fn decode(keys: &KeySet) -> Result<ContainerSpec, KeyError> {
         stop_grace_ms: keys
             .number(r.field("stop").field("grace").as_str())?
             .unwrap_or(DEFAULT_STOP_GRACE_MS),
+        dns: keys.list(r.field("network").field("dns").as_str())?,
+        dns_search: keys.list(r.field("network").field("search").as_str())?,
         sessions,
         execs,
         id,
@@ -179,7 +184,7 @@ pub fn decode(keys: &KeySet) -> Result<ContainerSpec, KeyError> {
 }
 
 fn decode_sessions(
-    keys: &KeySet,
+    keys: &impl KeySource,
     map: &KeyPath,
 ) -> Result<BTreeMap<String, SessionSpec>, KeyError> {
     let mut out = BTreeMap::new();
@@ -257,6 +262,8 @@ pub fn encode(spec: &ContainerSpec) -> BTreeMap<String, String> {
     w.string(&r.field("storage").field("label"), &spec.disk_label);
     w.number(&r.field("storage").field("wait"), spec.disk_wait_ms);
     w.number(&r.field("stop").field("grace"), spec.stop_grace_ms);
+    w.list(&r.field("network").field("dns"), &spec.dns);
+    w.list(&r.field("network").field("search"), &spec.dns_search);
     encode_sessions(&mut w, &r.field("sessions"), &spec.sessions);
     encode_sessions(&mut w, &r.field("execs"), &spec.execs);
     w.into_pairs()

@@ -185,6 +185,8 @@ proptest! {
             disk_label: "containerfs".into(),
             disk_wait_ms: 5000,
             stop_grace_ms: 3000,
+            dns: vec!["10.0.0.2".into()],
+            dns_search: vec![],
             sessions: [("main-id".to_string(), main)].into(),
             execs,
         };

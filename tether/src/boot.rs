@@ -260,10 +260,29 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         .map_err(|e| err(format!("writing /etc/hosts: {e}")))?;
     os.write_file(&etc.join("hostname"), format!("{hostname}\n").as_bytes())
         .map_err(|e| err(format!("writing /etc/hostname: {e}")))?;
+    if let Some(resolv) = resolv_conf(spec) {
+        os.write_file(&etc.join("resolv.conf"), resolv.as_bytes())
+            .map_err(|e| err(format!("writing /etc/resolv.conf: {e}")))?;
+    }
     if let Err(e) = os.loopback_up() {
         crate::log::warn(&format!("loopback interface not brought up: {e}"));
     }
     Ok(root)
+}
+
+/// /etc/resolv.conf from the config's nameservers; `None` keeps the image's own file.
+fn resolv_conf(spec: &ContainerSpec) -> Option<String> {
+    if spec.dns.is_empty() && spec.dns_search.is_empty() {
+        return None;
+    }
+    let mut out = String::from("# written by tether from the container's config\n");
+    for ns in &spec.dns {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !spec.dns_search.is_empty() {
+        out.push_str(&format!("search {}\n", spec.dns_search.join(" ")));
+    }
+    Some(out)
 }
 
 /// Makes `root` the filesystem root for tether and everything it starts (as switch_root does):
@@ -425,6 +444,8 @@ mod tests {
             disk_label: "containerfs".into(),
             disk_wait_ms: 100,
             stop_grace_ms: 100,
+            dns: vec![],
+            dns_search: vec![],
             sessions: [("abc".to_string(), main)].into(),
             execs: Default::default(),
         }

@@ -19,6 +19,7 @@ mod session;
 mod spawn;
 mod state;
 mod users;
+mod vmware;
 
 use std::path::PathBuf;
 use std::time::Duration;

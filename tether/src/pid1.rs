@@ -109,24 +109,30 @@ fn report(identity: Option<(String, Vec<u8>)>, channel: ChannelSpec, message: St
     Power::Off
 }
 
+/// The spec from fw_cfg or `tether.config=` (QEMU, tests), else VMware guestinfo (vSphere).
+fn load_spec(os: &dyn Os) -> Result<guestinfo::ContainerSpec, crate::vmware::ConfigFailure> {
+    match boot::read_config(os) {
+        Ok(text) => guestinfo::spec_from_vmx(&text).map_err(|e| {
+            (
+                guestinfo::identity_from_vmx(&text),
+                format!("config does not decode: {e}"),
+            )
+        }),
+        Err(e) => match crate::vmware::load_spec() {
+            Some(r) => r,
+            None => Err((None, format!("config: {e}"))),
+        },
+    }
+}
+
 fn run(os: &dyn Os) -> Power {
     if let Err(e) = boot::mount_base(os) {
         log::error(&format!("boot: {e}"));
         return Power::Off;
     }
-    let text = match boot::read_config(os) {
-        Ok(t) => t,
-        Err(e) => return report(None, channel_spec(os, None), format!("config: {e}")),
-    };
-    let spec = match guestinfo::spec_from_vmx(&text) {
+    let spec = match load_spec(os) {
         Ok(s) => s,
-        Err(e) => {
-            return report(
-                guestinfo::identity_from_vmx(&text),
-                channel_spec(os, None),
-                format!("config does not decode: {e}"),
-            )
-        }
+        Err((identity, message)) => return report(identity, channel_spec(os, None), message),
     };
     log::set_level(spec.debug);
     let channel = channel_spec(os, spec.channel_device.as_deref());
@@ -167,8 +173,21 @@ fn run(os: &dyn Os) -> Power {
         device: Some(device),
         drain_timeout: DRAIN_TIMEOUT,
     };
+    let container_id = cfg.spec.id.clone();
     let local = tokio::task::LocalSet::new();
     let outcome = local.block_on(&rt, agent::run(cfg));
+    let signal = outcome
+        .signal
+        .and_then(wire::message::signal_name)
+        .unwrap_or("");
+    // One update with the whole state, so a reader never sees a torn status.
+    crate::vmware::write_status(
+        &container_id,
+        &format!(
+            "state=exited exitcode={} signal={signal}",
+            outcome.exit_code
+        ),
+    );
     log::info(&format!(
         "main session exited {}; shutting down",
         outcome.exit_code

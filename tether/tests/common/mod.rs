@@ -67,6 +67,8 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         disk_label: "containerfs".into(),
         disk_wait_ms: 1000,
         stop_grace_ms: 1000,
+        dns: vec![],
+        dns_search: vec![],
         sessions: [(ID.to_string(), main)].into(),
         execs: BTreeMap::new(),
     }
