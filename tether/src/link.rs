@@ -2,7 +2,6 @@
 //! then do it again, forever. Streams outlive connections: what the appliance has not
 //! acknowledged is still buffered and is resent after the next handshake.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -10,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wire::keepalive::{DEAD_AFTER_MS, PING_INTERVAL_MS};
 use wire::{
-    decode, write_message, BootId, ClientHandshake, FrameDecoder, Inbound, Keepalive, Liveness,
-    Message, Secret, StreamKind,
+    write_message, BootId, ClientHandshake, Inbound, Keepalive, Liveness, Message, MessageReader,
+    Secret, StreamKind,
 };
 
 use crate::channel::{self, ChannelSpec};
@@ -26,12 +25,10 @@ pub struct Identity {
     pub boot_id: BootId,
 }
 
-/// Reads frames and yields decoded messages.
+/// Reads the channel and yields decoded messages.
 struct FrameReader<R> {
     rd: R,
-    dec: FrameDecoder,
-    pending: VecDeque<Message>,
-    undecodable: u64,
+    messages: MessageReader,
     buf: Vec<u8>,
 }
 
@@ -39,9 +36,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(rd: R) -> Self {
         Self {
             rd,
-            dec: FrameDecoder::new(),
-            pending: VecDeque::new(),
-            undecodable: 0,
+            messages: MessageReader::new(),
             buf: vec![0; 64 * 1024],
         }
     }
@@ -49,23 +44,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next message; `None` at end of stream.
     async fn next(&mut self) -> io::Result<Option<Message>> {
         loop {
-            if let Some(m) = self.pending.pop_front() {
+            if let Some(m) = self.messages.next_message() {
                 return Ok(Some(m));
             }
             let n = self.rd.read(&mut self.buf).await?;
             if n == 0 {
                 return Ok(None);
             }
-            let (pending, undecodable) = (&mut self.pending, &mut self.undecodable);
-            self.dec.feed(&self.buf[..n], |frame| {
-                if let Ok(payload) = frame {
-                    match decode::<Message>(payload) {
-                        Ok(m) => pending.push_back(m),
-                        // CRC-valid but not a message of ours: a newer peer or a bug; skip it.
-                        Err(_) => *undecodable += 1,
-                    }
-                }
-            });
+            self.messages.feed(&self.buf[..n]);
         }
     }
 }

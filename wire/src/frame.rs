@@ -163,6 +163,42 @@ impl FrameDecoder {
     }
 }
 
+/// Frames in, decoded messages out: the frame decoder plus message decoding, with a count of
+/// frames that passed their CRC but did not decode (a newer peer, or a bug on its side).
+#[derive(Debug, Default)]
+pub struct MessageReader {
+    frames: FrameDecoder,
+    pending: std::collections::VecDeque<crate::Message>,
+    undecodable: u64,
+}
+
+impl MessageReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let (pending, undecodable) = (&mut self.pending, &mut self.undecodable);
+        self.frames.feed(bytes, |frame| {
+            if let Ok(payload) = frame {
+                match crate::decode::<crate::Message>(payload) {
+                    Ok(m) => pending.push_back(m),
+                    Err(_) => *undecodable += 1,
+                }
+            }
+        });
+    }
+
+    pub fn next_message(&mut self) -> Option<crate::Message> {
+        self.pending.pop_front()
+    }
+
+    /// Frame-level counters, plus frames that did not decode as messages.
+    pub fn stats(&self) -> (DecoderStats, u64) {
+        (self.frames.stats(), self.undecodable)
+    }
+}
+
 fn decode_body(body: &[u8]) -> Result<Vec<u8>, FrameError> {
     // COBS never expands on decode, so the body length bounds the output.
     let mut decoded = vec![0u8; body.len()];

@@ -22,7 +22,7 @@ pub mod mux;
 pub mod stream;
 
 pub use control::{encode_control, ControlDecoder, ControlError};
-pub use frame::{encode_frame, DecoderStats, FrameDecoder, FrameError, MAX_PAYLOAD};
+pub use frame::{encode_frame, DecoderStats, FrameDecoder, FrameError, MessageReader, MAX_PAYLOAD};
 pub use handshake::{
     Authenticated, ClientHandshake, HandshakeError, Secret, ServerHandshake, PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
@@ -30,7 +30,7 @@ pub use handshake::{
 pub use keepalive::{Keepalive, Liveness};
 pub use message::{
     decode, encode, BootId, Control, DecodeError, ExecSpec, LogLevel, Message, Nonce, Position,
-    RefuseReason, SessionId, StreamKey, StreamKind, Welcome,
+    RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
 };
 pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT};
 pub use stream::{Chunk, Delivery, InStream, OutStream, StreamError};

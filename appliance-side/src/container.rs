@@ -1,0 +1,315 @@
+//! One containerVM as the server sees it: its streams (restored from the log store after a
+//! restart), log writers, and state, persisted before anything is acknowledged to tether; plus the
+//! fan-out of its output to attached clients.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Notify};
+use wire::{Control, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
+
+use crate::logstore::{self, LogWriter, Rotation, Stream};
+use crate::records::write_atomic;
+
+/// Output and lifecycle events for attached clients. Bounded: a client that falls behind gets
+/// `Lagged` from its receiver and is dropped, never slowing the container or other clients.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Output {
+        session: SessionId,
+        stream: Stream,
+        /// Offset of the first byte in the stream (lets a follower dedupe against the file).
+        offset: u64,
+        bytes: Arc<Vec<u8>>,
+    },
+    Exited {
+        session: SessionId,
+        exit_code: i32,
+    },
+    Started {
+        session: SessionId,
+    },
+}
+
+pub const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Hex of the current boot id.
+    pub boot: String,
+    /// created, running, exited, failed.
+    pub status: String,
+    pub detail: String,
+    pub sessions: BTreeMap<SessionId, SessionState>,
+    /// Control-stream offset persisted (a record boundary): where tether resumes it.
+    pub control_offset: u64,
+    pub next_exec: SessionId,
+    pub connected: bool,
+}
+
+impl State {
+    pub fn main(&self) -> Option<&SessionState> {
+        self.sessions.get(&1)
+    }
+}
+
+/// First session id the server gives an exec (config sessions number from 1).
+pub const FIRST_EXEC_SESSION: SessionId = 4096;
+
+pub struct Inner {
+    pub streams: Streams,
+    pub state: State,
+    writers: BTreeMap<SessionId, LogWriter>,
+    dir: PathBuf,
+    rotation: Rotation,
+}
+
+/// Shared by the connection task and API handlers; locked briefly, never across an await.
+pub struct Container {
+    pub id: String,
+    pub inner: Mutex<Inner>,
+    pub events: broadcast::Sender<Event>,
+    /// Something was queued for tether (stdin, control): the connection task should transmit.
+    pub tx_wake: Notify,
+}
+
+fn kind_stream(kind: StreamKind) -> Option<Stream> {
+    match kind {
+        StreamKind::Stdout => Some(Stream::Stdout),
+        StreamKind::Stderr => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+fn now() -> String {
+    logstore::now_rfc3339().0
+}
+
+impl Container {
+    /// Loads (or starts) the container's state for `boot` from `dir`, restoring every stream's
+    /// position from what was persisted.
+    pub fn open(id: &str, dir: PathBuf, boot: &str, rotation: Rotation) -> io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&dir)?;
+        let mut state: State = std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if state.boot != boot {
+            // A new boot of the VM: fresh streams; the old boot's logs stay where they are.
+            state = State {
+                boot: boot.to_string(),
+                status: "created".into(),
+                next_exec: FIRST_EXEC_SESSION,
+                ..Default::default()
+            };
+        }
+        let mut streams = Streams::new(Role::Appliance, StreamConfig::default());
+        let log_dir = dir.join("logs").join(boot);
+        let mut writers = BTreeMap::new();
+        for entry in std::fs::read_dir(&log_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(session) = name
+                .strip_suffix(".json.log")
+                .and_then(|s| s.parse::<SessionId>().ok())
+            else {
+                continue;
+            };
+            let w = LogWriter::open(&log_dir, session, rotation)?;
+            for (kind, stream) in [
+                (StreamKind::Stdout, Stream::Stdout),
+                (StreamKind::Stderr, Stream::Stderr),
+            ] {
+                streams.restore_in(
+                    StreamKey::new(session, kind),
+                    w.offset(stream),
+                    w.finished(stream),
+                );
+            }
+            writers.insert(session, w);
+        }
+        streams.restore_in(StreamKey::CONTROL, state.control_offset, false);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Arc::new(Self {
+            id: id.to_string(),
+            inner: Mutex::new(Inner {
+                streams,
+                state,
+                writers,
+                dir,
+                rotation,
+            }),
+            events,
+            tx_wake: Notify::new(),
+        }))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        let inner = self.inner.lock().expect("container lock");
+        inner.dir.join("logs").join(&inner.state.boot)
+    }
+
+    pub fn state(&self) -> State {
+        self.inner.lock().expect("container lock").state.clone()
+    }
+
+    /// Persists and fans out one delivery of output. Returns after the bytes are in the log.
+    pub fn on_output(&self, key: StreamKey, bytes: &[u8], fin: bool) -> io::Result<()> {
+        let Some(stream) = kind_stream(key.kind) else {
+            return Ok(());
+        };
+        let mut inner = self.inner.lock().expect("container lock");
+        let inner = &mut *inner;
+        let dir = inner.dir.join("logs").join(&inner.state.boot);
+        let w = match inner.writers.entry(key.session) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(LogWriter::open(&dir, key.session, inner.rotation)?)
+            }
+        };
+        let offset = w.offset(stream);
+        w.append(stream, bytes)?;
+        if fin {
+            w.finish(stream)?;
+        }
+        // Persisted: now it may be acknowledged.
+        inner.streams.release(key, bytes.len() as u64);
+        if !bytes.is_empty() {
+            let _ = self.events.send(Event::Output {
+                session: key.session,
+                stream,
+                offset,
+                bytes: Arc::new(bytes.to_vec()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies control records to the state and persists it (before the ack goes out).
+    pub fn on_control(&self, records: Vec<Control>) -> io::Result<()> {
+        let mut inner = self.inner.lock().expect("container lock");
+        for r in records {
+            let state = &mut inner.state;
+            match r {
+                Control::Started { session, name, pid } => {
+                    let s = state.sessions.entry(session).or_default();
+                    s.name = name;
+                    s.pid = Some(pid);
+                    s.running = true;
+                    s.started_at = now();
+                    if session == 1 {
+                        state.status = "running".into();
+                    }
+                    let _ = self.events.send(Event::Started { session });
+                }
+                Control::StartFailed {
+                    session, message, ..
+                } => {
+                    let s = state.sessions.entry(session).or_default();
+                    s.error = message.clone();
+                    if session == 1 {
+                        state.detail = message;
+                    }
+                }
+                Control::Exited {
+                    session,
+                    exit_code,
+                    signal,
+                } => {
+                    let s = state.sessions.entry(session).or_default();
+                    s.running = false;
+                    s.exit_code = Some(exit_code);
+                    s.signal = signal;
+                    s.finished_at = now();
+                    if session == 1 {
+                        state.status = if s.error.is_empty() {
+                            "exited"
+                        } else {
+                            "failed"
+                        }
+                        .into();
+                    }
+                    let _ = self.events.send(Event::Exited { session, exit_code });
+                }
+                Control::Status { state: st, detail } if st == "failed" => {
+                    state.status = st;
+                    state.detail = detail;
+                }
+                Control::Log { level, message } => {
+                    eprintln!(
+                        "appliance: container {}: tether {level:?}: {message}",
+                        self.id
+                    );
+                }
+                _ => {}
+            }
+        }
+        inner.state.control_offset = inner
+            .streams
+            .in_stream(StreamKey::CONTROL)
+            .map_or(0, |s| s.released());
+        persist_state(&inner)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        let mut inner = self.inner.lock().expect("container lock");
+        inner.state.connected = connected;
+        let _ = persist_state(&inner);
+    }
+
+    /// Queues a control record for tether.
+    pub fn send_control(&self, record: Control) -> Result<(), wire::MuxError> {
+        self.inner
+            .lock()
+            .expect("container lock")
+            .streams
+            .send_control(&record)?;
+        self.tx_wake.notify_one();
+        Ok(())
+    }
+
+    /// Allocates an exec session id and persists the counter.
+    pub fn new_exec_session(&self) -> SessionId {
+        let mut inner = self.inner.lock().expect("container lock");
+        let id = inner.state.next_exec.max(FIRST_EXEC_SESSION);
+        inner.state.next_exec = id + 1;
+        let _ = persist_state(&inner);
+        id
+    }
+
+    /// Writes stdin bytes for a session; returns how many fit (bounded buffer).
+    pub fn write_stdin(&self, session: SessionId, bytes: &[u8], close: bool) -> usize {
+        let mut inner = self.inner.lock().expect("container lock");
+        let s = inner
+            .streams
+            .open_out(StreamKey::new(session, StreamKind::Stdin));
+        let n = s.write(bytes);
+        if close && n == bytes.len() {
+            s.close();
+        }
+        drop(inner);
+        self.tx_wake.notify_one();
+        n
+    }
+}
+
+fn persist_state(inner: &Inner) -> io::Result<()> {
+    write_atomic(
+        &inner.dir.join("state.json"),
+        &serde_json::to_vec_pretty(&inner.state)?,
+    )
+}

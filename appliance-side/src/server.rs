@@ -1,0 +1,356 @@
+//! The session server: accepts tether channels on a Unix socket (QEMU `-chardev socket`) and on
+//! TCP (vSphere network serial, QEMU `-serial tcp:`), one task per connection. Each connection
+//! proves it knows its container's secret, resumes the container's streams from the log store,
+//! and then has every byte persisted before it is acknowledged.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use wire::keepalive::{DEAD_AFTER_MS, PING_INTERVAL_MS};
+use wire::{
+    write_message, Inbound, Keepalive, Liveness, Message, MessageReader, RefuseReason, Refused,
+    Secret, ServerHandshake, Welcome,
+};
+
+use crate::container::Container;
+use crate::home::Home;
+use crate::logstore::Rotation;
+use crate::records;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_millis(100);
+
+struct Live {
+    conn: u64,
+    kick: Arc<Notify>,
+}
+
+pub struct Server {
+    pub home: Home,
+    rotation: Rotation,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    live: Mutex<HashMap<String, Live>>,
+    next_conn: AtomicU64,
+    /// Refused or dropped connections, for diagnostics and tests.
+    pub refused: AtomicU64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Server {
+    pub fn new(home: Home) -> Arc<Self> {
+        Arc::new(Self {
+            home,
+            rotation: Rotation::default(),
+            containers: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The container's runtime, if it has connected since the server started.
+    pub fn container(&self, id: &str) -> Option<Arc<Container>> {
+        self.containers.lock().expect("lock").get(id).cloned()
+    }
+
+    /// The runtime for `id` at `boot`: the one in memory if the boot matches, else rebuilt from
+    /// the store (a server restart, or a new boot of the VM).
+    fn open_container(&self, id: &str, boot: &str) -> io::Result<Arc<Container>> {
+        let mut map = self.containers.lock().expect("lock");
+        if let Some(c) = map.get(id) {
+            if c.state().boot == boot {
+                return Ok(c.clone());
+            }
+        }
+        let c = Container::open(id, self.home.container(id), boot, self.rotation)?;
+        map.insert(id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn listen_unix(self: &Arc<Self>, path: &Path) -> io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((sock, _)) => {
+                        let s = server.clone();
+                        tokio::spawn(async move { s.serve(sock, "unix".into()).await });
+                    }
+                    Err(e) => {
+                        eprintln!("appliance: accept on the channel socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn listen_tcp(self: &Arc<Self>, addr: &str) -> io::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((sock, peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        let s = server.clone();
+                        tokio::spawn(async move { s.serve(sock, peer.to_string()).await });
+                    }
+                    Err(e) => {
+                        eprintln!("appliance: accept on the channel port: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    fn refuse(&self, peer: &str, r: &Refused) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "appliance: refused channel from {peer} ({:?}): {}",
+            r.reason, r.detail
+        );
+    }
+
+    /// Serves one channel until it breaks.
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, sock: S, peer: String) {
+        let (mut rd, mut wr) = tokio::io::split(sock);
+        let mut reader = MessageReader::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let handshake = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            self.handshake(&mut rd, &mut wr, &mut reader, &mut buf),
+        )
+        .await;
+        let (container, _auth_id) = match handshake {
+            Ok(Ok(c)) => c,
+            Ok(Err(r)) => {
+                self.refuse(&peer, &r);
+                let mut out = Vec::new();
+                write_message(&Message::Refused(r), &mut out);
+                let _ = wr.write_all(&out).await;
+                return;
+            }
+            Err(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                eprintln!("appliance: channel from {peer}: no handshake within 10 s; dropped");
+                return;
+            }
+        };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        {
+            let mut live = self.live.lock().expect("lock");
+            if let Some(old) = live.insert(
+                container.id.clone(),
+                Live {
+                    conn,
+                    kick: kick.clone(),
+                },
+            ) {
+                // The newest channel wins: the old one is a broken link not yet noticed.
+                old.kick.notify_one();
+            }
+        }
+        container.set_connected(true);
+        let why = self
+            .run(&container, &mut rd, &mut wr, &mut reader, &mut buf, &kick)
+            .await;
+        {
+            let mut live = self.live.lock().expect("lock");
+            if live.get(&container.id).is_some_and(|l| l.conn == conn) {
+                live.remove(&container.id);
+                container.set_connected(false);
+            }
+        }
+        if let Err(why) = why {
+            eprintln!(
+                "appliance: container {} channel closed: {why}",
+                container.id
+            );
+        }
+    }
+
+    async fn next_message<R: AsyncRead + Unpin>(
+        rd: &mut R,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+    ) -> Option<Message> {
+        loop {
+            if let Some(m) = reader.next_message() {
+                return Some(m);
+            }
+            let n = rd.read(buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            reader.feed(&buf[..n]);
+        }
+    }
+
+    async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        rd: &mut R,
+        wr: &mut W,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+    ) -> Result<(Arc<Container>, String), Refused> {
+        let violation = |detail: &str| Refused {
+            reason: RefuseReason::ProtocolViolation,
+            detail: detail.to_string(),
+        };
+        let hello = match Self::next_message(rd, reader, buf).await {
+            Some(Message::Hello(h)) => h,
+            Some(_) => return Err(violation("the first message must be Hello")),
+            None => return Err(violation("closed before Hello")),
+        };
+        let home = &self.home;
+        let (hs, challenge) = ServerHandshake::on_hello(hello, records::random(), |id| {
+            records::load(home, id).map(|r| Secret::new(r.secret_bytes()))
+        })?;
+        let mut out = Vec::new();
+        write_message(&Message::Challenge(challenge), &mut out);
+        wr.write_all(&out)
+            .await
+            .map_err(|e| violation(&format!("writing Challenge: {e}")))?;
+        let proof = match Self::next_message(rd, reader, buf).await {
+            Some(Message::Proof(p)) => p,
+            Some(_) => return Err(violation("expected Proof")),
+            None => return Err(violation("closed before Proof")),
+        };
+        let auth = hs.on_proof(proof)?;
+        let boot = hex(&auth.boot_id);
+        let container = self
+            .open_container(&auth.container_id, &boot)
+            .map_err(|e| violation(&format!("the server cannot open its store: {e}")))?;
+        let positions = {
+            let mut inner = container.inner.lock().expect("lock");
+            inner
+                .streams
+                .resume(&auth.peer_received)
+                .map_err(|e| violation(&format!("resume: {e}")))?;
+            inner.streams.positions()
+        };
+        out.clear();
+        write_message(
+            &Message::Welcome(Welcome {
+                received: positions,
+            }),
+            &mut out,
+        );
+        wr.write_all(&out)
+            .await
+            .map_err(|e| violation(&format!("writing Welcome: {e}")))?;
+        Ok((container, auth.container_id))
+    }
+
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        c: &Arc<Container>,
+        rd: &mut R,
+        wr: &mut W,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+        kick: &Notify,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        let mut keepalive = Keepalive::new(0, PING_INTERVAL_MS, DEAD_AFTER_MS);
+        let mut tick = tokio::time::interval(TICK);
+        let mut out = Vec::with_capacity(64 * 1024);
+        // Messages already read past the handshake.
+        self.absorb(c, reader, &mut keepalive, 0)?;
+        loop {
+            flush(c, wr, &mut out).await?;
+            tokio::select! {
+                r = rd.read(buf) => {
+                    let n = r.map_err(|e| format!("read: {e}"))?;
+                    if n == 0 {
+                        return Err("tether closed the channel".into());
+                    }
+                    reader.feed(&buf[..n]);
+                    self.absorb(c, reader, &mut keepalive, start.elapsed().as_millis() as u64)?;
+                }
+                _ = c.tx_wake.notified() => {}
+                _ = tick.tick() => {
+                    let now = start.elapsed().as_millis() as u64;
+                    let mut inner = c.inner.lock().expect("lock");
+                    inner.streams.on_tick(now);
+                    match keepalive.poll(now) {
+                        Liveness::Alive => {}
+                        Liveness::SendPing(token) => write_message(&Message::Ping { token }, &mut out),
+                        Liveness::Dead => return Err("no traffic from tether for 10 s".into()),
+                    }
+                }
+                _ = kick.notified() => return Err("replaced by a newer channel".into()),
+            }
+        }
+    }
+
+    /// Handles every decoded message: output and control are persisted before `flush` sends the
+    /// acks. A protocol violation ends the connection (and only it).
+    fn absorb(
+        &self,
+        c: &Container,
+        reader: &mut MessageReader,
+        keepalive: &mut Keepalive,
+        now: u64,
+    ) -> Result<(), String> {
+        while let Some(msg) = reader.next_message() {
+            keepalive.on_receive(now);
+            let inbound = c.inner.lock().expect("lock").streams.on_message(msg);
+            match inbound {
+                Ok(Inbound::Data { key, bytes, fin }) => c
+                    .on_output(key, &bytes, fin)
+                    .map_err(|e| format!("log store: {e}"))?,
+                Ok(Inbound::Control(records)) => c
+                    .on_control(records)
+                    .map_err(|e| format!("state store: {e}"))?,
+                Ok(Inbound::Goodbye(reason)) => {
+                    return Err(format!("tether said goodbye: {reason}"))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("protocol violation, disconnected: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(
+    c: &Container,
+    wr: &mut W,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    {
+        let mut inner = c.inner.lock().expect("lock");
+        while out.len() < 256 * 1024 {
+            let Some(m) = inner.streams.poll_transmit() else {
+                break;
+            };
+            write_message(&m, out);
+        }
+    }
+    if !out.is_empty() {
+        wr.write_all(out).await.map_err(|e| format!("write: {e}"))?;
+        out.clear();
+    }
+    Ok(())
+}
