@@ -32,6 +32,11 @@ pub enum Event {
     Started {
         session: SessionId,
     },
+    /// The session could not start; `message` says why (shown to the attached client).
+    StartFailed {
+        session: SessionId,
+        message: String,
+    },
 }
 
 pub const EVENT_BUFFER: usize = 1024;
@@ -221,6 +226,10 @@ impl Container {
                 } => {
                     let s = state.sessions.entry(session).or_default();
                     s.error = message.clone();
+                    let _ = self.events.send(Event::StartFailed {
+                        session,
+                        message: message.clone(),
+                    });
                     if session == 1 {
                         state.detail = message;
                     }
@@ -268,7 +277,30 @@ impl Container {
     pub fn set_connected(&self, connected: bool) {
         let mut inner = self.inner.lock().expect("container lock");
         inner.state.connected = connected;
+        // A connected containerVM is running, even while its main process waits for an attach.
+        if connected && inner.state.status == "created" {
+            inner.state.status = "running".into();
+        }
         let _ = persist_state(&inner);
+    }
+
+    /// Every output stream of `session` has ended (a tty session has stdout only). Tether sends
+    /// a session's `Exited` after closing its streams, but control is transmitted ahead of data,
+    /// so the exit can arrive before the last bytes: attach waits for this before closing.
+    pub fn session_output_done(&self, session: SessionId, tty: bool) -> bool {
+        let inner = self.inner.lock().expect("container lock");
+        let done = |kind| {
+            inner
+                .streams
+                .in_stream(StreamKey::new(session, kind))
+                .is_some_and(|s| s.is_finished())
+        };
+        let never_started = inner
+            .state
+            .sessions
+            .get(&session)
+            .is_some_and(|s| !s.error.is_empty() && s.pid.is_none());
+        never_started || (done(StreamKind::Stdout) && (tty || done(StreamKind::Stderr)))
     }
 
     /// Queues a control record for tether.

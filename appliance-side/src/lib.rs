@@ -1,7 +1,11 @@
-//! The appliance side of tether: the session server every containerVM's channel connects to,
-//! its log store and records, and (in later modules) the docker API and CLI.
+//! The appliance side of tether: the session server every containerVM's channel connects to, its
+//! log store and records, and the docker Engine API subset served from them.
 
+pub mod api;
+pub mod attach;
+pub mod body;
 pub mod container;
+pub mod framing;
 pub mod home;
 pub mod logstore;
 pub mod records;

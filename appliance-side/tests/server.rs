@@ -1,7 +1,7 @@
 //! The session server against real host-mode tether processes and against many simulated
 //! channels: every byte checked in the log store, across a server restart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
@@ -374,5 +374,4 @@ fn a_forged_id_is_refused_and_others_are_unaffected() {
         main_log(&home, &victim, Stream::Stdout),
         expected.as_bytes()
     );
-    let _ = Path::new("");
 }

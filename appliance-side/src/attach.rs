@@ -1,0 +1,275 @@
+//! Docker's hijacked streams: `POST /containers/{id}/attach` and `POST /exec/{id}/start`. The
+//! HTTP connection is upgraded (101, `Upgrade: tcp`) and becomes a raw duplex: the session's
+//! output goes out (8-byte-header framing without a tty, raw with one), stdin comes in. Each client
+//! has its own bounded event buffer; one that falls behind is told and dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+use wire::{Control, SessionId};
+
+use crate::api::{error, query, read_json_body, Api, ApiResponse};
+use crate::body;
+use crate::container::{Container, Event};
+use crate::framing;
+use crate::logstore::Stream;
+
+/// How long after a session's exit to wait for its last output to arrive.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+struct Plumbing {
+    container: Arc<Container>,
+    session: SessionId,
+    tty: bool,
+    want_out: bool,
+    want_err: bool,
+    stdin: bool,
+    close_stdin_on_eof: bool,
+    detach_keys: Vec<u8>,
+    events: broadcast::Receiver<Event>,
+}
+
+fn upgraded_response(tty: bool) -> ApiResponse {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "tcp")
+        .header(
+            "Content-Type",
+            if tty {
+                "application/vnd.docker.raw-stream"
+            } else {
+                "application/vnd.docker.multiplexed-stream"
+            },
+        )
+        .body(body::empty())
+        .expect("static")
+}
+
+pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) -> ApiResponse {
+    let rec = match api.resolve(reference) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let q = query(&req);
+    let Ok(c) = api.running(&rec) else {
+        return error(
+            StatusCode::CONFLICT,
+            "You cannot attach to a stopped container, start it first",
+        );
+    };
+    let detach_keys = match q.get("detachKeys").filter(|k| !k.is_empty()) {
+        Some(spec) => match framing::parse_detach_keys(spec) {
+            Some(k) => k,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid detach keys {spec:?}: use e.g. ctrl-p,ctrl-q"),
+                )
+            }
+        },
+        None => vec![0x10, 0x11],
+    };
+    let flag = |k: &str| matches!(q.get(k).map(String::as_str), Some("1") | Some("true"));
+    let plumbing = Plumbing {
+        events: c.events.subscribe(),
+        container: c.clone(),
+        session: 1,
+        tty: rec.tty,
+        want_out: flag("stdout"),
+        want_err: flag("stderr"),
+        stdin: flag("stdin") && rec.open_stdin,
+        close_stdin_on_eof: rec.open_stdin,
+        detach_keys,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = on_upgrade.await {
+            run(TokioIo::new(io), plumbing).await;
+        }
+    });
+    // A main session configured to wait for its first attach may start now.
+    let _ = c.send_control(Control::Release { session: 1 });
+    upgraded_response(rec.tty)
+}
+
+pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> ApiResponse {
+    let exec = match api.exec(id) {
+        Ok(e) => e,
+        Err(r) => return r.into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (_, body) = match read_json_body(req).await {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let detach = body["Detach"].as_bool().unwrap_or(false);
+    let rec = match api.resolve(&exec.container) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let c = match api.running(&rec) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let session = {
+        let mut execs = api.execs.lock().expect("lock");
+        let Some(e) = execs.get_mut(id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("No such exec instance: {id}"),
+            );
+        };
+        if e.session.is_some() {
+            return error(
+                StatusCode::CONFLICT,
+                format!("exec {id} has already been started"),
+            );
+        }
+        let s = c.new_exec_session();
+        e.session = Some(s);
+        s
+    };
+    // Subscribe before the exec exists, so none of its output can be missed.
+    let events = c.events.subscribe();
+    if let Err(e) = c.send_control(Control::Exec {
+        session,
+        name: exec.id.clone(),
+        spec: exec.spec.clone(),
+    }) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    if detach {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .body(body::empty())
+            .expect("static");
+    }
+    let plumbing = Plumbing {
+        container: c,
+        session,
+        tty: exec.spec.tty,
+        want_out: exec.attach_stdout,
+        want_err: exec.attach_stderr,
+        stdin: exec.attach_stdin,
+        close_stdin_on_eof: true,
+        detach_keys: vec![0x10, 0x11],
+        events,
+    };
+    tokio::spawn(async move {
+        if let Ok(io) = on_upgrade.await {
+            run(TokioIo::new(io), plumbing).await;
+        }
+    });
+    upgraded_response(exec.spec.tty)
+}
+
+async fn run<IO>(io: IO, mut p: Plumbing)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let stdin_task = if p.stdin {
+        let c = p.container.clone();
+        let (session, keys, close) = (p.session, p.detach_keys.clone(), p.close_stdin_on_eof);
+        Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        if close {
+                            c.write_stdin(session, &[], true);
+                        }
+                        return false;
+                    }
+                    Ok(n) => n,
+                };
+                let (data, detached) = match framing::detach_at(&buf[..n], &keys) {
+                    Some(before) => (before, true),
+                    None => (&buf[..n], false),
+                };
+                let mut sent = 0;
+                while sent < data.len() {
+                    sent += c.write_stdin(session, &data[sent..], false);
+                    if sent < data.len() {
+                        // Bounded buffer full: the process is not reading; wait, don't grow.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                if detached {
+                    return true;
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    let mut exited_at: Option<tokio::time::Instant> = None;
+    let mut stdin_task = stdin_task;
+    loop {
+        if let Some(t) = exited_at {
+            if p.container.session_output_done(p.session, p.tty) || t.elapsed() >= OUTPUT_GRACE {
+                break;
+            }
+        }
+        let ev = tokio::select! {
+            ev = p.events.recv() => ev,
+            d = async { stdin_task.as_mut().expect("guarded").await }, if stdin_task.is_some() => {
+                stdin_task = None;
+                if d.unwrap_or(false) {
+                    break; // detach keys: leave the session running, stdin open
+                }
+                continue; // stdin ended; output continues until the session exits
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if exited_at.is_some() => continue,
+        };
+        match ev {
+            Ok(Event::Output {
+                session,
+                stream,
+                bytes,
+                ..
+            }) if session == p.session => {
+                let wanted = match stream {
+                    Stream::Stdout => p.want_out,
+                    Stream::Stderr => p.want_err,
+                };
+                if wanted {
+                    let mut out = Vec::with_capacity(bytes.len() + 8);
+                    framing::frame(p.tty, stream, &bytes, &mut out);
+                    if wr.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(Event::StartFailed { session, message }) if session == p.session => {
+                let mut out = Vec::new();
+                let line = format!("tether: exec failed: {message}\n");
+                framing::frame(p.tty, Stream::Stderr, line.as_bytes(), &mut out);
+                let _ = wr.write_all(&out).await;
+            }
+            Ok(Event::Exited { session, .. }) if session == p.session => {
+                exited_at = Some(tokio::time::Instant::now());
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let mut out = Vec::new();
+                let msg =
+                    format!("tether: this client fell {n} events behind and was disconnected\n");
+                framing::frame(p.tty, Stream::Stderr, msg.as_bytes(), &mut out);
+                let _ = wr.write_all(&out).await;
+                break;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,262 @@
+//! The stock docker CLI (`docker -H unix://…`) against `appliance serve`, with real host-mode
+//! tether processes as the containers.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+struct Env {
+    home: PathBuf,
+    tethers: Vec<Child>,
+}
+
+fn tether_bin() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_BIN_EXE_appliance"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let bin = target.join("tether");
+    if !bin.exists() {
+        assert!(Command::new(env!("CARGO"))
+            .args(["build", "-p", "tether"])
+            .status()
+            .unwrap()
+            .success());
+    }
+    bin
+}
+
+impl Env {
+    fn start(tag: &str) -> Self {
+        let home = std::env::temp_dir().join(format!("docker-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .args(["serve", "--detach"])
+            .env("TETHER_HOME", &home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "serve --detach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(home.join("appliance.pid").exists());
+        Self {
+            home,
+            tethers: Vec::new(),
+        }
+    }
+
+    /// Creates a container and boots its tether (host mode); returns the id.
+    fn run(&mut self, create_args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .arg("create")
+            .args(create_args)
+            .env("TETHER_HOME", &self.home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let child = Command::new(tether_bin())
+            .arg("--config")
+            .arg(self.home.join("containers").join(&id).join("config.vmx"))
+            .arg("--channel")
+            .arg(self.home.join("channel.sock"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.tethers.push(child);
+        id
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        self.docker_stdin(args, None)
+    }
+
+    fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new("docker")
+            .arg("-H")
+            .arg(format!(
+                "unix://{}",
+                self.home.join("docker.sock").display()
+            ))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the docker CLI is installed");
+        if let Some(data) = stdin {
+            use std::io::Write;
+            let mut s = child.stdin.take().unwrap();
+            s.write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn wait_state(&self, name: &str, want: &str) {
+        for _ in 0..200 {
+            let out = self.docker(&["inspect", "-f", "{{.State.Status}}", name]);
+            if String::from_utf8_lossy(&out.stdout).trim() == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{name} never reached state {want}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for t in &mut self.tethers {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+        if let Ok(pid) = std::fs::read_to_string(self.home.join("appliance.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const TRAP: &str = "trap 'echo got-usr1; exit 42' USR1; echo hello; echo oops >&2; \
+                    while :; do sleep 0.05; done";
+
+#[test]
+fn ps_exec_logs_kill_wait_inspect() {
+    let mut env = Env::start("basic");
+    let id = env.run(&["--name", "web", "--", "/bin/sh", "-c", TRAP]);
+    env.wait_state("web", "running");
+
+    let ps = env.docker(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
+    assert_eq!(text(&ps.stdout).trim(), format!("{} web Up", &id[..12]));
+
+    // exec exit codes as docker reports them: the command's own, 126, 127.
+    let ok = env.docker(&["exec", "web", "sh", "-c", "echo from-exec; echo to-err >&2"]);
+    assert_eq!(
+        (ok.status.code(), text(&ok.stdout), text(&ok.stderr)),
+        (Some(0), "from-exec\n".into(), "to-err\n".into())
+    );
+    assert_eq!(
+        env.docker(&["exec", "web", "sh", "-c", "exit 1"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let missing = env.docker(&["exec", "web", "no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(
+        text(&missing.stderr).contains("no-such-command"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let not_exec = env.docker(&["exec", "web", "/etc/passwd"]);
+    assert_eq!(not_exec.status.code(), Some(126));
+    let piped = env.docker_stdin(&["exec", "-i", "web", "cat"], Some(b"through stdin\n"));
+    assert_eq!(text(&piped.stdout), "through stdin\n");
+
+    // wait, started before the kill, returns the exit code of the trapped signal.
+    let waiter = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", env.home.join("docker.sock").display()))
+        .args(["wait", "web"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.docker(&["kill", "-s", "USR1", "web"]).status.success());
+    let waited = waiter.wait_with_output().unwrap();
+    assert_eq!(text(&waited.stdout).trim(), "42");
+
+    let logs = env.docker(&["logs", "web"]);
+    assert_eq!(text(&logs.stdout), "hello\ngot-usr1\n");
+    assert_eq!(text(&logs.stderr), "oops\n");
+    let inspect = env.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}} {{.State.Running}}",
+        "web",
+    ]);
+    assert_eq!(text(&inspect.stdout).trim(), "exited 42 false");
+    let ps_all = env.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert_eq!(text(&ps_all.stdout).trim(), "web Exited (42)");
+    assert_eq!(env.docker(&["ps", "-q"]).stdout, b"");
+
+    // docker's errors: 404 for an unknown id, 409 for a stopped container.
+    let unknown = env.docker(&["logs", "nothere"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("No such container: nothere"));
+    let stopped = env.docker(&["exec", "web", "true"]);
+    assert!(
+        text(&stopped.stderr).contains("is not running"),
+        "{}",
+        text(&stopped.stderr)
+    );
+}
+
+#[test]
+fn logs_tail_since_and_follow() {
+    let mut env = Env::start("logs");
+    env.run(&[
+        "--name",
+        "ticker",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo early $i; done; sleep 1.2; for i in 1 2 3; do echo late $i; sleep 0.2; done",
+    ]);
+    env.wait_state("ticker", "running");
+    // Follow from the start: returns when the container exits, with everything.
+    let follow = env.docker(&["logs", "-f", "ticker"]);
+    let all = "early 1\nearly 2\nearly 3\nearly 4\nearly 5\nlate 1\nlate 2\nlate 3\n";
+    assert_eq!(text(&follow.stdout), all);
+    let tail = env.docker(&["logs", "--tail", "2", "ticker"]);
+    assert_eq!(text(&tail.stdout), "late 2\nlate 3\n");
+    // --since: the timestamp of the first "late" line excludes every "early" one.
+    let stamped = text(&env.docker(&["logs", "-t", "ticker"]).stdout);
+    let late_time = stamped
+        .lines()
+        .find(|l| l.ends_with("late 1"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(stamped
+        .lines()
+        .all(|l| l.split(' ').next().unwrap().ends_with('Z')));
+    let since = env.docker(&["logs", "--since", &late_time, "ticker"]);
+    assert_eq!(text(&since.stdout), "late 1\nlate 2\nlate 3\n");
+}
+
+#[test]
+fn attach_gets_all_output_and_the_exit_code() {
+    let mut env = Env::start("attach");
+    env.run(&[
+        "--name",
+        "gated",
+        "-a",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo first; echo second >&2; exit 9",
+    ]);
+    env.wait_state("gated", "running");
+    let attach = env.docker(&["attach", "--no-stdin", "gated"]);
+    assert_eq!(text(&attach.stdout), "first\n");
+    assert_eq!(text(&attach.stderr), "second\n");
+    assert_eq!(attach.status.code(), Some(9));
+}
