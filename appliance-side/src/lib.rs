@@ -4,6 +4,7 @@
 pub mod api;
 pub mod attach;
 pub mod body;
+pub mod cli;
 pub mod container;
 pub mod framing;
 pub mod home;

@@ -1,8 +1,10 @@
 //! `appliance`: the session server and its command line.
 //!
 //!   appliance serve [--detach] [--tcp ADDR]     run the server ($TETHER_HOME, default ~/.local/share/tether)
-//!   appliance create [--name N] [-t] [-i] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
+//!   appliance create [--name N] [-t] [-i] [-a] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
 //!                                               make a container record; prints its id and config path
+//!   appliance ps [-a] | inspect C | logs [-f] [--tail N] [--since T] [-t] C | kill [-s SIG] C
+//!           | wait C | attach [--no-stdin] [--detach-keys K] C | exec [-i] [-t] [-d] C CMD...
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use appliance::server::Server;
 
 const USAGE: &str = "usage:
   appliance serve [--detach] [--tcp ADDR]
+  appliance ps [-a] | inspect C | logs [-f] [--tail N] [--since T] [-t] C | kill [-s SIG] C
+  appliance wait C | attach [--no-stdin] [--detach-keys K] C | exec [-i] [-t] [-d] C CMD...
   appliance create [--name N] [-t] [-i] [-a] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
       (-a: the main process starts at the first attach, so none of its output is missed)";
 
@@ -28,6 +32,19 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&home, &args[1..]),
         Some("create") => create(&home, &args[1..]),
+        Some(verb @ ("ps" | "inspect" | "logs" | "kill" | "wait" | "attach" | "exec")) => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            match rt.block_on(appliance::cli::run(&home, verb, &args[1..])) {
+                Ok(code) => code,
+                Err(appliance::cli::CliError(msg)) => {
+                    eprintln!("{msg}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         _ => fail(USAGE),
     }
 }

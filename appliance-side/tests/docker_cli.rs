@@ -260,3 +260,74 @@ fn attach_gets_all_output_and_the_exit_code() {
     assert_eq!(text(&attach.stderr), "second\n");
     assert_eq!(attach.status.code(), Some(9));
 }
+
+impl Env {
+    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .args(args)
+            .env("TETHER_HOME", &self.home)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(data) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+#[test]
+fn the_appliance_cli_speaks_the_same_verbs() {
+    let mut env = Env::start("cli");
+    env.run(&[
+        "--name",
+        "app",
+        "-i",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hello; echo oops >&2; cat; exit 4",
+    ]);
+    env.wait_state("app", "running");
+    let ps = env.cli(&["ps"], None);
+    assert!(
+        text(&ps.stdout).lines().nth(1).unwrap().contains("app"),
+        "{}",
+        text(&ps.stdout)
+    );
+    let exec = env.cli(&["exec", "app", "sh", "-c", "echo via-exec; exit 6"], None);
+    assert_eq!(
+        (exec.status.code(), text(&exec.stdout)),
+        (Some(6), "via-exec\n".into())
+    );
+    let missing = env.cli(&["exec", "app", "nope"], None);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(text(&missing.stderr).contains("\"nope\": executable file not found"));
+    let attach = env.cli(&["attach", "app"], Some(b"typed\n"));
+    assert_eq!(
+        attach.status.code(),
+        Some(4),
+        "attach returns the container's code"
+    );
+    assert_eq!(text(&attach.stdout), "typed\n");
+    // --tail counts lines across both streams, as docker's does: the last two are these.
+    let logs = env.cli(&["logs", "--tail", "2", "app"], None);
+    assert_eq!(text(&logs.stdout), "typed\n");
+    assert_eq!(text(&logs.stderr), "oops\n");
+    let all = env.cli(&["logs", "app"], None);
+    assert_eq!(text(&all.stdout), "hello\ntyped\n");
+    assert_eq!(text(&env.cli(&["wait", "app"], None).stdout), "4\n");
+    let unknown = env.cli(&["logs", "ghost"], None);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(
+        text(&unknown.stderr),
+        "Error response from daemon: No such container: ghost\n"
+    );
+}
