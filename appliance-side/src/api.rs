@@ -16,6 +16,7 @@ use wire::{Control, ExecSpec, SessionId};
 
 use crate::body::{self, ApiBody};
 use crate::container::{self, Event, State};
+use crate::follow::{Next, SessionFollower};
 use crate::framing;
 use crate::logstore::{self, Stream};
 use crate::records::{self, Record};
@@ -627,33 +628,22 @@ impl Api {
         }
         let (tx, body) = body::channel(64);
         let tty = rec.tty;
-        let mut events = events.take().expect("live container has events");
+        let events = events.take().expect("live container has events");
+        let container = live.expect("follow implies a live container");
         tokio::spawn(async move {
             if tx.send(Bytes::from(out)).await.is_err() {
                 return;
             }
+            let mut follower = SessionFollower::new(container, events, 1, tty);
             loop {
-                let ev = match events.recv().await {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        // Too slow: say so and stop, rather than hold the others back.
-                        let mut note = Vec::new();
-                        let msg = format!(
-                            "tether: this follower fell {n} events behind and was dropped\n"
-                        );
-                        framing::frame(tty, Stream::Stderr, msg.as_bytes(), &mut note);
-                        let _ = tx.send(Bytes::from(note)).await;
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                match ev {
-                    Event::Output {
-                        session: 1,
+                match follower.next().await {
+                    Next::Event(Event::Output {
                         stream,
                         offset,
                         bytes,
-                    } => {
+                        ..
+                    }) => {
+                        // Skip what the file already gave this client.
                         let i = stream as usize;
                         let end = offset + bytes.len() as u64;
                         if end <= sent[i] {
@@ -666,20 +656,30 @@ impl Api {
                         {
                             continue;
                         }
-                        let mut chunk = Vec::new();
                         let mut data = Vec::new();
                         if timestamps {
                             data.extend_from_slice(logstore::now_rfc3339().0.as_bytes());
                             data.push(b' ');
                         }
                         data.extend_from_slice(fresh);
+                        let mut chunk = Vec::new();
                         framing::frame(tty, stream, &data, &mut chunk);
                         if tx.send(Bytes::from(chunk)).await.is_err() {
                             return;
                         }
                     }
-                    Event::Exited { session: 1, .. } => return,
-                    _ => {}
+                    Next::Event(_) => {}
+                    Next::Lagged(n) => {
+                        // Too slow: say so and stop, rather than hold the others back.
+                        let msg = format!(
+                            "tether: this follower fell {n} events behind and was dropped\n"
+                        );
+                        let mut note = Vec::new();
+                        framing::frame(tty, Stream::Stderr, msg.as_bytes(), &mut note);
+                        let _ = tx.send(Bytes::from(note)).await;
+                        return;
+                    }
+                    Next::Done => return,
                 }
             }
         });

@@ -10,17 +10,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast;
 use wire::{Control, SessionId};
 
 use crate::api::{error, query, read_json_body, Api, ApiResponse};
 use crate::body;
 use crate::container::{Container, Event};
+use crate::follow::{Next, SessionFollower};
 use crate::framing;
 use crate::logstore::Stream;
-
-/// How long after a session's exit to wait for its last output to arrive.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 struct Plumbing {
     container: Arc<Container>,
@@ -31,7 +28,7 @@ struct Plumbing {
     stdin: bool,
     close_stdin_on_eof: bool,
     detach_keys: Vec<u8>,
-    events: broadcast::Receiver<Event>,
+    events: tokio::sync::broadcast::Receiver<Event>,
 }
 
 fn upgraded_response(tty: bool) -> ApiResponse {
@@ -169,7 +166,7 @@ pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> 
     upgraded_response(exec.spec.tty)
 }
 
-async fn run<IO>(io: IO, mut p: Plumbing)
+async fn run<IO>(io: IO, p: Plumbing)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -209,16 +206,11 @@ where
     } else {
         None
     };
-    let mut exited_at: Option<tokio::time::Instant> = None;
+    let mut follower = SessionFollower::new(p.container.clone(), p.events, p.session, p.tty);
     let mut stdin_task = stdin_task;
     loop {
-        if let Some(t) = exited_at {
-            if p.container.session_output_done(p.session, p.tty) || t.elapsed() >= OUTPUT_GRACE {
-                break;
-            }
-        }
-        let ev = tokio::select! {
-            ev = p.events.recv() => ev,
+        let next = tokio::select! {
+            n = follower.next() => n,
             d = async { stdin_task.as_mut().expect("guarded").await }, if stdin_task.is_some() => {
                 stdin_task = None;
                 if d.unwrap_or(false) {
@@ -226,46 +218,34 @@ where
                 }
                 continue; // stdin ended; output continues until the session exits
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if exited_at.is_some() => continue,
         };
-        match ev {
-            Ok(Event::Output {
-                session,
-                stream,
-                bytes,
-                ..
-            }) if session == p.session => {
+        let mut out = Vec::new();
+        match next {
+            Next::Event(Event::Output { stream, bytes, .. }) => {
                 let wanted = match stream {
                     Stream::Stdout => p.want_out,
                     Stream::Stderr => p.want_err,
                 };
                 if wanted {
-                    let mut out = Vec::with_capacity(bytes.len() + 8);
                     framing::frame(p.tty, stream, &bytes, &mut out);
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
                 }
             }
-            Ok(Event::StartFailed { session, message }) if session == p.session => {
-                let mut out = Vec::new();
+            Next::Event(Event::StartFailed { message, .. }) => {
                 let line = format!("tether: exec failed: {message}\n");
                 framing::frame(p.tty, Stream::Stderr, line.as_bytes(), &mut out);
-                let _ = wr.write_all(&out).await;
             }
-            Ok(Event::Exited { session, .. }) if session == p.session => {
-                exited_at = Some(tokio::time::Instant::now());
-            }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                let mut out = Vec::new();
+            Next::Event(_) => {}
+            Next::Lagged(n) => {
                 let msg =
                     format!("tether: this client fell {n} events behind and was disconnected\n");
                 framing::frame(p.tty, Stream::Stderr, msg.as_bytes(), &mut out);
                 let _ = wr.write_all(&out).await;
                 break;
             }
-            Err(broadcast::error::RecvError::Closed) => break,
+            Next::Done => break,
+        }
+        if !out.is_empty() && wr.write_all(&out).await.is_err() {
+            break;
         }
     }
     if let Some(t) = stdin_task {

@@ -6,6 +6,7 @@ pub mod attach;
 pub mod body;
 pub mod cli;
 pub mod container;
+pub mod follow;
 pub mod framing;
 pub mod home;
 pub mod logstore;

@@ -80,11 +80,13 @@ pub struct Rotation {
     pub max_files: usize,
 }
 
+/// Per session: up to 8 files of 64 MiB. Docker's json-file keeps everything by default; a
+/// bound is kinder to an appliance's disk, and this one holds hundreds of MB of output.
 impl Default for Rotation {
     fn default() -> Self {
         Self {
-            max_bytes: 20 * 1024 * 1024,
-            max_files: 5,
+            max_bytes: 64 * 1024 * 1024,
+            max_files: 8,
         }
     }
 }

@@ -331,3 +331,53 @@ fn the_appliance_cli_speaks_the_same_verbs() {
         "Error response from daemon: No such container: ghost\n"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_stalls_neither_the_container_nor_other_clients() {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let mut env = Env::start("slow");
+    // Gated: the output starts only once the stuck client has attached.
+    let id = env.run(&[
+        "--name",
+        "flood",
+        "-a",
+        "--",
+        "/bin/sh",
+        "-c",
+        "seq 1 2000000",
+    ]);
+    env.wait_state("flood", "running");
+    let mut stuck = std::os::unix::net::UnixStream::connect(env.home.join("docker.sock")).unwrap();
+    write!(
+        stuck,
+        "POST /containers/flood/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n\
+         Host: tether\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    )
+    .unwrap();
+    // ... and never reads another byte.
+    let follower = env.docker(&["logs", "-f", "flood"]);
+    let expected: String = (1..=2_000_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(text(&follower.stderr), "", "the follower kept up");
+    assert_eq!(follower.stdout.len(), expected.len());
+    assert_eq!(
+        Sha256::digest(&follower.stdout),
+        Sha256::digest(expected.as_bytes())
+    );
+    let status = env.docker(&["wait", "flood"]);
+    assert_eq!(
+        text(&status.stdout).trim(),
+        "0",
+        "the container ran to completion"
+    );
+    let boot = std::fs::read_dir(env.home.join("containers").join(&id).join("logs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stored =
+        appliance::logstore::stream_bytes(&boot, 1, appliance::logstore::Stream::Stdout).unwrap();
+    assert_eq!(Sha256::digest(&stored), Sha256::digest(expected.as_bytes()));
+    drop(stuck);
+}
