@@ -381,3 +381,30 @@ fn a_client_that_never_reads_stalls_neither_the_container_nor_other_clients() {
     assert_eq!(Sha256::digest(&stored), Sha256::digest(expected.as_bytes()));
     drop(stuck);
 }
+
+#[test]
+fn detach_keys_leave_the_container_running() {
+    let mut env = Env::start("detach");
+    env.run(&[
+        "--name",
+        "svc",
+        "-i",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat; echo stdin-closed",
+    ]);
+    env.wait_state("svc", "running");
+    // Bytes before ctrl-p ctrl-q reach the process; the sequence detaches the client.
+    let attach = env.cli(&["attach", "svc"], Some(b"before\n\x10\x11after\n"));
+    assert_eq!(attach.status.code(), Some(0), "detached, not exited");
+    env.wait_state("svc", "running");
+    let logs = env.docker(&["logs", "svc"]);
+    assert_eq!(
+        text(&logs.stdout),
+        "before\n",
+        "only the bytes before the detach keys"
+    );
+    assert!(env.docker(&["kill", "svc"]).status.success());
+    env.wait_state("svc", "exited");
+}
