@@ -295,6 +295,15 @@ async fn pump(
     }
 }
 
+/// The container's inspect document and whether it has a tty (which decides the framing).
+async fn container_info(client: &Client, id: &str) -> Result<(Value, bool)> {
+    let info = client
+        .json("GET", &format!("/containers/{id}/json"), None)
+        .await?;
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    Ok((info, tty))
+}
+
 fn exit(code: i64) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -375,10 +384,7 @@ pub async fn run(
         }
         "logs" => {
             let id = target()?;
-            let info = client
-                .json("GET", &format!("/containers/{id}/json"), None)
-                .await?;
-            let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+            let (_, tty) = container_info(&client, &id).await?;
             let mut path = format!("/containers/{id}/logs?stdout=1&stderr=1");
             if has(&["-f", "--follow"]) {
                 path.push_str("&follow=1");
@@ -422,10 +428,7 @@ pub async fn run(
         }
         "attach" => {
             let id = target()?;
-            let info = client
-                .json("GET", &format!("/containers/{id}/json"), None)
-                .await?;
-            let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+            let (info, tty) = container_info(&client, &id).await?;
             let stdin =
                 !has(&["--no-stdin"]) && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
             let keys = values

@@ -79,28 +79,14 @@ impl Env {
     }
 
     fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new("docker")
-            .arg("-H")
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
             .arg(format!(
                 "unix://{}",
                 self.home.join("docker.sock").display()
             ))
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the docker CLI is installed");
-        if let Some(data) = stdin {
-            use std::io::Write;
-            let mut s = child.stdin.take().unwrap();
-            s.write_all(data).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .args(args);
+        output_with_stdin(cmd, stdin)
     }
 
     fn wait_state(&self, name: &str, want: &str) {
@@ -126,6 +112,25 @@ impl Drop for Env {
         }
         let _ = std::fs::remove_dir_all(&self.home);
     }
+}
+
+/// Runs `cmd` with `stdin` written to it (or /dev/null) and collects its output.
+fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command is installed");
+    if let Some(data) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    child.wait_with_output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -263,23 +268,9 @@ fn attach_gets_all_output_and_the_exit_code() {
 
 impl Env {
     fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(args)
-            .env("TETHER_HOME", &self.home)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(data) = stdin {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(data).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance"));
+        cmd.args(args).env("TETHER_HOME", &self.home);
+        output_with_stdin(cmd, stdin)
     }
 }
 

@@ -58,6 +58,21 @@ struct SessionRt {
     stop_signal: i32,
 }
 
+impl SessionRt {
+    fn new(name: String, stop_signal: i32) -> Self {
+        Self {
+            name,
+            pid: None,
+            master: None,
+            pumps_open: 0,
+            exit: None,
+            finished: false,
+            awaiting_release: None,
+            stop_signal,
+        }
+    }
+}
+
 struct Controller {
     ctx: Ctx,
     root: PathBuf,
@@ -216,19 +231,8 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
             .chain(spec.execs.values())
             .find(|s| s.id == plan.name)
             .map_or(libc::SIGTERM, |s| stop_signal_of(&s.stop_signal));
-        ctl.sessions.insert(
-            id,
-            SessionRt {
-                name: plan.name.clone(),
-                pid: None,
-                master: None,
-                pumps_open: 0,
-                exit: None,
-                finished: false,
-                awaiting_release: None,
-                stop_signal,
-            },
-        );
+        ctl.sessions
+            .insert(id, SessionRt::new(plan.name.clone(), stop_signal));
         if attach {
             crate::log::info(&format!("session {} waits for its first attach", plan.name));
             ctl.sessions
@@ -482,19 +486,8 @@ impl Controller {
             hostname: self.hostname.clone(),
         };
         self.ctx.shared.borrow_mut().stdin.entry(id).or_default();
-        self.sessions.insert(
-            id,
-            SessionRt {
-                name,
-                pid: None,
-                master: None,
-                pumps_open: 0,
-                exit: None,
-                finished: false,
-                awaiting_release: None,
-                stop_signal: libc::SIGTERM,
-            },
-        );
+        self.sessions
+            .insert(id, SessionRt::new(name, libc::SIGTERM));
         self.start(id, plan);
     }
 

@@ -2,7 +2,8 @@
 //! that exits panics the kernel. Every failure is reported on the console and, when the config
 //! says who we are, over the channel; then the VM powers off cleanly.
 
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::agent::{self, AgentConfig, Failure};
@@ -39,8 +40,9 @@ fn power_off(os: &dyn Os, action: Power) -> ! {
     }
 }
 
-fn channel_spec(os: &dyn Os, configured: Option<&str>) -> ChannelSpec {
-    let path = match configured {
+/// The channel device: a path from the config, a virtio port by name, else the serial port.
+fn channel_path(configured: Option<&str>) -> PathBuf {
+    match configured {
         Some(p) if p.starts_with('/') => PathBuf::from(p),
         Some(name) => channel::find_virtio_port(std::path::Path::new("/sys"), name)
             .unwrap_or_else(|_| PathBuf::from("/dev/ttyS1")),
@@ -54,9 +56,19 @@ fn channel_spec(os: &dyn Os, configured: Option<&str>) -> ChannelSpec {
                 }
             }
         }
-    };
-    let _ = os;
-    ChannelSpec::Device(path)
+    }
+}
+
+/// Opens the channel device, saying on the console why it could not be.
+fn open_channel(path: &Path, consequence: &str) -> Option<OwnedFd> {
+    channel::open_device(path)
+        .map_err(|e| {
+            log::error(&format!(
+                "cannot open the channel {}: {e}; {consequence}",
+                path.display()
+            ))
+        })
+        .ok()
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -73,7 +85,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Reports a boot failure over the channel if we know who we are; the console has it already.
-fn report(identity: Option<(String, Vec<u8>)>, channel: ChannelSpec, message: String) -> Power {
+fn report(identity: Option<(String, Vec<u8>)>, channel: PathBuf, message: String) -> Power {
     log::error(&message);
     let Some((id, secret)) = identity else {
         log::error(
@@ -81,17 +93,8 @@ fn report(identity: Option<(String, Vec<u8>)>, channel: ChannelSpec, message: St
         );
         return Power::Off;
     };
-    let ChannelSpec::Device(path) = &channel else {
+    let Some(device) = open_channel(&channel, "the failure is on the console only") else {
         return Power::Off;
-    };
-    let device = match channel::open_device(path) {
-        Ok(fd) => fd,
-        Err(e) => {
-            log::error(&format!(
-                "cannot open the channel to report the failure: {e}"
-            ));
-            return Power::Off;
-        }
     };
     if let Some(rt) = runtime() {
         let failure = Failure {
@@ -103,7 +106,12 @@ fn report(identity: Option<(String, Vec<u8>)>, channel: ChannelSpec, message: St
         let local = tokio::task::LocalSet::new();
         local.block_on(
             &rt,
-            agent::report_failure(failure, channel, Some(device), DRAIN_TIMEOUT),
+            agent::report_failure(
+                failure,
+                ChannelSpec::Device(channel),
+                Some(device),
+                DRAIN_TIMEOUT,
+            ),
         );
     }
     Power::Off
@@ -132,24 +140,14 @@ fn run(os: &dyn Os) -> Power {
     }
     let spec = match load_spec(os) {
         Ok(s) => s,
-        Err((identity, message)) => return report(identity, channel_spec(os, None), message),
+        Err((identity, message)) => return report(identity, channel_path(None), message),
     };
     log::set_level(spec.debug);
-    let channel = channel_spec(os, spec.channel_device.as_deref());
+    let channel = channel_path(spec.channel_device.as_deref());
     let identity = Some((spec.id.clone(), spec.secret.clone()));
     // The channel is opened before the switch: the container's /dev never has its node.
-    let ChannelSpec::Device(path) = &channel else {
+    let Some(device) = open_channel(&channel, "nothing can attach to this container") else {
         return Power::Off;
-    };
-    let device = match channel::open_device(path) {
-        Ok(fd) => fd,
-        Err(e) => {
-            log::error(&format!(
-                "cannot open the channel {}: {e}; nothing can attach to this container",
-                path.display()
-            ));
-            return Power::Off;
-        }
     };
     let root = boot::find_disk(
         os,
@@ -169,7 +167,7 @@ fn run(os: &dyn Os) -> Power {
     let cfg = AgentConfig {
         spec,
         root: PathBuf::from("/"),
-        channel,
+        channel: ChannelSpec::Device(channel),
         device: Some(device),
         drain_timeout: DRAIN_TIMEOUT,
     };
