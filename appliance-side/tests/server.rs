@@ -189,9 +189,20 @@ fn server_restart_keeps_logs_and_loses_nothing() {
     assert_eq!(state(&home, &id)["sessions"]["1"]["exit_code"], 5);
 }
 
-/// A simulated tether: handshake, then one stdout stream of `data` and an Exited record.
+/// A simulated tether over the Unix channel socket.
 async fn simulated_tether(sock: PathBuf, id: String, secret: Vec<u8>, data: Vec<u8>) {
-    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    simulated_tether_on(s, id, secret, data).await
+}
+
+/// A simulated tether on any byte stream: handshake, then one stdout stream of `data` and an
+/// Exited record.
+async fn simulated_tether_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    id: String,
+    secret: Vec<u8>,
+    data: Vec<u8>,
+) {
     let (hs, hello) = ClientHandshake::start(
         id,
         records::random(),
@@ -373,5 +384,36 @@ fn a_forged_id_is_refused_and_others_are_unaffected() {
     assert_eq!(
         main_log(&home, &victim, Stream::Stdout),
         expected.as_bytes()
+    );
+}
+
+#[test]
+fn the_tcp_transport_carries_a_channel_like_the_unix_one() {
+    let t = TempHome::new("tcp");
+    let home = t.home();
+    let rt = runtime();
+    let server = start_server(&rt, &home);
+    let addr = rt.block_on(server.listen_tcp("127.0.0.1:0")).unwrap();
+    let (record, spec) = records::create(
+        &home,
+        &NewContainer {
+            args: vec!["/bin/true".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    rt.block_on(async {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            simulated_tether_on(s, record.id.clone(), spec.secret, data.clone()),
+        )
+        .await
+        .expect("the channel finishes");
+    });
+    assert_eq!(
+        Sha256::digest(main_log(&home, &record.id, Stream::Stdout)),
+        Sha256::digest(&data)
     );
 }
