@@ -44,7 +44,9 @@ lint: deps-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: deps-rust
+# Includes the QEMU tier (tests/): it builds the kernel once (cached under ~/.cache) and boots
+# real containerVMs, so it needs the system packages too.
+unit: deps
 	$(CARGO) test --workspace
 
 # Inputs that once crashed a fuzz target live in wire/fuzz/regressions/<target>/ and are replayed

@@ -1,0 +1,203 @@
+//! Image disks: a root filesystem (directory or plain tarball) becomes an ext4 filesystem labelled
+//! `containerfs`, then raw, qcow2 or VMDK. Builds are reproducible: the UUID and directory hash
+//! seed derive from the content, mke2fs runs with `E2FSPROGS_FAKE_TIME`, and one debugfs pass sets
+//! the times mke2fs copies from the host (ctime, atime) to zero.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    Vmdk,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "raw" => Some(Self::Raw),
+            "qcow2" => Some(Self::Qcow2),
+            "vmdk" => Some(Self::Vmdk),
+            _ => None,
+        }
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
+    let out = cmd.output().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{what}: cannot run {:?}: {e} (run `make deps`)",
+                cmd.get_program()
+            ),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Every path under `root`, sorted, relative with a leading slash, and a content digest.
+fn walk(root: &Path) -> io::Result<(Vec<String>, [u8; 32], u64)> {
+    let mut paths = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(rel) = stack.pop() {
+        let full = root.join(&rel);
+        let mut names: Vec<_> = std::fs::read_dir(&full)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let child = rel.join(&name);
+            let path = root.join(&child);
+            let meta = std::fs::symlink_metadata(&path)?;
+            let display = format!("/{}", child.display());
+            hasher.update(display.as_bytes());
+            hasher.update([0]);
+            use std::os::unix::fs::MetadataExt;
+            hasher.update(meta.mode().to_le_bytes());
+            hasher.update(meta.uid().to_le_bytes());
+            hasher.update(meta.gid().to_le_bytes());
+            hasher.update(meta.mtime().to_le_bytes());
+            if meta.file_type().is_symlink() {
+                hasher.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+            } else if meta.is_file() {
+                let mut f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                bytes += meta.len();
+            } else if meta.is_dir() {
+                stack.push(child.clone());
+            }
+            paths.push(display);
+        }
+    }
+    paths.sort();
+    Ok((paths, hasher.finalize().into(), bytes))
+}
+
+fn uuid_from(digest: &[u8; 32]) -> String {
+    let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Builds a raw ext4 image of `rootfs` at `out`, labelled `label`. `size_mb` of 0 sizes it from
+/// the content (one and a half times, plus 32 MiB of room).
+pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io::Result<()> {
+    let (paths, digest, bytes) = walk(rootfs)?;
+    let size_mb = if size_mb == 0 {
+        (bytes * 3 / 2) / (1024 * 1024) + 32 + paths.len() as u64 / 256
+    } else {
+        size_mb
+    };
+    let uuid = uuid_from(&digest);
+    let _ = std::fs::remove_file(out);
+    run(
+        Command::new("mkfs.ext4")
+            .env("E2FSPROGS_FAKE_TIME", "1")
+            .args(["-q", "-F", "-b", "4096", "-L", label, "-U", &uuid])
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
+            .arg("-d")
+            .arg(rootfs)
+            .arg(out)
+            .arg(format!("{size_mb}M")),
+        "mkfs.ext4",
+    )?;
+    // mke2fs copies ctime and atime from the host's files; pin them.
+    let mut script = String::from("sif / ctime 0\nsif / atime 0\n");
+    for p in &paths {
+        script.push_str(&format!("sif \"{p}\" ctime 0\nsif \"{p}\" atime 0\n"));
+    }
+    let cmds = out.with_extension("debugfs");
+    std::fs::write(&cmds, script)?;
+    let r = run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", "1")
+            .args(["-w", "-f"])
+            .arg(&cmds)
+            .arg(out),
+        "debugfs",
+    );
+    let _ = std::fs::remove_file(&cmds);
+    r
+}
+
+/// Extracts a plain rootfs tarball into `dir` (ownership and modes as recorded; mtimes kept).
+pub fn extract_tar(tarball: &Path, dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::File::open(tarball)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tarball.display())))?;
+    let mut archive = tar::Archive::new(file);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.unpack(dir)
+}
+
+/// Converts a raw image to `format` (a no-op copy for raw).
+pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
+    let fmt = match format {
+        Format::Raw => {
+            if raw != out {
+                std::fs::copy(raw, out)?;
+            }
+            return Ok(());
+        }
+        Format::Qcow2 => "qcow2",
+        Format::Vmdk => "vmdk",
+    };
+    run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", fmt])
+            .arg(raw)
+            .arg(out),
+        "qemu-img convert",
+    )
+}
+
+/// The sha256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut HashWriter(&mut h))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! Shared harness for the QEMU tier: builds (or finds, cached) the kernel, the static tether, the
+//! initramfs and a busybox image disk; runs the real session server and its docker API; boots
+//! containerVMs under qemu-system-x86_64 (TCG: the /dev/kvm here is a nested PVM device that hangs
+//! ordinary guests) with a hard timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use appliance::home::Home;
+use appliance::records::{self, NewContainer};
+use appliance::server::Server;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn must(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Artifacts shared by every test in the process: built once.
+pub struct Artifacts {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub disk: PathBuf,
+}
+
+pub fn artifacts() -> &'static Artifacts {
+    static A: OnceLock<Artifacts> = OnceLock::new();
+    A.get_or_init(|| {
+        let ws = workspace();
+        let dir = ws.join("target/e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = must(
+            Command::new(ws.join("kernel-config/build.sh")).stderr(Stdio::inherit()),
+            "kernel build (kernel-config/build.sh)",
+        );
+        let kernel = PathBuf::from(kernel.trim().lines().last().unwrap());
+        must(
+            Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "tether",
+                    "--release",
+                    "--target",
+                    "x86_64-unknown-linux-musl",
+                ])
+                .current_dir(&ws),
+            "building the static tether",
+        );
+        let tether =
+            std::fs::read(ws.join("target/x86_64-unknown-linux-musl/release/tether")).unwrap();
+        let initramfs = dir.join("initramfs.gz");
+        std::fs::write(&initramfs, bootstrap::initramfs::build(&tether).unwrap()).unwrap();
+        let rootfs = dir.join("rootfs");
+        let _ = std::fs::remove_dir_all(&rootfs);
+        busybox_rootfs(&rootfs);
+        let disk = dir.join("busybox.raw");
+        bootstrap::disk::ext4_from_dir(&rootfs, &disk, "containerfs", 0).unwrap();
+        Artifacts {
+            kernel,
+            initramfs,
+            disk,
+        }
+    })
+}
+
+/// A minimal image: Debian's static busybox and its applets, passwd and group.
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    let list = must(Command::new("/bin/busybox").arg("--list"), "busybox --list");
+    for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// The channel transport a VM uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-serial port, QEMU `-chardev socket` to the server's Unix socket.
+    Virtio,
+    /// A 16550 COM port (ttyS1) bridged to the server's TCP port, as vSphere's network serial.
+    SerialTcp,
+}
+
+pub struct Appliance {
+    pub home: Home,
+    pub tcp: std::net::SocketAddr,
+    _rt: tokio::runtime::Runtime,
+    pub server: Arc<Server>,
+    vms: Vec<Child>,
+}
+
+impl Appliance {
+    pub fn start(tag: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let home = Home::at(&root);
+        std::fs::create_dir_all(home.containers()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (server, tcp) = rt.block_on(async {
+            let s = Server::new(home.clone());
+            s.listen_unix(&home.channel_socket()).await.unwrap();
+            let tcp = s.listen_tcp("127.0.0.1:0").await.unwrap();
+            appliance::api::serve_api(appliance::api::Api::new(s.clone()), &home.docker_socket())
+                .await
+                .unwrap();
+            (s, tcp)
+        });
+        Self {
+            home,
+            tcp,
+            _rt: rt,
+            server,
+            vms: Vec::new(),
+        }
+    }
+
+    /// Creates a container and boots its containerVM; returns the id.
+    pub fn run(&mut self, new: NewContainer, transport: Transport, disk_label: &str) -> String {
+        let a = artifacts();
+        let (rec, mut spec) = records::create(&self.home, &new).unwrap();
+        spec.disk_wait_ms = 3000;
+        spec.stop_grace_ms = 2000;
+        if transport == Transport::SerialTcp {
+            spec.channel_device = Some("/dev/ttyS1".into());
+        }
+        let dir = self.home.container(&rec.id);
+        let config = dir.join("config.vmx");
+        std::fs::write(&config, guestinfo::spec_to_vmx(&spec)).unwrap();
+        // The container's writable layer: a qcow2 overlay on the shared image.
+        let overlay = dir.join("disk.qcow2");
+        let label_disk = if disk_label == "containerfs" {
+            a.disk.clone()
+        } else {
+            let other = dir.join("other.raw");
+            bootstrap::disk::ext4_from_dir(&artifacts_rootfs(), &other, disk_label, 0).unwrap();
+            other
+        };
+        must(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&label_disk)
+                .arg(&overlay),
+            "qemu-img create",
+        );
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "120",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&a.kernel)
+        .arg("-initrd")
+        .arg(&a.initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-drive")
+        .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+        .arg("-fw_cfg")
+        .arg(format!(
+            "name=opt/org.tether/config,file={}",
+            config.display()
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()));
+        match transport {
+            Transport::Virtio => {
+                cmd.args(["-device", "virtio-serial-pci", "-chardev"])
+                    .arg(format!(
+                        "socket,id=ch0,path={},server=off,reconnect=1",
+                        self.home.channel_socket().display()
+                    ))
+                    .args([
+                        "-device",
+                        "virtserialport,chardev=ch0,name=org.tether.channel",
+                    ]);
+            }
+            Transport::SerialTcp => {
+                cmd.arg("-serial")
+                    .arg(format!("tcp:{},reconnect=1", self.tcp));
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.vms.push(child);
+        rec.id
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.home.docker_socket().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the docker CLI is installed")
+    }
+
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        std::fs::read(self.home.container(id).join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `pred` holds of the container's state; panics after `secs`.
+    pub fn wait_for(&self, id: &str, secs: u64, pred: impl Fn(&serde_json::Value) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if pred(&self.state(id)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "state never matched; last: {}\nconsole:\n{}",
+            self.state(id),
+            self.console(id)
+        );
+    }
+
+    pub fn console(&self, id: &str) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.home.container(id).join("console.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// Waits for every VM started so far to power off; panics if one is still up after `secs`.
+    pub fn wait_vms_off(&mut self, secs: u64) -> Vec<i32> {
+        let start = Instant::now();
+        let mut codes = Vec::new();
+        for vm in &mut self.vms {
+            loop {
+                if let Some(st) = vm.try_wait().unwrap() {
+                    codes.push(st.code().unwrap_or(-1));
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(secs),
+                    "a VM did not power off"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        codes
+    }
+}
+
+fn artifacts_rootfs() -> PathBuf {
+    workspace().join("target/e2e/rootfs")
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        for vm in &mut self.vms {
+            let _ = vm.kill();
+            let _ = vm.wait();
+        }
+        let _ = std::fs::remove_dir_all(self.home.root());
+    }
+}

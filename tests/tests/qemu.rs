@@ -1,0 +1,123 @@
+//! Real containerVMs under QEMU (TCG) against the real session server, through the stock docker
+//! CLI.
+
+use appliance::records::NewContainer;
+use e2e::{Appliance, Transport};
+
+fn sh(script: &str) -> NewContainer {
+    NewContainer {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        ..Default::default()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_containervm_over_virtio_serial_behaves_like_a_container() {
+    let mut app = Appliance::start("virtio");
+    let id = app.run(
+        NewContainer {
+            name: Some("vm".into()),
+            ..sh(
+                "echo hello from the containerVM; uname -s; trap 'echo got-usr1; exit 42' USR1; \
+                  while :; do sleep 0.2; done",
+            )
+        },
+        Transport::Virtio,
+        "containerfs",
+    );
+    app.wait_for(&id, 60, |s| s["status"] == "running");
+    app.wait_for(&id, 30, |_| {
+        text(&app.docker(&["logs", "vm"]).stdout).contains("Linux")
+    });
+    assert_eq!(
+        text(&app.docker(&["logs", "vm"]).stdout),
+        "hello from the containerVM\nLinux\n"
+    );
+    // exec exit codes, through the stock docker CLI.
+    for (cmd, code) in [("true", 0), ("false", 1)] {
+        assert_eq!(
+            app.docker(&["exec", "vm", cmd]).status.code(),
+            Some(code),
+            "{cmd}"
+        );
+    }
+    assert_eq!(
+        app.docker(&["exec", "vm", "/etc/passwd"]).status.code(),
+        Some(126)
+    );
+    assert_eq!(
+        app.docker(&["exec", "vm", "no-such-cmd"]).status.code(),
+        Some(127)
+    );
+    // The container cannot reach the channel: no device node, and tether's fds are closed to it.
+    let probe = app.docker(&[
+        "exec", "vm", "sh", "-c",
+        "ls /dev | grep -c -e vport -e ttyS; for f in /proc/1/fd/*; do cat $f </dev/null >/dev/null 2>&1 && echo OPENED $f; done; echo probed",
+    ]);
+    assert_eq!(
+        text(&probe.stdout),
+        "0\nprobed\n",
+        "stderr: {}",
+        text(&probe.stderr)
+    );
+    // A trapped signal decides the exit code; wait returns it; the VM powers off by itself.
+    assert!(app.docker(&["kill", "-s", "USR1", "vm"]).status.success());
+    assert_eq!(text(&app.docker(&["wait", "vm"]).stdout).trim(), "42");
+    assert!(text(&app.docker(&["logs", "vm"]).stdout).ends_with("got-usr1\n"));
+    let inspect = app.docker(&["inspect", "-f", "{{.State.ExitCode}}", "vm"]);
+    assert_eq!(text(&inspect.stdout).trim(), "42");
+    assert_eq!(app.wait_vms_off(60), vec![0], "clean power-off");
+    assert!(!app.console(&id).contains("Kernel panic"));
+}
+
+#[test]
+fn a_containervm_over_a_com_port_on_tcp_works_too() {
+    let mut app = Appliance::start("serial");
+    let id = app.run(
+        NewContainer {
+            name: Some("com".into()),
+            ..sh("echo over the serial line; exit 3")
+        },
+        Transport::SerialTcp,
+        "containerfs",
+    );
+    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 3);
+    assert_eq!(
+        text(&app.docker(&["logs", "com"]).stdout),
+        "over the serial line\n"
+    );
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+}
+
+#[test]
+fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
+    let mut app = Appliance::start("nolabel");
+    let id = app.run(
+        NewContainer {
+            name: Some("nodisk".into()),
+            ..sh("true")
+        },
+        Transport::Virtio,
+        "wronglabel",
+    );
+    app.wait_for(&id, 60, |s| s["status"] == "failed");
+    let inspect = app.docker(&["inspect", "-f", "{{.State.Error}}", "nodisk"]);
+    let error = text(&inspect.stdout);
+    assert!(
+        error.contains("no disk labelled \"containerfs\""),
+        "{error}"
+    );
+    assert!(
+        error.contains("wronglabel"),
+        "the error names what was seen: {error}"
+    );
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+    let console = app.console(&id);
+    assert!(console.contains("no disk labelled"), "console: {console}");
+    assert!(!console.contains("Kernel panic"));
+}
