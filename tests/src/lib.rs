@@ -144,6 +144,25 @@ impl Appliance {
 
     /// Creates a container and boots its containerVM; returns the id.
     pub fn run(&mut self, new: NewContainer, transport: Transport, disk_label: &str) -> String {
+        self.boot(new, transport, disk_label, |vmx| vmx)
+    }
+
+    /// Like `run`, with the config text passed through `edit` first (bad-input tests).
+    pub fn run_with_config_edit(
+        &mut self,
+        new: NewContainer,
+        edit: impl FnOnce(String) -> String,
+    ) -> String {
+        self.boot(new, Transport::Virtio, "containerfs", edit)
+    }
+
+    fn boot(
+        &mut self,
+        new: NewContainer,
+        transport: Transport,
+        disk_label: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> String {
         let a = artifacts();
         let (rec, mut spec) = records::create(&self.home, &new).unwrap();
         spec.disk_wait_ms = 3000;
@@ -153,7 +172,7 @@ impl Appliance {
         }
         let dir = self.home.container(&rec.id);
         let config = dir.join("config.vmx");
-        std::fs::write(&config, guestinfo::spec_to_vmx(&spec)).unwrap();
+        std::fs::write(&config, edit(guestinfo::spec_to_vmx(&spec))).unwrap();
         // The container's writable layer: a qcow2 overlay on the shared image.
         let overlay = dir.join("disk.qcow2");
         let label_disk = if disk_label == "containerfs" {

@@ -121,3 +121,55 @@ fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
     assert!(console.contains("no disk labelled"), "console: {console}");
     assert!(!console.contains("Kernel panic"));
 }
+
+#[test]
+fn a_nonexistent_main_command_is_127_with_the_reason_at_the_engine() {
+    let mut app = Appliance::start("nocmd");
+    let id = app.run(
+        NewContainer {
+            name: Some("nocmd".into()),
+            args: vec!["/no/such/program".into()],
+            ..Default::default()
+        },
+        Transport::Virtio,
+        "containerfs",
+    );
+    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 127);
+    let inspect = app.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.ExitCode}} {{.State.Error}}",
+        "nocmd",
+    ]);
+    let out = text(&inspect.stdout);
+    assert!(out.starts_with("127 "), "{out}");
+    assert!(out.contains("/no/such/program"), "{out}");
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+    assert!(app.console(&id).contains("/no/such/program"));
+}
+
+#[test]
+fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
+    let mut app = Appliance::start("badcfg");
+    let id = app.run_with_config_edit(
+        NewContainer {
+            name: Some("badcfg".into()),
+            ..sh("true")
+        },
+        // A boolean that is not one: the id and secret still decode, so the engine hears of it.
+        |vmx| vmx.replace("/tty = \"false\"", "/tty = \"perhaps\""),
+    );
+    app.wait_for(&id, 60, |s| s["status"] == "failed");
+    let error = text(
+        &app.docker(&["inspect", "-f", "{{.State.Error}}", "badcfg"])
+            .stdout,
+    );
+    assert!(
+        error.contains("/tty") && error.contains("perhaps"),
+        "{error}"
+    );
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+    let console = app.console(&id);
+    assert!(console.contains("config does not decode"), "{console}");
+    assert!(!console.contains("Kernel panic"));
+}
