@@ -250,7 +250,7 @@ fn logs_tail_since_and_follow() {
 #[test]
 fn attach_gets_all_output_and_the_exit_code() {
     let mut env = Env::start("attach");
-    env.run(&[
+    let id = env.run(&[
         "--name",
         "gated",
         "-a",
@@ -261,7 +261,16 @@ fn attach_gets_all_output_and_the_exit_code() {
     ]);
     env.wait_state("gated", "running");
     let attach = env.docker(&["attach", "--no-stdin", "gated"]);
-    assert_eq!(text(&attach.stdout), "first\n");
+    assert_eq!(
+        text(&attach.stdout),
+        "first\n",
+        "attach exited {:?}, stderr {:?}; state {}; server log:\n{}",
+        attach.status.code(),
+        text(&attach.stderr),
+        std::fs::read_to_string(env.home.join("containers").join(&id).join("state.json"))
+            .unwrap_or_default(),
+        std::fs::read_to_string(env.home.join("appliance.log")).unwrap_or_default()
+    );
     assert_eq!(text(&attach.stderr), "second\n");
     assert_eq!(attach.status.code(), Some(9));
 }
