@@ -40,6 +40,7 @@ SYSTEM_PACKAGES=(
     "libssl-dev:/usr/include/openssl/ssl.h"
     "cpio:/bin/cpio"
     "musl-tools:/usr/bin/musl-gcc"
+    "tmux:/usr/bin/tmux"
 )
 
 install_system() {
@@ -47,6 +48,8 @@ install_system() {
     for entry in "${SYSTEM_PACKAGES[@]}"; do
         [ -e "${entry#*:}" ] || missing+=("${entry%%:*}")
     done
+    # The tests drive the stock docker CLI (as a client only; no daemon is started).
+    command -v docker >/dev/null || missing+=("docker.io")
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo
     sudo=$(need_root)

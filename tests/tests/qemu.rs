@@ -173,3 +173,93 @@ fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
     assert!(console.contains("config does not decode"), "{console}");
     assert!(!console.contains("Kernel panic"));
 }
+
+/// Drives a terminal program in tmux, as a person would: type, read the screen.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(tag: &str, cols: u16, rows: u16, command: &str) -> Self {
+        let t = Tmux {
+            socket: format!("e2e-{tag}-{}", std::process::id()),
+        };
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "s",
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            command,
+        ]);
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-t", "s", "-p"])
+    }
+
+    /// Types `keys` + Enter, then waits until the screen shows `expect`.
+    fn type_until(&self, keys: &str, expect: &str) {
+        self.run(&["send-keys", "-t", "s", keys, "Enter"]);
+        for _ in 0..100 {
+            if self.screen().contains(expect) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("screen never showed {expect:?}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn an_interactive_tty_session_follows_resizes() {
+    let mut app = Appliance::start("tty");
+    let id = app.run(
+        NewContainer {
+            name: Some("tty".into()),
+            ..sh("while :; do sleep 0.2; done")
+        },
+        Transport::Virtio,
+        "containerfs",
+    );
+    app.wait_for(&id, 60, |s| s["status"] == "running");
+    let rc_file = app.home.root().join("exec.rc");
+    let command = format!(
+        "docker -H unix://{} exec -it tty sh; echo $? > {}",
+        app.home.docker_socket().display(),
+        rc_file.display()
+    );
+    let term = Tmux::start("tty", 100, 30, &command);
+    term.type_until("stty size", "30 100");
+    term.run(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    term.type_until("stty size", "40 120");
+    term.type_until("tty", "/dev/pts/");
+    term.run(&["send-keys", "-t", "s", "exit 7", "Enter"]);
+    for _ in 0..100 {
+        if let Ok(rc) = std::fs::read_to_string(&rc_file) {
+            assert_eq!(rc.trim(), "7", "the exec's exit code reaches the client");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the tty exec did not end:\n{}", term.screen());
+}
