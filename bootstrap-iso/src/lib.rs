@@ -1,5 +1,6 @@
-//! The containerVM toolchain: the initramfs that holds tether, and image disks.
+//! The containerVM toolchain: the initramfs that holds tether, the bootstrap ISO, image disks.
 
 pub mod cpio;
 pub mod disk;
 pub mod initramfs;
+pub mod iso;

@@ -1,6 +1,7 @@
 //! bootstrap-iso: build a containerVM's artifacts; each prints its sha256.
 //!
 //!   bootstrap-iso initramfs --tether PATH -o OUT
+//!   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
 //!   bootstrap-iso disk (--rootfs DIR | --tar FILE) [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use bootstrap::disk::{self, Format};
 
 const USAGE: &str = "usage:
   bootstrap-iso initramfs --tether PATH -o OUT
+  bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
   bootstrap-iso disk (--rootfs DIR | --tar FILE) [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT";
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -44,6 +46,19 @@ fn main() -> ExitCode {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{tether}: {e}")))
                 .and_then(|bin| bootstrap::initramfs::build(&bin))
                 .and_then(|img| std::fs::write(&out, img))
+        }
+        "iso" => {
+            let (Some(kernel), Some(initramfs)) = (opts.get("--kernel"), opts.get("--initramfs"))
+            else {
+                return fail(format!(
+                    "--kernel and --initramfs are required (make kernel; bootstrap-iso initramfs)\n{USAGE}"
+                ));
+            };
+            let append = opts
+                .get("--append")
+                .cloned()
+                .unwrap_or_else(|| bootstrap::iso::DEFAULT_APPEND.to_string());
+            bootstrap::iso::build(kernel.as_ref(), initramfs.as_ref(), &append, &out)
         }
         "disk" => {
             let f = opts.get("--format").map(String::as_str).unwrap_or("raw");

@@ -67,3 +67,35 @@ fn disks_from_the_same_content_are_byte_identical_in_every_format() {
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "containerfs");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn the_bootstrap_iso_is_byte_identical_across_builds() {
+    let d = scratch("iso");
+    std::fs::write(d.join("kernel"), vec![1u8; 100_000]).unwrap();
+    std::fs::write(
+        d.join("initramfs"),
+        bootstrap::initramfs::build(b"tether").unwrap(),
+    )
+    .unwrap();
+    let mut sums = Vec::new();
+    for n in 0..2 {
+        let out = d.join(format!("{n}.iso"));
+        bootstrap::iso::build(
+            &d.join("kernel"),
+            &d.join("initramfs"),
+            "console=ttyS0",
+            &out,
+        )
+        .unwrap();
+        sums.push(disk::sha256_file(&out).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(sums[0], sums[1]);
+    // It is an El Torito ISO: the boot record volume descriptor is at sector 17.
+    let iso = std::fs::read(d.join("0.iso")).unwrap();
+    assert_eq!(
+        &iso[17 * 2048 + 7..17 * 2048 + 30],
+        b"EL TORITO SPECIFICATION"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -33,7 +33,18 @@ fn must(cmd: &mut Command, what: &str) -> String {
 pub struct Artifacts {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// The bootstrap ISO: the same kernel and initramfs behind isolinux.
+    pub iso: PathBuf,
     pub disk: PathBuf,
+}
+
+/// How the VM finds its kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// QEMU loads the kernel and initramfs directly (fastest).
+    Direct,
+    /// SeaBIOS boots the bootstrap ISO through isolinux, as on vSphere.
+    Iso,
 }
 
 pub fn artifacts() -> &'static Artifacts {
@@ -70,9 +81,12 @@ pub fn artifacts() -> &'static Artifacts {
         busybox_rootfs(&rootfs);
         let disk = dir.join("busybox.raw");
         bootstrap::disk::ext4_from_dir(&rootfs, &disk, "containerfs", 0).unwrap();
+        let iso = dir.join("bootstrap.iso");
+        bootstrap::iso::build(&kernel, &initramfs, bootstrap::iso::DEFAULT_APPEND, &iso).unwrap();
         Artifacts {
             kernel,
             initramfs,
+            iso,
             disk,
         }
     })
@@ -144,7 +158,12 @@ impl Appliance {
 
     /// Creates a container and boots its containerVM; returns the id.
     pub fn run(&mut self, new: NewContainer, transport: Transport, disk_label: &str) -> String {
-        self.boot(new, transport, disk_label, |vmx| vmx)
+        self.boot(new, transport, disk_label, Boot::Direct, |vmx| vmx)
+    }
+
+    /// Like `run`, booting from the bootstrap ISO.
+    pub fn run_from_iso(&mut self, new: NewContainer) -> String {
+        self.boot(new, Transport::Virtio, "containerfs", Boot::Iso, |vmx| vmx)
     }
 
     /// Like `run`, with the config text passed through `edit` first (bad-input tests).
@@ -153,7 +172,7 @@ impl Appliance {
         new: NewContainer,
         edit: impl FnOnce(String) -> String,
     ) -> String {
-        self.boot(new, Transport::Virtio, "containerfs", edit)
+        self.boot(new, Transport::Virtio, "containerfs", Boot::Direct, edit)
     }
 
     fn boot(
@@ -161,6 +180,7 @@ impl Appliance {
         new: NewContainer,
         transport: Transport,
         disk_label: &str,
+        boot: Boot,
         edit: impl FnOnce(String) -> String,
     ) -> String {
         let a = artifacts();
@@ -200,21 +220,28 @@ impl Appliance {
             "-display",
             "none",
             "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&a.kernel)
-        .arg("-initrd")
-        .arg(&a.initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .arg("-drive")
-        .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-        .arg("-fw_cfg")
-        .arg(format!(
-            "name=opt/org.tether/config,file={}",
-            config.display()
-        ))
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("console.log").display()));
+        ]);
+        match boot {
+            Boot::Direct => {
+                cmd.arg("-kernel")
+                    .arg(&a.kernel)
+                    .arg("-initrd")
+                    .arg(&a.initramfs)
+                    .args(["-append", bootstrap::iso::DEFAULT_APPEND]);
+            }
+            Boot::Iso => {
+                cmd.arg("-cdrom").arg(&a.iso).args(["-boot", "d"]);
+            }
+        }
+        cmd.arg("-drive")
+            .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+            .arg("-fw_cfg")
+            .arg(format!(
+                "name=opt/org.tether/config,file={}",
+                config.display()
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()));
         match transport {
             Transport::Virtio => {
                 cmd.args(["-device", "virtio-serial-pci", "-chardev"])

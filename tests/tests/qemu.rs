@@ -263,3 +263,18 @@ fn an_interactive_tty_session_follows_resizes() {
     }
     panic!("the tty exec did not end:\n{}", term.screen());
 }
+
+#[test]
+fn a_containervm_boots_from_the_bootstrap_iso() {
+    let mut app = Appliance::start("iso");
+    let id = app.run_from_iso(NewContainer {
+        name: Some("fromiso".into()),
+        ..sh("echo booted from the ISO; exit 0")
+    });
+    app.wait_for(&id, 90, |s| s["sessions"]["1"]["exit_code"] == 0);
+    assert_eq!(
+        text(&app.docker(&["logs", "fromiso"]).stdout),
+        "booted from the ISO\n"
+    );
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+}
