@@ -8,7 +8,7 @@ FUZZ_TARGETS := frame_decoder message_decode
 # cargo-fuzz needs nightly -Z flags; RUSTC_BOOTSTRAP lets the one stable toolchain accept them.
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
 
-.PHONY: help deps deps-rust build tether kernel test lint unit fuzz fuzz-regressions demo clean
+.PHONY: help deps deps-rust build tether kernel boot test lint unit fuzz fuzz-regressions demo clean
 
 TETHER_BIN := target/x86_64-unknown-linux-musl/release/tether
 TETHER_MAX_BYTES := 2097152
@@ -34,6 +34,15 @@ tether: deps-rust
 	@file $(TETHER_BIN)
 	@size=$$(stat -c %s $(TETHER_BIN)); echo "tether: $$size bytes (limit $(TETHER_MAX_BYTES))"; \
 		test $$size -le $(TETHER_MAX_BYTES) || { echo "tether is over 2 MiB" >&2; exit 1; }
+
+# What `appliance run` boots: the kernel and an initramfs with this tree's tether, in
+# ~/.cache/tether/boot/ (outside the repo).
+BOOT_DIR := $(HOME)/.cache/tether/boot
+boot: tether kernel
+	$(CARGO) build -q --release -p bootstrap-iso
+	mkdir -p $(BOOT_DIR)
+	cp "$$(./kernel-config/build.sh | tail -n 1)" $(BOOT_DIR)/bzImage
+	target/release/bootstrap-iso initramfs --tether $(TETHER_BIN) -o $(BOOT_DIR)/initramfs.gz
 
 # The containerVM kernel, cached under ~/.cache/tether/kernel/<config hash>/.
 kernel:

@@ -14,9 +14,8 @@ cargo build -q --release -p tether --target x86_64-unknown-linux-musl
 cargo build -q --release -p appliance-side -p bootstrap-iso
 BIN=target/release
 
-step "the containerVM kernel (built once, then cached under ~/.cache/tether/kernel)"
-KERNEL=$(./kernel-config/build.sh | tail -n 1)
-echo "$KERNEL"
+step "the containerVM kernel (built once, cached under ~/.cache/tether) and the initramfs"
+make -s boot
 
 export TETHER_HOME
 TETHER_HOME=$(mktemp -d /tmp/tether-demo.XXXXXX)
@@ -26,10 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "initramfs (tether as /init) and the sample image disk (Debian's busybox-static)"
-$BIN/bootstrap-iso initramfs --tether target/x86_64-unknown-linux-musl/release/tether \
-    -o "$TETHER_HOME/initramfs.gz"
-ROOTFS=$TETHER_HOME/rootfs
+step "the sample image: Debian's busybox-static in a root filesystem"
+ROOTFS=$TETHER_HOME/sample-rootfs
 mkdir -p "$ROOTFS"/{bin,etc,tmp,root}
 cp /bin/busybox "$ROOTFS/bin/"
 for applet in $(/bin/busybox --list); do
@@ -37,31 +34,17 @@ for applet in $(/bin/busybox --list); do
 done
 echo "root:x:0:0:root:/root:/bin/sh" > "$ROOTFS/etc/passwd"
 echo "root:x:0:" > "$ROOTFS/etc/group"
-$BIN/bootstrap-iso disk --rootfs "$ROOTFS" --format qcow2 -o "$TETHER_HOME/busybox.qcow2"
 
 step "starting the session server"
 $BIN/appliance serve --detach >/dev/null
 echo "docker API: unix://$TETHER_HOME/docker.sock"
 
-ID=$($BIN/appliance create --name demo -- /bin/sh -c \
-    'echo "Hello from inside a containerVM: tether is PID 1, this shell is the container."; uname -a' \
-    2>/dev/null)
+step "appliance run: a containerVM under QEMU (software emulation; a few seconds)"
+set +e
+$BIN/appliance run --name demo "$ROOTFS" -- /bin/sh -c \
+    'echo "Hello from inside a containerVM: tether is PID 1, this shell is the container."; uname -a'
+code=$?
+set -e
 
-step "booting containerVM ${ID:0:12} under QEMU (software emulation; a few seconds)"
-qemu-img create -q -f qcow2 -F qcow2 -b "$TETHER_HOME/busybox.qcow2" "$TETHER_HOME/demo.qcow2"
-timeout 120 qemu-system-x86_64 -machine q35 -m 256 -display none -no-reboot \
-    -kernel "$KERNEL" -initrd "$TETHER_HOME/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 quiet" \
-    -drive "file=$TETHER_HOME/demo.qcow2,format=qcow2,if=virtio" \
-    -device virtio-serial-pci \
-    -chardev "socket,id=ch0,path=$TETHER_HOME/channel.sock,server=off,reconnect=1" \
-    -device virtserialport,chardev=ch0,name=org.tether.channel \
-    -fw_cfg "name=opt/org.tether/config,file=$TETHER_HOME/containers/$ID/config.vmx" \
-    -serial "file:$TETHER_HOME/console.log" &
-QEMU=$!
-
-code=$($BIN/appliance wait demo)
-step "what the container printed (appliance logs demo; docker -H unix://... logs works too)"
-$BIN/appliance logs demo
-step "the container exited $code; the VM powers itself off"
-wait "$QEMU" && echo "QEMU exited cleanly"
+step "the container exited $code; docker sees it too"
+docker -H "unix://$TETHER_HOME/docker.sock" ps -a 2>/dev/null || $BIN/appliance ps -a

@@ -11,4 +11,5 @@ pub mod framing;
 pub mod home;
 pub mod logstore;
 pub mod records;
+pub mod run;
 pub mod server;

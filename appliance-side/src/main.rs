@@ -19,7 +19,9 @@ const USAGE: &str = "usage:
   appliance ps [-a] | inspect C | logs [-f] [--tail N] [--since T] [-t] C | kill [-s SIG] C
   appliance wait C | attach [--no-stdin] [--detach-keys K] C | exec [-i] [-t] [-d] C CMD...
   appliance create [--name N] [-t] [-i] [-a] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
-      (-a: the main process starts at the first attach, so none of its output is missed)";
+      (-a: the main process starts at the first attach, so none of its output is missed)
+  appliance run [-d] [-t] [-i] [--name N] [-e K=V]... [-w DIR] [-u USER] [-m MiB]
+                [--transport virtio|serial] IMAGE -- CMD [ARGS...]   (IMAGE: rootfs dir or tarball)";
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("appliance: {msg}");
@@ -32,12 +34,17 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&home, &args[1..]),
         Some("create") => create(&home, &args[1..]),
-        Some(verb @ ("ps" | "inspect" | "logs" | "kill" | "wait" | "attach" | "exec")) => {
+        Some(verb @ ("ps" | "inspect" | "logs" | "kill" | "wait" | "attach" | "exec" | "run")) => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => return fail(format!("cannot start the runtime: {e}")),
             };
-            match rt.block_on(appliance::cli::run(&home, verb, &args[1..])) {
+            let result = if verb == "run" {
+                rt.block_on(appliance::run::run(&home, &args[1..]))
+            } else {
+                rt.block_on(appliance::cli::run(&home, verb, &args[1..]))
+            };
+            match result {
                 Ok(code) => code,
                 Err(appliance::cli::CliError(msg)) => {
                     eprintln!("{msg}");

@@ -94,6 +94,13 @@ fn walk(root: &Path) -> io::Result<(Vec<String>, [u8; 32], u64)> {
     Ok((paths, hasher.finalize().into(), bytes))
 }
 
+/// A digest of a rootfs directory's paths, modes, owners, mtimes and contents: the cache key of
+/// the disk built from it.
+pub fn dir_digest(root: &Path) -> io::Result<String> {
+    let (_, digest, _) = walk(root)?;
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn uuid_from(digest: &[u8; 32]) -> String {
     let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!(

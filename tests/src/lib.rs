@@ -142,6 +142,8 @@ impl Appliance {
             let s = Server::new(home.clone());
             s.listen_unix(&home.channel_socket()).await.unwrap();
             let tcp = s.listen_tcp("127.0.0.1:0").await.unwrap();
+            // As `appliance serve` does: where the COM-port transport connects.
+            std::fs::write(home.channel_tcp_file(), format!("{tcp}\n")).unwrap();
             appliance::api::serve_api(appliance::api::Api::new(s.clone()), &home.docker_socket())
                 .await
                 .unwrap();

@@ -10,17 +10,32 @@ fn the_checker_names_a_missing_option() {
     let config = kernel.parent().unwrap().join(".config");
     let fragment = ws.join("kernel-config/fragment.config");
     let check = ws.join("kernel-config/check.sh");
-    let ok = Command::new(&check).arg(&fragment).arg(&config).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(&check)
+        .arg(&fragment)
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let broken = std::env::temp_dir().join(format!("broken-config-{}", std::process::id()));
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &broken,
-        text.replace("CONFIG_VIRTIO_CONSOLE=y", "# CONFIG_VIRTIO_CONSOLE is not set"),
+        text.replace(
+            "CONFIG_VIRTIO_CONSOLE=y",
+            "# CONFIG_VIRTIO_CONSOLE is not set",
+        ),
     )
     .unwrap();
-    let bad = Command::new(&check).arg(&fragment).arg(&broken).output().unwrap();
+    let bad = Command::new(&check)
+        .arg(&fragment)
+        .arg(&broken)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&broken);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);

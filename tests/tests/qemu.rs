@@ -278,3 +278,70 @@ fn a_containervm_boots_from_the_bootstrap_iso() {
     );
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
+
+fn appliance_bin() -> std::path::PathBuf {
+    let bin = e2e::workspace().join("target/debug/appliance");
+    if !bin.exists() {
+        assert!(std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "appliance-side"])
+            .status()
+            .unwrap()
+            .success());
+    }
+    bin
+}
+
+#[test]
+fn appliance_run_is_docker_run_for_containervms() {
+    let app = Appliance::start("run");
+    let a = e2e::artifacts();
+    let rootfs = e2e::workspace().join("target/e2e/rootfs");
+    let run = |args: &[&str]| {
+        std::process::Command::new(appliance_bin())
+            .arg("run")
+            .args(["--kernel", a.kernel.to_str().unwrap()])
+            .args(["--initramfs", a.initramfs.to_str().unwrap()])
+            .args(args)
+            .env("TETHER_HOME", app.home.root())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Foreground: output passes through, the container's exit code is ours.
+    let fg = run(&[
+        "--name",
+        "fg",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(text(&fg.stdout), "out\n");
+    assert!(text(&fg.stderr).ends_with("err\n"), "{}", text(&fg.stderr));
+    assert_eq!(fg.status.code(), Some(3));
+    // Detached, over the COM port transport: prints the id and returns; docker sees it.
+    let bg = run(&[
+        "-d",
+        "--name",
+        "bg",
+        "--transport",
+        "serial",
+        rootfs.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo detached",
+    ]);
+    assert!(bg.status.success(), "{}", text(&bg.stderr));
+    let id = text(&bg.stdout).trim().to_string();
+    assert_eq!(id.len(), 64);
+    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 0);
+    assert_eq!(text(&app.docker(&["logs", "bg"]).stdout), "detached\n");
+    let ps = app.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    let ps = text(&ps.stdout);
+    assert!(
+        ps.contains("fg Exited (3)") && ps.contains("bg Exited (0)"),
+        "{ps}"
+    );
+}

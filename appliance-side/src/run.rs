@@ -1,0 +1,253 @@
+//! `appliance run`: `docker run` for containerVMs. Builds the image disk (cached by the input's
+//! digest), creates the container record and config, gives the container a qcow2 overlay as its
+//! writable layer, boots QEMU with the channel on the running server, and, unless detached,
+//! attaches: the main process waits for that first attach, so no output is missed.
+//!
+//! The kernel and initramfs come from `--kernel`/`--initramfs`, else `$TETHER_KERNEL` and
+//! `$TETHER_INITRAMFS`, else `~/.cache/tether/boot/` (which `make boot` fills).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use crate::cli::CliError;
+use crate::home::Home;
+use crate::records::{self, NewContainer};
+
+type Result<T> = std::result::Result<T, CliError>;
+
+fn err(msg: impl Into<String>) -> CliError {
+    CliError(msg.into())
+}
+
+#[derive(Debug, Default)]
+struct RunArgs {
+    detach: bool,
+    new: NewContainer,
+    transport_serial: bool,
+    kernel: Option<PathBuf>,
+    initramfs: Option<PathBuf>,
+    image: PathBuf,
+    memory_mb: u32,
+}
+
+fn parse(args: &[String]) -> Result<RunArgs> {
+    let mut r = RunArgs {
+        memory_mb: 256,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    let mut image = None;
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| err(format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "-d" | "--detach" => r.detach = true,
+            "-t" | "--tty" => r.new.tty = true,
+            "-i" | "--interactive" => r.new.open_stdin = true,
+            "--name" => r.new.name = Some(value()?),
+            "-e" | "--env" => r.new.env.push(value()?),
+            "-w" | "--workdir" => r.new.dir = value()?,
+            "-u" | "--user" => r.new.user = value()?,
+            "-m" | "--memory" => {
+                let v = value()?;
+                r.memory_mb = v
+                    .trim_end_matches(['m', 'M'])
+                    .parse()
+                    .map_err(|_| err(format!("--memory {v:?}: give MiB, e.g. 512m")))?;
+            }
+            "--transport" => match value()?.as_str() {
+                "virtio" => r.transport_serial = false,
+                "serial" => r.transport_serial = true,
+                other => return Err(err(format!("--transport {other:?}: use virtio or serial"))),
+            },
+            "--kernel" => r.kernel = Some(value()?.into()),
+            "--initramfs" => r.initramfs = Some(value()?.into()),
+            "--" => {
+                r.new.args = it.by_ref().cloned().collect();
+            }
+            other if other.starts_with('-') => {
+                return Err(err(format!("unknown option {other:?}")))
+            }
+            other if image.is_none() => image = Some(PathBuf::from(other)),
+            other => {
+                r.new.args = std::iter::once(other.to_string())
+                    .chain(it.by_ref().cloned())
+                    .collect();
+            }
+        }
+    }
+    r.image = image
+        .ok_or_else(|| err("`appliance run` needs an IMAGE (a rootfs directory or tarball)"))?;
+    if r.new.args.is_empty() {
+        return Err(err(
+            "`appliance run` needs a command: appliance run IMAGE -- CMD [ARGS...]",
+        ));
+    }
+    if r.new.env.iter().all(|e| !e.starts_with("PATH=")) {
+        r.new.env.push(format!(
+            "PATH={}",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ));
+    }
+    r.new.image = r.image.display().to_string();
+    r.new.attach = !r.detach;
+    Ok(r)
+}
+
+fn boot_file(flag: Option<PathBuf>, env: &str, name: &str) -> Result<PathBuf> {
+    let path = flag
+        .or_else(|| std::env::var_os(env).map(PathBuf::from))
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            home.join(".cache/tether/boot").join(name)
+        });
+    if !path.exists() {
+        return Err(err(format!(
+            "{} not found: run `make boot` in the tether tree, or pass --{} / set ${env}",
+            path.display(),
+            if name == "bzImage" {
+                "kernel"
+            } else {
+                "initramfs"
+            }
+        )));
+    }
+    Ok(path)
+}
+
+/// The image's disk, built once per distinct input and kept under `$TETHER_HOME/images`.
+fn image_disk(home: &Home, image: &Path) -> Result<PathBuf> {
+    let meta =
+        std::fs::metadata(image).map_err(|e| err(format!("image {}: {e}", image.display())))?;
+    let digest = if meta.is_dir() {
+        bootstrap::disk::dir_digest(image)
+    } else {
+        bootstrap::disk::sha256_file(image)
+    }
+    .map_err(|e| err(format!("reading image {}: {e}", image.display())))?;
+    let images = home.root().join("images");
+    std::fs::create_dir_all(&images).map_err(|e| err(e.to_string()))?;
+    let disk = images.join(format!("{}.qcow2", &digest[..32]));
+    if disk.exists() {
+        return Ok(disk);
+    }
+    eprintln!(
+        "appliance: building the image disk for {} (cached afterwards)",
+        image.display()
+    );
+    let work = images.join(format!("{}.work", &digest[..32]));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| err(e.to_string()))?;
+    let rootfs = if meta.is_dir() {
+        image.to_path_buf()
+    } else {
+        let dir = work.join("rootfs");
+        bootstrap::disk::extract_tar(image, &dir)
+            .map_err(|e| err(format!("extracting {}: {e}", image.display())))?;
+        dir
+    };
+    let raw = work.join("disk.raw");
+    let tmp = work.join("disk.qcow2");
+    bootstrap::disk::ext4_from_dir(&rootfs, &raw, "containerfs", 0)
+        .and_then(|_| bootstrap::disk::convert(&raw, &tmp, bootstrap::disk::Format::Qcow2))
+        .and_then(|_| std::fs::rename(&tmp, &disk))
+        .map_err(|e| err(format!("building the image disk: {e}")))?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(disk)
+}
+
+pub async fn run(home: &Home, args: &[String]) -> Result<ExitCode> {
+    let r = parse(args)?;
+    if std::os::unix::net::UnixStream::connect(home.docker_socket()).is_err() {
+        return Err(err(format!(
+            "the appliance is not running at {}: start it with `appliance serve --detach`",
+            home.docker_socket().display()
+        )));
+    }
+    let kernel = boot_file(r.kernel.clone(), "TETHER_KERNEL", "bzImage")?;
+    let initramfs = boot_file(r.initramfs.clone(), "TETHER_INITRAMFS", "initramfs.gz")?;
+    let image = image_disk(home, &r.image)?;
+    let (rec, mut spec) =
+        records::create(home, &r.new).map_err(|e| err(format!("creating the container: {e}")))?;
+    let dir = home.container(&rec.id);
+    if r.transport_serial {
+        spec.channel_device = Some("/dev/ttyS1".into());
+    }
+    let config = dir.join("config.vmx");
+    records::write_atomic(&config, guestinfo::spec_to_vmx(&spec).as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let overlay = dir.join("disk.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&image)
+        .arg(&overlay)
+        .status()
+        .map_err(|e| err(format!("qemu-img: {e} (run `make deps`)")))?;
+    if !ok.success() {
+        return Err(err(
+            "qemu-img create failed for the container's writable layer",
+        ));
+    }
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "q35", "-display", "none", "-no-reboot"])
+        .args(["-m", &r.memory_mb.to_string()])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-drive")
+        .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+        .arg("-fw_cfg")
+        .arg(format!(
+            "name=opt/org.tether/config,file={}",
+            config.display()
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()));
+    if r.transport_serial {
+        let tcp = std::fs::read_to_string(home.channel_tcp_file())
+            .map_err(|e| err(format!("the server's TCP address: {e}")))?;
+        qemu.arg("-serial")
+            .arg(format!("tcp:{},reconnect=1", tcp.trim()));
+    } else {
+        qemu.args(["-device", "virtio-serial-pci", "-chardev"])
+            .arg(format!(
+                "socket,id=ch0,path={},server=off,reconnect=1",
+                home.channel_socket().display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,chardev=ch0,name=org.tether.channel",
+            ]);
+    }
+    // The VM outlives this command (it powers itself off when the container ends).
+    use std::os::unix::process::CommandExt;
+    let child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| err(format!("qemu-system-x86_64: {e} (run `make deps`)")))?;
+    let _ = std::fs::write(dir.join("qemu.pid"), format!("{}\n", child.id()));
+    if r.detach {
+        println!("{}", rec.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Wait for the VM's channel, then attach (which releases the waiting main process).
+    for _ in 0..600 {
+        let state = std::fs::read(dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if state.is_some_and(|s| s["status"] == "running" || s["status"] == "failed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    crate::cli::run(home, "attach", std::slice::from_ref(&rec.id)).await
+}
