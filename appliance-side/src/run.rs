@@ -1,4 +1,5 @@
-//! `appliance run`: `docker run` for containerVMs. Builds the image disk (cached by the input's
+//! `appliance run`: `docker run` for containerVMs. IMAGE is anything `bootstrap-iso disk` takes:
+//! a `docker save` tarball, an OCI layout, a rootfs directory or tarball. Builds the image disk (cached by the input's
 //! digest), creates the container record and config, gives the container a qcow2 overlay as its
 //! writable layer, boots QEMU with the channel on the running server, and, unless detached,
 //! attaches: the main process waits for that first attach, so no output is missed.
@@ -80,7 +81,7 @@ fn parse(args: &[String]) -> Result<RunArgs> {
         }
     }
     r.image = image
-        .ok_or_else(|| err("`appliance run` needs an IMAGE (a rootfs directory or tarball)"))?;
+        .ok_or_else(|| err("`appliance run` needs an IMAGE (docker save tarball, OCI layout, rootfs directory or tarball)"))?;
     if r.new.args.is_empty() {
         return Err(err(
             "`appliance run` needs a command: appliance run IMAGE -- CMD [ARGS...]",
@@ -142,14 +143,8 @@ fn image_disk(home: &Home, image: &Path) -> Result<PathBuf> {
     let work = images.join(format!("{}.work", &digest[..32]));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| err(e.to_string()))?;
-    let rootfs = if meta.is_dir() {
-        image.to_path_buf()
-    } else {
-        let dir = work.join("rootfs");
-        bootstrap::disk::extract_tar(image, &dir)
-            .map_err(|e| err(format!("extracting {}: {e}", image.display())))?;
-        dir
-    };
+    let rootfs = bootstrap::image::materialize(image, &work)
+        .map_err(|e| err(format!("image {}: {e}", image.display())))?;
     let raw = work.join("disk.raw");
     let tmp = work.join("disk.qcow2");
     bootstrap::disk::ext4_from_dir(&rootfs, &raw, "containerfs", 0)

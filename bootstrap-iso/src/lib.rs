@@ -2,5 +2,6 @@
 
 pub mod cpio;
 pub mod disk;
+pub mod image;
 pub mod initramfs;
 pub mod iso;

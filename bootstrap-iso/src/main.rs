@@ -2,7 +2,8 @@
 //!
 //!   bootstrap-iso initramfs --tether PATH -o OUT
 //!   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
-//!   bootstrap-iso disk (--rootfs DIR | --tar FILE) [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
+//!   bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
+//!       PATH: a `docker save` tarball, an OCI layout (directory or tar), a rootfs directory or tar
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,8 @@ use bootstrap::disk::{self, Format};
 const USAGE: &str = "usage:
   bootstrap-iso initramfs --tether PATH -o OUT
   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
-  bootstrap-iso disk (--rootfs DIR | --tar FILE) [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT";
+  bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
+      PATH: a docker save tarball, an OCI layout (dir or tar), a rootfs dir or tar";
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("bootstrap-iso: {msg}");
@@ -100,20 +102,12 @@ fn build_disk(
     let work = out.with_extension("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let rootfs = match (opts.get("--rootfs"), opts.get("--tar")) {
-        (Some(dir), None) => PathBuf::from(dir),
-        (None, Some(tarball)) => {
-            let dir = work.join("rootfs");
-            eprintln!("bootstrap-iso: extracting {tarball}");
-            disk::extract_tar(std::path::Path::new(tarball), &dir)?;
-            dir
-        }
-        _ => {
-            return Err(std::io::Error::other(
-                "give exactly one of --rootfs DIR or --tar FILE",
-            ))
-        }
-    };
+    let input = opts
+        .get("--image")
+        .or(opts.get("--rootfs"))
+        .or(opts.get("--tar"))
+        .ok_or_else(|| std::io::Error::other("--image PATH is required"))?;
+    let rootfs = bootstrap::image::materialize(std::path::Path::new(input), &work)?;
     let raw = if format == Format::Raw {
         out.to_path_buf()
     } else {
