@@ -5,3 +5,4 @@ pub mod disk;
 pub mod image;
 pub mod initramfs;
 pub mod iso;
+pub mod spec_toml;

@@ -2,6 +2,7 @@
 //!
 //!   bootstrap-iso initramfs --tether PATH -o OUT
 //!   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
+//!   bootstrap-iso guestinfo --spec SPEC.toml [--id ID] -o OUT.vmx
 //!   bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
 //!       PATH: a `docker save` tarball, an OCI layout (directory or tar), a rootfs directory or tar
 
@@ -13,6 +14,7 @@ use bootstrap::disk::{self, Format};
 const USAGE: &str = "usage:
   bootstrap-iso initramfs --tether PATH -o OUT
   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
+  bootstrap-iso guestinfo --spec SPEC.toml [--id ID] -o OUT.vmx
   bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
       PATH: a docker save tarball, an OCI layout (dir or tar), a rootfs dir or tar";
 
@@ -61,6 +63,22 @@ fn main() -> ExitCode {
                 .cloned()
                 .unwrap_or_else(|| bootstrap::iso::DEFAULT_APPEND.to_string());
             bootstrap::iso::build(kernel.as_ref(), initramfs.as_ref(), &append, &out)
+        }
+        "guestinfo" => {
+            let Some(spec) = opts.get("--spec") else {
+                return fail(format!("--spec SPEC.toml is required\n{USAGE}"));
+            };
+            let id = opts
+                .get("--id")
+                .cloned()
+                .unwrap_or_else(|| "container".into());
+            match std::fs::read_to_string(spec)
+                .map_err(|e| format!("{spec}: {e}"))
+                .and_then(|t| bootstrap::spec_toml::to_vmx(&t, &id))
+            {
+                Ok(vmx) => std::fs::write(&out, vmx),
+                Err(e) => return fail(e),
+            }
         }
         "disk" => {
             let f = opts.get("--format").map(String::as_str).unwrap_or("raw");
