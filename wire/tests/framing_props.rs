@@ -122,16 +122,23 @@ proptest! {
                 f
             })
             .collect();
-        let mut corrupted = frames.clone();
-        let mut hit_frames = std::collections::BTreeSet::new();
+        // Hits on the same byte accumulate; two equal XORs there cancel and leave the frame
+        // intact, so a frame counts as corrupted only if some byte of it really changed.
+        let mut flips: std::collections::BTreeMap<(usize, usize), u8> = Default::default();
         for (frame_pick, byte_pick, xor) in hits {
-            let fi = frame_pick % corrupted.len();
-            let f = &mut corrupted[fi];
+            let fi = frame_pick % frames.len();
             // Corrupt the body, not the delimiters (a corrupted delimiter is a body byte too,
             // but then the neighbouring frame's delimiter still bounds the damage).
-            let bi = 1 + byte_pick % (f.len() - 2);
-            f[bi] ^= xor;
-            hit_frames.insert(fi);
+            let bi = 1 + byte_pick % (frames[fi].len() - 2);
+            *flips.entry((fi, bi)).or_insert(0) ^= xor;
+        }
+        let mut corrupted = frames.clone();
+        let mut hit_frames = std::collections::BTreeSet::new();
+        for ((fi, bi), xor) in flips {
+            if xor != 0 {
+                corrupted[fi][bi] ^= xor;
+                hit_frames.insert(fi);
+            }
         }
         let expected: Vec<Message> = msgs
             .iter()
