@@ -13,3 +13,4 @@ pub mod logstore;
 pub mod records;
 pub mod run;
 pub mod server;
+pub mod vm;

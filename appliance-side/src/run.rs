@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use crate::cli::CliError;
 use crate::home::Home;
 use crate::records::{self, NewContainer};
+use crate::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 
 type Result<T> = std::result::Result<T, CliError>;
 
@@ -238,49 +239,23 @@ pub async fn run(home: &Home, args: &[String]) -> Result<ExitCode> {
         ));
     }
     let accel = accelerator(home, &kernel);
-    let mut qemu = Command::new("qemu-system-x86_64");
-    // q35: its ACPI gives tether a clean power-off. Whether microvm boots faster with our kernel
-    // is not measured yet; that comparison belongs to `make bench` (issue [bench]).
-    qemu.args([
-        "-accel",
-        accel,
-        "-machine",
-        "q35",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args(["-m", &r.memory_mb.to_string()])
-    .arg("-kernel")
-    .arg(&kernel)
-    .arg("-initrd")
-    .arg(&initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 quiet"])
-    .arg("-drive")
-    .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-    .arg("-fw_cfg")
-    .arg(format!(
-        "name=opt/org.tether/config,file={}",
-        config.display()
-    ))
-    .arg("-serial")
-    .arg(format!("file:{}", dir.join("console.log").display()));
-    if r.transport_serial {
+    let channel = if r.transport_serial {
         let tcp = std::fs::read_to_string(home.channel_tcp_file())
             .map_err(|e| err(format!("the server's TCP address: {e}")))?;
-        qemu.arg("-serial")
-            .arg(format!("tcp:{},reconnect=1", tcp.trim()));
+        ChannelEnd::Tcp(tcp.trim().to_string())
     } else {
-        qemu.args(["-device", "virtio-serial-pci", "-chardev"])
-            .arg(format!(
-                "socket,id=ch0,path={},server=off,reconnect=1",
-                home.channel_socket().display()
-            ))
-            .args([
-                "-device",
-                "virtserialport,chardev=ch0,name=org.tether.channel",
-            ]);
-    }
+        ChannelEnd::Unix(home.channel_socket())
+    };
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(qemu_args(&VmSpec {
+        accel,
+        memory_mb: r.memory_mb,
+        boot: BootMedium::Direct { kernel, initramfs },
+        disk: overlay,
+        config,
+        console: dir.join("console.log"),
+        channel,
+    }));
     // The VM outlives this command (it powers itself off when the container ends).
     use std::os::unix::process::CommandExt;
     let child = qemu

@@ -211,56 +211,27 @@ impl Appliance {
                 .arg(&overlay),
             "qemu-img create",
         );
+        use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
-        cmd.args([
-            "120",
-            "qemu-system-x86_64",
-            "-machine",
-            "q35",
-            "-m",
-            "256",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]);
-        match boot {
-            Boot::Direct => {
-                cmd.arg("-kernel")
-                    .arg(&a.kernel)
-                    .arg("-initrd")
-                    .arg(&a.initramfs)
-                    .args(["-append", bootstrap::iso::DEFAULT_APPEND]);
-            }
-            Boot::Iso => {
-                cmd.arg("-cdrom").arg(&a.iso).args(["-boot", "d"]);
-            }
-        }
-        cmd.arg("-drive")
-            .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-            .arg("-fw_cfg")
-            .arg(format!(
-                "name=opt/org.tether/config,file={}",
-                config.display()
-            ))
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()));
-        match transport {
-            Transport::Virtio => {
-                cmd.args(["-device", "virtio-serial-pci", "-chardev"])
-                    .arg(format!(
-                        "socket,id=ch0,path={},server=off,reconnect=1",
-                        self.home.channel_socket().display()
-                    ))
-                    .args([
-                        "-device",
-                        "virtserialport,chardev=ch0,name=org.tether.channel",
-                    ]);
-            }
-            Transport::SerialTcp => {
-                cmd.arg("-serial")
-                    .arg(format!("tcp:{},reconnect=1", self.tcp));
-            }
-        }
+        cmd.args(["120", "qemu-system-x86_64"])
+            .args(qemu_args(&VmSpec {
+                accel: "tcg",
+                memory_mb: 256,
+                boot: match boot {
+                    Boot::Direct => BootMedium::Direct {
+                        kernel: a.kernel.clone(),
+                        initramfs: a.initramfs.clone(),
+                    },
+                    Boot::Iso => BootMedium::Iso(a.iso.clone()),
+                },
+                disk: overlay,
+                config,
+                console: dir.join("console.log"),
+                channel: match transport {
+                    Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
+                    Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
+                },
+            }));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
