@@ -186,7 +186,30 @@ pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
             .arg(raw)
             .arg(out),
         "qemu-img convert",
-    )
+    )?;
+    if format == Format::Vmdk {
+        pin_vmdk_cid(out, &sha256_file(raw)?)?;
+    }
+    Ok(())
+}
+
+/// qemu-img writes a random content id (`CID=xxxxxxxx`) into the VMDK's text descriptor. Replace
+/// it, in place and at the same length, with eight hex digits of the raw image's digest, so the
+/// same content always gives the same VMDK.
+fn pin_vmdk_cid(vmdk: &Path, raw_digest: &str) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(vmdk)?;
+    let mut head = vec![0u8; 64 * 1024];
+    let n = f.read(&mut head)?;
+    let at = head[..n]
+        .windows(4)
+        .position(|w| w == b"CID=")
+        .ok_or_else(|| io::Error::other("no CID= in the VMDK descriptor"))?;
+    f.seek(SeekFrom::Start((at + 4) as u64))?;
+    f.write_all(&raw_digest.as_bytes()[..8])
 }
 
 /// The sha256 of a file, in hex.

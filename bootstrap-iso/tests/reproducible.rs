@@ -42,26 +42,28 @@ fn initramfs_is_byte_identical_across_builds() {
 }
 
 #[test]
-fn disks_from_the_same_content_are_byte_identical_in_every_format() {
+fn disks_from_the_same_content_are_byte_identical_raw_qcow2_and_vmdk() {
     let d = scratch("disk");
     tree(&d.join("one"));
     std::thread::sleep(std::time::Duration::from_millis(1100));
     tree(&d.join("two")); // created a second later: different ctimes
     let mut sums = Vec::new();
     for name in ["one", "two"] {
-        let raw = d.join(format!("{name}.raw"));
+        // Each build in its own directory under the same file names: a VMDK descriptor names
+        // its own file, so "same inputs" includes the output's name.
+        let out = d.join(format!("out-{name}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let raw = out.join("disk.raw");
         disk::ext4_from_dir(&d.join(name), &raw, "containerfs", 0).unwrap();
-        let qcow = d.join(format!("{name}.qcow2"));
+        let (qcow, vmdk) = (out.join("disk.qcow2"), out.join("disk.vmdk"));
         disk::convert(&raw, &qcow, Format::Qcow2).unwrap();
-        sums.push((
-            disk::sha256_file(&raw).unwrap(),
-            disk::sha256_file(&qcow).unwrap(),
-        ));
+        disk::convert(&raw, &vmdk, Format::Vmdk).unwrap();
+        sums.push([&raw, &qcow, &vmdk].map(|p| disk::sha256_file(p).unwrap()));
     }
     assert_eq!(sums[0], sums[1]);
     // The label the guest looks for is there.
     let label = Command::new("e2label")
-        .arg(d.join("one.raw"))
+        .arg(d.join("out-one/disk.raw"))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "containerfs");
