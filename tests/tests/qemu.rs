@@ -345,3 +345,43 @@ fn appliance_run_is_docker_run_for_containervms() {
         "{ps}"
     );
 }
+
+#[test]
+fn docker_attach_to_a_containervm_carries_stdin_output_and_the_exit_code() {
+    let mut app = Appliance::start("attach");
+    let id = app.run(
+        NewContainer {
+            name: Some("att".into()),
+            open_stdin: true,
+            // The main process starts at the first attach: none of its output is missed.
+            attach: true,
+            ..sh("echo started; read line; echo \"got: $line\"; echo to-stderr >&2; exit 5")
+        },
+        Transport::Virtio,
+        "containerfs",
+    );
+    app.wait_for(&id, 60, |s| s["status"] == "running");
+    let mut child = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", app.home.docker_socket().display()))
+        .args(["attach", "att"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello vm\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "started\ngot: hello vm\n");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "docker attach returns the container's code"
+    );
+    assert_eq!(app.wait_vms_off(60), vec![0]);
+}
