@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -16,30 +16,16 @@ use wire::{Control, ExecSpec, SessionId};
 
 use crate::body::{self, ApiBody};
 use crate::container::{self, Event, State};
-use crate::follow::{Next, SessionFollower};
-use crate::framing;
-use crate::logstore::{self, Stream};
+use crate::execs::{Exec, ExecStore};
 use crate::records::{self, Record};
 use crate::server::Server;
 
 pub const API_VERSION: &str = "1.45";
 pub const MIN_API_VERSION: &str = "1.24";
 
-/// An exec created but perhaps not started.
-#[derive(Debug, Clone)]
-pub struct Exec {
-    pub id: String,
-    pub container: String,
-    pub spec: ExecSpec,
-    pub attach_stdin: bool,
-    pub attach_stdout: bool,
-    pub attach_stderr: bool,
-    pub session: Option<SessionId>,
-}
-
 pub struct Api {
     pub server: Arc<Server>,
-    pub execs: Mutex<HashMap<String, Exec>>,
+    pub execs: ExecStore,
 }
 
 pub type ApiResponse = Response<ApiBody>;
@@ -130,7 +116,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+pub(crate) fn flag(q: &HashMap<String, String>, key: &str) -> bool {
     matches!(
         q.get(key).map(String::as_str),
         Some("1") | Some("true") | Some("True")
@@ -152,8 +138,8 @@ fn route_path(path: &str) -> &str {
 impl Api {
     pub fn new(server: Arc<Server>) -> Arc<Self> {
         Arc::new(Self {
+            execs: ExecStore::new(server.home.clone()),
             server,
-            execs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,7 +196,9 @@ impl Api {
             (&Method::GET, ["info"]) => self.info(),
             (&Method::GET, ["containers", "json"]) => self.list(&query(&req)),
             (&Method::GET, ["containers", id, "json"]) => self.inspect(id),
-            (&Method::GET, ["containers", id, "logs"]) => self.logs(id, &query(&req)),
+            (&Method::GET, ["containers", id, "logs"]) => {
+                crate::logs::logs(&self, id, &query(&req))
+            }
             (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)),
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
             (&Method::POST, ["containers", id, "resize"]) => {
@@ -342,8 +330,7 @@ impl Api {
                 "HostConfig": {"NetworkMode": "default", "LogConfig": {"Type": "json-file", "Config": {}}},
                 "Mounts": [],
                 "NetworkSettings": {"Networks": {}},
-                "ExecIDs": self.execs.lock().expect("lock").values()
-                    .filter(|e| e.container == rec.id).map(|e| e.id.clone()).collect::<Vec<_>>(),
+                "ExecIDs": self.running_execs(&rec.id),
             }),
         )
     }
@@ -494,22 +481,37 @@ impl Api {
             session: None,
         };
         let id = exec.id.clone();
-        self.execs.lock().expect("lock").insert(id.clone(), exec);
+        if let Err(e) = self.execs.put(&exec) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot store exec {id}: {e}"),
+            );
+        }
         json_response(StatusCode::CREATED, &json!({"Id": id}))
     }
 
-    pub fn exec(&self, id: &str) -> Result<Exec, ApiError> {
+    /// Ids of the container's execs that are running (docker's `ExecIDs`).
+    fn running_execs(&self, container: &str) -> Vec<String> {
+        let st = self.state(container);
         self.execs
-            .lock()
-            .expect("lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("No such exec instance: {id}"),
-                )
+            .of_container(container)
+            .into_iter()
+            .filter(|e| {
+                e.session
+                    .and_then(|s| st.sessions.get(&s))
+                    .is_some_and(|s| s.running)
             })
+            .map(|e| e.id)
+            .collect()
+    }
+
+    pub fn exec(&self, id: &str) -> Result<Exec, ApiError> {
+        self.execs.get(id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("No such exec instance: {id}"),
+            )
+        })
     }
 
     fn exec_inspect(&self, id: &str) -> ApiResponse {
@@ -554,139 +556,6 @@ impl Api {
             return error(StatusCode::CONFLICT, format!("exec {id} is not running"));
         };
         resize(&c, session, q)
-    }
-
-    fn logs(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
-        let rec = match self.resolve(reference) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
-        let want_out = flag(q, "stdout");
-        let want_err = flag(q, "stderr");
-        if !want_out && !want_err {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Bad parameters: you must choose at least one stream",
-            );
-        }
-        let timestamps = flag(q, "timestamps");
-        let since = q
-            .get("since")
-            .and_then(|s| parse_unix(s))
-            .unwrap_or(i128::MIN);
-        let until = q
-            .get("until")
-            .and_then(|s| parse_unix(s))
-            .filter(|u| *u > 0)
-            .unwrap_or(i128::MAX);
-        let tail = q.get("tail").and_then(|t| t.parse::<usize>().ok());
-        let st = self.state(&rec.id);
-        let dir = self
-            .server
-            .home
-            .container(&rec.id)
-            .join("logs")
-            .join(&st.boot);
-        // Subscribe before reading the file so nothing falls between the two; offsets dedupe.
-        let live = self.server.container(&rec.id);
-        let follow = flag(q, "follow") && st.status == "running" && live.is_some();
-        let mut events = live.as_ref().map(|c| c.events.subscribe());
-        let entries = logstore::read_entries(&dir, 1).unwrap_or_default();
-        let mut sent = [0u64; 2];
-        for e in &entries {
-            sent[e.stream as usize] += e.bytes.len() as u64;
-        }
-        let selected: Vec<&logstore::Entry> = entries
-            .iter()
-            .filter(|e| {
-                (e.stream == Stream::Stdout && want_out || e.stream == Stream::Stderr && want_err)
-                    && e.unix_nanos >= since
-                    && e.unix_nanos <= until
-            })
-            .collect();
-        let skip = tail.map_or(0, |t| selected.len().saturating_sub(t));
-        let mut out = Vec::new();
-        for e in &selected[skip..] {
-            let mut bytes = Vec::new();
-            if timestamps {
-                bytes.extend_from_slice(e.time.as_bytes());
-                bytes.push(b' ');
-            }
-            bytes.extend_from_slice(&e.bytes);
-            framing::frame(rec.tty, e.stream, &bytes, &mut out);
-        }
-        let content_type = if rec.tty {
-            "application/vnd.docker.raw-stream"
-        } else {
-            "application/vnd.docker.multiplexed-stream"
-        };
-        if !follow {
-            return Response::builder()
-                .header("Content-Type", content_type)
-                .body(body::full(out))
-                .expect("static");
-        }
-        let (tx, body) = body::channel(64);
-        let tty = rec.tty;
-        let events = events.take().expect("live container has events");
-        let container = live.expect("follow implies a live container");
-        tokio::spawn(async move {
-            if tx.send(Bytes::from(out)).await.is_err() {
-                return;
-            }
-            let mut follower = SessionFollower::new(container, events, 1, tty);
-            loop {
-                match follower.next().await {
-                    Next::Event(Event::Output {
-                        stream,
-                        offset,
-                        bytes,
-                        ..
-                    }) => {
-                        // Skip what the file already gave this client.
-                        let i = stream as usize;
-                        let end = offset + bytes.len() as u64;
-                        if end <= sent[i] {
-                            continue;
-                        }
-                        let fresh = &bytes[(sent[i].saturating_sub(offset)) as usize..];
-                        sent[i] = end;
-                        if !(stream == Stream::Stdout && want_out
-                            || stream == Stream::Stderr && want_err)
-                        {
-                            continue;
-                        }
-                        let mut data = Vec::new();
-                        if timestamps {
-                            data.extend_from_slice(logstore::now_rfc3339().0.as_bytes());
-                            data.push(b' ');
-                        }
-                        data.extend_from_slice(fresh);
-                        let mut chunk = Vec::new();
-                        framing::frame(tty, stream, &data, &mut chunk);
-                        if tx.send(Bytes::from(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Next::Event(_) => {}
-                    Next::Lagged(n) => {
-                        // Too slow: say so and stop, rather than hold the others back.
-                        let msg = format!(
-                            "tether: this follower fell {n} events behind and was dropped\n"
-                        );
-                        let mut note = Vec::new();
-                        framing::frame(tty, Stream::Stderr, msg.as_bytes(), &mut note);
-                        let _ = tx.send(Bytes::from(note)).await;
-                        return;
-                    }
-                    Next::Done => return,
-                }
-            }
-        });
-        Response::builder()
-            .header("Content-Type", content_type)
-            .body(body)
-            .expect("static")
     }
 }
 
@@ -800,7 +669,7 @@ fn or_zero_time(t: &str) -> String {
 }
 
 /// docker sends `since`/`until` as Unix seconds with an optional fraction.
-fn parse_unix(s: &str) -> Option<i128> {
+pub(crate) fn parse_unix(s: &str) -> Option<i128> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: i128 = secs.parse().ok()?;
     let mut nanos: i128 = 0;

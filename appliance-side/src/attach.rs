@@ -15,6 +15,7 @@ use wire::{Control, SessionId};
 use crate::api::{error, query, read_json_body, Api, ApiResponse};
 use crate::body;
 use crate::container::{Container, Event};
+use crate::execs::Started;
 use crate::follow::{Next, SessionFollower};
 use crate::framing;
 use crate::logstore::Stream;
@@ -114,33 +115,51 @@ pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> 
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let session = {
-        let mut execs = api.execs.lock().expect("lock");
-        let Some(e) = execs.get_mut(id) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("No such exec instance: {id}"),
-            );
-        };
-        if e.session.is_some() {
+    let claimed = api.execs.claim_session(id, || c.new_exec_session());
+    // Subscribe before the exec exists, so none of its output can be missed.
+    let events = c.events.subscribe();
+    let session = match claimed {
+        Ok(Some(Started::Fresh(session))) => {
+            if let Err(e) = c.send_control(Control::Exec {
+                session,
+                name: exec.id.clone(),
+                spec: exec.spec.clone(),
+            }) {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            session
+        }
+        // Extension: re-attaching to a running exec (a client cut off by an appliance restart
+        // gets its session back). Docker answers 409 here; so do we for anything else.
+        Ok(Some(Started::Already(session)))
+            if !detach
+                && api
+                    .state(&exec.container)
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.running) =>
+        {
+            session
+        }
+        Ok(Some(Started::Already(_))) => {
             return error(
                 StatusCode::CONFLICT,
                 format!("exec {id} has already been started"),
-            );
+            )
         }
-        let s = c.new_exec_session();
-        e.session = Some(s);
-        s
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("No such exec instance: {id}"),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot store exec {id}: {e}"),
+            )
+        }
     };
-    // Subscribe before the exec exists, so none of its output can be missed.
-    let events = c.events.subscribe();
-    if let Err(e) = c.send_control(Control::Exec {
-        session,
-        name: exec.id.clone(),
-        spec: exec.spec.clone(),
-    }) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
     if detach {
         return Response::builder()
             .status(StatusCode::OK)

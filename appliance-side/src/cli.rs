@@ -33,7 +33,9 @@ impl Client {
         }
     }
 
-    async fn sender(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    pub(crate) async fn sender(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             CliError(format!(
                 "cannot reach the appliance at unix://{}: {e}. Is it running? Start it with `appliance serve --detach`",
@@ -49,7 +51,7 @@ impl Client {
         Ok(sender)
     }
 
-    fn request(
+    pub(crate) fn request(
         method: &str,
         path: &str,
         body: Option<Value>,
@@ -126,36 +128,9 @@ impl Client {
             .map_err(|e| CliError(format!("upgrading the connection: {e}")))?;
         Ok(TokioIo::new(up))
     }
-
-    /// Streams a response body to stdout/stderr (demultiplexed unless `tty`).
-    async fn stream_body(&self, path: &str, tty: bool) -> Result<()> {
-        let mut sender = self.sender().await?;
-        let resp = sender
-            .send_request(Self::request("GET", path, None, false))
-            .await
-            .map_err(|e| CliError(format!("request failed: {e}")))?;
-        if !resp.status().is_success() {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(server_error(&bytes));
-        }
-        let mut body = resp.into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { break };
-            if let Some(data) = frame.data_ref() {
-                write_output(tty, data, &mut pending);
-            }
-        }
-        Ok(())
-    }
 }
 
-fn server_error(bytes: &[u8]) -> CliError {
+pub(crate) fn server_error(bytes: &[u8]) -> CliError {
     let msg = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -164,7 +139,7 @@ fn server_error(bytes: &[u8]) -> CliError {
 }
 
 /// Writes stream output to our stdout/stderr; `pending` holds an incomplete frame.
-fn write_output(tty: bool, data: &[u8], pending: &mut Vec<u8>) {
+pub(crate) fn write_output(tty: bool, data: &[u8], pending: &mut Vec<u8>) {
     if tty {
         let mut out = std::io::stdout();
         let _ = out.write_all(data);
@@ -327,7 +302,7 @@ pub async fn run(
             "-a" | "--all" | "-f" | "--follow" | "-t" | "--timestamps" | "--tty" | "-i"
             | "--interactive" | "--no-stdin" | "-d" | "--detach" => flags.push(a.as_str()),
             "--tail" | "--since" | "--until" | "-s" | "--signal" | "-e" | "--env" | "-w"
-            | "--workdir" | "-u" | "--user" | "--detach-keys" => {
+            | "--workdir" | "-u" | "--user" | "--detach-keys" | "--exec" => {
                 let v = it
                     .next()
                     .ok_or_else(|| CliError(format!("{a} needs a value")))?;
@@ -400,7 +375,13 @@ pub async fn run(
                     path.push_str(&format!("&{key}={}", unix_time(t)?));
                 }
             }
-            client.stream_body(&path, tty).await?;
+            let req = crate::logs_client::LogsRequest {
+                path,
+                tty,
+                timestamps: has(&["-t", "--timestamps"]),
+                follow: has(&["-f", "--follow"]),
+            };
+            crate::logs_client::print_logs(&client, &req).await?;
             Ok(ExitCode::SUCCESS)
         }
         "kill" => {
@@ -425,6 +406,17 @@ pub async fn run(
                 .await?;
             println!("{}", v["StatusCode"]);
             Ok(ExitCode::SUCCESS)
+        }
+        "attach" if values.contains_key("--exec") => {
+            // Back into a running exec (after an appliance restart cut the first client off).
+            let exec_id = values["--exec"].clone();
+            let v = client
+                .json("GET", &format!("/exec/{exec_id}/json"), None)
+                .await?;
+            let tty = v["ProcessConfig"]["tty"].as_bool().unwrap_or(false);
+            let stdin = !has(&["--no-stdin"]) && v["OpenStdin"].as_bool().unwrap_or(false);
+            let start = json!({"Detach": false, "Tty": tty});
+            attach_exec(&client, &exec_id, start, tty, stdin).await
         }
         "attach" => {
             let id = target()?;
@@ -490,23 +482,43 @@ pub async fn run(
                     .await?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let io = client
-                .hijack(&format!("/exec/{exec_id}/start"), Some(start))
-                .await?;
-            pump(&client, io, tty, stdin, format!("/exec/{exec_id}/resize")).await;
-            for _ in 0..100 {
-                let v = client
-                    .json("GET", &format!("/exec/{exec_id}/json"), None)
-                    .await?;
-                if let Some(code) = v["ExitCode"].as_i64() {
-                    return Ok(exit(code));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(CliError("the exec's exit code did not arrive".into()))
+            attach_exec(&client, &exec_id, start, tty, stdin).await
         }
         other => Err(CliError(format!("unknown command {other:?}"))),
     }
+}
+
+/// Starts (or re-attaches to) an exec over a hijacked stream; returns its exit code.
+async fn attach_exec(
+    client: &Client,
+    exec_id: &str,
+    start: Value,
+    tty: bool,
+    stdin: bool,
+) -> Result<ExitCode> {
+    let io = client
+        .hijack(&format!("/exec/{exec_id}/start"), Some(start))
+        .await?;
+    pump(client, io, tty, stdin, format!("/exec/{exec_id}/resize")).await;
+    let lost = |why: String| {
+        CliError(format!(
+            "exec {exec_id}: the connection ended without its exit code ({why}); if it still runs, `appliance attach --exec {exec_id}` re-attaches"
+        ))
+    };
+    for _ in 0..100 {
+        let v = client
+            .json("GET", &format!("/exec/{exec_id}/json"), None)
+            .await
+            .map_err(|e| lost(e.0))?;
+        if let Some(code) = v["ExitCode"].as_i64() {
+            return Ok(exit(code));
+        }
+        if v["Running"].as_bool() == Some(true) {
+            return Ok(ExitCode::SUCCESS); // detached with the detach keys
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(lost("it did not arrive within 5 s".into()))
 }
 
 /// docker accepts RFC 3339 or Unix seconds for --since/--until; the API wants Unix seconds.

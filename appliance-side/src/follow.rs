@@ -39,12 +39,19 @@ impl SessionFollower {
         session: SessionId,
         tty: bool,
     ) -> Self {
+        // Following a session that has already exited (a follower resubscribing to catch up)
+        // must not wait for an exit it will never see again.
+        let exited = container
+            .state()
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.exit_code.is_some());
         Self {
             events,
             container,
             session,
             tty,
-            exited_at: None,
+            exited_at: exited.then(Instant::now),
         }
     }
 

@@ -57,6 +57,9 @@ struct Line {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub stream: Stream,
+    /// Offset in its stream of the entry's first byte (exact across rotation: rotated-into
+    /// files start with a checkpoint of the offsets).
+    pub offset: u64,
     pub time: String,
     pub unix_nanos: i128,
     pub bytes: Vec<u8>,
@@ -291,6 +294,7 @@ pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
     files.reverse();
     files.push(path);
     let mut out = Vec::new();
+    let mut position = Checkpoint::default();
     for f in files {
         let Ok(file) = File::open(&f) else { continue };
         for line in BufReader::new(file).split(b'\n') {
@@ -298,6 +302,8 @@ pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
             let Ok(l) = serde_json::from_slice::<Line>(&line) else {
                 continue;
             };
+            let offset = l.stream.map_or(0, |s| position.offsets[s.index()]);
+            apply(&mut position, &l);
             if l.checkpoint.is_some() || l.fin.is_some() {
                 continue;
             }
@@ -306,12 +312,32 @@ pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
             };
             out.push(Entry {
                 stream,
+                offset,
                 unix_nanos: parse_time(&time),
                 time,
                 bytes: entry_bytes(&l),
             });
         }
     }
+    Ok(out)
+}
+
+/// The entries of a session from the given per-stream offsets on (`[stdout, stderr]`): an entry
+/// that straddles its offset is cut, so a reader that resumes gets each byte exactly once.
+pub fn read_entries_from(dir: &Path, session: u32, from: [u64; 2]) -> io::Result<Vec<Entry>> {
+    let mut out = read_entries(dir, session)?;
+    out.retain_mut(|e| {
+        let start = from[e.stream.index()];
+        let end = e.offset + e.bytes.len() as u64;
+        if end <= start {
+            return false;
+        }
+        if e.offset < start {
+            e.bytes.drain(..(start - e.offset) as usize);
+            e.offset = start;
+        }
+        true
+    });
     Ok(out)
 }
 

@@ -4,7 +4,7 @@
 //!   appliance create [--name N] [-t] [-i] [-a] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
 //!                                               make a container record; prints its id and config path
 //!   appliance ps [-a] | inspect C | logs [-f] [--tail N] [--since T] [-t] C | kill [-s SIG] C
-//!           | wait C | attach [--no-stdin] [--detach-keys K] C | exec [-i] [-t] [-d] C CMD...
+//!           | wait C | attach [--no-stdin] [--detach-keys K] C | attach --exec EXEC_ID | exec [-i] [-t] [-d] C CMD...
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use appliance::server::Server;
 const USAGE: &str = "usage:
   appliance serve [--detach] [--tcp ADDR]
   appliance ps [-a] | inspect C | logs [-f] [--tail N] [--since T] [-t] C | kill [-s SIG] C
-  appliance wait C | attach [--no-stdin] [--detach-keys K] C | exec [-i] [-t] [-d] C CMD...
+  appliance wait C | attach [--no-stdin] [--detach-keys K] C | attach --exec EXEC_ID | exec [-i] [-t] [-d] C CMD...
   appliance create [--name N] [-t] [-i] [-a] [-e K=V]... [-w DIR] [-u USER] -- CMD [ARGS...]
       (-a: the main process starts at the first attach, so none of its output is missed)
   appliance run [-d] [-t] [-i] [--name N] [-e K=V]... [-w DIR] [-u USER] [-m MiB]

@@ -119,20 +119,48 @@ pub enum Transport {
     SerialTcp,
 }
 
+/// The session server an `Appliance` runs: in this process, or the real `appliance serve`
+/// process (which a test can SIGKILL and start again).
+enum ServerHandle {
+    InProcess {
+        _rt: tokio::runtime::Runtime,
+        _server: Arc<Server>,
+    },
+    Process(Child),
+}
+
 pub struct Appliance {
     pub home: Home,
     pub tcp: std::net::SocketAddr,
-    _rt: tokio::runtime::Runtime,
-    pub server: Arc<Server>,
+    server: ServerHandle,
     vms: Vec<Child>,
+}
+
+/// The `appliance` binary of this tree, built once per test process.
+pub fn appliance_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        must(
+            Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "appliance-side", "--bin", "appliance"])
+                .current_dir(workspace()),
+            "building the appliance binary",
+        );
+    });
+    workspace().join("target/debug/appliance")
+}
+
+fn temp_home(tag: &str) -> Home {
+    let root = std::env::temp_dir().join(format!("e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let home = Home::at(&root);
+    std::fs::create_dir_all(home.containers()).unwrap();
+    home
 }
 
 impl Appliance {
     pub fn start(tag: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("e2e-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let home = Home::at(&root);
-        std::fs::create_dir_all(home.containers()).unwrap();
+        let home = temp_home(tag);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -152,10 +180,86 @@ impl Appliance {
         Self {
             home,
             tcp,
-            _rt: rt,
-            server,
+            server: ServerHandle::InProcess {
+                _rt: rt,
+                _server: server,
+            },
             vms: Vec::new(),
         }
+    }
+
+    /// Runs the server as the real `appliance serve` process.
+    pub fn start_process(tag: &str) -> Self {
+        let home = temp_home(tag);
+        let mut app = Self {
+            tcp: "127.0.0.1:0".parse().unwrap(),
+            server: ServerHandle::Process(Self::spawn_server(&home)),
+            home,
+            vms: Vec::new(),
+        };
+        app.tcp = app.wait_server_ready();
+        app
+    }
+
+    fn spawn_server(home: &Home) -> Child {
+        Command::new(appliance_bin())
+            .arg("serve")
+            .env("TETHER_HOME", home.root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
+            .spawn()
+            .expect("appliance serve starts")
+    }
+
+    /// Waits until the server process answers on its API socket; returns its channel port.
+    fn wait_server_ready(&self) -> std::net::SocketAddr {
+        let start = Instant::now();
+        loop {
+            let up = std::os::unix::net::UnixStream::connect(self.home.docker_socket()).is_ok();
+            let tcp = std::fs::read_to_string(self.home.channel_tcp_file()).ok();
+            if let (true, Some(Ok(addr))) = (up, tcp.map(|t| t.trim().parse())) {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "appliance serve did not come up; its log:\n{}",
+                std::fs::read_to_string(self.home.root().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the server process: no shutdown, no flush, sockets cut mid-byte.
+    pub fn kill_server(&mut self) {
+        if let ServerHandle::Process(child) = &mut self.server {
+            child.kill().expect("SIGKILL the server");
+            child.wait().unwrap();
+        } else {
+            panic!("kill_server needs Appliance::start_process");
+        }
+    }
+
+    /// Starts the server process again on the same home.
+    pub fn restart_server(&mut self) {
+        let _ = std::fs::remove_file(self.home.channel_tcp_file());
+        self.server = ServerHandle::Process(Self::spawn_server(&self.home));
+        self.tcp = self.wait_server_ready();
+    }
+
+    /// The server process's pid, when it runs as one.
+    pub fn server_pid(&self) -> Option<u32> {
+        match &self.server {
+            ServerHandle::Process(c) => Some(c.id()),
+            ServerHandle::InProcess { .. } => None,
+        }
+    }
+
+    /// Runs the appliance CLI against this appliance.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(appliance_bin());
+        c.env("TETHER_HOME", self.home.root());
+        c
     }
 
     /// Creates a container and boots its containerVM; returns the id.
@@ -312,6 +416,10 @@ impl Drop for Appliance {
         for vm in &mut self.vms {
             let _ = vm.kill();
             let _ = vm.wait();
+        }
+        if let ServerHandle::Process(child) = &mut self.server {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(self.home.root());
     }

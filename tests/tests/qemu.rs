@@ -279,25 +279,13 @@ fn a_containervm_boots_from_the_bootstrap_iso() {
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
 
-fn appliance_bin() -> std::path::PathBuf {
-    let bin = e2e::workspace().join("target/debug/appliance");
-    if !bin.exists() {
-        assert!(std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "appliance-side"])
-            .status()
-            .unwrap()
-            .success());
-    }
-    bin
-}
-
 #[test]
 fn appliance_run_is_docker_run_for_containervms() {
     let app = Appliance::start("run");
     let a = e2e::artifacts();
     let rootfs = e2e::workspace().join("target/e2e/rootfs");
     let run = |args: &[&str]| {
-        std::process::Command::new(appliance_bin())
+        std::process::Command::new(e2e::appliance_bin())
             .arg("run")
             .args(["--kernel", a.kernel.to_str().unwrap()])
             .args(["--initramfs", a.initramfs.to_str().unwrap()])

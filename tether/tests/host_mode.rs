@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{session, spec, Harness, ID};
+use common::{session, spec, Harness, TempDir, ID};
 use sha2::{Digest, Sha256};
 use wire::{Control, ExecSpec};
 
@@ -292,4 +292,46 @@ fn appliance_restarts_mid_stream_lose_and_duplicate_nothing() {
     assert_eq!(exits, 1, "the exit is reported exactly once");
     assert_eq!(seen.exit(1), Some((7, None)));
     assert_eq!(h.wait(), 7);
+}
+
+#[test]
+fn without_an_appliance_output_is_buffered_to_the_bound_then_the_process_waits() {
+    // 4 MiB in 4 KiB blocks, counting the blocks written. With nobody connected, tether holds
+    // at most its 1 MiB per-stream buffer; the pipe (64 KiB) fills behind it and the writer
+    // blocks: memory stays bounded and nothing is dropped.
+    let dir = TempDir::new("bound");
+    let count = dir.0.join("count");
+    let script = format!(
+        "i=0; while [ $i -lt 1024 ]; do head -c 4096 /dev/zero; i=$((i+1)); echo $i > {}; done",
+        count.display()
+    );
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", &script])));
+    let read_count = || {
+        std::fs::read_to_string(&count)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let blocked_at = read_count();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        read_count(),
+        blocked_at,
+        "the writer is blocked, not dropping"
+    );
+    let buffer = wire::StreamConfig::default().out_capacity as u64;
+    let pipe = 64 * 1024;
+    assert!(
+        blocked_at * 4096 >= buffer && blocked_at * 4096 <= buffer + pipe + 2 * 4096,
+        "blocked after {blocked_at} blocks of 4 KiB; the bound is {buffer} + the {pipe}-byte pipe"
+    );
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(30, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    assert_eq!(seen.stdout(1), vec![0u8; 4 << 20].as_slice());
+    assert_eq!(h.wait(), 0);
 }

@@ -1,0 +1,211 @@
+//! `appliance logs`: prints a container's logs; with `--follow` it outlives appliance restarts.
+//! When the connection breaks mid-stream (the server was killed or upgraded), it reconnects and
+//! asks for the rest with `resume=` from the offsets it has, so every byte is printed once.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+
+use crate::cli::{server_error, write_output, CliError, Client};
+use crate::logs::{parse_resume, START_HEADER};
+
+/// How long a follower keeps trying to reach a restarting appliance.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+/// How one attempt ended.
+enum Ended {
+    /// The server closed the stream: the session ended (or no follow was asked).
+    Complete,
+    /// The connection broke; `have` says how far each stream got.
+    Broken(String),
+}
+
+pub struct LogsRequest {
+    /// `/containers/{id}/logs?...` without `resume`.
+    pub path: String,
+    pub tty: bool,
+    pub timestamps: bool,
+    pub follow: bool,
+}
+
+/// Counts the stream bytes a response carries, from its start offsets.
+struct Progress {
+    have: Option<[u64; 2]>,
+    pending: Vec<u8>,
+}
+
+impl Progress {
+    fn count(&mut self, req: &LogsRequest, data: &[u8]) {
+        let Some(have) = self.have.as_mut() else {
+            return;
+        };
+        if req.tty {
+            // Raw stream: everything is stdout (timestamps make it uncountable: see `resumable`).
+            have[0] += data.len() as u64;
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        let (pieces, rest) = crate::framing::demux(&self.pending);
+        self.pending = rest;
+        for (stream, bytes) in pieces {
+            // Each frame is one entry; with timestamps it starts with "<time> ".
+            let payload = if req.timestamps {
+                bytes
+                    .iter()
+                    .position(|b| *b == b' ')
+                    .map_or(0, |i| bytes.len() - i - 1)
+            } else {
+                bytes.len()
+            };
+            have[stream as usize] += payload as u64;
+        }
+    }
+}
+
+fn resumable(req: &LogsRequest) -> bool {
+    req.follow && !(req.tty && req.timestamps) && !req.path.contains("until=")
+}
+
+/// Prints the logs; with follow, reconnects across appliance restarts.
+pub async fn print_logs(client: &Client, req: &LogsRequest) -> Result<(), CliError> {
+    let mut resume: Option<[u64; 2]> = None;
+    loop {
+        let path = match resume {
+            None => req.path.clone(),
+            // The rest from where we are; `tail` and `since` were applied by the first request.
+            Some([o, e]) => format!("{}&resume={o},{e}", strip_window(&req.path)),
+        };
+        let mut progress = Progress {
+            have: None,
+            pending: Vec::new(),
+        };
+        let ended = match once(client, &path, req, &mut progress).await {
+            Ok(e) => e,
+            Err(e) if resume.is_none() => return Err(e),
+            Err(e) => Ended::Broken(e.0),
+        };
+        let reason = match ended {
+            Ended::Complete => return Ok(()),
+            Ended::Broken(reason) => reason,
+        };
+        if !resumable(req) {
+            return Err(CliError(format!("lost the appliance: {reason}")));
+        }
+        if progress.have.is_some() {
+            resume = progress.have;
+        }
+        eprintln!("appliance logs: lost the appliance ({reason}); reconnecting");
+        wait_for_server(client).await?;
+    }
+}
+
+/// Drops `tail=` and `since=`: a resumed request continues the same bytes.
+fn strip_window(path: &str) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("tail=") && !kv.starts_with("since="))
+        .collect();
+    format!("{base}?{}", kept.join("&"))
+}
+
+async fn wait_for_server(client: &Client) -> Result<(), CliError> {
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if client.call("GET", "/_ping", None).await.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > RECONNECT_FOR {
+            return Err(CliError(format!(
+                "the appliance did not come back within {} s",
+                RECONNECT_FOR.as_secs()
+            )));
+        }
+    }
+}
+
+async fn once(
+    client: &Client,
+    path: &str,
+    req: &LogsRequest,
+    progress: &mut Progress,
+) -> Result<Ended, CliError> {
+    let mut sender = client.sender().await?;
+    let resp = sender
+        .send_request(Client::request("GET", path, None, false))
+        .await
+        .map_err(|e| CliError(format!("request failed: {e}")))?;
+    if !resp.status().is_success() {
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(server_error(&bytes));
+    }
+    progress.have = resp
+        .headers()
+        .get(START_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_resume);
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Ok(Ended::Broken(e.to_string())),
+        };
+        if let Some(data) = frame.data_ref() {
+            write_output(req.tty, data, &mut pending);
+            progress.count(req, data);
+        }
+    }
+    Ok(Ended::Complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logstore::Stream;
+
+    #[test]
+    fn a_resumed_request_keeps_streams_and_follow_but_not_the_window() {
+        assert_eq!(
+            strip_window("/containers/x/logs?stdout=1&tail=5&follow=1&since=3"),
+            "/containers/x/logs?stdout=1&follow=1"
+        );
+    }
+
+    #[test]
+    fn progress_counts_payload_without_timestamps() {
+        let req = LogsRequest {
+            path: String::new(),
+            tty: false,
+            timestamps: true,
+            follow: true,
+        };
+        let mut p = Progress {
+            have: Some([10, 20]),
+            pending: Vec::new(),
+        };
+        let mut framed = Vec::new();
+        crate::framing::frame(
+            false,
+            Stream::Stdout,
+            b"2026-01-01T00:00:00Z abc",
+            &mut framed,
+        );
+        crate::framing::frame(
+            false,
+            Stream::Stderr,
+            b"2026-01-01T00:00:00Z de",
+            &mut framed,
+        );
+        // Delivered in two arbitrary pieces.
+        p.count(&req, &framed[..5]);
+        p.count(&req, &framed[5..]);
+        assert_eq!(p.have, Some([13, 22]));
+    }
+}
