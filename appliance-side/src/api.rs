@@ -331,6 +331,8 @@ impl Api {
                 "Mounts": [],
                 "NetworkSettings": {"Networks": {}},
                 "ExecIDs": self.running_execs(&rec.id),
+                // Extension: what the serial channel lost and repaired (see docs/protocol.md).
+                "TetherLink": st.link,
             }),
         )
     }

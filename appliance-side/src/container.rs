@@ -53,6 +53,18 @@ pub struct SessionState {
     pub finished_at: String,
 }
 
+/// What the channel lost and repaired, summed over every connection of this boot: corrupt
+/// frames the decoder threw away, gaps seen in incoming streams, chunks this side resent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    pub connections: u64,
+    pub frames_rejected: u64,
+    pub bytes_dropped: u64,
+    pub messages_undecodable: u64,
+    pub gaps: u64,
+    pub retransmits: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Hex of the current boot id.
@@ -65,6 +77,8 @@ pub struct State {
     pub control_offset: u64,
     pub next_exec: SessionId,
     pub connected: bool,
+    #[serde(default)]
+    pub link: LinkStats,
 }
 
 impl State {
@@ -139,6 +153,11 @@ impl Container {
                 (StreamKind::Stdout, Stream::Stdout),
                 (StreamKind::Stderr, Stream::Stderr),
             ] {
+                // Only streams that existed: a tty session has no stderr, and one that never
+                // wrote is created again by its first byte.
+                if w.offset(stream) == 0 && !w.finished(stream) {
+                    continue;
+                }
                 streams.restore_in(
                     StreamKey::new(session, kind),
                     w.offset(stream),
@@ -274,9 +293,17 @@ impl Container {
         persist_state(&inner)
     }
 
+    /// Adds to the link counters (persisted with the next state write).
+    pub fn add_link(&self, f: impl FnOnce(&mut LinkStats)) {
+        f(&mut self.inner.lock().expect("container lock").state.link);
+    }
+
     pub fn set_connected(&self, connected: bool) {
         let mut inner = self.inner.lock().expect("container lock");
         inner.state.connected = connected;
+        if connected {
+            inner.state.link.connections += 1;
+        }
         // A connected containerVM is running, even while its main process waits for an attach.
         if connected && inner.state.status == "created" {
             inner.state.status = "running".into();

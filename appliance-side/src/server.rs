@@ -274,7 +274,9 @@ impl Server {
         let mut out = Vec::with_capacity(64 * 1024);
         // Messages already read past the handshake.
         self.absorb(c, reader, &mut keepalive, 0)?;
+        let mut meter = LinkMeter::default();
         loop {
+            meter.update(c, reader);
             flush(c, wr, &mut out).await?;
             tokio::select! {
                 r = rd.read(buf) => {
@@ -331,6 +333,56 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Moves this connection's loss counters into the container's totals as they grow.
+#[derive(Default)]
+struct LinkMeter {
+    rejected: u64,
+    dropped: u64,
+    undecodable: u64,
+    gaps: u64,
+    retransmits: u64,
+}
+
+impl LinkMeter {
+    fn update(&mut self, c: &Container, reader: &MessageReader) {
+        let (frames, undecodable) = reader.stats();
+        let (gaps, retransmits) = c.inner.lock().expect("lock").streams.loss_counters();
+        let now = [
+            frames.rejected_frames,
+            frames.dropped_bytes,
+            undecodable,
+            gaps,
+            retransmits,
+        ];
+        let last = [
+            self.rejected,
+            self.dropped,
+            self.undecodable,
+            self.gaps,
+            self.retransmits,
+        ];
+        if now == last {
+            return;
+        }
+        // Finished streams are forgotten with their counts: a total can shrink; never subtract.
+        let d: Vec<u64> = now.iter().zip(last).map(|(n, l)| n.saturating_sub(l)).collect();
+        c.add_link(|l| {
+            l.frames_rejected += d[0];
+            l.bytes_dropped += d[1];
+            l.messages_undecodable += d[2];
+            l.gaps += d[3];
+            l.retransmits += d[4];
+        });
+        [
+            self.rejected,
+            self.dropped,
+            self.undecodable,
+            self.gaps,
+            self.retransmits,
+        ] = now;
     }
 }
 

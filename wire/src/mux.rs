@@ -117,6 +117,7 @@ pub struct Streams {
     pending_pongs: Vec<u64>,
     /// Last data stream served, for round-robin.
     cursor: Option<StreamKey>,
+    ignored_for_unknown_streams: u64,
 }
 
 impl Streams {
@@ -143,6 +144,7 @@ impl Streams {
             control_in: ControlDecoder::new(),
             pending_pongs: Vec::new(),
             cursor: None,
+            ignored_for_unknown_streams: 0,
         }
     }
 
@@ -288,6 +290,13 @@ impl Streams {
                 fin,
                 bytes,
             } => self.on_data(key, seq, fin, &bytes),
+            // An ack or rewind for a stream this side does not have is ignored, not fatal: the
+            // stream may have finished and been forgotten, or a peer restored from its store
+            // may know of streams this side never opened. It creates no state either way.
+            Message::Ack { key, .. } | Message::Rewind { key, .. } if !self.out.contains_key(&key) => {
+                self.ignored_for_unknown_streams += 1;
+                Ok(Inbound::Nothing)
+            }
             Message::Ack { key, upto, limit } => {
                 let s = self
                     .out
@@ -425,6 +434,11 @@ impl Streams {
         self.out.values().map(|s| s.end() - s.acked()).sum()
     }
 
+    /// Acks and rewinds that named a stream this side does not have.
+    pub fn ignored_for_unknown_streams(&self) -> u64 {
+        self.ignored_for_unknown_streams
+    }
+
     /// Totals for diagnostics: (gaps seen on incoming streams, retransmissions by this side).
     pub fn loss_counters(&self) -> (u64, u64) {
         let gaps = self.inp.values().map(InStream::gaps).sum();
@@ -534,14 +548,16 @@ mod tests {
                 from: 0
             })
         );
+        // An ack for a stream this side never had changes nothing and is only counted.
         assert_eq!(
             server.on_message(Message::Ack {
                 key: stdin,
                 upto: 1,
                 limit: 1
             }),
-            Err(MuxError::UnknownStream { key: stdin })
+            Ok(Inbound::Nothing)
         );
+        assert_eq!(server.ignored_for_unknown_streams(), 1);
     }
 
     #[test]
