@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := frame_decoder message_decode
+FUZZ_TARGETS := frame_decoder message_decode handshake vmx_decode api_request
 # cargo-fuzz needs nightly -Z flags; RUSTC_BOOTSTRAP lets the one stable toolchain accept them.
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
 
@@ -58,18 +58,18 @@ lint: deps-rust
 unit: deps
 	$(CARGO) test --workspace
 
-# Inputs that once crashed a fuzz target live in wire/fuzz/regressions/<target>/ and are replayed
-# here through the same target code, without the fuzzer.
+# Inputs that once crashed a fuzz target (and the seeds) live in fuzz/regressions/<target>/ and
+# are replayed here through the same target code, without the fuzzer.
 fuzz-regressions:
-	$(CARGO) test -p wire --test fuzz_regressions
+	$(CARGO) test -p wire -p guestinfo -p appliance-side --test fuzz_regressions
 
 test: lint unit fuzz-regressions
 
 fuzz: deps-rust
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
-	cd wire/fuzz && for t in $(FUZZ_TARGETS); do \
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
 		mkdir -p corpus/$$t; \
-		$(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t ../fuzz/regressions/$$t -- \
+		$(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t regressions/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done
 

@@ -692,17 +692,22 @@ pub async fn serve_api(api: Arc<Api>, path: &std::path::Path) -> std::io::Result
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
-            let api = api.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| api.clone().handle(req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
-                    .with_upgrades()
-                    .await;
-            });
+            tokio::spawn(serve_connection(api.clone(), sock));
         }
     });
     Ok(())
+}
+
+/// Serves HTTP/1 requests (with upgrades for attach and exec) on one connection.
+pub async fn serve_connection<IO>(api: Arc<Api>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| api.clone().handle(req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
-use wire::{Control, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
+use wire::{Control, Inbound, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
 
 use crate::logstore::{self, LogWriter, Rotation, Stream};
 use crate::records::write_atomic;
@@ -291,6 +291,33 @@ impl Container {
             .in_stream(StreamKey::CONTROL)
             .map_or(0, |s| s.released());
         persist_state(&inner)
+    }
+
+    /// Tether may speak only of sessions the appliance asked for: the main session (1) and the
+    /// execs this appliance numbered. Anything else is a hostile or broken guest, which would
+    /// otherwise grow the state without bound.
+    pub fn check_sessions(&self, inbound: &Inbound) -> Result<(), String> {
+        let next_exec = self.inner.lock().expect("container lock").state.next_exec;
+        let known = |s: SessionId| s == 1 || (FIRST_EXEC_SESSION..next_exec).contains(&s);
+        let bad = match inbound {
+            Inbound::Data { key, .. } => (!known(key.session)).then_some(key.session),
+            Inbound::Control(records) => records.iter().find_map(|r| {
+                let s = match r {
+                    Control::Started { session, .. }
+                    | Control::StartFailed { session, .. }
+                    | Control::Exited { session, .. } => *session,
+                    _ => return None,
+                };
+                (!known(s)).then_some(s)
+            }),
+            _ => None,
+        };
+        match bad {
+            Some(s) => Err(format!(
+                "tether reported session {s}, which the appliance never started"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Adds to the link counters (persisted with the next state write).

@@ -12,8 +12,10 @@ use wire::SessionId;
 
 use crate::container::{Container, Event};
 
-/// How long after a session's exit to wait for its last output.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// How long after a session's exit to wait for its last output. Tether closes a session's
+/// streams before it reports the exit, so this only bounds a stream that never ends (a link
+/// lost for good); generous, since a loaded machine can take seconds to deliver the tail.
+const OUTPUT_GRACE: Duration = Duration::from_secs(10);
 
 pub enum Next {
     Event(Event),

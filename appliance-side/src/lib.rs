@@ -9,6 +9,8 @@ pub mod container;
 pub mod execs;
 pub mod follow;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod home;
 pub mod logs;
 pub mod logs_client;

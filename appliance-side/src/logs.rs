@@ -76,17 +76,18 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
             "Bad parameters: you must choose at least one stream",
         );
     }
-    let resume =
-        match q.get("resume").map(|v| (v, parse_resume(v))) {
-            None => [0, 0],
-            Some((_, Some(r))) => r,
-            Some((v, None)) => return error(
+    let resume = match q.get("resume").map(|v| (v, parse_resume(v))) {
+        None => [0, 0],
+        Some((_, Some(r))) => r,
+        Some((v, None)) => {
+            return error(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "bad resume={v:?}: give the stdout and stderr byte offsets, e.g. resume=1024,0"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let since = q
         .get("since")
         .and_then(|s| parse_unix(s))
@@ -223,7 +224,14 @@ async fn follow_live(
                 follower = f;
                 out
             }
-            Next::Done => return,
+            Next::Done => {
+                // Whatever reached the file but not the live feed (a lag at the very end).
+                let (_, last) = catch_up(&container, &dir, &sel, &mut sent);
+                if !last.is_empty() {
+                    let _ = tx.send(Bytes::from(last)).await;
+                }
+                return;
+            }
         };
         if !chunk.is_empty() && tx.send(Bytes::from(chunk)).await.is_err() {
             return;

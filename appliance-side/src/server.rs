@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use wire::keepalive::{DEAD_AFTER_MS, PING_INTERVAL_MS};
+use wire::message::Hello;
 use wire::{
     write_message, Inbound, Keepalive, Liveness, Message, MessageReader, RefuseReason, Refused,
     Secret, ServerHandshake, Welcome,
@@ -24,7 +25,17 @@ use crate::logstore::Rotation;
 use crate::records;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections still in their handshake at once; more are closed at accept. A guest has one
+/// channel; this bounds what anyone who can reach the TCP port can make the server hold.
+pub const MAX_PENDING_HANDSHAKES: u64 = 256;
 const TICK: Duration = Duration::from_millis(100);
+
+/// How an established channel ended.
+enum End {
+    Error(String),
+    /// The guest began a new handshake on the same connection.
+    Hello(Hello),
+}
 
 struct Live {
     conn: u64,
@@ -37,6 +48,7 @@ pub struct Server {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     live: Mutex<HashMap<String, Live>>,
     next_conn: AtomicU64,
+    pending_handshakes: AtomicU64,
     /// Refused or dropped connections, for diagnostics and tests.
     pub refused: AtomicU64,
 }
@@ -53,6 +65,7 @@ impl Server {
             containers: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            pending_handshakes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
     }
@@ -129,29 +142,74 @@ impl Server {
 
     /// Serves one channel until it breaks.
     pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, sock: S, peer: String) {
+        let pending = self.pending_handshakes.fetch_add(1, Ordering::Relaxed);
+        if pending >= MAX_PENDING_HANDSHAKES {
+            self.pending_handshakes.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "appliance: channel from {peer} closed at once: {MAX_PENDING_HANDSHAKES} others are still in their handshake"
+            );
+            return;
+        }
         let (mut rd, mut wr) = tokio::io::split(sock);
         let mut reader = MessageReader::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let handshake = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            self.handshake(&mut rd, &mut wr, &mut reader, &mut buf),
-        )
-        .await;
-        let (container, _auth_id) = match handshake {
-            Ok(Ok(c)) => c,
-            Ok(Err(r)) => {
-                self.refuse(&peer, &r);
-                let mut out = Vec::new();
-                write_message(&Message::Refused(r), &mut out);
-                let _ = wr.write_all(&out).await;
-                return;
+        // Small until the peer has proved who it is: an unauthenticated connection costs little.
+        let mut buf = vec![0u8; 4 * 1024];
+        let mut first_hello = None;
+        let mut counted = true;
+        loop {
+            let handshake = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                self.handshake(&mut rd, &mut wr, &mut reader, &mut buf, first_hello.take()),
+            )
+            .await;
+            if std::mem::take(&mut counted) {
+                self.pending_handshakes.fetch_sub(1, Ordering::Relaxed);
             }
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                eprintln!("appliance: channel from {peer}: no handshake within 10 s; dropped");
-                return;
+            let (container, hello) = match handshake {
+                Ok(Ok(done)) => done,
+                Ok(Err(r)) => {
+                    self.refuse(&peer, &r);
+                    let mut out = Vec::new();
+                    write_message(&Message::Refused(r), &mut out);
+                    let _ = wr.write_all(&out).await;
+                    return;
+                }
+                Err(_) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("appliance: channel from {peer}: no handshake within 10 s; dropped");
+                    return;
+                }
+            };
+            buf.resize(64 * 1024, 0);
+            match self
+                .established(&container, &hello, &mut rd, &mut wr, &mut reader, &mut buf)
+                .await
+            {
+                // The guest saw a break we did not (a serial line has no hangup): it starts over
+                // on this same connection.
+                End::Hello(h) => first_hello = Some(h),
+                End::Error(why) => {
+                    eprintln!(
+                        "appliance: container {} channel closed: {why}",
+                        container.id
+                    );
+                    return;
+                }
             }
-        };
+        }
+    }
+
+    /// Registers the authenticated channel as its container's live one and runs it.
+    async fn established<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        container: &Arc<Container>,
+        hello: &Hello,
+        rd: &mut R,
+        wr: &mut W,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+    ) -> End {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let kick = Arc::new(Notify::new());
         {
@@ -168,22 +226,13 @@ impl Server {
             }
         }
         container.set_connected(true);
-        let why = self
-            .run(&container, &mut rd, &mut wr, &mut reader, &mut buf, &kick)
-            .await;
-        {
-            let mut live = self.live.lock().expect("lock");
-            if live.get(&container.id).is_some_and(|l| l.conn == conn) {
-                live.remove(&container.id);
-                container.set_connected(false);
-            }
+        let end = self.run(container, hello, rd, wr, reader, buf, &kick).await;
+        let mut live = self.live.lock().expect("lock");
+        if live.get(&container.id).is_some_and(|l| l.conn == conn) {
+            live.remove(&container.id);
+            container.set_connected(false);
         }
-        if let Err(why) = why {
-            eprintln!(
-                "appliance: container {} channel closed: {why}",
-                container.id
-            );
-        }
+        end
     }
 
     async fn next_message<R: AsyncRead + Unpin>(
@@ -209,35 +258,61 @@ impl Server {
         wr: &mut W,
         reader: &mut MessageReader,
         buf: &mut [u8],
-    ) -> Result<(Arc<Container>, String), Refused> {
+        first_hello: Option<Hello>,
+    ) -> Result<(Arc<Container>, Hello), Refused> {
         let violation = |detail: &str| Refused {
             reason: RefuseReason::ProtocolViolation,
             detail: detail.to_string(),
         };
-        let hello = match Self::next_message(rd, reader, buf).await {
-            Some(Message::Hello(h)) => h,
-            Some(_) => return Err(violation("the first message must be Hello")),
-            None => return Err(violation("closed before Hello")),
+        // A serial line has no connection boundaries: bytes from before a break (old data, an
+        // earlier handshake) may arrive first. Skip to a Hello; while waiting for the Proof,
+        // answer a repeated Hello with the same Challenge and a new one with a new Challenge.
+        let mut hello = match first_hello {
+            Some(h) => h,
+            None => loop {
+                match Self::next_message(rd, reader, buf).await {
+                    Some(Message::Hello(h)) => break h,
+                    Some(_) => continue,
+                    None => return Err(violation("closed before Hello")),
+                }
+            },
         };
         let home = &self.home;
-        let (hs, challenge) = ServerHandshake::on_hello(hello, records::random(), |id| {
-            records::load(home, id).map(|r| Secret::new(r.secret_bytes()))
-        })?;
-        let mut out = Vec::new();
-        write_message(&Message::Challenge(challenge), &mut out);
-        wr.write_all(&out)
-            .await
-            .map_err(|e| violation(&format!("writing Challenge: {e}")))?;
-        let proof = match Self::next_message(rd, reader, buf).await {
-            Some(Message::Proof(p)) => p,
-            Some(_) => return Err(violation("expected Proof")),
-            None => return Err(violation("closed before Proof")),
+        let lookup = |id: &str| records::load(home, id).map(|r| Secret::new(r.secret_bytes()));
+        let (mut hs, mut challenge) =
+            ServerHandshake::on_hello(hello.clone(), records::random(), lookup)?;
+        let proof = loop {
+            let mut out = Vec::new();
+            write_message(&Message::Challenge(challenge.clone()), &mut out);
+            wr.write_all(&out)
+                .await
+                .map_err(|e| violation(&format!("writing Challenge: {e}")))?;
+            let next = loop {
+                match Self::next_message(rd, reader, buf).await {
+                    Some(Message::Proof(p)) => break Ok(p),
+                    Some(Message::Hello(h)) => break Err(h),
+                    Some(_) => continue,
+                    None => return Err(violation("closed before Proof")),
+                }
+            };
+            match next {
+                Ok(p) => break p,
+                // The guest repeated its Hello (our Challenge may have been lost): same answer.
+                Err(h) if h == hello => continue,
+                // The guest started over.
+                Err(h) => {
+                    hello = h;
+                    (hs, challenge) =
+                        ServerHandshake::on_hello(hello.clone(), records::random(), lookup)?;
+                }
+            }
         };
         let auth = hs.on_proof(proof)?;
         let boot = hex(&auth.boot_id);
         let container = self
             .open_container(&auth.container_id, &boot)
             .map_err(|e| violation(&format!("the server cannot open its store: {e}")))?;
+        let mut out = Vec::new();
         let positions = {
             let mut inner = container.inner.lock().expect("lock");
             inner
@@ -246,7 +321,6 @@ impl Server {
                 .map_err(|e| violation(&format!("resume: {e}")))?;
             inner.streams.positions()
         };
-        out.clear();
         write_message(
             &Message::Welcome(Welcome {
                 received: positions,
@@ -256,36 +330,56 @@ impl Server {
         wr.write_all(&out)
             .await
             .map_err(|e| violation(&format!("writing Welcome: {e}")))?;
-        Ok((container, auth.container_id))
+        Ok((container, hello))
     }
 
     async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
         c: &Arc<Container>,
+        hello: &Hello,
         rd: &mut R,
         wr: &mut W,
         reader: &mut MessageReader,
         buf: &mut [u8],
         kick: &Notify,
-    ) -> Result<(), String> {
+    ) -> End {
+        match self
+            .run_until_end(c, hello, rd, wr, reader, buf, kick)
+            .await
+        {
+            Ok(()) => End::Error("closed".into()),
+            Err(end) => end,
+        }
+    }
+
+    async fn run_until_end<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        c: &Arc<Container>,
+        hello: &Hello,
+        rd: &mut R,
+        wr: &mut W,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+        kick: &Notify,
+    ) -> Result<(), End> {
         let start = Instant::now();
         let mut keepalive = Keepalive::new(0, PING_INTERVAL_MS, DEAD_AFTER_MS);
         let mut tick = tokio::time::interval(TICK);
         let mut out = Vec::with_capacity(64 * 1024);
         // Messages already read past the handshake.
-        self.absorb(c, reader, &mut keepalive, 0)?;
+        self.absorb(c, hello, reader, &mut keepalive, 0)?;
         let mut meter = LinkMeter::default();
         loop {
             meter.update(c, reader);
-            flush(c, wr, &mut out).await?;
+            flush(c, wr, &mut out).await.map_err(End::Error)?;
             tokio::select! {
                 r = rd.read(buf) => {
-                    let n = r.map_err(|e| format!("read: {e}"))?;
+                    let n = r.map_err(|e| End::Error(format!("read: {e}")))?;
                     if n == 0 {
-                        return Err("tether closed the channel".into());
+                        return Err(End::Error("tether closed the channel".into()));
                     }
                     reader.feed(&buf[..n]);
-                    self.absorb(c, reader, &mut keepalive, start.elapsed().as_millis() as u64)?;
+                    self.absorb(c, hello, reader, &mut keepalive, start.elapsed().as_millis() as u64)?;
                 }
                 _ = c.tx_wake.notified() => {}
                 _ = tick.tick() => {
@@ -295,10 +389,10 @@ impl Server {
                     match keepalive.poll(now) {
                         Liveness::Alive => {}
                         Liveness::SendPing(token) => write_message(&Message::Ping { token }, &mut out),
-                        Liveness::Dead => return Err("no traffic from tether for 10 s".into()),
+                        Liveness::Dead => return Err(End::Error("no traffic from tether for 10 s".into())),
                     }
                 }
-                _ = kick.notified() => return Err("replaced by a newer channel".into()),
+                _ = kick.notified() => return Err(End::Error("replaced by a newer channel".into())),
             }
         }
     }
@@ -308,27 +402,42 @@ impl Server {
     fn absorb(
         &self,
         c: &Container,
+        hello: &Hello,
         reader: &mut MessageReader,
         keepalive: &mut Keepalive,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), End> {
         while let Some(msg) = reader.next_message() {
             keepalive.on_receive(now);
+            match msg {
+                // A late repeat of the Hello this channel was opened with.
+                Message::Hello(h) if h == *hello => continue,
+                Message::Hello(h) => return Err(End::Hello(h)),
+                _ => {}
+            }
             let inbound = c.inner.lock().expect("lock").streams.on_message(msg);
+            if let Err(e) = inbound
+                .as_ref()
+                .map(|i| c.check_sessions(i))
+                .unwrap_or(Ok(()))
+            {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(End::Error(format!("protocol violation, disconnected: {e}")));
+            }
             match inbound {
                 Ok(Inbound::Data { key, bytes, fin }) => c
                     .on_output(key, &bytes, fin)
-                    .map_err(|e| format!("log store: {e}"))?,
+                    .map_err(|e| End::Error(format!("log store: {e}")))?,
                 Ok(Inbound::Control(records)) => c
                     .on_control(records)
-                    .map_err(|e| format!("state store: {e}"))?,
+                    .map_err(|e| End::Error(format!("state store: {e}")))?,
                 Ok(Inbound::Goodbye(reason)) => {
-                    return Err(format!("tether said goodbye: {reason}"))
+                    return Err(End::Error(format!("tether said goodbye: {reason}")))
                 }
                 Ok(_) => {}
                 Err(e) => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
-                    return Err(format!("protocol violation, disconnected: {e}"));
+                    return Err(End::Error(format!("protocol violation, disconnected: {e}")));
                 }
             }
         }
@@ -368,7 +477,11 @@ impl LinkMeter {
             return;
         }
         // Finished streams are forgotten with their counts: a total can shrink; never subtract.
-        let d: Vec<u64> = now.iter().zip(last).map(|(n, l)| n.saturating_sub(l)).collect();
+        let d: Vec<u64> = now
+            .iter()
+            .zip(last)
+            .map(|(n, l)| n.saturating_sub(l))
+            .collect();
         c.add_link(|l| {
             l.frames_rejected += d[0];
             l.bytes_dropped += d[1];

@@ -34,8 +34,13 @@ impl Rng {
 
 /// Forwards `from` to `to`, damaging the stream on the way; counts the garbage it added and the
 /// chunks it corrupted.
-async fn mangle<R, W>(mut from: R, mut to: W, seed: u64, garbage: Arc<AtomicU64>, hits: Arc<AtomicU64>)
-where
+async fn mangle<R, W>(
+    mut from: R,
+    mut to: W,
+    seed: u64,
+    garbage: Arc<AtomicU64>,
+    hits: Arc<AtomicU64>,
+) where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {

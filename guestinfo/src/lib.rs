@@ -3,6 +3,8 @@
 //! vSphere, fw_cfg under QEMU), and the typed container spec tether runs. Tether decodes it; the
 //! toolchain and the appliance encode it. One codec, both directions.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod spec;
 pub mod vmx;

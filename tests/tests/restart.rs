@@ -76,7 +76,7 @@ impl TtyClient {
 
     /// Sends `ping-n`, waits for the shell's `echo:ping-n`, then detaches (ctrl-p ctrl-q).
     /// False if the client ended first (the containerVM has not reconnected yet).
-    fn ping(mut self, n: usize) -> bool {
+    fn ping(mut self, app: &Appliance, n: usize) -> bool {
         let want = format!("echo:ping-{n}");
         let mut stdin = self.child.stdin.take().unwrap();
         let _ = stdin.write_all(format!("ping-{n}\n").as_bytes());
@@ -95,7 +95,32 @@ impl TtyClient {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
-        panic!("no echo of ping-{n} within 60 s");
+        let seen = String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned();
+        let mut err = String::new();
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        let server =
+            std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default();
+        let consoles: String = std::fs::read_dir(app.home.containers())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| std::fs::read_to_string(d.path().join("console.log")).unwrap_or_default())
+            .collect();
+        let tail = |s: &str| {
+            s.lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "no echo of ping-{n} within 60 s; the client saw {seen:?}, stderr {err:?}\nserver log:\n{}\nconsole:\n{}",
+            tail(&server),
+            tail(&consoles)
+        );
     }
 }
 
@@ -103,7 +128,7 @@ impl TtyClient {
 /// reconnecting to the new server).
 fn tty_round(app: &Appliance, exec_id: &str, n: usize) {
     let start = Instant::now();
-    while !TtyClient::spawn(app, &["attach", "--exec", exec_id]).ping(n) {
+    while !TtyClient::spawn(app, &["attach", "--exec", exec_id]).ping(app, n) {
         assert!(
             start.elapsed() < Duration::from_secs(90),
             "could not re-attach to the tty exec"
@@ -158,7 +183,9 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
         .unwrap();
     // The tty session: an interactive exec that echoes every line it reads.
     let shell = "while read l; do echo \"echo:$l\"; done";
-    assert!(TtyClient::spawn(&app, &["exec", "-i", "-t", "stream", "sh", "-c", shell]).ping(0));
+    assert!(
+        TtyClient::spawn(&app, &["exec", "-i", "-t", "stream", "sh", "-c", shell]).ping(&app, 0)
+    );
     let inspect = app.docker(&["inspect", "-f", "{{json .ExecIDs}}", "stream"]);
     let ids: Vec<String> = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
     assert_eq!(ids.len(), 1, "one running exec: {inspect:?}");

@@ -17,6 +17,8 @@ use crate::channel::{self, ChannelSpec};
 use crate::state::{Ctx, Event};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an unanswered Hello is repeated within the handshake timeout.
+const HELLO_REPEAT: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 
 pub struct Identity {
@@ -131,31 +133,50 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         id.secret.clone(),
         random_bytes(),
     );
-    send(wr, &Message::Hello(hello))
-        .await
-        .map_err(|e| format!("sending Hello: {e}"))?;
-    let challenge = match reader.next().await {
-        Ok(Some(Message::Challenge(c))) => c,
-        Ok(Some(Message::Refused(r))) => {
-            return Err(format!("appliance refused ({:?}): {}", r.reason, r.detail))
+    // A serial line has no connection boundaries: what arrives first may be left over from
+    // before the break (data, an old Challenge or Welcome). Skip it; only a Challenge that
+    // proves the appliance saw *this* Hello counts. Until one comes, say Hello again every
+    // second: the appliance may have been down when the first one went out.
+    let hello = Message::Hello(hello);
+    let (_version, proof) = loop {
+        send(wr, &hello)
+            .await
+            .map_err(|e| format!("sending Hello: {e}"))?;
+        let Ok(next) = tokio::time::timeout(HELLO_REPEAT, reader.next()).await else {
+            continue;
+        };
+        match next {
+            Ok(Some(Message::Challenge(c))) => {
+                let positions = ctx.shared.borrow().streams.positions();
+                match client.on_challenge(&c, positions) {
+                    Ok(answer) => break answer,
+                    // A Challenge for an earlier Hello (or from an impostor): not ours.
+                    Err(_) => continue,
+                }
+            }
+            Ok(Some(Message::Refused(r))) => {
+                return Err(format!("appliance refused ({:?}): {}", r.reason, r.detail))
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err("channel closed during the handshake".into()),
+            Err(e) => return Err(format!("reading Challenge: {e}")),
         }
-        Ok(Some(other)) => return Err(format!("expected Challenge, got {other:?}")),
-        Ok(None) => return Err("channel closed during the handshake".into()),
-        Err(e) => return Err(format!("reading Challenge: {e}")),
     };
-    let positions = ctx.shared.borrow().streams.positions();
-    let (_version, proof) = client
-        .on_challenge(&challenge, positions)
-        .map_err(|e| e.to_string())?;
     send(wr, &Message::Proof(proof))
         .await
         .map_err(|e| format!("sending Proof: {e}"))?;
-    let answer = match reader.next().await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Err("channel closed during the handshake".into()),
-        Err(e) => return Err(format!("reading Welcome: {e}")),
+    let welcome = loop {
+        match reader.next().await {
+            Ok(Some(Message::Welcome(w))) => break w,
+            Ok(Some(Message::Refused(r))) => {
+                return Err(format!("appliance refused ({:?}): {}", r.reason, r.detail))
+            }
+            // A second Challenge answering a repeated Hello, or old bytes.
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err("channel closed during the handshake".into()),
+            Err(e) => return Err(format!("reading Welcome: {e}")),
+        }
     };
-    let welcome = wire::handshake::client_finish(answer).map_err(|e| e.to_string())?;
     ctx.shared
         .borrow_mut()
         .streams

@@ -151,6 +151,23 @@ impl ClientHandshake {
         let mac = transcript.sign(&self.secret, LABEL_CLIENT);
         Ok((challenge.version, Proof { mac, received }))
     }
+
+    /// The proof this client would send, without checking the server's: what a lying peer does.
+    /// For adversarial tests only; a real client must use `on_challenge`.
+    #[doc(hidden)]
+    pub fn on_challenge_unchecked(&self, challenge: &Challenge, received: Vec<Position>) -> Proof {
+        let transcript = Transcript {
+            version: challenge.version,
+            container_id: &self.container_id,
+            boot_id: &self.boot_id,
+            client_nonce: &self.nonce,
+            server_nonce: &challenge.nonce,
+        };
+        Proof {
+            mac: transcript.sign(&self.secret, LABEL_CLIENT),
+            received,
+        }
+    }
 }
 
 /// A peer that completed the handshake.

@@ -293,7 +293,9 @@ impl Streams {
             // An ack or rewind for a stream this side does not have is ignored, not fatal: the
             // stream may have finished and been forgotten, or a peer restored from its store
             // may know of streams this side never opened. It creates no state either way.
-            Message::Ack { key, .. } | Message::Rewind { key, .. } if !self.out.contains_key(&key) => {
+            Message::Ack { key, .. } | Message::Rewind { key, .. }
+                if !self.out.contains_key(&key) =>
+            {
                 self.ignored_for_unknown_streams += 1;
                 Ok(Inbound::Nothing)
             }

@@ -230,4 +230,3 @@ pub async fn simulated_tether_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite
         }
     }
 }
-
