@@ -108,6 +108,13 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
     // Following needs the session to be running; after an appliance restart the containerVM may
     // not have reconnected yet, and the follower waits for it.
     let follow = flag(q, "follow") && st.status == "running";
+    if flag(q, "follow") && !follow {
+        eprintln!(
+            "appliance: logs --follow for {}: it is {:?}, not running; sending what is stored",
+            rec.id,
+            st.status
+        );
+    }
     let entries = logstore::read_entries_from(&dir, 1, resume).unwrap_or_default();
     let mut sent = resume;
     for e in &entries {

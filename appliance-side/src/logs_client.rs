@@ -81,8 +81,10 @@ pub async fn print_logs(client: &Client, req: &LogsRequest) -> Result<(), CliErr
         };
         let ended = match once(client, &path, req, &mut progress).await {
             Ok(e) => e,
-            Err(e) if resume.is_none() => return Err(e),
-            Err(e) => Ended::Broken(e.0),
+            Err(Failure::Answer(e)) => return Err(e),
+            // Never reached the server or lost it mid-request: like a break mid-stream.
+            Err(Failure::Transport(e)) if resume.is_some() || req.follow => Ended::Broken(e.0),
+            Err(Failure::Transport(e)) => return Err(e),
         };
         let reason = match ended {
             Ended::Complete => return Ok(()),
@@ -125,17 +127,25 @@ async fn wait_for_server(client: &Client) -> Result<(), CliError> {
     }
 }
 
+/// Why a request got no stream.
+enum Failure {
+    /// The server answered with an error: final.
+    Answer(CliError),
+    /// The server could not be reached or went away: worth retrying when following.
+    Transport(CliError),
+}
+
 async fn once(
     client: &Client,
     path: &str,
     req: &LogsRequest,
     progress: &mut Progress,
-) -> Result<Ended, CliError> {
-    let mut sender = client.sender().await?;
+) -> Result<Ended, Failure> {
+    let mut sender = client.sender().await.map_err(Failure::Transport)?;
     let resp = sender
         .send_request(Client::request("GET", path, None, false))
         .await
-        .map_err(|e| CliError(format!("request failed: {e}")))?;
+        .map_err(|e| Failure::Transport(CliError(format!("request failed: {e}"))))?;
     if !resp.status().is_success() {
         let bytes = resp
             .into_body()
@@ -143,7 +153,7 @@ async fn once(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Err(server_error(&bytes));
+        return Err(Failure::Answer(server_error(&bytes)));
     }
     progress.have = resp
         .headers()

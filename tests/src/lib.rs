@@ -317,7 +317,8 @@ impl Appliance {
         );
         use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
-        cmd.args(["120", "qemu-system-x86_64"])
+        // The hard timeout: TERM after 120 s, KILL 5 s later if QEMU ignores it.
+        cmd.args(["-k", "5", "120", "qemu-system-x86_64"])
             .args(qemu_args(&VmSpec {
                 accel: "tcg",
                 memory_mb: 256,
@@ -411,11 +412,21 @@ fn artifacts_rootfs() -> PathBuf {
     workspace().join("target/e2e/rootfs")
 }
 
+/// Stops a VM started under `timeout`: SIGTERM to `timeout` is passed on to QEMU (a SIGKILL
+/// would orphan QEMU, still running).
+fn stop_vm(vm: &mut Child) {
+    if let Ok(None) = vm.try_wait() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &vm.id().to_string()])
+            .status();
+    }
+    let _ = vm.wait();
+}
+
 impl Drop for Appliance {
     fn drop(&mut self) {
         for vm in &mut self.vms {
-            let _ = vm.kill();
-            let _ = vm.wait();
+            stop_vm(vm);
         }
         if let ServerHandle::Process(child) = &mut self.server {
             let _ = child.kill();

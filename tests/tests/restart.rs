@@ -245,7 +245,8 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
     assert_eq!(
         (followed.len(), sha256(&followed)),
         (expected.len(), want.clone()),
-        "the follower; its stderr:\n{note}"
+        "the follower; its stderr:\n{note}\nserver log:\n{}",
+        std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default()
     );
     assert_eq!(
         note.matches("reconnecting").count(),
