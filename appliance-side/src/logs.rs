@@ -111,8 +111,7 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
     if flag(q, "follow") && !follow {
         eprintln!(
             "appliance: logs --follow for {}: it is {:?}, not running; sending what is stored",
-            rec.id,
-            st.status
+            rec.id, st.status
         );
     }
     let entries = logstore::read_entries_from(&dir, 1, resume).unwrap_or_default();

@@ -284,8 +284,29 @@ fn entry_bytes(line: &Line) -> Vec<u8> {
     line.log.clone().unwrap_or_default().into_bytes()
 }
 
-/// Every entry of a session, oldest first, across rotated files.
+/// Every entry of a session, oldest first, across rotated files. Rotation renames files under a
+/// reader's feet; a read that saw them mid-rename (a file missing or seen twice) shows as a break
+/// in the chain of checkpoints, and is done again.
 pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
+    let mut attempt = 0;
+    loop {
+        match read_entries_once(dir, session)? {
+            Some(entries) => return Ok(entries),
+            None if attempt >= 20 => {
+                return Err(io::Error::other(
+                    "the log kept rotating while being read; try again",
+                ))
+            }
+            None => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// One pass over the files; `None` if they changed under it.
+fn read_entries_once(dir: &Path, session: u32) -> io::Result<Option<Vec<Entry>>> {
     let path = dir.join(format!("{session}.json.log"));
     let mut files: Vec<PathBuf> = (1..100)
         .map(|n| rotated(&path, n))
@@ -295,13 +316,27 @@ pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
     files.push(path);
     let mut out = Vec::new();
     let mut position = Checkpoint::default();
-    for f in files {
-        let Ok(file) = File::open(&f) else { continue };
-        for line in BufReader::new(file).split(b'\n') {
+    for (i, f) in files.iter().enumerate() {
+        let file = match File::open(f) {
+            Ok(file) => file,
+            // The current file is briefly absent while it rotates.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
             let line = line?;
             let Ok(l) = serde_json::from_slice::<Line>(&line) else {
                 continue;
             };
+            if let Some(cp) = &l.checkpoint {
+                // A rotated-into file starts where the one before it ended (the oldest file
+                // kept may start anywhere: older ones were deleted).
+                if n == 0 && i > 0 && cp.offsets != position.offsets {
+                    return Ok(None);
+                }
+            } else if n == 0 && i > 0 {
+                return Ok(None);
+            }
             let offset = l.stream.map_or(0, |s| position.offsets[s.index()]);
             apply(&mut position, &l);
             if l.checkpoint.is_some() || l.fin.is_some() {
@@ -319,7 +354,7 @@ pub fn read_entries(dir: &Path, session: u32) -> io::Result<Vec<Entry>> {
             });
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The entries of a session from the given per-stream offsets on (`[stdout, stderr]`): an entry
@@ -435,6 +470,39 @@ mod tests {
             .flat_map(|i| format!("line {i:04}\n").into_bytes())
             .collect();
         assert!(all.ends_with(&kept), "what is kept is the newest output");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_reader_racing_rotation_sees_a_contiguous_stream() {
+        let d = dir("rotate-race");
+        let rotation = Rotation {
+            max_bytes: 2048,
+            max_files: 4,
+        };
+        let writer_dir = d.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = LogWriter::open(&writer_dir, 1, rotation).unwrap();
+            for i in 0..20_000u32 {
+                w.append(Stream::Stdout, format!("{i:07}\n").as_bytes())
+                    .unwrap();
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let entries = read_entries(&d, 1).unwrap_or_default();
+            // Whatever window is kept, it is one gapless run of the stream.
+            for pair in entries.windows(2) {
+                assert_eq!(
+                    pair[1].offset,
+                    pair[0].offset + pair[0].bytes.len() as u64,
+                    "a gap in a read racing rotation"
+                );
+            }
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert!(reads > 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

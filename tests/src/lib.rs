@@ -207,7 +207,14 @@ impl Appliance {
             .env("TETHER_HOME", home.root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
+            // Appended: every incarnation's log stays, for diagnosing a restart test.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(home.root().join("server.log"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("appliance serve starts")
     }

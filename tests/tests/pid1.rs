@@ -69,7 +69,15 @@ fn a_missing_channel_device_is_named_on_the_console_and_the_vm_powers_off() {
             name: Some("nochan".into()),
             ..sh("echo unreachable")
         },
-        |vmx| format!("{vmx}guestinfo.vice./channel/device = \"/dev/no-such-port\"\n"),
+        |vmx| {
+            let key = "guestinfo.vice./channel/device";
+            let kept: String = vmx
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            format!("{kept}{key} = \"/dev/no-such-port\"\n")
+        },
     );
     assert_eq!(app.wait_vms_off(120), vec![0], "the VM powers off");
     let console = app.console(&id);
