@@ -79,6 +79,9 @@ pub struct State {
     pub connected: bool,
     #[serde(default)]
     pub link: LinkStats,
+    /// Tether's boot stages (nanoseconds on the guest's CLOCK_BOOTTIME), for benchmarks.
+    #[serde(default)]
+    pub timings: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -276,6 +279,12 @@ impl Container {
                 Control::Status { state: st, detail } if st == "failed" => {
                     state.status = st;
                     state.detail = detail;
+                }
+                Control::Timing {
+                    stage,
+                    monotonic_nanos,
+                } => {
+                    state.timings.insert(stage, monotonic_nanos);
                 }
                 Control::Log { level, message } => {
                     eprintln!(

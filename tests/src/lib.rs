@@ -134,7 +134,12 @@ pub struct Appliance {
     pub tcp: std::net::SocketAddr,
     server: ServerHandle,
     vms: Vec<Child>,
+    /// Hard limit on each VM's life (QEMU is killed after it), for VMs booted from now on.
+    pub vm_timeout_secs: u64,
 }
+
+/// Most tests' VMs are done in well under a minute; this bounds a hung one.
+const DEFAULT_VM_TIMEOUT_SECS: u64 = 120;
 
 /// The `appliance` binary of this tree, built once per test process.
 pub fn appliance_bin() -> PathBuf {
@@ -185,6 +190,7 @@ impl Appliance {
                 _server: server,
             },
             vms: Vec::new(),
+            vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
         }
     }
 
@@ -196,6 +202,7 @@ impl Appliance {
             server: ServerHandle::Process(Self::spawn_server(&home)),
             home,
             vms: Vec::new(),
+            vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
         };
         app.tcp = app.wait_server_ready();
         app
@@ -324,26 +331,31 @@ impl Appliance {
         );
         use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
-        // The hard timeout: TERM after 120 s, KILL 5 s later if QEMU ignores it.
-        cmd.args(["-k", "5", "120", "qemu-system-x86_64"])
-            .args(qemu_args(&VmSpec {
-                accel: "tcg",
-                memory_mb: 256,
-                boot: match boot {
-                    Boot::Direct => BootMedium::Direct {
-                        kernel: a.kernel.clone(),
-                        initramfs: a.initramfs.clone(),
-                    },
-                    Boot::Iso => BootMedium::Iso(a.iso.clone()),
+        // The hard timeout: TERM after it, KILL 5 s later if QEMU ignores it.
+        cmd.args([
+            "-k",
+            "5",
+            &self.vm_timeout_secs.to_string(),
+            "qemu-system-x86_64",
+        ])
+        .args(qemu_args(&VmSpec {
+            accel: "tcg",
+            memory_mb: 256,
+            boot: match boot {
+                Boot::Direct => BootMedium::Direct {
+                    kernel: a.kernel.clone(),
+                    initramfs: a.initramfs.clone(),
                 },
-                disk: overlay,
-                config,
-                console: dir.join("console.log"),
-                channel: match transport {
-                    Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
-                    Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
-                },
-            }));
+                Boot::Iso => BootMedium::Iso(a.iso.clone()),
+            },
+            disk: overlay,
+            config,
+            console: dir.join("console.log"),
+            channel: match transport {
+                Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
+                Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
+            },
+        }));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -157,6 +157,8 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
     let mut rng = Rng(seed);
     let expected = expected_stream();
     let mut app = Appliance::start_process("restart");
+    // Ten restarts and 20 MB under TCG take minutes on a loaded machine.
+    app.vm_timeout_secs = 900;
     let script = format!(
         "i=0; while [ $i -lt {CHUNKS} ]; do seq $((i*{PER_CHUNK}+1)) $((i*{PER_CHUNK}+{PER_CHUNK})); \
          i=$((i+1)); sleep 1; done; while [ ! -e /tmp/finish ]; do sleep 0.2; done"

@@ -247,6 +247,12 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
         state: "running".into(),
         detail: String::new(),
     });
+    for (stage, nanos) in crate::timing::take() {
+        ctx.send_control(Control::Timing {
+            stage: stage.into(),
+            monotonic_nanos: nanos,
+        });
+    }
 
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -288,6 +294,9 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
 impl Controller {
     fn start(&mut self, id: SessionId, plan: Plan) {
         let ctx = self.ctx.clone();
+        if id == MAIN_SESSION {
+            crate::timing::mark("main_spawn");
+        }
         match session::start(&plan, &self.root) {
             Ok(started) => {
                 crate::log::info(&format!(

@@ -18,6 +18,7 @@ mod reaper;
 mod session;
 mod spawn;
 mod state;
+mod timing;
 mod users;
 mod vmware;
 

@@ -16,6 +16,7 @@ use crate::os::{Os, Power, Real};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn main() -> ! {
+    crate::timing::mark("pid1_entry");
     std::panic::set_hook(Box::new(|info| {
         log::error(&format!("internal error, powering off: {info}"));
         power_off(&Real, Power::Off);
@@ -143,6 +144,7 @@ fn run(os: &dyn Os) -> Power {
         Err((identity, message)) => return report(identity, channel_path(None), message),
     };
     log::set_level(spec.debug);
+    crate::timing::mark("config_loaded");
     let channel = channel_path(spec.channel_device.as_deref());
     let identity = Some((spec.id.clone(), spec.secret.clone()));
     // The channel is opened before the switch: the container's /dev never has its node.
@@ -160,6 +162,7 @@ fn run(os: &dyn Os) -> Power {
         drop(device);
         return report(identity, channel, format!("boot: {e}"));
     }
+    crate::timing::mark("root_ready");
     let Some(rt) = runtime() else {
         return Power::Off;
     };
