@@ -8,7 +8,7 @@ FUZZ_TARGETS := frame_decoder message_decode handshake vmx_decode api_request
 # cargo-fuzz needs nightly -Z flags; RUSTC_BOOTSTRAP lets the one stable toolchain accept them.
 FUZZ_ENV := RUSTC_BOOTSTRAP=1
 
-.PHONY: help deps deps-rust build tether kernel boot test lint unit fuzz fuzz-regressions demo clean
+.PHONY: help deps deps-rust build tether kernel boot test lint unit fuzz fuzz-regressions bench demo clean
 
 TETHER_BIN := target/x86_64-unknown-linux-musl/release/tether
 TETHER_MAX_BYTES := 2097152
@@ -17,6 +17,7 @@ help:
 	@echo "make demo    boot a containerVM under QEMU and show its output"
 	@echo "make test    all tests (installs what they need)"
 	@echo "make fuzz    run every fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each"
+	@echo "make bench   measure boot, throughput and footprint into docs/benchmarks.md"
 	@echo "make deps    install system packages and rust targets"
 
 deps:
@@ -72,6 +73,11 @@ fuzz: deps-rust
 		$(FUZZ_ENV) $(CARGO) fuzz run $$t corpus/$$t regressions/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done
+
+# Boot, stream and footprint measurements, side by side with a trivial-init baseline; writes
+# docs/benchmarks.md. Takes a few minutes (real VMs under TCG).
+bench: deps
+	$(CARGO) run -q --release -p e2e --bin bench
 
 # Builds everything it needs, boots the busybox sample image as a containerVM, shows its output.
 demo:

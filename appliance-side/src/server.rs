@@ -30,6 +30,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PENDING_HANDSHAKES: u64 = 256;
 const TICK: Duration = Duration::from_millis(100);
 
+/// One connection's byte pipes and read state, lent to the established-channel loop.
+struct Io<'a, R, W> {
+    rd: &'a mut R,
+    wr: &'a mut W,
+    reader: &'a mut MessageReader,
+    buf: &'a mut [u8],
+}
+
 /// How an established channel ended.
 enum End {
     Error(String),
@@ -226,7 +234,9 @@ impl Server {
             }
         }
         container.set_connected(true);
-        let end = self.run(container, hello, rd, wr, reader, buf, &kick).await;
+        let end = self
+            .run(container, hello, (rd, wr), reader, buf, &kick)
+            .await;
         let mut live = self.live.lock().expect("lock");
         if live.get(&container.id).is_some_and(|l| l.conn == conn) {
             live.remove(&container.id);
@@ -337,16 +347,18 @@ impl Server {
         &self,
         c: &Arc<Container>,
         hello: &Hello,
-        rd: &mut R,
-        wr: &mut W,
+        (rd, wr): (&mut R, &mut W),
         reader: &mut MessageReader,
         buf: &mut [u8],
         kick: &Notify,
     ) -> End {
-        match self
-            .run_until_end(c, hello, rd, wr, reader, buf, kick)
-            .await
-        {
+        let io = Io {
+            rd,
+            wr,
+            reader,
+            buf,
+        };
+        match self.run_until_end(c, hello, io, kick).await {
             Ok(()) => End::Error("closed".into()),
             Err(end) => end,
         }
@@ -356,12 +368,15 @@ impl Server {
         &self,
         c: &Arc<Container>,
         hello: &Hello,
-        rd: &mut R,
-        wr: &mut W,
-        reader: &mut MessageReader,
-        buf: &mut [u8],
+        io: Io<'_, R, W>,
         kick: &Notify,
     ) -> Result<(), End> {
+        let Io {
+            rd,
+            wr,
+            reader,
+            buf,
+        } = io;
         let start = Instant::now();
         let mut keepalive = Keepalive::new(0, PING_INTERVAL_MS, DEAD_AFTER_MS);
         let mut tick = tokio::time::interval(TICK);

@@ -150,7 +150,8 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
     let home = t.home();
     let server = ServerProcess::start(&home);
     let (victim, mut victim_tether) = start_victim(&home);
-    let (attacker, attacker_secret) = container(&home, "true");
+    // The attacker is a real container with its own real secret.
+    let (_attacker, attacker_secret) = container(&home, "true");
     let rt = runtime();
     rt.block_on(async {
         // Claims the victim's id, proving with its own (real) secret.

@@ -124,7 +124,7 @@ pub enum Transport {
 enum ServerHandle {
     InProcess {
         _rt: tokio::runtime::Runtime,
-        _server: Arc<Server>,
+        server: Arc<Server>,
     },
     Process(Child),
 }
@@ -136,6 +136,7 @@ pub struct Appliance {
     vms: Vec<Child>,
     /// Hard limit on each VM's life (QEMU is killed after it), for VMs booted from now on.
     pub vm_timeout_secs: u64,
+    last_launch: Option<Instant>,
 }
 
 /// Most tests' VMs are done in well under a minute; this bounds a hung one.
@@ -185,12 +186,10 @@ impl Appliance {
         Self {
             home,
             tcp,
-            server: ServerHandle::InProcess {
-                _rt: rt,
-                _server: server,
-            },
+            server: ServerHandle::InProcess { _rt: rt, server },
             vms: Vec::new(),
             vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
+            last_launch: None,
         }
     }
 
@@ -203,6 +202,7 @@ impl Appliance {
             home,
             vms: Vec::new(),
             vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
+            last_launch: None,
         };
         app.tcp = app.wait_server_ready();
         app
@@ -356,6 +356,7 @@ impl Appliance {
                 Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
             },
         }));
+        self.last_launch = Some(Instant::now());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -364,6 +365,19 @@ impl Appliance {
             .unwrap();
         self.vms.push(child);
         rec.id
+    }
+
+    /// When the last VM's QEMU was started (benchmarks measure from here).
+    pub fn last_launch(&self) -> Option<Instant> {
+        self.last_launch
+    }
+
+    /// The in-process server, if this appliance runs one.
+    pub fn server(&self) -> Option<&Arc<Server>> {
+        match &self.server {
+            ServerHandle::InProcess { server, .. } => Some(server),
+            ServerHandle::Process(_) => None,
+        }
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {

@@ -10,8 +10,9 @@ thread_local! {
 
 /// Nanoseconds on CLOCK_BOOTTIME (0 if the clock cannot be read).
 pub fn now_nanos() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// Notes that `stage` was reached now.
