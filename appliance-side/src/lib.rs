@@ -2,6 +2,7 @@
 //! log store and records, and the docker Engine API subset served from them.
 
 pub mod api;
+mod api_exec;
 pub mod attach;
 pub mod body;
 pub mod cli;
