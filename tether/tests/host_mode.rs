@@ -335,3 +335,44 @@ fn without_an_appliance_output_is_buffered_to_the_bound_then_the_process_waits()
     assert_eq!(seen.stdout(1), vec![0u8; 4 << 20].as_slice());
     assert_eq!(h.wait(), 0);
 }
+
+#[test]
+fn stale_bytes_ahead_of_the_challenge_are_skipped() {
+    // A serial line keeps what was in flight before a break: an old Challenge (for some other
+    // Hello), a Welcome, a data frame, line noise. Tether must skip all of it and connect.
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", "echo through"])));
+    let mut stale = Vec::new();
+    let (_, old_hello) = wire::ClientHandshake::start(
+        ID.to_string(),
+        [3; 16],
+        wire::Secret::new(common::SECRET.to_vec()),
+        [4; 32],
+    );
+    let (_, old_challenge) = wire::ServerHandshake::on_hello(old_hello, [5; 32], |_| {
+        Some(wire::Secret::new(common::SECRET.to_vec()))
+    })
+    .unwrap();
+    wire::write_message(&wire::Message::Challenge(old_challenge), &mut stale);
+    wire::write_message(
+        &wire::Message::Welcome(wire::Welcome { received: vec![] }),
+        &mut stale,
+    );
+    wire::write_message(
+        &wire::Message::Ack {
+            key: wire::StreamKey::CONTROL,
+            upto: 7,
+            limit: 9,
+        },
+        &mut stale,
+    );
+    stale.extend_from_slice(&[0x55; 300]);
+    stale.push(0);
+    let seen = rt().block_on(async {
+        let mut c = h.accept_after_stale_bytes(&stale).await;
+        c.until(20, |s| s.exit(1).is_some() && s.fins.len() >= 2)
+            .await;
+        c.seen
+    });
+    assert_eq!(seen.stdout(1), b"through\n");
+    assert_eq!(h.wait(), 0);
+}

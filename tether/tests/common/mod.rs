@@ -120,6 +120,22 @@ impl Harness {
         Conn::handshake(sock, streams, seen).await
     }
 
+    /// Accepts after sending `stale` bytes ahead of the Challenge.
+    pub async fn accept_after_stale_bytes(&self, stale: &[u8]) -> Conn {
+        let listener = UnixListener::from_std(self.listener.try_clone().unwrap()).unwrap();
+        let (sock, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("tether connects within 10 s")
+            .unwrap();
+        Conn::handshake_after(
+            sock,
+            Streams::new(Role::Appliance, StreamConfig::default()),
+            Seen::default(),
+            stale,
+        )
+        .await
+    }
+
     /// Waits for tether to exit; returns its exit code.
     pub fn wait(&mut self) -> i32 {
         for _ in 0..200 {
@@ -191,7 +207,18 @@ impl Conn {
         msgs
     }
 
-    async fn handshake(mut sock: UnixStream, mut streams: Streams, seen: Seen) -> Self {
+    async fn handshake(sock: UnixStream, streams: Streams, seen: Seen) -> Self {
+        Self::handshake_after(sock, streams, seen, &[]).await
+    }
+
+    /// The handshake, with `stale` bytes sent first: what a serial line may still hold from
+    /// before a break.
+    async fn handshake_after(
+        mut sock: UnixStream,
+        mut streams: Streams,
+        seen: Seen,
+        stale: &[u8],
+    ) -> Self {
         let mut dec = FrameDecoder::new();
         let mut msgs = Vec::new();
         while msgs.is_empty() {
@@ -204,14 +231,19 @@ impl Conn {
         let (server, challenge) =
             ServerHandshake::on_hello(hello, [9; 32], |_| Some(Secret::new(SECRET.to_vec())))
                 .unwrap();
-        let mut out = Vec::new();
+        let mut out = stale.to_vec();
         write_message(&Message::Challenge(challenge), &mut out);
         sock.write_all(&out).await.unwrap();
-        while msgs.is_empty() {
-            msgs = Self::next_msgs(&mut sock, &mut dec).await;
-        }
-        let Message::Proof(proof) = msgs.remove(0) else {
-            panic!("expected Proof")
+        // Tether repeats its Hello until it sees our Challenge: skip the repeats.
+        let proof = loop {
+            while msgs.is_empty() {
+                msgs = Self::next_msgs(&mut sock, &mut dec).await;
+            }
+            match msgs.remove(0) {
+                Message::Hello(_) => continue,
+                Message::Proof(p) => break p,
+                other => panic!("expected Proof, got {other:?}"),
+            }
         };
         let auth = server.on_proof(proof).unwrap();
         streams.resume(&auth.peer_received).unwrap();
