@@ -70,6 +70,10 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
     }
     push("-drive");
     push(&format!("file={},format=qcow2,if=virtio", s.disk.display()));
+    // Entropy from the host: without it the guest's random generator takes about a second of a
+    // TCG boot to seed, and tether's handshake nonces wait for it.
+    push("-device");
+    push("virtio-rng-pci");
     push("-fw_cfg");
     push(&format!(
         "name=opt/org.tether/config,file={}",

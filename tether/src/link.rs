@@ -58,12 +58,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the kernel; `flags` as for getrandom(2).
+fn getrandom<const N: usize>(flags: u32) -> [u8; N] {
     let mut out = [0u8; N];
     let mut filled = 0;
     while filled < N {
         // SAFETY: getrandom writes at most the given length into our buffer.
-        let n = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        let n = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, flags) };
         if n > 0 {
             filled += n as usize;
         }
@@ -71,8 +72,16 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Unpredictable bytes (handshake nonces): waits, early in boot, until the kernel's random
+/// generator is seeded.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    getrandom(0)
+}
+
+/// The boot id only has to differ between boots, so it does not wait for the generator to be
+/// seeded: that wait took a second of a TCG boot, ahead of starting the container.
 pub fn new_boot_id() -> BootId {
-    random_bytes()
+    getrandom(libc::GRND_INSECURE)
 }
 
 /// Runs the channel forever.

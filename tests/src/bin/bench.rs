@@ -13,8 +13,17 @@ use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 use e2e::{Appliance, Transport};
 use wire::{StreamKey, StreamKind};
 
-/// Runs of each measurement; medians are quoted with min and max.
-const RUNS: usize = 5;
+/// Runs of each measurement (`BENCH_RUNS` overrides, for a quick look); medians are quoted with
+/// min and max.
+const DEFAULT_RUNS: usize = 5;
+
+fn runs() -> usize {
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_RUNS)
+}
 /// Bytes streamed in a throughput run: 100-byte text lines.
 const STREAM_BYTES: u64 = 16 << 20;
 
@@ -299,12 +308,11 @@ fn main() {
     let dir = e2e::workspace().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let baseline = Baseline::build(&dir);
-    eprintln!(
-        "bench: {RUNS} runs each of boot and stream, tether and the trivial init interleaved"
-    );
+    let runs = runs();
+    eprintln!("bench: {runs} runs each of boot and stream, tether and the trivial init interleaved");
     let (mut t_boot, mut b_boot, mut t_tp, mut b_tp) = (vec![], vec![], vec![], vec![]);
     let mut stage_runs: Vec<Vec<(String, f64)>> = Vec::new();
-    for i in 0..RUNS {
+    for i in 0..runs {
         let (b, _) = baseline.boot(&dir, 0);
         let t = tether_boot(0);
         eprintln!(
@@ -330,7 +338,7 @@ fn main() {
             .unwrap()
             .len();
     let mut iso_ms = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let out = dir.join("bench.iso");
         let t = Instant::now();
         bootstrap::iso::build(
@@ -368,7 +376,7 @@ fn main() {
     let report = format!(
         "# Benchmarks
 
-Written by `make bench` (`tests/src/bin/bench.rs`); rerun it to refresh. Medians of {RUNS} runs,
+Written by `make bench` (`tests/src/bin/bench.rs`); rerun it to refresh. Medians of {runs} runs,
 with (min–max). Tether and its baseline run interleaved in the same session, so ratios compare
 like with like.
 
@@ -443,6 +451,7 @@ issue.
         tether_size as f64 / (1024.0 * 1024.0),
         fmt(stats(&iso_ms), "ms"),
         machine = machine(),
+        runs = runs,
         mib = STREAM_BYTES >> 20,
     );
     let out = e2e::workspace().join("docs/benchmarks.md");
