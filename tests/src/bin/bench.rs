@@ -309,7 +309,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let baseline = Baseline::build(&dir);
     let runs = runs();
-    eprintln!("bench: {runs} runs each of boot and stream, tether and the trivial init interleaved");
+    eprintln!(
+        "bench: {runs} runs each of boot and stream, tether and the trivial init interleaved"
+    );
     let (mut t_boot, mut b_boot, mut t_tp, mut b_tp) = (vec![], vec![], vec![], vec![]);
     let mut stage_runs: Vec<Vec<(String, f64)>> = Vec::new();
     for i in 0..runs {
