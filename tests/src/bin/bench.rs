@@ -385,7 +385,8 @@ fn main() {
 
 Written by `make bench` (`tests/src/bin/bench.rs`); rerun it to refresh. Medians of {runs} runs,
 with (min–max). Tether and its baseline run interleaved in the same session, so ratios compare
-like with like.
+like with like. What was changed to close gaps, with before and after:
+[benchmarks-history.md](benchmarks-history.md).
 
 **Machine:** {machine}
 
