@@ -19,4 +19,6 @@ pub mod logstore;
 pub mod records;
 pub mod run;
 pub mod server;
+#[doc(hidden)]
+pub mod sim;
 pub mod vm;

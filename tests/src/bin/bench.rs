@@ -59,6 +59,23 @@ fn fmt(s: Stats, unit: &str) -> String {
     format!("{:.1} {unit} ({:.1}–{:.1})", s.median, s.min, s.max)
 }
 
+/// Builds one release binary of this workspace (for `target`, if given); returns its path.
+fn release_binary(package: &str, bin: &str, target: Option<&str>) -> PathBuf {
+    let ws = e2e::workspace();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "--release", "-p", package, "--bin", bin])
+        .current_dir(&ws);
+    let dir = match target {
+        Some(t) => {
+            cmd.args(["--target", t]);
+            ws.join("target").join(t).join("release")
+        }
+        None => ws.join("target/release"),
+    };
+    run(&mut cmd);
+    dir.join(bin)
+}
+
 struct Baseline {
     initramfs: PathBuf,
 }
@@ -66,21 +83,8 @@ struct Baseline {
 impl Baseline {
     /// bench-init, static, as /init of its own initramfs.
     fn build(dir: &Path) -> Self {
-        let ws = e2e::workspace();
-        run(Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "--release",
-                "-p",
-                "tether",
-                "--bin",
-                "bench-init",
-            ])
-            .args(["--target", "x86_64-unknown-linux-musl"])
-            .current_dir(&ws));
-        let init =
-            std::fs::read(ws.join("target/x86_64-unknown-linux-musl/release/bench-init")).unwrap();
+        let init = release_binary("tether", "bench-init", Some("x86_64-unknown-linux-musl"));
+        let init = std::fs::read(init).unwrap();
         let initramfs = dir.join("bench-initramfs.gz");
         std::fs::write(&initramfs, bootstrap::initramfs::build(&init).unwrap()).unwrap();
         Self { initramfs }
@@ -292,6 +296,100 @@ fn tether_memory() -> (u64, u64) {
     (idle, peak)
 }
 
+/// Raises this process's open-file limit (children inherit it): 10,000 channels need 20,000.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = want.max(lim.rlim_cur);
+        lim.rlim_max = lim.rlim_max.max(lim.rlim_cur);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// `n` simulated tethers hold authenticated, idle channels to a real `appliance serve` process.
+/// Returns (server RSS before, with all connected, KiB; seconds for all handshakes).
+fn server_scale(n: usize) -> (u64, u64, f64) {
+    let appliance_bin = release_binary("appliance-side", "appliance", None);
+    let root = std::env::temp_dir().join(format!("bench-scale-{n}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let home = appliance::home::Home::at(&root);
+    std::fs::create_dir_all(home.containers()).unwrap();
+    let ids: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|_| {
+            let (rec, spec) = appliance::records::create(
+                &home,
+                &NewContainer {
+                    args: vec!["/bin/true".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            (rec.id, spec.secret)
+        })
+        .collect();
+    let mut server = Command::new(appliance_bin)
+        .arg("serve")
+        .env("TETHER_HOME", &root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::os::unix::net::UnixStream::connect(home.docker_socket()).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(server.id()).0;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let sock = home.channel_socket();
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rt.block_on(async {
+        // A bounded number of handshakes at a time: the server caps pending handshakes.
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
+        for (id, secret) in ids {
+            let (sock, gate, connected) = (sock.clone(), gate.clone(), connected.clone());
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.unwrap();
+                let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+                let _ = appliance::sim::handshake_as(&mut s, id, secret).await;
+                drop(permit);
+                connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Idle, but alive: a Ping every 3 s keeps the server's keepalive content.
+                let mut ping = Vec::new();
+                wire::write_message(&wire::Message::Ping { token: 1 }, &mut ping);
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if s.write_all(&ping).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+                }
+            });
+        }
+        while connected.load(std::sync::atomic::Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss(server.id()).0;
+    drop(rt);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&root);
+    (before, after, secs)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -340,6 +438,16 @@ fn main() {
         t_tp.push(ts / 1e6);
     }
     let (idle, peak) = tether_memory();
+    raise_fd_limit(65_536);
+    let mut scale_rows = String::new();
+    for n in [1_000usize, 10_000] {
+        let (before, after, secs) = server_scale(n);
+        eprintln!("  server scale {n}: {before} -> {after} KiB in {secs:.1} s");
+        scale_rows.push_str(&format!(
+            "| {n} | {before} | {after} | {:.1} | {secs:.1} |\n",
+            after.saturating_sub(before) as f64 / n as f64
+        ));
+    }
     let tether_size =
         std::fs::metadata(e2e::workspace().join("target/x86_64-unknown-linux-musl/release/tether"))
             .unwrap()
@@ -435,12 +543,20 @@ last byte at the server; against bench-init writing the same bytes to the same p
 | bootstrap ISO (kernel + initramfs + isolinux) | {iso_size} bytes |
 | bootstrap ISO build time | {} |
 
+## Server scale
+
+Simulated tethers (the guest side of the real handshake, `appliance::sim`) open N channels to
+one `appliance serve` process on its Unix socket, authenticate, and stay idle (a Ping every 3 s).
+Server RSS from /proc before and with all N connected; one run each.
+
+| channels | RSS before (KiB) | RSS connected (KiB) | KiB per channel (goal ≤ 64) | seconds to connect all |
+|---|---|---|---|---|
+{scale_rows}
 ## Not measured yet
 
 KVM (no working KVM here), Debian's stock kernel (its virtio drivers are modules; the
-initramfs has none), the COM/TCP transport, stdin throughput and tty echo latency, server scale
-with 1,000 and 10,000 simulated connections, image disk build throughput. See the open [bench]
-issue.
+initramfs has none), the COM/TCP transport, stdin throughput and tty echo latency, the exec round
+trip latency under load, image disk build throughput. See the open [bench] issue.
 ",
         fmt(stats(&t_boot), "ms"),
         fmt(stats(&b_boot), "ms"),
