@@ -193,9 +193,10 @@ pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
     Ok(())
 }
 
-/// qemu-img writes a random content id (`CID=xxxxxxxx`) into the VMDK's text descriptor. Replace
-/// it, in place and at the same length, with eight hex digits of the raw image's digest, so the
-/// same content always gives the same VMDK.
+/// qemu-img writes a random content id into the VMDK's text descriptor, in hex without leading
+/// zeros (`CID=%x`: one build in sixteen has a shorter line). Replace it with eight hex digits of
+/// the raw image's digest, re-laying the rest of the descriptor into its zero padding, so the
+/// same content always gives the same VMDK whatever CID qemu-img drew.
 fn pin_vmdk_cid(vmdk: &Path, raw_digest: &str) -> io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::OpenOptions::new()
@@ -204,12 +205,64 @@ fn pin_vmdk_cid(vmdk: &Path, raw_digest: &str) -> io::Result<()> {
         .open(vmdk)?;
     let mut head = vec![0u8; 64 * 1024];
     let n = f.read(&mut head)?;
-    let at = head[..n]
+    head.truncate(n);
+    pin_cid_in(&mut head, &raw_digest[..8])?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&head)
+}
+
+/// Rewrites `CID=<hex>\n` in a descriptor held in `head` to `CID=<cid>\n`; the text after it
+/// moves within the zero padding that follows the descriptor.
+fn pin_cid_in(head: &mut [u8], cid: &str) -> io::Result<()> {
+    let missing = || io::Error::other("no CID= line in the VMDK descriptor");
+    let at = head
         .windows(4)
         .position(|w| w == b"CID=")
-        .ok_or_else(|| io::Error::other("no CID= in the VMDK descriptor"))?;
-    f.seek(SeekFrom::Start((at + 4) as u64))?;
-    f.write_all(&raw_digest.as_bytes()[..8])
+        .ok_or_else(missing)?
+        + 4;
+    let nl = at
+        + head[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(missing)?;
+    let text_end = nl
+        + head[nl..]
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(missing)?;
+    let mut text = cid.as_bytes().to_vec();
+    text.extend_from_slice(&head[nl..text_end]);
+    let region_end = at + text.len().max(text_end - at);
+    if region_end > head.len() || head[text_end..region_end].iter().any(|b| *b != 0) {
+        return Err(io::Error::other(
+            "no room in the VMDK descriptor for the CID",
+        ));
+    }
+    head[at..region_end].fill(0);
+    head[at..at + text.len()].copy_from_slice(&text);
+    Ok(())
+}
+
+#[cfg(test)]
+mod cid_tests {
+    use super::pin_cid_in;
+
+    fn descriptor(cid: &str) -> Vec<u8> {
+        let mut d = format!("# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\n")
+            .into_bytes();
+        d.resize(512, 0);
+        d
+    }
+
+    #[test]
+    fn any_cid_qemu_img_draws_gives_the_same_bytes() {
+        let mut short = descriptor("5d0ef9");
+        let mut full = descriptor("bc5d0ef9");
+        pin_cid_in(&mut short, "0123abcd").unwrap();
+        pin_cid_in(&mut full, "0123abcd").unwrap();
+        assert_eq!(short, full);
+        assert!(String::from_utf8_lossy(&full).contains("CID=0123abcd\nparentCID=ffffffff\n"));
+    }
 }
 
 /// The sha256 of a file, in hex.
