@@ -243,6 +243,26 @@ fn pin_cid_in(head: &mut [u8], cid: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// The sha256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut HashWriter(&mut h))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod cid_tests {
     use super::pin_cid_in;
@@ -262,25 +282,5 @@ mod cid_tests {
         pin_cid_in(&mut full, "0123abcd").unwrap();
         assert_eq!(short, full);
         assert!(String::from_utf8_lossy(&full).contains("CID=0123abcd\nparentCID=ffffffff\n"));
-    }
-}
-
-/// The sha256 of a file, in hex.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut HashWriter(&mut h))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
