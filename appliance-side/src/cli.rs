@@ -115,19 +115,24 @@ impl Client {
             .await
             .map_err(|e| CliError(format!("request failed: {e}")))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(server_error(&bytes));
+            return Err(error_answer(resp).await);
         }
         let up = hyper::upgrade::on(resp)
             .await
             .map_err(|e| CliError(format!("upgrading the connection: {e}")))?;
         Ok(TokioIo::new(up))
     }
+}
+
+/// The server's error message from a response it answered with an error.
+pub(crate) async fn error_answer(resp: hyper::Response<hyper::body::Incoming>) -> CliError {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    server_error(&bytes)
 }
 
 pub(crate) fn server_error(bytes: &[u8]) -> CliError {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
-use crate::cli::{server_error, write_output, CliError, Client};
+use crate::cli::{error_answer, write_output, CliError, Client};
 use crate::logs::{parse_resume, START_HEADER};
 
 /// How long a follower keeps trying to reach a restarting appliance.
@@ -147,13 +147,7 @@ async fn once(
         .await
         .map_err(|e| Failure::Transport(CliError(format!("request failed: {e}"))))?;
     if !resp.status().is_success() {
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(Failure::Answer(server_error(&bytes)));
+        return Err(Failure::Answer(error_answer(resp).await));
     }
     progress.have = resp
         .headers()

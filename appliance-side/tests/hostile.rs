@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use appliance::home::Home;
 use appliance::logstore::Stream;
-use appliance::records::{self, NewContainer};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,19 +59,6 @@ impl Drop for ServerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn container(home: &Home, script: &str) -> (String, Vec<u8>) {
-    let (record, spec) = records::create(
-        home,
-        &NewContainer {
-            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/usr/bin:/bin".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (record.id, spec.secret)
 }
 
 fn frame(msg: &Message) -> Vec<u8> {
@@ -127,8 +113,7 @@ fn victim_expected() -> Vec<u8> {
 
 /// A real tether streaming beside the abuse; returns it running.
 fn start_victim(home: &Home) -> (String, Child) {
-    let (id, _) = container(
-        home,
+    let (id, _) = new_container_with_secret(home,
         "i=0; while [ $i -lt 30 ]; do seq $((i*2000+1)) $((i*2000+2000)); i=$((i+1)); sleep 0.1; done",
     );
     let child = spawn_tether(home, &id);
@@ -151,7 +136,7 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
     let server = ServerProcess::start(&home);
     let (victim, mut victim_tether) = start_victim(&home);
     // The attacker is a real container with its own real secret.
-    let (_attacker, attacker_secret) = container(&home, "true");
+    let (_attacker, attacker_secret) = new_container_with_secret(&home, "true");
     let rt = runtime();
     rt.block_on(async {
         // Claims the victim's id, proving with its own (real) secret.
@@ -189,7 +174,7 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
         }
 
         // Records a genuine handshake of the attacker's own container, then replays it.
-        let (own, own_secret) = container(&home, "true");
+        let (own, own_secret) = new_container_with_secret(&home, "true");
         let mut s = UnixStream::connect(home.channel_socket()).await.unwrap();
         let (hs, hello) =
             ClientHandshake::start(own.clone(), [1; 16], Secret::new(own_secret), [2; 32]);
@@ -233,7 +218,7 @@ fn protocol_abuse_disconnects_only_the_abuser_and_memory_stays_bounded() {
     let rt = runtime();
     let mut peak = rss_before;
     rt.block_on(async {
-        let (id, secret) = container(&home, "true");
+        let (id, secret) = new_container_with_secret(&home, "true");
         let control = StreamKey::CONTROL;
 
         // Oversized frames (no delimiter for 8 MiB) and malformed ones (good CRC, not a message):

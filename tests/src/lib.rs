@@ -92,6 +92,20 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// A container running `script` with the busybox image's `sh`.
+pub fn sh(script: &str) -> NewContainer {
+    NewContainer {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        ..Default::default()
+    }
+}
+
+/// Command output as text, for assertions and messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// A minimal image: Debian's static busybox and its applets, passwd and group.
 pub fn busybox_rootfs(root: &Path) {
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {

@@ -3,19 +3,7 @@
 //! reports, and powers off (or carries on) as it should; the kernel never panics.
 
 use appliance::records::NewContainer;
-use e2e::{Appliance, Transport};
-
-fn sh(script: &str) -> NewContainer {
-    NewContainer {
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/bin".into()],
-        ..Default::default()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use e2e::{sh, text, Appliance, Transport};
 
 #[test]
 fn a_main_process_that_forks_a_thousand_children_and_exits_is_reaped_and_reported() {

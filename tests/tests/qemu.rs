@@ -2,19 +2,7 @@
 //! CLI.
 
 use appliance::records::NewContainer;
-use e2e::{Appliance, Transport};
-
-fn sh(script: &str) -> NewContainer {
-    NewContainer {
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/bin".into()],
-        ..Default::default()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use e2e::{sh, text, Appliance, Transport};
 
 #[test]
 fn a_containervm_over_virtio_serial_behaves_like_a_container() {

@@ -129,6 +129,17 @@ impl ClientHandshake {
         (this, hello)
     }
 
+    /// What both proofs of this exchange are computed over.
+    fn transcript<'a>(&'a self, challenge: &'a Challenge) -> Transcript<'a> {
+        Transcript {
+            version: challenge.version,
+            container_id: &self.container_id,
+            boot_id: &self.boot_id,
+            client_nonce: &self.nonce,
+            server_nonce: &challenge.nonce,
+        }
+    }
+
     /// Verifies the server's proof and answers with ours plus what we hold of its streams.
     pub fn on_challenge(
         &self,
@@ -138,13 +149,7 @@ impl ClientHandshake {
         if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&challenge.version) {
             return Err(HandshakeError::VersionNotOffered(challenge.version));
         }
-        let transcript = Transcript {
-            version: challenge.version,
-            container_id: &self.container_id,
-            boot_id: &self.boot_id,
-            client_nonce: &self.nonce,
-            server_nonce: &challenge.nonce,
-        };
+        let transcript = self.transcript(challenge);
         if !transcript.verify(&self.secret, LABEL_SERVER, &challenge.mac) {
             return Err(HandshakeError::ServerProofInvalid);
         }
@@ -156,13 +161,7 @@ impl ClientHandshake {
     /// For adversarial tests only; a real client must use `on_challenge`.
     #[doc(hidden)]
     pub fn on_challenge_unchecked(&self, challenge: &Challenge, received: Vec<Position>) -> Proof {
-        let transcript = Transcript {
-            version: challenge.version,
-            container_id: &self.container_id,
-            boot_id: &self.boot_id,
-            client_nonce: &self.nonce,
-            server_nonce: &challenge.nonce,
-        };
+        let transcript = self.transcript(challenge);
         Proof {
             mac: transcript.sign(&self.secret, LABEL_CLIENT),
             received,

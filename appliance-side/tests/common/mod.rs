@@ -95,7 +95,12 @@ pub fn start_server(rt: &tokio::runtime::Runtime, home: &Home) -> Arc<Server> {
 }
 
 pub fn new_container(home: &Home, script: &str) -> String {
-    let (record, _) = records::create(
+    new_container_with_secret(home, script).0
+}
+
+/// A container running `script`: its id and its channel secret.
+pub fn new_container_with_secret(home: &Home, script: &str) -> (String, Vec<u8>) {
+    let (record, spec) = records::create(
         home,
         &NewContainer {
             args: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -104,7 +109,7 @@ pub fn new_container(home: &Home, script: &str) -> String {
         },
     )
     .unwrap();
-    record.id
+    (record.id, spec.secret)
 }
 
 pub fn main_log(home: &Home, id: &str, stream: Stream) -> Vec<u8> {
