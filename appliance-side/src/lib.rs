@@ -13,6 +13,7 @@ pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod home;
+mod logline;
 pub mod logs;
 pub mod logs_client;
 pub mod logstore;

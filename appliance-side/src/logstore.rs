@@ -13,6 +13,8 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+
+use crate::logline;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -27,6 +29,14 @@ pub enum Stream {
 impl Stream {
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The name docker's json-file lines give the stream (what serde writes for it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
     }
 }
 
@@ -164,10 +174,15 @@ impl LogWriter {
             serde_json::to_writer(&mut out, l)?;
             out.push(b'\n');
         }
+        self.write_bytes(&out)
+    }
+
+    /// Writes whole entry lines, rotating first if they would not fit.
+    fn write_bytes(&mut self, out: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + out.len() as u64 > self.rotation.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(&out)?;
+        self.file.write_all(out)?;
         self.size += out.len() as u64;
         Ok(())
     }
@@ -210,24 +225,25 @@ impl LogWriter {
             return Ok(());
         }
         let (time, _) = now_rfc3339();
-        let mut lines = Vec::new();
-        for piece in bytes.split_inclusive(|&b| b == b'\n') {
-            let (log, b64) = match std::str::from_utf8(piece) {
-                Ok(s) => (s.to_string(), None),
-                Err(_) => (
-                    String::from_utf8_lossy(piece).into_owned(),
-                    Some(base64::engine::general_purpose::STANDARD.encode(piece)),
+        // Entries add ~60 bytes per line to the text; one allocation per chunk covers most.
+        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2 + 128);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (piece, tail) = rest.split_at(end);
+            match std::str::from_utf8(piece) {
+                Ok(s) => logline::push_entry(&mut out, s, stream.name(), &time, None),
+                Err(_) => logline::push_entry(
+                    &mut out,
+                    &String::from_utf8_lossy(piece),
+                    stream.name(),
+                    &time,
+                    Some(&base64::engine::general_purpose::STANDARD.encode(piece)),
                 ),
-            };
-            lines.push(Line {
-                log: Some(log),
-                stream: Some(stream),
-                time: Some(time.clone()),
-                b64,
-                ..empty_line()
-            });
+            }
+            rest = tail;
         }
-        self.write_lines(&lines)?;
+        self.write_bytes(&out)?;
         self.state.offsets[stream.index()] += bytes.len() as u64;
         Ok(())
     }
