@@ -104,7 +104,7 @@ impl Client {
     }
 
     /// A hijacked stream (attach, exec start).
-    async fn hijack(
+    pub async fn hijack(
         &self,
         path: &str,
         body: Option<Value>,
@@ -135,7 +135,7 @@ pub(crate) async fn error_answer(resp: hyper::Response<hyper::body::Incoming>) -
     server_error(&bytes)
 }
 
-pub(crate) fn server_error(bytes: &[u8]) -> CliError {
+pub fn server_error(bytes: &[u8]) -> CliError {
     let msg = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))

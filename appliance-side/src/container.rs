@@ -140,7 +140,7 @@ impl Container {
                 ..Default::default()
             };
         }
-        let mut streams = Streams::new(Role::Appliance, StreamConfig::default());
+        let mut streams = Streams::new(Role::Appliance, server_stream_config());
         let log_dir = dir.join("logs").join(boot);
         let mut writers = BTreeMap::new();
         for entry in std::fs::read_dir(&log_dir).into_iter().flatten().flatten() {
@@ -399,6 +399,17 @@ impl Container {
         drop(inner);
         self.tx_wake.notify_one();
         n
+    }
+}
+
+/// The server persists output as it arrives and buffers none of it, so it grants a credit window
+/// as large as tether's own buffer (1 MiB per stream): with the default 256 KiB, a stream from a
+/// TCG guest waited on acknowledgements (`make bench`: 0.13 -> 0.17 of the raw port rate).
+fn server_stream_config() -> StreamConfig {
+    let cfg = StreamConfig::default();
+    StreamConfig {
+        in_window: cfg.out_capacity as u64,
+        ..cfg
     }
 }
 

@@ -53,3 +53,116 @@ pub async fn handshake_as<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
     streams.resume(&welcome.received).unwrap();
     (reader, streams)
 }
+
+/// What a simulated guest does once connected.
+#[derive(Debug, Clone, Default)]
+pub struct GuestBehaviour {
+    /// While set, keep the main session's stdout full of 100-byte lines, as fast as the server
+    /// takes them (looked at least every half second).
+    pub stream_main: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes of that stdout the server has acknowledged (persisted), updated as acks arrive.
+    pub acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Plays tether after the handshake, until the server hangs up: answers every `Exec` as `echo`
+/// would (Started, its arguments as one line on stdout, both output streams closed, Exited 0),
+/// pings every 3 s when idle, retransmits on its timer, and streams if asked.
+pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    mut reader: MessageReader,
+    mut streams: Streams,
+    behaviour: GuestBehaviour,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    use wire::{Control, Inbound, StreamKey, StreamKind};
+
+    let main_out = StreamKey::new(1, StreamKind::Stdout);
+    let block = b"0"
+        .repeat(99)
+        .into_iter()
+        .chain([b'\n'])
+        .collect::<Vec<u8>>()
+        .repeat(655);
+    let start = Instant::now();
+    let mut last_sent = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        let streaming = behaviour.stream_main.load(Ordering::Relaxed);
+        if streaming {
+            let o = streams.open_out(main_out);
+            let room = o.writable().min(block.len());
+            o.write(&block[..room]);
+        }
+        while out.len() < 256 * 1024 {
+            match streams.poll_transmit() {
+                Some(m) => write_message(&m, &mut out),
+                None => break,
+            }
+        }
+        if last_sent.elapsed() > Duration::from_secs(3) && out.is_empty() {
+            write_message(&Message::Ping { token: 1 }, &mut out);
+        }
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+            last_sent = Instant::now();
+        }
+        // With more to send, only look at what has already arrived.
+        let more = streaming && streams.out(main_out).is_some_and(|o| o.writable() > 0);
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(500)
+        };
+        let n = match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => 0,
+        };
+        reader.feed(&buf[..n]);
+        streams.on_tick(start.elapsed().as_millis() as u64);
+        while let Some(m) = reader.next_message() {
+            let Ok(inbound) = streams.on_message(m) else {
+                return;
+            };
+            let Inbound::Control(records) = inbound else {
+                continue;
+            };
+            for r in records {
+                let Control::Exec {
+                    session,
+                    name,
+                    spec,
+                } = r
+                else {
+                    continue;
+                };
+                let _ = streams.send_control(&Control::Started {
+                    session,
+                    name,
+                    pid: 1000 + session,
+                });
+                let line = format!("{}\n", spec.args.get(1..).unwrap_or_default().join(" "));
+                let o = streams.open_out(StreamKey::new(session, StreamKind::Stdout));
+                o.write(line.as_bytes());
+                o.close();
+                streams
+                    .open_out(StreamKey::new(session, StreamKind::Stderr))
+                    .close();
+                let _ = streams.send_control(&Control::Exited {
+                    session,
+                    exit_code: 0,
+                    signal: None,
+                });
+            }
+        }
+        streams.remove_finished_out();
+        if let Some(o) = streams.out(main_out) {
+            behaviour.acked.store(o.acked(), Ordering::Relaxed);
+        }
+    }
+}

@@ -636,8 +636,7 @@ fn spawn_stdin_writer(ctx: &Ctx, session: SessionId, fd: std::io::Result<OwnedFd
                 let Some(q) = sh.stdin.get_mut(&session) else {
                     return;
                 };
-                let n = q.bytes.len().min(64 * 1024);
-                (q.bytes.drain(..n).collect::<Vec<u8>>(), q.closing)
+                (q.take_front(64 * 1024), q.closing)
             };
             if chunk.is_empty() {
                 if closing {

@@ -16,6 +16,21 @@ pub struct StdinQueue {
     pub closing: bool,
 }
 
+impl StdinQueue {
+    /// Removes up to `max` bytes from the front, copied as (at most) two slices: collecting a
+    /// drain byte by byte cost tether ~20 instructions per stdin byte.
+    pub fn take_front(&mut self, max: usize) -> Vec<u8> {
+        let n = self.bytes.len().min(max);
+        let (a, b) = self.bytes.as_slices();
+        let from_a = n.min(a.len());
+        let mut chunk = Vec::with_capacity(n);
+        chunk.extend_from_slice(&a[..from_a]);
+        chunk.extend_from_slice(&b[..n - from_a]);
+        self.bytes.drain(..n);
+        chunk
+    }
+}
+
 /// Events for the controller.
 #[derive(Debug)]
 pub enum Event {
@@ -65,5 +80,33 @@ impl Ctx {
             crate::log::error(&format!("control record dropped ({e}): {record:?}"));
         }
         self.tx_wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_front_keeps_order_across_the_ring_wrap() {
+        let mut q = StdinQueue::default();
+        let mut expect = VecDeque::new();
+        let mut next = 0u8;
+        // Pushing at the back while taking from the front walks the ring past its end.
+        for round in 0..50 {
+            for _ in 0..(round * 7 % 23 + 5) {
+                q.bytes.push_back(next);
+                expect.push_back(next);
+                next = next.wrapping_add(1);
+            }
+            let max = round % 9 + 1;
+            let got = q.take_front(max);
+            let want: Vec<u8> = (0..max.min(expect.len()))
+                .filter_map(|_| expect.pop_front())
+                .collect();
+            assert_eq!(got, want, "round {round}");
+        }
+        assert_eq!(q.take_front(usize::MAX), Vec::from(expect));
+        assert!(q.bytes.is_empty());
     }
 }

@@ -1,9 +1,15 @@
-//! The boot benchmark's baseline: the least a PID 1 can do. It mounts devtmpfs and sysfs, finds
-//! the virtio port named `org.tether.channel`, writes one line to it, then writes as many bytes of
-//! 100-byte text lines as its fw_cfg file (`opt/org.tether/config`, the slot tether's config uses)
-//! says (the raw-throughput baseline), and powers off. Nothing here is part of a containerVM.
+//! The benchmarks' baseline: the least a PID 1 can do. It mounts devtmpfs and sysfs, finds the
+//! virtio port named `org.tether.channel`, writes one line to it, then does what its fw_cfg file
+//! (`opt/org.tether/config`, the slot tether's config uses) says, and powers off:
+//!
+//!   out N    copy N bytes of 100-byte text lines from a file to the port, as `cat` would
+//!   in N     read N bytes from the port, then write `done`
+//!   echo N   N times: read one byte from the port and write it back
+//!
+//! (A bare number means `out N`.) Nothing here is part of a containerVM.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -23,11 +29,28 @@ fn channel() -> Option<std::path::PathBuf> {
     None
 }
 
-fn bytes_to_send() -> u64 {
-    std::fs::read_to_string("/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+enum Task {
+    Out(u64),
+    In(u64),
+    Echo(u64),
+}
+
+fn task() -> Task {
+    let text =
+        std::fs::read_to_string("/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw")
+            .unwrap_or_default();
+    let mut words = text.split_whitespace();
+    let (verb, n) = match (words.next(), words.next()) {
+        (Some(v), Some(n)) => (v, n),
+        (Some(n), None) => ("out", n),
+        _ => ("out", "0"),
+    };
+    let n = n.parse().unwrap_or(0);
+    match verb {
+        "in" => Task::In(n),
+        "echo" => Task::Echo(n),
+        _ => Task::Out(n),
+    }
 }
 
 /// The same bytes the benchmark's container writes: lines of 99 '0's and a newline.
@@ -37,23 +60,75 @@ fn line_block() -> Vec<u8> {
     line.repeat(655) // 65,500 bytes: whole lines
 }
 
+/// Makes the file `cat` will copy (in the initramfs's RAM, as the container's is in tmpfs).
+fn make_file(path: &str, mut left: u64) -> std::io::Result<()> {
+    let block = line_block();
+    let mut f = File::create(path)?;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// What `cat FILE > PORT` does: read and write 64 KiB at a time.
+fn cat(path: &str, port: &mut File) -> std::io::Result<()> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return port.flush();
+        }
+        port.write_all(&buf[..n])?;
+    }
+}
+
+fn serve(port: &mut File, task: Task) -> std::io::Result<()> {
+    match task {
+        Task::Out(0) => port.write_all(b"bench-init: up\n"),
+        Task::Out(n) => {
+            make_file("/bench.data", n)?;
+            port.write_all(b"bench-init: up\n")?;
+            cat("/bench.data", port)
+        }
+        Task::In(mut left) => {
+            port.write_all(b"bench-init: up\n")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = port.read(&mut buf[..want])?;
+                if n == 0 {
+                    break;
+                }
+                left -= n as u64;
+            }
+            port.write_all(b"done\n")
+        }
+        Task::Echo(n) => {
+            port.write_all(b"bench-init: up\n")?;
+            let mut b = [0u8; 1];
+            for _ in 0..n {
+                port.read_exact(&mut b)?;
+                port.write_all(&b)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() {
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("sysfs", "/sys", "sysfs");
     mount("proc", "/proc", "proc");
     if let Some(path) = channel() {
-        if let Ok(mut port) = std::fs::OpenOptions::new().write(true).open(path) {
-            let _ = port.write_all(b"bench-init: up\n");
-            let block = line_block();
-            let mut left = bytes_to_send();
-            while left > 0 {
-                let n = left.min(block.len() as u64) as usize;
-                if port.write_all(&block[..n]).is_err() {
-                    break;
-                }
-                left -= n as u64;
-            }
-            let _ = port.flush();
+        let port = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path);
+        if let Ok(mut port) = port {
+            let _ = serve(&mut port, task());
         }
     }
     // SAFETY: sync and reboot(2) take no pointers.

@@ -1,0 +1,182 @@
+//! The physical limit: the same kernel and QEMU command line booting `bench-init`, a static init
+//! that only finds the virtio port and moves bytes over it (tether/src/bin/bench-init.rs).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+
+use crate::util::{release_binary, run};
+
+pub struct Baseline {
+    initramfs: PathBuf,
+    dir: PathBuf,
+}
+
+/// One booted bench-init, its port accepted and its first line read.
+struct Booted {
+    vm: Child,
+    port: UnixStream,
+    /// QEMU launch -> its first line at the host, ms.
+    first_line_ms: f64,
+    /// Bytes that arrived after the first line in the same read.
+    extra: Vec<u8>,
+}
+
+impl Baseline {
+    /// bench-init, static, as /init of its own initramfs.
+    pub fn build(dir: &Path) -> Self {
+        let init = release_binary("tether", "bench-init", Some("x86_64-unknown-linux-musl"));
+        let init = std::fs::read(init).unwrap();
+        let initramfs = dir.join("bench-initramfs.gz");
+        std::fs::write(&initramfs, bootstrap::initramfs::build(&init).unwrap()).unwrap();
+        Self {
+            initramfs,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn boot(&self, task: &str, accel: &'static str) -> Booted {
+        self.try_boot(task, accel, 300)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Boots bench-init, giving up (and killing QEMU) after `limit_secs`.
+    fn try_boot(&self, task: &str, accel: &'static str, limit_secs: u64) -> Result<Booted, String> {
+        let a = e2e::artifacts();
+        let sock = self.dir.join("baseline.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).unwrap();
+        let config = self.dir.join("baseline.cfg");
+        std::fs::write(&config, task).unwrap();
+        let overlay = self.dir.join("baseline.qcow2");
+        let _ = std::fs::remove_file(&overlay);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&a.disk)
+            .arg(&overlay));
+        let args = qemu_args(&VmSpec {
+            accel,
+            memory_mb: 256,
+            boot: BootMedium::Direct {
+                kernel: a.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+            },
+            disk: overlay,
+            config,
+            console: self.dir.join("baseline-console.log"),
+            channel: ChannelEnd::Unix(sock),
+        });
+        let launch = Instant::now();
+        let mut vm = Command::new("timeout")
+            .args(["-k", "2", &limit_secs.to_string(), "qemu-system-x86_64"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (mut port, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        let first_line = loop {
+            let n = port.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                let _ = vm.wait();
+                return Err(format!(
+                    "bench-init ({accel}) wrote no line within {limit_secs} s; console: {}",
+                    self.dir.join("baseline-console.log").display()
+                ));
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(i) = seen.iter().position(|b| *b == b'\n') {
+                let t = launch.elapsed();
+                seen.drain(..=i);
+                break t;
+            }
+        };
+        Ok(Booted {
+            vm,
+            port,
+            first_line_ms: first_line.as_secs_f64() * 1000.0,
+            extra: seen,
+        })
+    }
+
+    /// Whether KVM boots a guest here: bench-init under `-accel kvm` must write its line within
+    /// 20 s (this machine's nested /dev/kvm hangs ordinary guests). Ok(launch -> line, ms).
+    pub fn probe_kvm(&self) -> Result<f64, String> {
+        if !Path::new("/dev/kvm").exists() {
+            return Err("no /dev/kvm".into());
+        }
+        let mut b = self.try_boot("out 0", "kvm", 20)?;
+        let _ = b.vm.wait();
+        Ok(b.first_line_ms)
+    }
+
+    /// QEMU launch -> bench-init's first line at the host, ms.
+    pub fn boot_ms(&self, accel: &'static str) -> f64 {
+        let mut b = self.boot("out 0", accel);
+        let _ = b.vm.wait();
+        b.first_line_ms
+    }
+
+    /// bench-init `cat`s `bytes` to the port; the host only reads. Bytes/s from its first line to
+    /// the last byte.
+    pub fn stdout_rate(&self, bytes: u64) -> f64 {
+        let mut b = self.boot(&format!("out {bytes}"), "tcg");
+        let mut got = b.extra.len() as u64;
+        let start = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < bytes {
+            let n = b.port.read(&mut buf).unwrap();
+            assert!(n > 0, "bench-init closed the port after {got} bytes");
+            got += n as u64;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let _ = b.vm.wait();
+        bytes as f64 / secs
+    }
+
+    /// The host writes `bytes` to the port; bench-init reads them and answers `done`. Bytes/s
+    /// from the first write to that answer.
+    pub fn stdin_rate(&self, bytes: u64) -> f64 {
+        let mut b = self.boot(&format!("in {bytes}"), "tcg");
+        let block = vec![b'0'; 64 * 1024];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            b.port.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+        let mut answer = b.extra.clone();
+        let mut buf = [0u8; 64];
+        while !answer.ends_with(b"done\n") {
+            let n = b.port.read(&mut buf).unwrap();
+            assert!(n > 0, "bench-init closed the port before `done`");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let _ = b.vm.wait();
+        bytes as f64 / secs
+    }
+
+    /// `n` one-byte round trips through bench-init's echo loop; each in ms.
+    pub fn echo_ms(&self, n: usize) -> Vec<f64> {
+        let mut b = self.boot(&format!("echo {n}"), "tcg");
+        let mut out = Vec::with_capacity(n);
+        let mut byte = [0u8; 1];
+        for _ in 0..n {
+            let t = Instant::now();
+            b.port.write_all(b"x").unwrap();
+            b.port.read_exact(&mut byte).unwrap();
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let _ = b.vm.wait();
+        out
+    }
+}

@@ -1,0 +1,163 @@
+//! `make bench`: measures boot, throughput, latency, footprint, server scale and disk builds of
+//! real containerVMs and the real server, side by side with the physical limit on this machine
+//! where there is one (the same kernel booting `bench-init`, a trivial static init, on the same
+//! virtio port), and writes docs/benchmarks.md. Measurement only: nothing here passes or fails
+//! on a number.
+//!
+//! `BENCH_RUNS=N` changes the number of repeated runs (default 5); `BENCH_ONLY=a,b` runs only
+//! those sections (boot, stream, interactive, footprint, scale, disk) and writes
+//! target/bench/benchmarks-partial.md instead.
+
+mod baseline;
+mod disk;
+mod footprint;
+mod guest;
+mod report;
+mod scale;
+mod util;
+
+use std::time::Instant;
+
+use baseline::Baseline;
+use e2e::Transport;
+use util::{fmt, percentile, runs, stats};
+
+/// Bytes streamed in a throughput run: 100-byte text lines.
+const STREAM_BYTES: u64 = 16 << 20;
+/// Over the emulated 16550 the same run would take minutes.
+const COM_STREAM_BYTES: u64 = 1 << 20;
+/// Bytes written to a process's stdin in the stdin run.
+const STDIN_BYTES: u64 = 16 << 20;
+/// One-byte round trips in each echo run.
+const ECHOES: usize = 200;
+
+fn selected(section: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(list) if !list.is_empty() => list.split(',').any(|s| s.trim() == section),
+        _ => true,
+    }
+}
+
+fn main() {
+    let a = e2e::artifacts();
+    let dir = e2e::workspace().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let baseline = Baseline::build(&dir);
+    let runs = runs();
+    let kvm = baseline.probe_kvm();
+    eprintln!("bench: {runs} runs; KVM probe: {kvm:?}");
+    let mut r = report::Report::new(runs, &kvm);
+
+    if selected("boot") {
+        let (mut t_boot, mut b_boot, mut stage_runs) = (vec![], vec![], vec![]);
+        for i in 0..runs {
+            let b = baseline.boot_ms("tcg");
+            let t = guest::boot_and_stream(0, Transport::Virtio);
+            eprintln!(
+                "  boot {i}: tether {:.0} ms, trivial init {b:.0} ms",
+                t.first_byte_ms
+            );
+            b_boot.push(b);
+            t_boot.push(t.first_byte_ms);
+            stage_runs.push(t.stages);
+        }
+        r.boot(&t_boot, &b_boot, &stage_runs);
+    }
+
+    if selected("stream") {
+        let (mut t_tp, mut b_tp, mut com) = (vec![], vec![], vec![]);
+        for i in 0..runs {
+            let raw = baseline.stdout_rate(STREAM_BYTES) / 1e6;
+            let ours = guest::boot_and_stream(STREAM_BYTES, Transport::Virtio)
+                .throughput
+                .unwrap()
+                / 1e6;
+            let serial = guest::boot_and_stream(COM_STREAM_BYTES, Transport::SerialTcp)
+                .throughput
+                .unwrap()
+                / 1e6;
+            eprintln!(
+                "  stream {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s, COM {serial:.2} MB/s"
+            );
+            t_tp.push(ours);
+            b_tp.push(raw);
+            com.push(serial);
+        }
+        r.stream(&t_tp, &b_tp, &com);
+    }
+
+    if selected("interactive") {
+        let (mut t_in, mut b_in, mut t_echo, mut b_echo) = (vec![], vec![], vec![], vec![]);
+        for i in 0..runs {
+            let raw = baseline.stdin_rate(STDIN_BYTES) / 1e6;
+            let ours = guest::stdin_rate(STDIN_BYTES) / 1e6;
+            let raw_echo = baseline.echo_ms(ECHOES);
+            let echo = guest::tty_echo_ms(ECHOES);
+            eprintln!(
+                "  stdin {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s; echo p50 tether {:.2} ms, raw {:.2} ms",
+                percentile(&echo, 50.0),
+                percentile(&raw_echo, 50.0)
+            );
+            t_in.push(ours);
+            b_in.push(raw);
+            t_echo.extend(echo);
+            b_echo.extend(raw_echo);
+        }
+        r.interactive(&t_in, &b_in, &t_echo, &b_echo);
+    }
+
+    if selected("footprint") {
+        let (idle, peak) = footprint::tether_memory();
+        let mut iso_ms = Vec::new();
+        for _ in 0..runs {
+            let out = dir.join("bench.iso");
+            let t = Instant::now();
+            bootstrap::iso::build(
+                &a.kernel,
+                &a.initramfs,
+                bootstrap::iso::DEFAULT_APPEND,
+                &out,
+            )
+            .unwrap();
+            iso_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        r.footprint(idle, peak, &iso_ms);
+    }
+
+    if selected("scale") {
+        util::raise_fd_limit(65_536);
+        let mut scale_runs = Vec::new();
+        for n in [1_000usize, 10_000] {
+            let s = scale::server_scale(n);
+            eprintln!(
+                "  server scale {n}: {} -> {} KiB; exec p50 {:.1} ms idle, {:.1} ms loaded; {:.1} MB/s aggregate",
+                s.rss_before_kib,
+                s.rss_connected_kib,
+                percentile(&s.exec_idle_ms, 50.0),
+                percentile(&s.exec_loaded_ms, 50.0),
+                s.aggregate / 1e6
+            );
+            scale_runs.push(s);
+        }
+        r.scale(&scale_runs);
+    }
+
+    if selected("disk") {
+        let d = disk::disk_build(&dir, runs.min(3));
+        eprintln!(
+            "  disk: toolchain {}, by hand {}",
+            fmt(stats(&d.toolchain_raw), "s"),
+            fmt(stats(&d.by_hand), "s")
+        );
+        r.disk(&d);
+    }
+
+    let partial = std::env::var("BENCH_ONLY").is_ok_and(|v| !v.is_empty());
+    let out = if partial {
+        dir.join("benchmarks-partial.md")
+    } else {
+        e2e::workspace().join("docs/benchmarks.md")
+    };
+    std::fs::write(&out, r.finish()).unwrap();
+    eprintln!("bench: wrote {}", out.display());
+}

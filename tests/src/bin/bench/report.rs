@@ -1,0 +1,255 @@
+//! docs/benchmarks.md: each section's method and numbers, in the order they were measured.
+
+use crate::disk::DiskRun;
+use crate::scale::{rows, ScaleRun};
+use crate::util::{fmt, machine, percentile, ratio, stats};
+use crate::{COM_STREAM_BYTES, ECHOES, STDIN_BYTES, STREAM_BYTES};
+
+pub struct Report {
+    text: String,
+}
+
+fn mb(bytes: u64) -> u64 {
+    bytes >> 20
+}
+
+impl Report {
+    pub fn new(runs: usize, kvm: &Result<f64, String>) -> Self {
+        let accel = match kvm {
+            Ok(ms) => format!("TCG; a KVM probe booted bench-init in {ms:.0} ms"),
+            Err(e) => format!(
+                "TCG; KVM not used: the probe (bench-init under `-accel kvm`, 20 s limit) failed: {e}"
+            ),
+        };
+        Self {
+            text: format!(
+                "# Benchmarks
+
+Written by `make bench` (`tests/src/bin/bench/`); rerun it to refresh. Medians of {runs} runs,
+with (min–max), unless a section says otherwise. Tether and its baseline run interleaved in the
+same session, so ratios compare like with like. What was changed to close gaps, with before and
+after: [benchmarks-history.md](benchmarks-history.md).
+
+**Machine:** {}
+",
+                machine(&accel)
+            ),
+        }
+    }
+
+    pub fn boot(&mut self, tether: &[f64], trivial: &[f64], stage_runs: &[Vec<(String, f64)>]) {
+        let mut stage_lines = String::new();
+        if let Some(first) = stage_runs.first() {
+            for (name, _) in first {
+                let xs: Vec<f64> = stage_runs
+                    .iter()
+                    .filter_map(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+                    .collect();
+                stage_lines.push_str(&format!("| `{name}` | {} |\n", fmt(stats(&xs), "ms")));
+            }
+        }
+        let share: Vec<f64> = stage_runs
+            .iter()
+            .filter_map(|r| {
+                let get = |n: &str| r.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+                Some(get("main_spawn")? - get("pid1_entry")?)
+            })
+            .collect();
+        let share = if share.is_empty() {
+            "not reported".to_string()
+        } else {
+            fmt(stats(&share), "ms")
+        };
+        self.text.push_str(&format!(
+            "
+## Boot
+
+QEMU launch to the container's first stdout byte held by the session server (host clock), against
+the physical limit: the same kernel and QEMU command line booting `bench-init`, a static init that
+only mounts devtmpfs/sysfs, finds the same virtio port and writes one line (launch to that line
+at the host). Direct kernel boot, 256 MiB, q35, TCG.
+
+| | median (min–max) |
+|---|---|
+| tether: launch → first container byte at the server | {} |
+| trivial init: launch → its line | {} |
+| ratio tether / trivial init (per run) | {}; goal ≤ 1.10 |
+
+Tether's own stages, reported over the channel as `Timing` records (guest CLOCK_BOOTTIME, ms
+since the kernel started):
+
+| stage | median (min–max) |
+|---|---|
+{stage_lines}
+Tether's share, PID 1 entry → main process spawn (guest clock): {share} (goal ≤ 5 ms).
+",
+            fmt(stats(tether), "ms"),
+            fmt(stats(trivial), "ms"),
+            ratio(tether, trivial),
+        ));
+    }
+
+    pub fn stream(&mut self, tether: &[f64], raw: &[f64], com: &[f64]) {
+        self.text.push_str(&format!(
+            "
+## Stream throughput
+
+{} MiB of 100-byte text lines, `cat` of a tmpfs file in the container → its stdout → tether →
+virtio-serial → session server → log store (persisted, then acked), timed from the line before
+the stream to its last byte held at the server; against bench-init doing what `cat FILE > PORT`
+does (64 KiB `read`/`write` from a file in RAM) on the same port, the host only reading the
+socket. The COM row is tether over the emulated 16550 (ttyS1) bridged to the server's TCP port,
+{} MiB, no baseline.
+
+| | MB/s, median (min–max) |
+|---|---|
+| tether, into the log store (virtio-serial) | {} |
+| raw `cat` to the port | {} |
+| ratio tether / raw (per run) | {}; goal ≥ 0.9 |
+| tether over the COM port (TCP on the host) | {} |
+",
+            mb(STREAM_BYTES),
+            mb(COM_STREAM_BYTES),
+            fmt(stats(tether), "MB/s"),
+            fmt(stats(raw), "MB/s"),
+            ratio(tether, raw),
+            fmt_small(com),
+        ));
+    }
+
+    pub fn interactive(&mut self, t_in: &[f64], b_in: &[f64], t_echo: &[f64], b_echo: &[f64]) {
+        self.text.push_str(&format!(
+            "
+## Stdin and interactive latency
+
+Stdin: the server offers {} MiB to the main process's stdin (`head -c N > /dev/null`, then
+`echo done`), timed from the first byte offered to `done` held at the server; against the host
+writing the same bytes into the port for bench-init, which reads them and answers `done`.
+
+| | MB/s, median (min–max) |
+|---|---|
+| tether: server → process stdin | {} |
+| raw: host → port read by bench-init | {} |
+| ratio tether / raw (per run) | {} |
+
+Echo: one byte written to a tty session's stdin at the server (`cat` in canonical mode: the
+guest's terminal echoes it), timed until the echo is held at the server, {ECHOES} round trips per
+run, all runs pooled; against one byte through bench-init's read-and-write-back loop on the port.
+
+| | p50 | p99 |
+|---|---|---|
+| tether: tty echo | {:.2} ms | {:.2} ms |
+| raw: port echo | {:.2} ms | {:.2} ms |
+",
+            mb(STDIN_BYTES),
+            fmt(stats(t_in), "MB/s"),
+            fmt(stats(b_in), "MB/s"),
+            ratio(t_in, b_in),
+            percentile(t_echo, 50.0),
+            percentile(t_echo, 99.0),
+            percentile(b_echo, 50.0),
+            percentile(b_echo, 99.0),
+        ));
+    }
+
+    pub fn footprint(&mut self, idle_kib: u64, peak_kib: u64, iso_ms: &[f64]) {
+        let a = e2e::artifacts();
+        let ws = e2e::workspace();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let tether = size(&ws.join("target/x86_64-unknown-linux-musl/release/tether"));
+        self.text.push_str(&format!(
+            "
+## Footprint
+
+| | |
+|---|---|
+| tether binary (static musl, stripped) | {tether} bytes ({:.2} MiB; goal ≤ 2 MiB) |
+| tether RSS, one idle session (host mode, same binary) | {idle_kib} KiB (goal ≤ 2048 KiB) |
+| tether peak RSS, ten sessions streaming 20 MB each | {peak_kib} KiB |
+| initramfs (tether as /init, gzip) | {} bytes |
+| bootstrap ISO (kernel + initramfs + isolinux) | {} bytes |
+| bootstrap ISO build time | {} |
+",
+            tether as f64 / (1024.0 * 1024.0),
+            size(&a.initramfs),
+            size(&a.iso),
+            fmt(stats(iso_ms), "ms"),
+        ));
+    }
+
+    pub fn scale(&mut self, runs: &[ScaleRun]) {
+        self.text.push_str(&format!(
+            "
+## Server scale
+
+Simulated tethers (`appliance::sim`: the guest side of the real handshake and streams, no VMs)
+open N channels to one `appliance serve` process (release build) on its Unix socket and
+authenticate; they answer every exec as `echo` would. Server RSS from /proc before and with
+all N connected and idle. Exec round trip: through the docker Engine API as `docker exec`
+does it (create, start with output attached until the stream ends, inspect until the exit code),
+to a random container, {} in a row, first with every channel idle, then while 100 of the
+channels stream stdout as fast as the server persists it (aggregate: bytes persisted and acked
+per second over those 100, with the server's CPU use). One run per N; the simulated guests and
+the server share the machine's cores.
+
+| channels | RSS before (KiB) | RSS connected (KiB) | KiB per channel (goal ≤ 64) | s to connect all | exec p50 / p99, idle (ms) | exec p50 / p99, 100 streaming (ms) | aggregate stream rate |
+|---|---|---|---|---|---|---|---|
+{}",
+            crate::scale::EXECS,
+            rows(runs)
+        ));
+    }
+
+    pub fn disk(&mut self, d: &DiskRun) {
+        let rate = |xs: &[f64]| {
+            let r: Vec<f64> = xs.iter().map(|s| d.rootfs_bytes as f64 / s / 1e6).collect();
+            fmt(stats(&r), "MB/s")
+        };
+        self.text.push_str(&format!(
+            "
+## Image disk build
+
+A {:.0} MB rootfs (the busybox image, 190 incompressible 1 MiB files, 2,000 files of 4 KiB) as a
+plain tarball to a raw ext4 disk: `bootstrap-iso disk` (extract, reproducible `mkfs.ext4 -d`,
+timestamps pinned with debugfs), against `tar x` + `mkfs.ext4 -d` by hand at the same size; and
+the toolchain to VMDK. Medians of {} runs; rates are rootfs bytes per second of wall time.
+
+| | seconds | rootfs MB/s |
+|---|---|---|
+| `bootstrap-iso disk --format raw` | {} | {} |
+| by hand: `tar x` + `mkfs.ext4 -d` | {} | {} |
+| ratio toolchain / by hand (time, per run) | {} | |
+| `bootstrap-iso disk --format vmdk` | {} | {} |
+",
+            d.rootfs_bytes as f64 / 1e6,
+            d.toolchain_raw.len(),
+            fmt(stats(&d.toolchain_raw), "s"),
+            rate(&d.toolchain_raw),
+            fmt(stats(&d.by_hand), "s"),
+            rate(&d.by_hand),
+            ratio(&d.toolchain_raw, &d.by_hand),
+            fmt(stats(&d.toolchain_vmdk), "s"),
+            rate(&d.toolchain_vmdk),
+        ));
+    }
+
+    pub fn finish(mut self) -> String {
+        self.text.push_str(
+            "
+## Not measured
+
+KVM, where the probe above fails (this machine's /dev/kvm is a nested PVM device that hangs
+ordinary guests); Debian's stock kernel (its virtio and ext4 drivers are modules, and tether
+loads none: a containerVM needs the kernel built from kernel-config/); a raw baseline for the
+COM port.
+",
+        );
+        self.text
+    }
+}
+
+/// Small rates need more than one decimal.
+fn fmt_small(xs: &[f64]) -> String {
+    let s = stats(xs);
+    format!("{:.3} MB/s ({:.3}–{:.3})", s.median, s.min, s.max)
+}
