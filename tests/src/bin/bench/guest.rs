@@ -159,7 +159,7 @@ pub fn tty_echo_ms(n: usize) -> Vec<f64> {
         Transport::Virtio,
     );
     g.wait_stdout(4, Duration::from_millis(1)); // "up\r\n"
-    // Let the shell reach `cat` and the terminal settle.
+                                                // Let the shell reach `cat` and the terminal settle.
     std::thread::sleep(Duration::from_millis(500));
     let base = g.stdout_held();
     let mut out = Vec::with_capacity(n);

@@ -125,38 +125,54 @@ pub fn server_scale(n: usize) -> ScaleRun {
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss_before_kib = rss(server.id()).0;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    // The channels that will stream run on a runtime of their own: sharing one with the idle
+    // guests, a guest answering an exec would wait behind 100 busy writers, which measures the
+    // simulation, not the server (real guests each have their own vCPU).
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (rt, rt_streamers) = (runtime(), runtime());
     let start = Instant::now();
     let sock = home.channel_socket();
     let connected = Arc::new(AtomicUsize::new(0));
     let behaviours: Vec<GuestBehaviour> = (0..n).map(|_| GuestBehaviour::default()).collect();
-    rt.block_on(async {
-        // A bounded number of handshakes at a time: the server caps pending handshakes.
-        let gate = Arc::new(tokio::sync::Semaphore::new(128));
-        for ((id, secret), behaviour) in ids.iter().cloned().zip(behaviours.iter().cloned()) {
-            let (sock, gate, connected) = (sock.clone(), gate.clone(), connected.clone());
-            tokio::spawn(async move {
-                let permit = gate.acquire_owned().await.unwrap();
-                let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-                let (reader, streams) = appliance::sim::handshake_as(&mut s, id, secret).await;
-                drop(permit);
-                connected.fetch_add(1, Ordering::Relaxed);
-                appliance::sim::run_guest(s, reader, streams, behaviour).await;
-            });
-        }
-        while connected.load(Ordering::Relaxed) < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    // A bounded number of handshakes at a time: the server caps pending handshakes.
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    for (i, ((id, secret), behaviour)) in ids
+        .iter()
+        .cloned()
+        .zip(behaviours.iter().cloned())
+        .enumerate()
+    {
+        let (sock, gate, connected) = (sock.clone(), gate.clone(), connected.clone());
+        let on = if i < STREAMERS { &rt_streamers } else { &rt };
+        on.spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let (reader, streams) = appliance::sim::handshake_as(&mut s, id, secret).await;
+            drop(permit);
+            connected.fetch_add(1, Ordering::Relaxed);
+            appliance::sim::run_guest(s, reader, streams, behaviour).await;
+        });
+    }
+    while connected.load(Ordering::Relaxed) < n {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let connect_secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let rss_connected_kib = rss(server.id()).0;
 
     let client = Client::new(&home);
+    // The API client gets a runtime of its own: on the simulated guests' runtime, 100 streaming
+    // guests would delay the client, not the server.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut pick = 0x9e3779b97f4a7c15u64;
     let mut next_container = || {
         pick ^= pick << 13;
@@ -167,7 +183,7 @@ pub fn server_scale(n: usize) -> ScaleRun {
     let mut exec_idle_ms = Vec::with_capacity(EXECS);
     for _ in 0..EXECS {
         let c = next_container();
-        exec_idle_ms.push(rt.block_on(exec_round_trip(&client, &c)));
+        exec_idle_ms.push(client_rt.block_on(exec_round_trip(&client, &c)));
     }
 
     // The loaded phase: the first STREAMERS channels stream while execs go to the others.
@@ -189,7 +205,7 @@ pub fn server_scale(n: usize) -> ScaleRun {
         if ids[..STREAMERS.min(n)].iter().any(|(id, _)| *id == c) {
             continue;
         }
-        let ms = rt.block_on(exec_round_trip(&client, &c));
+        let ms = client_rt.block_on(exec_round_trip(&client, &c));
         if exec_loaded_ms.len() < EXECS {
             exec_loaded_ms.push(ms);
         }
@@ -199,6 +215,7 @@ pub fn server_scale(n: usize) -> ScaleRun {
         b.stream_main.store(false, Ordering::Relaxed);
     }
     drop(rt);
+    drop(rt_streamers);
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&root);
