@@ -41,6 +41,39 @@ pub enum Event {
 
 pub const EVENT_BUFFER: usize = 1024;
 
+/// The fan-out of a container's events to attached clients. The ring of `EVENT_BUFFER` slots
+/// exists only while someone listens: allocated up front it was most of the server's memory per
+/// idle channel (`make bench`), and with no one listening an event is not even built.
+#[derive(Default)]
+pub struct EventHub {
+    tx: Mutex<Option<broadcast::Sender<Event>>>,
+}
+
+impl EventHub {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let mut tx = self.tx.lock().expect("event hub lock");
+        tx.get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Sends the event `make` builds, if anyone listens; frees the ring once no one does.
+    pub fn send(&self, make: impl FnOnce() -> Event) {
+        let mut tx = self.tx.lock().expect("event hub lock");
+        match tx.as_ref() {
+            Some(t) if t.receiver_count() > 0 => {
+                let _ = t.send(make());
+            }
+            Some(_) => *tx = None,
+            None => {}
+        }
+    }
+
+    /// Whether the ring is allocated (someone listened since the last send).
+    pub fn is_live(&self) -> bool {
+        self.tx.lock().expect("event hub lock").is_some()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pub name: String,
@@ -105,7 +138,7 @@ pub struct Inner {
 pub struct Container {
     pub id: String,
     pub inner: Mutex<Inner>,
-    pub events: broadcast::Sender<Event>,
+    pub events: EventHub,
     /// Something was queued for tether (stdin, control): the connection task should transmit.
     pub tx_wake: Notify,
 }
@@ -170,7 +203,6 @@ impl Container {
             writers.insert(session, w);
         }
         streams.restore_in(StreamKey::CONTROL, state.control_offset, false);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Arc::new(Self {
             id: id.to_string(),
             inner: Mutex::new(Inner {
@@ -180,7 +212,7 @@ impl Container {
                 dir,
                 rotation,
             }),
-            events,
+            events: EventHub::default(),
             tx_wake: Notify::new(),
         }))
     }
@@ -216,7 +248,7 @@ impl Container {
         // Persisted: now it may be acknowledged.
         inner.streams.release(key, bytes.len() as u64);
         if !bytes.is_empty() {
-            let _ = self.events.send(Event::Output {
+            self.events.send(|| Event::Output {
                 session: key.session,
                 stream,
                 offset,
@@ -241,14 +273,14 @@ impl Container {
                     if session == 1 {
                         state.status = "running".into();
                     }
-                    let _ = self.events.send(Event::Started { session });
+                    self.events.send(|| Event::Started { session });
                 }
                 Control::StartFailed {
                     session, message, ..
                 } => {
                     let s = state.sessions.entry(session).or_default();
                     s.error = message.clone();
-                    let _ = self.events.send(Event::StartFailed {
+                    self.events.send(|| Event::StartFailed {
                         session,
                         message: message.clone(),
                     });
@@ -274,7 +306,7 @@ impl Container {
                         }
                         .into();
                     }
-                    let _ = self.events.send(Event::Exited { session, exit_code });
+                    self.events.send(|| Event::Exited { session, exit_code });
                 }
                 Control::Status { state: st, detail } if st == "failed" => {
                     state.status = st;
@@ -418,4 +450,39 @@ fn persist_state(inner: &Inner) -> io::Result<()> {
         &inner.dir.join("state.json"),
         &serde_json::to_vec_pretty(&inner.state)?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_ring_lives_only_while_someone_listens() {
+        let hub = EventHub::default();
+        let mut built = 0;
+        hub.send(|| {
+            built += 1;
+            Event::Started { session: 1 }
+        });
+        assert_eq!(built, 0, "no listener: the event is not even built");
+        assert!(!hub.is_live());
+
+        let mut rx = hub.subscribe();
+        assert!(hub.is_live());
+        hub.send(|| Event::Exited {
+            session: 1,
+            exit_code: 3,
+        });
+        match rx.try_recv() {
+            Ok(Event::Exited { session, exit_code }) => assert_eq!((session, exit_code), (1, 3)),
+            other => panic!("expected the exit event, got {other:?}"),
+        }
+        drop(rx);
+        hub.send(|| Event::Started { session: 2 });
+        assert!(!hub.is_live(), "the last listener left: the ring is freed");
+        // A new listener gets a new ring and what is sent after it subscribed.
+        let mut rx = hub.subscribe();
+        hub.send(|| Event::Started { session: 4 });
+        assert!(matches!(rx.try_recv(), Ok(Event::Started { session: 4 })));
+    }
 }
