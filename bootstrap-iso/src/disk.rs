@@ -155,7 +155,8 @@ pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io
     r
 }
 
-/// Extracts a plain rootfs tarball into `dir` (ownership and modes as recorded; mtimes kept).
+/// Extracts a plain rootfs tarball into `dir` (ownership, modes and mtimes as recorded, those of
+/// directories included).
 pub fn extract_tar(tarball: &Path, dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let file = std::fs::File::open(tarball)
@@ -165,7 +166,8 @@ pub fn extract_tar(tarball: &Path, dir: &Path) -> io::Result<()> {
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
-    archive.unpack(dir)
+    archive.unpack(dir)?;
+    crate::dirtimes::DirTimes::of_tarball(tarball, dir)?.apply()
 }
 
 /// Converts a raw image to `format` (a no-op copy for raw).

@@ -8,6 +8,8 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
+
+use crate::dirtimes::DirTimes;
 use sha2::{Digest, Sha256};
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -144,7 +146,7 @@ fn layer_reader(layer: &Layer) -> io::Result<Box<dyn Read>> {
     }
 }
 
-fn safe_join(root: &Path, rel: &Path) -> Option<PathBuf> {
+pub(crate) fn safe_join(root: &Path, rel: &Path) -> Option<PathBuf> {
     let mut out = root.to_path_buf();
     for c in rel.components() {
         match c {
@@ -169,7 +171,7 @@ fn remove_any(path: &Path) {
 }
 
 /// Applies one layer over `root`: whiteouts first (they refer to lower layers), then content.
-fn apply_layer(layer: &Layer, root: &Path) -> io::Result<()> {
+fn apply_layer(layer: &Layer, root: &Path, dir_times: &mut DirTimes) -> io::Result<()> {
     let mut archive = tar::Archive::new(layer_reader(layer)?);
     for entry in archive.entries()? {
         let entry = entry?;
@@ -206,6 +208,7 @@ fn apply_layer(layer: &Layer, root: &Path) -> io::Result<()> {
             continue;
         }
         if let Some(dest) = safe_join(root, &path) {
+            dir_times.record(dest.clone(), &entry);
             // A file may replace a directory of a lower layer and the other way round.
             let is_dir = entry.header().entry_type().is_dir();
             if let Ok(m) = std::fs::symlink_metadata(&dest) {
@@ -289,6 +292,7 @@ pub fn materialize(input: &Path, work: &Path) -> io::Result<PathBuf> {
     };
     let dest = work.join("rootfs");
     std::fs::create_dir_all(&dest)?;
+    let mut dir_times = DirTimes::default();
     for (i, layer) in layers.iter().enumerate() {
         let actual = sha256_hex(&layer.path)?;
         // docker-save diff_ids name the uncompressed tar; OCI digests the blob as stored.
@@ -301,8 +305,9 @@ pub fn materialize(input: &Path, work: &Path) -> io::Result<PathBuf> {
             )));
         }
         eprintln!("bootstrap-iso: applying layer {}/{}", i + 1, layers.len());
-        apply_layer(layer, &dest)?;
+        apply_layer(layer, &dest, &mut dir_times)?;
     }
+    dir_times.apply()?;
     Ok(dest)
 }
 

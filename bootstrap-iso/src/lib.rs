@@ -1,6 +1,7 @@
 //! The containerVM toolchain: the initramfs that holds tether, the bootstrap ISO, image disks.
 
 pub mod cpio;
+pub mod dirtimes;
 pub mod disk;
 pub mod image;
 pub mod initramfs;

@@ -88,6 +88,17 @@ fn check_rootfs(root: &Path) {
     assert_eq!(read("data/new").as_deref(), Some("new\n"));
     assert_eq!(read("keep").as_deref(), Some("kept\n"));
     assert!(!root.join("etc/.wh.a").exists() && !root.join("data/.wh..wh..opq").exists());
+    assert_dir_mtimes_recorded(root, &["etc", "data"]);
+}
+
+/// Directories carry the mtime their tar entry recorded, not the time files were unpacked
+/// into them (the upper layer wrote into both).
+fn assert_dir_mtimes_recorded(root: &Path, dirs: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    for d in dirs {
+        let m = std::fs::metadata(root.join(d)).unwrap();
+        assert_eq!(m.mtime(), 1_000_000_000, "mtime of {d}/");
+    }
 }
 
 /// A `docker save` tree (legacy layout): uncompressed layers, diff_ids in the config.
@@ -208,5 +219,6 @@ fn a_plain_rootfs_tar_is_taken_as_it_is() {
         std::fs::read_to_string(root.join("etc/a")).unwrap(),
         "a from layer 1\n"
     );
+    assert_dir_mtimes_recorded(&root, &["etc", "data"]);
     let _ = std::fs::remove_dir_all(&d);
 }

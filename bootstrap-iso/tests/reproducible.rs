@@ -70,6 +70,44 @@ fn disks_from_the_same_content_are_byte_identical_raw_qcow2_and_vmdk() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A rootfs tarball unpacked twice, a second apart, gives the same disk, and the same disk as
+/// the directory it was made from: directory mtimes come from the tarball, not the unpacking.
+#[test]
+fn disks_from_the_same_rootfs_tarball_are_byte_identical() {
+    let d = scratch("tarball");
+    tree(&d.join("src"));
+    let tarball = d.join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(d.join("src"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut sums = Vec::new();
+    for name in ["one", "two"] {
+        let root = d.join(format!("unpacked-{name}"));
+        disk::extract_tar(&tarball, &root).unwrap();
+        let raw = d.join(format!("out-{name}/disk.raw"));
+        std::fs::create_dir_all(raw.parent().unwrap()).unwrap();
+        disk::ext4_from_dir(&root, &raw, "containerfs", 0).unwrap();
+        sums.push(disk::sha256_file(&raw).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let from_dir = d.join("out-dir/disk.raw");
+    std::fs::create_dir_all(from_dir.parent().unwrap()).unwrap();
+    disk::ext4_from_dir(&d.join("src"), &from_dir, "containerfs", 0).unwrap();
+    assert_eq!(sums[0], sums[1], "two unpackings of one tarball");
+    assert_eq!(
+        sums[0],
+        disk::sha256_file(&from_dir).unwrap(),
+        "tarball vs its directory"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn the_bootstrap_iso_is_byte_identical_across_builds() {
     let d = scratch("iso");
