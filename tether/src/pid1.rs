@@ -139,6 +139,7 @@ fn run(os: &dyn Os) -> Power {
         log::error(&format!("boot: {e}"));
         return Power::Off;
     }
+    crate::timing::mark("base_mounted");
     let spec = match load_spec(os) {
         Ok(s) => s,
         Err((identity, message)) => return report(identity, channel_path(None), message),
@@ -151,13 +152,20 @@ fn run(os: &dyn Os) -> Power {
     let Some(device) = open_channel(&channel, "nothing can attach to this container") else {
         return Power::Off;
     };
+    crate::timing::mark("channel_open");
     let root = boot::find_disk(
         os,
         &spec.disk_label,
         Duration::from_millis(spec.disk_wait_ms),
     )
-    .and_then(|disk| boot::prepare_root(os, &disk, &spec))
-    .and_then(|root| boot::switch_root(os, &root));
+    .and_then(|disk| {
+        crate::timing::mark("disk_found");
+        boot::prepare_root(os, &disk, &spec)
+    })
+    .and_then(|root| {
+        crate::timing::mark("root_mounted");
+        boot::switch_root(os, &root)
+    });
     if let Err(e) = root {
         drop(device);
         return report(identity, channel, format!("boot: {e}"));
