@@ -1,5 +1,6 @@
 //! The benchmarks' baseline: the least a PID 1 can do. It mounts devtmpfs and sysfs, finds the
-//! virtio port named `org.tether.channel`, writes one line to it, then does what its fw_cfg file
+//! virtio port named `org.tether.channel` (else uses the COM port ttyS1, in raw mode, as tether
+//! does), writes one line to it, then does what its fw_cfg file
 //! (`opt/org.tether/config`, the slot tether's config uses) says, and powers off:
 //!
 //!   out N    copy N bytes of 100-byte text lines from a file to the port, as `cat` would
@@ -118,17 +119,41 @@ fn serve(port: &mut File, task: Task) -> std::io::Result<()> {
     }
 }
 
+/// No line discipline on the COM port (bytes pass as they are, both ways), at tether's speed.
+fn raw_mode(port: &File) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(port);
+    // SAFETY: termios is plain data; tcgetattr fills it, cfmakeraw and tcsetattr read it.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            // As tether sets it.
+            libc::cfsetspeed(&mut t, libc::B115200);
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+        }
+    }
+}
+
 fn main() {
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("sysfs", "/sys", "sysfs");
     mount("proc", "/proc", "proc");
-    if let Some(path) = channel() {
-        let port = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path);
-        if let Ok(mut port) = port {
-            let _ = serve(&mut port, task());
+    let (path, tty) = match channel() {
+        Some(p) => (p, false),
+        None => (std::path::PathBuf::from("/dev/ttyS1"), true),
+    };
+    if let Ok(mut port) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        if tty {
+            raw_mode(&port);
+        }
+        let _ = serve(&mut port, task());
+        if tty {
+            // SAFETY: tcdrain on an open descriptor: wait until the UART has sent everything.
+            unsafe { libc::tcdrain(std::os::fd::AsRawFd::as_raw_fd(&port)) };
         }
     }
     // SAFETY: sync and reboot(2) take no pointers.

@@ -2,7 +2,8 @@
 //! that only finds the virtio port and moves bytes over it (tether/src/bin/bench-init.rs).
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -16,10 +17,21 @@ pub struct Baseline {
     dir: PathBuf,
 }
 
+/// The host end of bench-init's channel: a Unix socket (virtio-serial) or TCP (COM port).
+trait Port: Read + Write {}
+impl<T: Read + Write> Port for T {}
+
+/// Which guest device bench-init talks over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Virtio,
+    Com,
+}
+
 /// One booted bench-init, its port accepted and its first line read.
 struct Booted {
     vm: Child,
-    port: UnixStream,
+    port: Box<dyn Port>,
     /// QEMU launch -> its first line at the host, ms.
     first_line_ms: f64,
     /// Bytes that arrived after the first line in the same read.
@@ -40,16 +52,27 @@ impl Baseline {
     }
 
     fn boot(&self, task: &str, accel: &'static str) -> Booted {
-        self.try_boot(task, accel, 300)
+        self.try_boot(task, accel, 300, Via::Virtio)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Boots bench-init, giving up (and killing QEMU) after `limit_secs`.
-    fn try_boot(&self, task: &str, accel: &'static str, limit_secs: u64) -> Result<Booted, String> {
+    fn try_boot(
+        &self,
+        task: &str,
+        accel: &'static str,
+        limit_secs: u64,
+        via: Via,
+    ) -> Result<Booted, String> {
         let a = e2e::artifacts();
         let sock = self.dir.join("baseline.sock");
         let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).unwrap();
+        let unix = UnixListener::bind(&sock).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let channel = match via {
+            Via::Virtio => ChannelEnd::Unix(sock),
+            Via::Com => ChannelEnd::Tcp(tcp.local_addr().unwrap().to_string()),
+        };
         let config = self.dir.join("baseline.cfg");
         std::fs::write(&config, task).unwrap();
         let overlay = self.dir.join("baseline.qcow2");
@@ -68,7 +91,7 @@ impl Baseline {
             disk: overlay,
             config,
             console: self.dir.join("baseline-console.log"),
-            channel: ChannelEnd::Unix(sock),
+            channel,
         });
         let launch = Instant::now();
         let mut vm = Command::new("timeout")
@@ -79,7 +102,10 @@ impl Baseline {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let (mut port, _) = listener.accept().unwrap();
+        let mut port: Box<dyn Port> = match via {
+            Via::Virtio => Box::new(unix.accept().unwrap().0),
+            Via::Com => Box::new(tcp.accept().unwrap().0),
+        };
         let mut buf = vec![0u8; 4096];
         let mut seen = Vec::new();
         let first_line = loop {
@@ -112,7 +138,7 @@ impl Baseline {
         if !Path::new("/dev/kvm").exists() {
             return Err("no /dev/kvm".into());
         }
-        let mut b = self.try_boot("out 0", "kvm", 20)?;
+        let mut b = self.try_boot("out 0", "kvm", 20, Via::Virtio)?;
         let _ = b.vm.wait();
         Ok(b.first_line_ms)
     }
@@ -126,8 +152,10 @@ impl Baseline {
 
     /// bench-init `cat`s `bytes` to the port; the host only reads. Bytes/s from its first line to
     /// the last byte.
-    pub fn stdout_rate(&self, bytes: u64) -> f64 {
-        let mut b = self.boot(&format!("out {bytes}"), "tcg");
+    pub fn stdout_rate(&self, bytes: u64, via: Via) -> f64 {
+        let mut b = self
+            .try_boot(&format!("out {bytes}"), "tcg", 300, via)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut got = b.extra.len() as u64;
         let start = Instant::now();
         let mut buf = vec![0u8; 256 * 1024];

@@ -18,7 +18,7 @@ mod util;
 
 use std::time::Instant;
 
-use baseline::Baseline;
+use baseline::{Baseline, Via};
 use e2e::Transport;
 use util::{fmt, percentile, runs, stats};
 
@@ -65,9 +65,10 @@ fn main() {
     }
 
     if selected("stream") {
-        let (mut t_tp, mut b_tp, mut com) = (vec![], vec![], vec![]);
+        let (mut t_tp, mut b_tp, mut com, mut b_com) = (vec![], vec![], vec![], vec![]);
         for i in 0..runs {
-            let raw = baseline.stdout_rate(STREAM_BYTES) / 1e6;
+            let raw = baseline.stdout_rate(STREAM_BYTES, Via::Virtio) / 1e6;
+            let raw_com = baseline.stdout_rate(COM_STREAM_BYTES, Via::Com) / 1e6;
             let ours = guest::boot_and_stream(STREAM_BYTES, Transport::Virtio)
                 .throughput
                 .unwrap()
@@ -77,13 +78,14 @@ fn main() {
                 .unwrap()
                 / 1e6;
             eprintln!(
-                "  stream {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s, COM {serial:.2} MB/s"
+                "  stream {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s; COM: tether {serial:.2} MB/s, raw {raw_com:.2} MB/s"
             );
             t_tp.push(ours);
             b_tp.push(raw);
             com.push(serial);
+            b_com.push(raw_com);
         }
-        r.stream(&t_tp, &b_tp, &com);
+        r.stream(&t_tp, &b_tp, &com, &b_com);
     }
 
     if selected("interactive") {

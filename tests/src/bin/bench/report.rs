@@ -89,7 +89,7 @@ Tether's share, PID 1 entry → main process spawn (guest clock): {share} (goal 
         ));
     }
 
-    pub fn stream(&mut self, tether: &[f64], raw: &[f64], com: &[f64]) {
+    pub fn stream(&mut self, tether: &[f64], raw: &[f64], com: &[f64], raw_com: &[f64]) {
         self.text.push_str(&format!(
             "
 ## Stream throughput
@@ -98,8 +98,9 @@ Tether's share, PID 1 entry → main process spawn (guest clock): {share} (goal 
 virtio-serial → session server → log store (persisted, then acked), timed from the line before
 the stream to its last byte held at the server; against bench-init doing what `cat FILE > PORT`
 does (64 KiB `read`/`write` from a file in RAM) on the same port, the host only reading the
-socket. The COM row is tether over the emulated 16550 (ttyS1) bridged to the server's TCP port,
-{} MiB, no baseline.
+socket. The COM rows: tether over the emulated 16550 (ttyS1) bridged to the server's TCP port,
+and bench-init doing the same `cat` to ttyS1 in raw mode with the host reading the TCP socket,
+{} MiB each.
 
 | | MB/s, median (min–max) |
 |---|---|
@@ -107,6 +108,8 @@ socket. The COM row is tether over the emulated 16550 (ttyS1) bridged to the ser
 | raw `cat` to the port | {} |
 | ratio tether / raw (per run) | {}; goal ≥ 0.9 |
 | tether over the COM port (TCP on the host) | {} |
+| raw `cat` to the COM port | {} |
+| ratio tether / raw over COM (per run) | {} |
 ",
             mb(STREAM_BYTES),
             mb(COM_STREAM_BYTES),
@@ -114,6 +117,8 @@ socket. The COM row is tether over the emulated 16550 (ttyS1) bridged to the ser
             fmt(stats(raw), "MB/s"),
             ratio(tether, raw),
             fmt_small(com),
+            fmt_small(raw_com),
+            ratio(com, raw_com),
         ));
     }
 
@@ -240,8 +245,7 @@ the toolchain to VMDK. Medians of {} runs; rates are rootfs bytes per second of 
 
 KVM, where the probe above fails (this machine's /dev/kvm is a nested PVM device that hangs
 ordinary guests); Debian's stock kernel (its virtio and ext4 drivers are modules, and tether
-loads none: a containerVM needs the kernel built from kernel-config/); a raw baseline for the
-COM port.
+loads none: a containerVM needs the kernel built from kernel-config/).
 ",
         );
         self.text
