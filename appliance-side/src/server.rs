@@ -530,12 +530,7 @@ async fn flush<W: AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     {
         let mut inner = c.inner.lock().expect("lock");
-        while out.len() < 256 * 1024 {
-            let Some(m) = inner.streams.poll_transmit() else {
-                break;
-            };
-            write_message(&m, out);
-        }
+        while out.len() < 256 * 1024 && inner.streams.write_next(out) {}
     }
     if !out.is_empty() {
         wr.write_all(out).await.map_err(|e| format!("write: {e}"))?;

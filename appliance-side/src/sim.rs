@@ -95,12 +95,7 @@ pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let room = o.writable().min(block.len());
             o.write(&block[..room]);
         }
-        while out.len() < 256 * 1024 {
-            match streams.poll_transmit() {
-                Some(m) => write_message(&m, &mut out),
-                None => break,
-            }
-        }
+        while out.len() < 256 * 1024 && streams.write_next(&mut out) {}
         if last_sent.elapsed() > Duration::from_secs(3) && out.is_empty() {
             write_message(&Message::Ping { token: 1 }, &mut out);
         }

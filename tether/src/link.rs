@@ -243,12 +243,7 @@ async fn connection(
                 while let Some(m) = sh.link_out.pop_front() {
                     write_message(&m, &mut buf);
                 }
-                while buf.len() < 256 * 1024 {
-                    let Some(m) = sh.streams.poll_transmit() else {
-                        break;
-                    };
-                    write_message(&m, &mut buf);
-                }
+                while buf.len() < 256 * 1024 && sh.streams.write_next(&mut buf) {}
             }
             if buf.is_empty() {
                 ctx.tx_wake.notified().await;

@@ -47,28 +47,32 @@ pub fn write_message(msg: &Message, out: &mut Vec<u8>) {
         bytes,
     } = msg
     {
-        // The stream bytes go from the message into the frame in one pass: postcard writes
-        // `bytes`, the last field, as a length and the bytes themselves, so the payload is the
-        // encoding of the message without them, its length 0 replaced by the real one.
-        let mut header = encode(&Message::Data {
-            key: *key,
-            seq: *seq,
-            fin: *fin,
-            bytes: Vec::new(),
-        });
-        debug_assert_eq!(
-            header.last(),
-            Some(&0),
-            "an empty byte string encodes as length 0"
-        );
-        header.pop();
-        push_varint(&mut header, bytes.len());
-        frame::encode_frame_parts(&[&header, bytes], out)
-            .expect("data chunks are built within the frame limit");
-        return;
+        return write_data(*key, *seq, *fin, [bytes, &[]], out);
     }
     let payload = encode(msg);
     encode_frame(&payload, out).expect("messages are built within the frame limit");
+}
+
+/// Appends the frame of a `Message::Data` whose bytes are the two `parts` joined, without
+/// joining them: postcard writes `bytes`, the last field, as a length and the bytes themselves,
+/// so the payload is the encoding of the message without them, its length 0 replaced by the
+/// real one, then the bytes, and the frame is built across the pieces in one pass.
+pub fn write_data(key: StreamKey, seq: u64, fin: bool, parts: [&[u8]; 2], out: &mut Vec<u8>) {
+    let mut header = encode(&Message::Data {
+        key,
+        seq,
+        fin,
+        bytes: Vec::new(),
+    });
+    debug_assert_eq!(
+        header.last(),
+        Some(&0),
+        "an empty byte string encodes as length 0"
+    );
+    header.pop();
+    push_varint(&mut header, parts[0].len() + parts[1].len());
+    frame::encode_frame_parts(&[&header, parts[0], parts[1]], out)
+        .expect("data chunks are built within the frame limit");
 }
 
 /// postcard's (LEB128) encoding of a length.

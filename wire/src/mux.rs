@@ -385,49 +385,84 @@ impl Streams {
 
     /// The next message to put on the line, or None when there is nothing (credit permitting).
     pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmit_with(
+            |key, seq, [a, b], fin| {
+                let mut bytes = Vec::with_capacity(a.len() + b.len());
+                bytes.extend_from_slice(a);
+                bytes.extend_from_slice(b);
+                Message::Data {
+                    key,
+                    seq,
+                    fin,
+                    bytes,
+                }
+            },
+            |m| m,
+        )
+    }
+
+    /// Appends the next message to `out` as a frame, exactly as `write_message` of
+    /// [`poll_transmit`](Self::poll_transmit)'s message would, but framing a data chunk straight
+    /// from the stream's buffer. False when there is nothing to send.
+    pub fn write_next(&mut self, out: &mut Vec<u8>) -> bool {
+        // A data chunk is framed in place; any other message is handed back to be framed.
+        let next = self.transmit_with(
+            |key, seq, parts, fin| {
+                crate::write_data(key, seq, fin, parts, out);
+                None
+            },
+            Some,
+        );
+        if let Some(Some(m)) = &next {
+            crate::write_message(m, out);
+        }
+        next.is_some()
+    }
+
+    /// Picks what goes on the line next: pongs, then acks and rewinds (small, and they unblock
+    /// the peer), then control records, then data streams round-robin. A data chunk goes to
+    /// `data` (key, offset, its bytes as two slices, fin); anything else to `message`.
+    fn transmit_with<R>(
+        &mut self,
+        data: impl FnOnce(StreamKey, u64, [&[u8]; 2], bool) -> R,
+        message: impl FnOnce(Message) -> R,
+    ) -> Option<R> {
         if let Some(token) = self.pending_pongs.pop() {
-            return Some(Message::Pong { token });
+            return Some(message(Message::Pong { token }));
         }
         while let Some(key) = self.dirty.pop_first() {
             if let Some(msg) = self.inp.get_mut(&key).and_then(InStream::poll_control) {
                 // The stream may have an ack queued behind this rewind.
                 self.dirty.insert(key);
-                return Some(msg);
+                return Some(message(msg));
             }
         }
         let max_chunk = self.cfg.max_chunk;
-        if let Some(msg) = Self::chunk_message(&mut self.out, StreamKey::CONTROL, max_chunk) {
-            return Some(msg);
+        // `data` is called at most once: a stream calls it only when it has a chunk.
+        let mut data = Some(data);
+        let mut chunk_of = |stream: &mut OutStream, key: StreamKey| {
+            stream.poll_chunk_with(max_chunk, |seq, parts, fin| {
+                data.take().expect("one chunk per call")(key, seq, parts, fin)
+            })
+        };
+        if let Some(control) = self.out.get_mut(&StreamKey::CONTROL) {
+            if let Some(r) = chunk_of(control, StreamKey::CONTROL) {
+                return Some(r);
+            }
         }
-        let start = self.cursor;
-        let after = match start {
+        let after = match self.cursor {
             Some(k) => (Bound::Excluded(k), Bound::Unbounded),
             None => (Bound::Unbounded, Bound::Unbounded),
         };
-        let candidate = self
+        let key = self
             .out
             .range(after)
             .chain(self.out.range(..))
             .filter(|(k, s)| **k != StreamKey::CONTROL && s.has_ready())
             .map(|(k, _)| *k)
-            .next();
-        let key = candidate?;
+            .next()?;
         self.cursor = Some(key);
-        Self::chunk_message(&mut self.out, key, max_chunk)
-    }
-
-    fn chunk_message(
-        out: &mut BTreeMap<StreamKey, OutStream>,
-        key: StreamKey,
-        max_chunk: usize,
-    ) -> Option<Message> {
-        let chunk = out.get_mut(&key)?.poll_chunk(max_chunk)?;
-        Some(Message::Data {
-            key,
-            seq: chunk.seq,
-            fin: chunk.fin,
-            bytes: chunk.bytes,
-        })
+        chunk_of(self.out.get_mut(&key)?, key)
     }
 
     /// Offsets produced but not yet acknowledged by the peer, over every outgoing stream (the
@@ -452,6 +487,71 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two senders in the same state: one frames with `write_next`, straight from its ring
+    /// buffer, the other with `poll_transmit` + `write_message`. The bytes on the line must be
+    /// the same, with chunks that wrap around the ring and control records in between.
+    #[test]
+    fn write_next_frames_exactly_what_poll_transmit_would() {
+        let key = StreamKey::new(1, StreamKind::Stdout);
+        let mut fast = Streams::new(Role::Guest, StreamConfig::default());
+        let mut generic = Streams::new(Role::Guest, StreamConfig::default());
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut frames = 0;
+        for round in 0..60 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40_000) as usize + 1;
+            let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+            for s in [&mut fast, &mut generic] {
+                assert_eq!(s.open_out(key).write(&bytes), len);
+                if round % 7 == 3 {
+                    s.send_control(&Control::Log {
+                        level: crate::LogLevel::Info,
+                        message: format!("round {round}"),
+                    })
+                    .unwrap();
+                }
+                if round == 59 {
+                    s.open_out(key).close();
+                }
+            }
+            loop {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let more = fast.write_next(&mut a);
+                let generic_more = generic
+                    .poll_transmit()
+                    .map(|m| crate::write_message(&m, &mut b));
+                assert_eq!(more, generic_more.is_some(), "round {round}");
+                assert_eq!(a, b, "round {round}");
+                if !more {
+                    break;
+                }
+                frames += 1;
+            }
+            // The peer takes half of what it was sent and grants more: the ring's head moves
+            // and keeps unacknowledged bytes, so later chunks start mid-buffer and wrap.
+            for s in [&mut fast, &mut generic] {
+                let o = s.out(key).unwrap();
+                let upto = (o.acked() + o.end()) / 2;
+                for k in [key, StreamKey::CONTROL] {
+                    let upto = if k == key {
+                        upto
+                    } else {
+                        s.out(k).unwrap().end()
+                    };
+                    s.on_message(Message::Ack {
+                        key: k,
+                        upto,
+                        limit: upto + (1 << 20),
+                    })
+                    .unwrap();
+                }
+            }
+        }
+        assert!(frames > 60, "{frames} frames");
+    }
 
     fn pump(a: &mut Streams, b: &mut Streams) -> Vec<Inbound> {
         let mut got = Vec::new();

@@ -48,18 +48,16 @@ pub struct Chunk {
 
 /// `n` bytes of `buf` from `from`, copied slice by slice (a byte iterator over a `VecDeque` was a
 /// fifth of tether's instructions per streamed byte).
-fn copy_out(buf: &VecDeque<u8>, from: usize, n: usize) -> Vec<u8> {
+/// Bytes `from..from + n` of a ring buffer, as the (up to) two slices they occupy.
+fn ring_slices(buf: &VecDeque<u8>, from: usize, n: usize) -> [&[u8]; 2] {
     let (a, b) = buf.as_slices();
-    let mut out = Vec::with_capacity(n);
     if from < a.len() {
         let take = n.min(a.len() - from);
-        out.extend_from_slice(&a[from..from + take]);
-        out.extend_from_slice(&b[..n - take]);
+        [&a[from..from + take], &b[..n - take]]
     } else {
         let start = from - a.len();
-        out.extend_from_slice(&b[start..start + n]);
+        [&b[start..start + n], &[]]
     }
-    out
 }
 
 /// Sending half.
@@ -179,14 +177,25 @@ impl OutStream {
 
     /// Next chunk to transmit, at most `max_len` bytes, within the peer's credit.
     pub fn poll_chunk(&mut self, max_len: usize) -> Option<Chunk> {
+        self.poll_chunk_with(max_len, |seq, [a, b], fin| {
+            let mut bytes = Vec::with_capacity(a.len() + b.len());
+            bytes.extend_from_slice(a);
+            bytes.extend_from_slice(b);
+            Chunk { seq, bytes, fin }
+        })
+    }
+
+    /// Like [`poll_chunk`](Self::poll_chunk), but lends the chunk's bytes where they lie in the
+    /// buffer (two slices: it is a ring) to `f`, which can frame them without a copy in between.
+    pub fn poll_chunk_with<R>(
+        &mut self,
+        max_len: usize,
+        f: impl FnOnce(u64, [&[u8]; 2], bool) -> R,
+    ) -> Option<R> {
         let d_end = self.data_end();
         if self.probe_due && self.blocked_on_credit() {
             self.probe_due = false;
-            return Some(Chunk {
-                seq: self.sent,
-                bytes: Vec::new(),
-                fin: false,
-            });
+            return Some(f(self.sent, [&[], &[]], false));
         }
         self.probe_due = false;
         if self.sent < d_end {
@@ -196,19 +205,14 @@ impl OutStream {
                 return None;
             }
             let from = (self.sent - self.base) as usize;
-            let bytes = copy_out(&self.buf, from, n);
             let seq = self.sent;
             let fin = self.closed && seq + n as u64 == d_end;
             self.advance_sent(seq + n as u64 + u64::from(fin));
-            return Some(Chunk { seq, bytes, fin });
+            return Some(f(seq, ring_slices(&self.buf, from, n), fin));
         }
         if self.closed && self.sent == d_end {
             self.advance_sent(d_end + 1);
-            return Some(Chunk {
-                seq: d_end,
-                bytes: Vec::new(),
-                fin: true,
-            });
+            return Some(f(d_end, [&[], &[]], true));
         }
         None
     }

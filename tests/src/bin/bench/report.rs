@@ -99,8 +99,10 @@ virtio-serial → session server → log store (persisted, then acked), timed fr
 the stream to its last byte held at the server; against bench-init doing what `cat FILE > PORT`
 does (64 KiB `read`/`write` from a file in RAM) on the same port, the host only reading the
 socket. The COM rows: tether over the emulated 16550 (ttyS1) bridged to the server's TCP port,
-and bench-init doing the same `cat` to ttyS1 in raw mode with the host reading the TCP socket,
-{} MiB each.
+and bench-init doing the same `cat` to ttyS1 in raw mode at the same speed with the host
+reading the TCP socket, {} MiB each. Over COM the raw writer (blocking 64 KiB `write`s to the
+tty) has come out slower than tether (non-blocking writes woken by epoll); both go through the
+same 8250 driver and QEMU chardev, and why is not yet understood.
 
 | | MB/s, median (min–max) |
 |---|---|
@@ -127,9 +129,9 @@ and bench-init doing the same `cat` to ttyS1 in raw mode with the host reading t
             "
 ## Stdin and interactive latency
 
-Stdin: the server offers {} MiB to the main process's stdin (`head -c N > /dev/null`, then
-`echo done`), timed from the first byte offered to `done` held at the server; against the host
-writing the same bytes into the port for bench-init, which reads them and answers `done`.
+Stdin: the server offers {} MiB to the main process's stdin and closes it (`cat > /dev/null`,
+then `echo done`), timed from the first byte offered to `done` held at the server; against the
+host writing the same bytes into the port for bench-init, which reads them and answers `done`.
 
 | | MB/s, median (min–max) |
 |---|---|
