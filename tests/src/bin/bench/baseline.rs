@@ -56,6 +56,14 @@ impl Baseline {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// QEMU launch -> bench-init's first line over the COM port, booting `kernel` (ours, or
+    /// Debian's stock kernel, whose virtio drivers are modules), ms.
+    pub fn com_boot_ms(&self, kernel: &Path) -> Result<f64, String> {
+        let mut b = self.try_boot_kernel("out 0", "tcg", 120, Via::Com, kernel)?;
+        let _ = b.vm.wait();
+        Ok(b.first_line_ms)
+    }
+
     /// Boots bench-init, giving up (and killing QEMU) after `limit_secs`.
     fn try_boot(
         &self,
@@ -63,6 +71,17 @@ impl Baseline {
         accel: &'static str,
         limit_secs: u64,
         via: Via,
+    ) -> Result<Booted, String> {
+        self.try_boot_kernel(task, accel, limit_secs, via, &e2e::artifacts().kernel)
+    }
+
+    fn try_boot_kernel(
+        &self,
+        task: &str,
+        accel: &'static str,
+        limit_secs: u64,
+        via: Via,
+        kernel: &Path,
     ) -> Result<Booted, String> {
         let a = e2e::artifacts();
         let sock = self.dir.join("baseline.sock");
@@ -85,7 +104,7 @@ impl Baseline {
             accel,
             memory_mb: 256,
             boot: BootMedium::Direct {
-                kernel: a.kernel.clone(),
+                kernel: kernel.to_path_buf(),
                 initramfs: self.initramfs.clone(),
             },
             disk: overlay,

@@ -14,6 +14,7 @@ mod footprint;
 mod guest;
 mod report;
 mod scale;
+mod stock_kernel;
 mod util;
 
 use std::time::Instant;
@@ -62,6 +63,19 @@ fn main() {
             stage_runs.push(t.stages);
         }
         r.boot(&t_boot, &b_boot, &stage_runs);
+        // Kernels side by side: bench-init over the COM port (built into both).
+        let kernels = stock_kernel::fetch().and_then(|(stock, version)| {
+            let (mut ours, mut theirs) = (vec![], vec![]);
+            for i in 0..runs {
+                let o = baseline.com_boot_ms(&a.kernel)?;
+                let t = baseline.com_boot_ms(&stock)?;
+                eprintln!("  kernels {i}: ours {o:.0} ms, Debian's {t:.0} ms");
+                ours.push(o);
+                theirs.push(t);
+            }
+            Ok((version, ours, theirs))
+        });
+        r.kernels(&kernels);
     }
 
     if selected("stream") {

@@ -89,6 +89,31 @@ Tether's share, PID 1 entry → main process spawn (guest clock): {share} (goal 
         ));
     }
 
+    pub fn kernels(&mut self, k: &Result<(String, Vec<f64>, Vec<f64>), String>) {
+        let body = match k {
+            Ok((version, ours, theirs)) => format!(
+                "| | median (min–max) |
+|---|---|
+| our kernel (kernel-config/) | {} |
+| Debian's stock kernel ({version}) | {} |
+| ratio stock / ours (per run) | {} |
+",
+                fmt(stats(ours), "ms"),
+                fmt(stats(theirs), "ms"),
+                ratio(theirs, ours),
+            ),
+            Err(e) => format!("Not measured: {e}\n"),
+        };
+        self.text.push_str(&format!(
+            "
+Kernels side by side: QEMU launch to bench-init's line over the COM port (ttyS1, built into
+both kernels), same initramfs and QEMU line. Debian's stock kernel cannot boot tether: its
+virtio, fw_cfg and ext4 drivers are modules, and a containerVM loads none.
+
+{body}"
+        ));
+    }
+
     pub fn stream(&mut self, tether: &[f64], raw: &[f64], com: &[f64], raw_com: &[f64]) {
         self.text.push_str(&format!(
             "
@@ -246,8 +271,8 @@ the toolchain to VMDK. Medians of {} runs; rates are rootfs bytes per second of 
 ## Not measured
 
 KVM, where the probe above fails (this machine's /dev/kvm is a nested PVM device that hangs
-ordinary guests); Debian's stock kernel (its virtio and ext4 drivers are modules, and tether
-loads none: a containerVM needs the kernel built from kernel-config/).
+ordinary guests); tether on Debian's stock kernel (its virtio, fw_cfg and ext4 drivers are
+modules and tether loads none: a containerVM needs the kernel built from kernel-config/).
 ",
         );
         self.text
