@@ -1,0 +1,197 @@
+use super::*;
+
+/// Two senders in the same state: one frames with `write_next`, straight from its ring
+/// buffer, the other with `poll_transmit` + `write_message`. The bytes on the line must be
+/// the same, with chunks that wrap around the ring and control records in between.
+#[test]
+fn write_next_frames_exactly_what_poll_transmit_would() {
+    let key = StreamKey::new(1, StreamKind::Stdout);
+    let mut fast = Streams::new(Role::Guest, StreamConfig::default());
+    let mut generic = Streams::new(Role::Guest, StreamConfig::default());
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut frames = 0;
+    for round in 0..60 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 40_000) as usize + 1;
+        let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+        for s in [&mut fast, &mut generic] {
+            assert_eq!(s.open_out(key).write(&bytes), len);
+            if round % 7 == 3 {
+                s.send_control(&Control::Log {
+                    level: crate::LogLevel::Info,
+                    message: format!("round {round}"),
+                })
+                .unwrap();
+            }
+            if round == 59 {
+                s.open_out(key).close();
+            }
+        }
+        loop {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let more = fast.write_next(&mut a);
+            let generic_more = generic
+                .poll_transmit()
+                .map(|m| crate::write_message(&m, &mut b));
+            assert_eq!(more, generic_more.is_some(), "round {round}");
+            assert_eq!(a, b, "round {round}");
+            if !more {
+                break;
+            }
+            frames += 1;
+        }
+        // The peer takes half of what it was sent and grants more: the ring's head moves
+        // and keeps unacknowledged bytes, so later chunks start mid-buffer and wrap.
+        for s in [&mut fast, &mut generic] {
+            let o = s.out(key).unwrap();
+            let upto = (o.acked() + o.end()) / 2;
+            for k in [key, StreamKey::CONTROL] {
+                let upto = if k == key {
+                    upto
+                } else {
+                    s.out(k).unwrap().end()
+                };
+                s.on_message(Message::Ack {
+                    key: k,
+                    upto,
+                    limit: upto + (1 << 20),
+                })
+                .unwrap();
+            }
+        }
+    }
+    assert!(frames > 60, "{frames} frames");
+}
+
+fn pump(a: &mut Streams, b: &mut Streams) -> Vec<Inbound> {
+    let mut got = Vec::new();
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.poll_transmit() {
+            moved = true;
+            got.push(b.on_message(m).unwrap());
+        }
+        while let Some(m) = b.poll_transmit() {
+            moved = true;
+            a.on_message(m).unwrap();
+        }
+        if !moved {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn round_robin_interleaves_sessions() {
+    let cfg = StreamConfig {
+        max_chunk: 4,
+        ..Default::default()
+    };
+    let mut guest = Streams::new(Role::Guest, cfg.clone());
+    let a = StreamKey::new(1, StreamKind::Stdout);
+    let b = StreamKey::new(2, StreamKind::Stdout);
+    guest.open_out(a).write(&[b'a'; 12]);
+    guest.open_out(b).write(&[b'b'; 4]);
+    let order: Vec<StreamKey> = std::iter::from_fn(|| guest.poll_transmit())
+        .map(|m| match m {
+            Message::Data { key, .. } => key,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(order, vec![a, b, a, a]);
+}
+
+#[test]
+fn control_records_arrive_in_order_and_data_is_released_by_the_app() {
+    let mut guest = Streams::new(Role::Guest, StreamConfig::default());
+    let mut server = Streams::new(Role::Appliance, StreamConfig::default());
+    let out = StreamKey::new(5, StreamKind::Stdout);
+    guest.open_out(out).write(b"hello");
+    guest
+        .send_control(&Control::Exited {
+            session: 5,
+            exit_code: 137,
+            signal: Some(9),
+        })
+        .unwrap();
+    let got = pump(&mut guest, &mut server);
+    assert!(got.contains(&Inbound::Control(vec![Control::Exited {
+        session: 5,
+        exit_code: 137,
+        signal: Some(9)
+    }])));
+    assert!(got.contains(&Inbound::Data {
+        key: out,
+        bytes: b"hello".to_vec(),
+        fin: false
+    }));
+    assert_eq!(
+        guest.out(out).unwrap().buffered(),
+        5,
+        "not acked until released"
+    );
+    server.release(out, 5);
+    pump(&mut guest, &mut server);
+    assert_eq!(guest.out(out).unwrap().buffered(), 0);
+}
+
+#[test]
+fn refuses_streams_in_the_wrong_direction_and_rewinds_a_lost_start() {
+    let mut server = Streams::new(Role::Appliance, StreamConfig::default());
+    let stdin = StreamKey::new(1, StreamKind::Stdin);
+    let data = |key, seq| Message::Data {
+        key,
+        seq,
+        fin: false,
+        bytes: b"x".to_vec(),
+    };
+    assert_eq!(
+        server.on_message(data(stdin, 0)),
+        Err(MuxError::WrongDirection {
+            kind: StreamKind::Stdin
+        })
+    );
+    let stdout = StreamKey::new(1, StreamKind::Stdout);
+    assert_eq!(server.on_message(data(stdout, 7)), Ok(Inbound::Nothing));
+    assert_eq!(
+        server.poll_transmit(),
+        Some(Message::Rewind {
+            key: stdout,
+            from: 0
+        })
+    );
+    // An ack for a stream this side never had changes nothing and is only counted.
+    assert_eq!(
+        server.on_message(Message::Ack {
+            key: stdin,
+            upto: 1,
+            limit: 1
+        }),
+        Ok(Inbound::Nothing)
+    );
+    assert_eq!(server.ignored_for_unknown_streams(), 1);
+}
+
+#[test]
+fn stream_count_is_bounded() {
+    let cfg = StreamConfig {
+        max_in_streams: 4,
+        ..Default::default()
+    };
+    let mut server = Streams::new(Role::Appliance, cfg);
+    let mut result = Ok(Inbound::Nothing);
+    for session in 1..=10 {
+        result = server.on_message(Message::Data {
+            key: StreamKey::new(session, StreamKind::Stdout),
+            seq: 0,
+            fin: false,
+            bytes: vec![1],
+        });
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(MuxError::TooManyStreams(4)));
+}
