@@ -386,16 +386,11 @@ impl Streams {
     /// The next message to put on the line, or None when there is nothing (credit permitting).
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.transmit_with(
-            |key, seq, [a, b], fin| {
-                let mut bytes = Vec::with_capacity(a.len() + b.len());
-                bytes.extend_from_slice(a);
-                bytes.extend_from_slice(b);
-                Message::Data {
-                    key,
-                    seq,
-                    fin,
-                    bytes,
-                }
+            |key, seq, parts, fin| Message::Data {
+                key,
+                seq,
+                fin,
+                bytes: crate::stream::joined(parts),
             },
             |m| m,
         )

@@ -46,9 +46,8 @@ pub struct Chunk {
     pub fin: bool,
 }
 
-/// `n` bytes of `buf` from `from`, copied slice by slice (a byte iterator over a `VecDeque` was a
-/// fifth of tether's instructions per streamed byte).
-/// Bytes `from..from + n` of a ring buffer, as the (up to) two slices they occupy.
+/// Bytes `from..from + n` of a ring buffer, as the (up to) two slices they occupy (lent out
+/// whole: a byte iterator over a `VecDeque` was a fifth of tether's instructions per byte).
 fn ring_slices(buf: &VecDeque<u8>, from: usize, n: usize) -> [&[u8]; 2] {
     let (a, b) = buf.as_slices();
     if from < a.len() {
@@ -58,6 +57,14 @@ fn ring_slices(buf: &VecDeque<u8>, from: usize, n: usize) -> [&[u8]; 2] {
         let start = from - a.len();
         [&b[start..start + n], &[]]
     }
+}
+
+/// A chunk lent as two slices, copied into one buffer (slice copies, not a byte iterator).
+pub(crate) fn joined([a, b]: [&[u8]; 2]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(a.len() + b.len());
+    bytes.extend_from_slice(a);
+    bytes.extend_from_slice(b);
+    bytes
 }
 
 /// Sending half.
@@ -177,11 +184,10 @@ impl OutStream {
 
     /// Next chunk to transmit, at most `max_len` bytes, within the peer's credit.
     pub fn poll_chunk(&mut self, max_len: usize) -> Option<Chunk> {
-        self.poll_chunk_with(max_len, |seq, [a, b], fin| {
-            let mut bytes = Vec::with_capacity(a.len() + b.len());
-            bytes.extend_from_slice(a);
-            bytes.extend_from_slice(b);
-            Chunk { seq, bytes, fin }
+        self.poll_chunk_with(max_len, |seq, parts, fin| Chunk {
+            seq,
+            bytes: joined(parts),
+            fin,
         })
     }
 
