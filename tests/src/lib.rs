@@ -106,6 +106,19 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A VM's writable disk: a qcow2 overlay at `overlay` on the shared raw image `base` (replaced
+/// if it exists).
+pub fn qcow2_overlay(base: &Path, overlay: &Path) {
+    let _ = std::fs::remove_file(overlay);
+    must(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(overlay),
+        "qemu-img create",
+    );
+}
+
 /// A minimal image: Debian's static busybox and its applets, passwd and group.
 pub fn busybox_rootfs(root: &Path) {
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
@@ -336,13 +349,7 @@ impl Appliance {
             bootstrap::disk::ext4_from_dir(&artifacts_rootfs(), &other, disk_label, 0).unwrap();
             other
         };
-        must(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&label_disk)
-                .arg(&overlay),
-            "qemu-img create",
-        );
+        qcow2_overlay(&label_disk, &overlay);
         use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
         // The hard timeout: TERM after it, KILL 5 s later if QEMU ignores it.

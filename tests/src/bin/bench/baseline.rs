@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 
-use crate::util::{release_binary, run};
+use crate::util::release_binary;
 
 pub struct Baseline {
     initramfs: PathBuf,
@@ -95,11 +95,7 @@ impl Baseline {
         let config = self.dir.join("baseline.cfg");
         std::fs::write(&config, task).unwrap();
         let overlay = self.dir.join("baseline.qcow2");
-        let _ = std::fs::remove_file(&overlay);
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&a.disk)
-            .arg(&overlay));
+        e2e::qcow2_overlay(&a.disk, &overlay);
         let args = qemu_args(&VmSpec {
             accel,
             memory_mb: 256,

@@ -71,15 +71,19 @@ pub fn disk_build(dir: &Path, runs: usize) -> DiskRun {
     let out = dir.join("bench-disk.raw");
     let vmdk = dir.join("bench-disk.vmdk");
     let hand_dir = dir.join("by-hand");
-    for _ in 0..runs {
-        let _ = std::fs::remove_file(&out);
-        toolchain_raw.push(timed(
+    // Seconds for `bootstrap-iso disk` to build the tarball into `to` as `format`.
+    let toolchain = |format: &str, to: &Path| {
+        let _ = std::fs::remove_file(to);
+        timed(
             Command::new(&tool)
                 .args(["disk", "--image"])
                 .arg(&tarball)
-                .args(["--format", "raw", "--size", &size_mb.to_string(), "-o"])
-                .arg(&out),
-        ));
+                .args(["--format", format, "--size", &size_mb.to_string(), "-o"])
+                .arg(to),
+        )
+    };
+    for _ in 0..runs {
+        toolchain_raw.push(toolchain("raw", &out));
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_dir_all(&hand_dir);
         std::fs::create_dir_all(&hand_dir).unwrap();
@@ -96,14 +100,7 @@ pub fn disk_build(dir: &Path, runs: usize) -> DiskRun {
             .arg(format!("{size_mb}M")));
         by_hand.push(t.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&hand_dir);
-        let _ = std::fs::remove_file(&vmdk);
-        toolchain_vmdk.push(timed(
-            Command::new(&tool)
-                .args(["disk", "--image"])
-                .arg(&tarball)
-                .args(["--format", "vmdk", "--size", &size_mb.to_string(), "-o"])
-                .arg(&vmdk),
-        ));
+        toolchain_vmdk.push(toolchain("vmdk", &vmdk));
     }
     for p in [&out, &vmdk, &tarball] {
         let _ = std::fs::remove_file(p);

@@ -139,13 +139,6 @@ pub fn stdin_rate(bytes: u64) -> f64 {
     bytes as f64 / (end - start).as_secs_f64()
 }
 
-impl Guest {
-    fn finish_after_stdin(self) {
-        self.container.write_stdin(1, &[], true);
-        self.finish();
-    }
-}
-
 /// `n` one-byte round trips in a tty session: the server writes a byte to the main process's
 /// stdin; the guest's terminal echoes it (canonical mode, `cat` waiting for a line); timed until
 /// the echo is held at the server. Each in ms.
@@ -169,8 +162,8 @@ pub fn tty_echo_ms(n: usize) -> Vec<f64> {
         let held = g.wait_stdout(base + echoed, Duration::from_micros(50));
         out.push((held - t).as_secs_f64() * 1000.0);
     }
-    // End the line so cat exits on the close.
-    g.container.write_stdin(1, b"\n", false);
-    g.finish_after_stdin();
+    // End the line and close stdin: cat sees the line, then end of file, and exits.
+    g.container.write_stdin(1, b"\n", true);
+    g.finish();
     out
 }
