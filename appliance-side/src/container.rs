@@ -69,7 +69,8 @@ impl EventHub {
     }
 
     /// Whether the ring is allocated (someone listened since the last send).
-    pub fn is_live(&self) -> bool {
+    #[cfg(test)]
+    fn is_live(&self) -> bool {
         self.tx.lock().expect("event hub lock").is_some()
     }
 }

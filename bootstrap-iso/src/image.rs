@@ -8,9 +8,9 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::dirtimes::DirTimes;
-use sha2::{Digest, Sha256};
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
