@@ -1,5 +1,7 @@
 //! The containerVM toolchain: the initramfs that holds tether, the bootstrap ISO, image disks.
 
+#![forbid(unsafe_code)]
+
 pub mod cpio;
 pub mod dirtimes;
 pub mod disk;

@@ -3,6 +3,9 @@
 //! vSphere, fw_cfg under QEMU), and the typed container spec tether runs. Tether decodes it; the
 //! toolchain and the appliance encode it. One codec, both directions.
 
+#![forbid(unsafe_code)]
+
+pub mod contract;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
 
-pub const DEFAULT_DISK_LABEL: &str = "containerfs";
+pub use crate::contract::DEFAULT_DISK_LABEL;
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;
 pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 

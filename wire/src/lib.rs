@@ -10,12 +10,17 @@
 //! * [`stream`]: reliable byte streams: offsets, cumulative acks, credit, rewind, resume.
 //! * [`mux`]: all streams of one channel: routing, fair scheduling, reconnect.
 //! * [`keepalive`]: noticing a dead link within a bound.
+//! * `io` (feature `tokio`): messages read from an async byte stream.
+
+#![forbid(unsafe_code)]
 
 pub mod control;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+#[cfg(feature = "tokio")]
+pub mod io;
 pub mod keepalive;
 pub mod message;
 pub mod mux;
@@ -29,10 +34,10 @@ pub use handshake::{
 };
 pub use keepalive::{Keepalive, Liveness};
 pub use message::{
-    decode, encode, BootId, Control, DecodeError, ExecSpec, LogLevel, Message, Nonce, Position,
+    decode, encode, BootId, Control, DecodeError, ExecSpec, GuestState, LogLevel, Message, Nonce, Position,
     RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
 };
-pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT};
+pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT, WRITE_BATCH};
 pub use stream::{Chunk, Delivery, InStream, OutStream, StreamError};
 
 /// Encodes `msg` as one complete frame appended to `out`.

@@ -214,7 +214,8 @@ pub enum Control {
         exit_code: i32,
         signal: Option<i32>,
     },
-    /// Tether's own state: booting, running, stopping, failed.
+    /// Tether's own state as free text, from guests before [`Control::State`]; still decoded
+    /// (see [`GuestState::from_legacy`]), no longer sent.
     Status {
         state: String,
         detail: String,
@@ -237,6 +238,37 @@ pub enum Control {
     Release {
         session: SessionId,
     },
+    /// Tether -> server: tether's own state, typed (supersedes [`Control::Status`]).
+    State {
+        state: GuestState,
+        detail: String,
+    },
+}
+
+/// What tether itself is doing, as opposed to any one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestState {
+    /// Booted far enough to talk; sessions not yet launched.
+    Booting,
+    /// Sessions launched.
+    Running,
+    /// The main session ended; the rest are being stopped and output drained.
+    Stopping,
+    /// The container could not run (bad config, missing disk, ...); `detail` says why.
+    Failed,
+}
+
+impl GuestState {
+    /// The state an older guest's [`Control::Status`] text names, if any.
+    pub fn from_legacy(text: &str) -> Option<Self> {
+        match text {
+            "booting" => Some(Self::Booting),
+            "running" => Some(Self::Running),
+            "stopping" => Some(Self::Stopping),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -381,5 +413,11 @@ mod tests {
             10
         );
         assert_eq!(encode(&Control::CloseStdin { session: 1 })[0], 5);
+        assert_eq!(encode(&Control::Release { session: 1 })[0], 11);
+        let state = Control::State {
+            state: GuestState::Failed,
+            detail: String::new(),
+        };
+        assert_eq!(encode(&state)[..2], [12, 3]);
     }
 }

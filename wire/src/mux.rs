@@ -106,6 +106,10 @@ pub enum Inbound {
     Goodbye(String),
 }
 
+/// How many bytes [`Streams::write_batch`] frames before it hands them to one write: large
+/// enough that a write costs little per byte, small enough that control is not held up.
+pub const WRITE_BATCH: usize = 256 * 1024;
+
 pub struct Streams {
     role: Role,
     cfg: StreamConfig,
@@ -412,6 +416,14 @@ impl Streams {
             crate::write_message(m, out);
         }
         next.is_some()
+    }
+
+    /// Frames messages into `out` while there are any and `out` holds less than
+    /// [`WRITE_BATCH`] bytes: one batch for one write to the line. True if it framed anything.
+    pub fn write_batch(&mut self, out: &mut Vec<u8>) -> bool {
+        let before = out.len();
+        while out.len() < WRITE_BATCH && self.write_next(out) {}
+        out.len() > before
     }
 
     /// Picks what goes on the line next: pongs, then acks and rewinds (small, and they unblock
