@@ -1,25 +1,14 @@
 //! The appliance side of tether: the session server every containerVM's channel connects to, its
-//! log store and records, and the docker Engine API subset served from them.
+//! log store and records, the engine that owns container state, and the docker Engine API subset
+//! served from them. The module map and the direction of imports are in docs/architecture.md:
+//! `cli` -> `api` -> `engine` -> (`server`, `backend`) -> `store` -> `home`.
 
 pub mod api;
-mod api_exec;
-pub mod attach;
-pub mod body;
+pub mod backend;
 pub mod cli;
-pub mod container;
-pub mod execs;
-pub mod follow;
-pub mod framing;
-#[doc(hidden)]
-pub mod fuzzing;
+pub mod engine;
 pub mod home;
-mod logline;
-pub mod logs;
-pub mod logs_client;
-pub mod logstore;
-pub mod records;
-pub mod run;
 pub mod server;
-#[doc(hidden)]
-pub mod sim;
-pub mod vm;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use appliance::api::{serve_api, Api};
 use appliance::home::Home;
-use appliance::records::{self, NewContainer};
 use appliance::server::Server;
+use appliance::store::records::{self, NewContainer};
 
 const USAGE: &str = "usage:
   appliance serve [--detach] [--tcp ADDR]
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(format!("cannot start the runtime: {e}")),
             };
             let result = if verb == "run" {
-                rt.block_on(appliance::run::run(&home, &args[1..]))
+                rt.block_on(appliance::cli::run::run(&home, &args[1..]))
             } else {
                 rt.block_on(appliance::cli::run(&home, verb, &args[1..]))
             };

@@ -377,7 +377,8 @@ fn a_client_that_never_reads_stalls_neither_the_container_nor_other_clients() {
         .unwrap()
         .path();
     let stored =
-        appliance::logstore::stream_bytes(&boot, 1, appliance::logstore::Stream::Stdout).unwrap();
+        appliance::store::logs::stream_bytes(&boot, 1, appliance::store::logs::Stream::Stdout)
+            .unwrap();
     assert_eq!(Sha256::digest(&stored), Sha256::digest(expected.as_bytes()));
     drop(stuck);
 }

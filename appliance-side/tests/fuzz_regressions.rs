@@ -2,5 +2,5 @@
 
 #[test]
 fn api_request_regressions() {
-    assert!(wire::fuzzing::replay("api_request", appliance::fuzzing::api_request) > 0);
+    assert!(wire::fuzzing::replay("api_request", appliance::testing::fuzzing::api_request) > 0);
 }

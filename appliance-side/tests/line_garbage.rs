@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use appliance::logstore::Stream;
-use appliance::records::{self, NewContainer};
+use appliance::store::logs::Stream;
+use appliance::store::records::{self, NewContainer};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,8 +6,8 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
-use appliance::logstore::Stream;
-use appliance::records::{self, NewContainer};
+use appliance::store::logs::Stream;
+use appliance::store::records::{self, NewContainer};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

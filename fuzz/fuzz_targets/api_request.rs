@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| appliance::fuzzing::api_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| appliance::testing::fuzzing::api_request(data));

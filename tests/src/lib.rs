@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use appliance::home::Home;
-use appliance::records::{self, NewContainer};
 use appliance::server::Server;
+use appliance::store::records::{self, NewContainer};
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -350,7 +350,7 @@ impl Appliance {
             other
         };
         qcow2_overlay(&label_disk, &overlay);
-        use appliance::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+        use appliance::backend::qemu::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
         // The hard timeout: TERM after it, KILL 5 s later if QEMU ignores it.
         cmd.args([

@@ -2,7 +2,7 @@
 //! session that closes its stdout early, a channel device that does not exist. Tether reaps,
 //! reports, and powers off (or carries on) as it should; the kernel never panics.
 
-use appliance::records::NewContainer;
+use appliance::store::records::NewContainer;
 use e2e::{sh, text, Appliance, Transport};
 
 #[test]

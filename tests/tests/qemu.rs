@@ -1,7 +1,7 @@
 //! Real containerVMs under QEMU (TCG) against the real session server, through the stock docker
 //! CLI.
 
-use appliance::records::NewContainer;
+use appliance::store::records::NewContainer;
 use e2e::{sh, text, Appliance, Transport};
 
 #[test]

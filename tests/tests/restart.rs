@@ -9,8 +9,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use appliance::logstore::{self, Stream};
-use appliance::records::NewContainer;
+use appliance::store::logs::{self as logstore, Stream};
+use appliance::store::records::NewContainer;
 use e2e::{Appliance, Transport};
 use sha2::{Digest, Sha256};
 

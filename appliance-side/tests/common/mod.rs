@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appliance::home::Home;
-use appliance::logstore::{stream_bytes, Stream};
-use appliance::records::{self, NewContainer};
 use appliance::server::Server;
+use appliance::store::logs::{stream_bytes, Stream};
+use appliance::store::records::{self, NewContainer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{write_message, Control, StreamKey, StreamKind};
 
@@ -131,7 +131,7 @@ pub async fn simulated_tether(sock: PathBuf, id: String, secret: Vec<u8>, data: 
     simulated_tether_on(s, id, secret, data).await
 }
 
-pub use appliance::sim::handshake_as;
+pub use appliance::testing::sim::handshake_as;
 
 /// A simulated tether on any byte stream: handshake, then one stdout stream of `data` and an
 /// Exited record.

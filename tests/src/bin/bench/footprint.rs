@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use appliance::records::NewContainer;
+use appliance::store::records::NewContainer;
 use e2e::Appliance;
 
 use crate::util::rss;
@@ -13,7 +13,7 @@ use crate::util::rss;
 /// ten sessions streaming: its RSS in KiB (idle VmRSS, peak VmHWM while streaming).
 pub fn tether_memory() -> (u64, u64) {
     let app = Appliance::start("bench-rss");
-    let (rec, _) = appliance::records::create(
+    let (rec, _) = appliance::store::records::create(
         &app.home,
         &NewContainer {
             args: vec!["/bin/sleep".into(), "30".into()],

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use appliance::container::Container;
-use appliance::records::NewContainer;
+use appliance::server::container::Container;
+use appliance::store::records::NewContainer;
 use e2e::{Appliance, Transport};
 use wire::{StreamKey, StreamKind};
 

@@ -214,7 +214,7 @@ run, all runs pooled; against one byte through bench-init's read-and-write-back 
             "
 ## Server scale
 
-Simulated tethers (`appliance::sim`: the guest side of the real handshake and streams, no VMs)
+Simulated tethers (`appliance::testing::sim`: the guest side of the real handshake and streams, no VMs)
 open N channels to one `appliance serve` process (release build) on its Unix socket and
 authenticate; they answer every exec as `echo` would. Server RSS from /proc before and with
 all N connected and idle. Exec round trip: through the docker Engine API as `docker exec`

@@ -1,4 +1,4 @@
-//! Server scale: N simulated tethers (`appliance::sim`, the guest side of the real handshake and
+//! Server scale: N simulated tethers (`appliance::testing::sim`, the guest side of the real handshake and
 //! streams, no VMs) against one real `appliance serve` process on its Unix socket. Memory per
 //! idle channel; docker-API exec round trips, idle and with 100 channels streaming; the
 //! aggregate rate those streams are persisted at.
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use appliance::cli::Client;
 use appliance::home::Home;
-use appliance::records::NewContainer;
-use appliance::sim::GuestBehaviour;
+use appliance::store::records::NewContainer;
+use appliance::testing::sim::GuestBehaviour;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
@@ -102,7 +102,7 @@ pub fn server_scale(n: usize) -> ScaleRun {
     std::fs::create_dir_all(home.containers()).unwrap();
     let ids: Vec<(String, Vec<u8>)> = (0..n)
         .map(|_| {
-            let (rec, spec) = appliance::records::create(
+            let (rec, spec) = appliance::store::records::create(
                 &home,
                 &NewContainer {
                     args: vec!["/bin/true".into()],
@@ -153,10 +153,10 @@ pub fn server_scale(n: usize) -> ScaleRun {
         on.spawn(async move {
             let permit = gate.acquire_owned().await.unwrap();
             let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-            let (reader, streams) = appliance::sim::handshake_as(&mut s, id, secret).await;
+            let (reader, streams) = appliance::testing::sim::handshake_as(&mut s, id, secret).await;
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
-            appliance::sim::run_guest(s, reader, streams, behaviour).await;
+            appliance::testing::sim::run_guest(s, reader, streams, behaviour).await;
         });
     }
     while connected.load(Ordering::Relaxed) < n {

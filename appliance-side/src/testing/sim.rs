@@ -6,7 +6,7 @@ use wire::{
     write_message, ClientHandshake, Message, MessageReader, Role, Secret, StreamConfig, Streams,
 };
 
-use crate::records;
+use crate::store::records;
 
 /// Runs the guest side of the handshake on `s`; returns the reader (holding anything read past
 /// the Welcome) and the guest's streams, resumed.

@@ -14,9 +14,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::framing;
+pub mod logs;
+pub mod run;
+
+use crate::api::stdcopy;
 use crate::home::Home;
-use crate::logstore::Stream;
+use crate::store::logs::Stream;
 
 pub struct Client {
     socket: PathBuf,
@@ -152,7 +155,7 @@ pub(crate) fn write_output(tty: bool, data: &[u8], pending: &mut Vec<u8>) {
         return;
     }
     pending.extend_from_slice(data);
-    let (pieces, rest) = framing::demux(pending);
+    let (pieces, rest) = stdcopy::demux(pending);
     *pending = rest;
     for (stream, bytes) in pieces {
         match stream {
@@ -380,13 +383,13 @@ pub async fn run(
                     path.push_str(&format!("&{key}={}", unix_time(t)?));
                 }
             }
-            let req = crate::logs_client::LogsRequest {
+            let req = crate::cli::logs::LogsRequest {
                 path,
                 tty,
                 timestamps: has(&["-t", "--timestamps"]),
                 follow: has(&["-f", "--follow"]),
             };
-            crate::logs_client::print_logs(&client, &req).await?;
+            crate::cli::logs::print_logs(&client, &req).await?;
             Ok(ExitCode::SUCCESS)
         }
         "kill" => {

@@ -14,11 +14,17 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use wire::{Control, SessionId};
 
-use crate::body::{self, ApiBody};
-use crate::container::{self, Event, State};
-use crate::execs::ExecStore;
-use crate::records::{self, Record};
+pub mod attach;
+pub mod body;
+pub mod exec;
+pub mod logs;
+pub mod stdcopy;
+
+use self::body::ApiBody;
+use crate::server::container::{self, Event, State};
 use crate::server::Server;
+use crate::store::execs::ExecStore;
+use crate::store::records::{self, Record};
 
 pub const API_VERSION: &str = "1.45";
 pub const MIN_API_VERSION: &str = "1.24";
@@ -197,7 +203,7 @@ impl Api {
             (&Method::GET, ["containers", "json"]) => self.list(&query(&req)),
             (&Method::GET, ["containers", id, "json"]) => self.inspect(id),
             (&Method::GET, ["containers", id, "logs"]) => {
-                crate::logs::logs(&self, id, &query(&req))
+                crate::api::logs::logs(&self, id, &query(&req))
             }
             (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)),
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
@@ -206,7 +212,7 @@ impl Api {
             }
             (&Method::POST, ["containers", id, "attach"]) => {
                 let id = id.to_string();
-                crate::attach::attach(self.clone(), &id, req).await
+                crate::api::attach::attach(self.clone(), &id, req).await
             }
             (&Method::POST, ["containers", id, "exec"]) => {
                 let id = id.to_string();
@@ -217,7 +223,7 @@ impl Api {
             }
             (&Method::POST, ["exec", id, "start"]) => {
                 let id = id.to_string();
-                crate::attach::exec_start(self.clone(), &id, req).await
+                crate::api::attach::exec_start(self.clone(), &id, req).await
             }
             (&Method::GET, ["exec", id, "json"]) => self.exec_inspect(id),
             (&Method::POST, ["exec", id, "resize"]) => self.exec_resize(id, &query(&req)),

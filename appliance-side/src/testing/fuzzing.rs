@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{serve_connection, Api};
 use crate::home::Home;
-use crate::records::{self, NewContainer};
 use crate::server::Server;
+use crate::store::records::{self, NewContainer};
 
 struct Env {
     rt: tokio::runtime::Runtime,

@@ -2,7 +2,7 @@
 //! 8-byte header `[stream, 0, 0, 0, len as u32 big-endian]` (stream 1 stdout, 2 stderr); with a
 //! tty, bytes pass through raw.
 
-use crate::logstore::Stream;
+use crate::store::logs::Stream;
 
 pub fn frame(tty: bool, stream: Stream, bytes: &[u8], out: &mut Vec<u8>) {
     if tty {

@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use crate::backend::qemu::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 use crate::cli::CliError;
 use crate::home::Home;
-use crate::records::{self, NewContainer};
-use crate::vm::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+use crate::store::records::{self, NewContainer};
 
 type Result<T> = std::result::Result<T, CliError>;
 

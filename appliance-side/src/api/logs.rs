@@ -14,12 +14,12 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
+use crate::api::body;
+use crate::api::stdcopy;
 use crate::api::{error, flag, parse_unix, Api, ApiResponse};
-use crate::body;
-use crate::container::{Container, Event};
-use crate::follow::{Next, SessionFollower};
-use crate::framing;
-use crate::logstore::{self, Entry, Stream};
+use crate::server::container::{Container, Event};
+use crate::server::follow::{Next, SessionFollower};
+use crate::store::logs::{self as logstore, Entry, Stream};
 
 /// Response header: the stream offsets (`stdout,stderr`) of the first byte of each stream the
 /// response carries. A client adds what it received to know where to `resume`.
@@ -49,7 +49,7 @@ impl Selection {
             data.push(b' ');
         }
         data.extend_from_slice(bytes);
-        framing::frame(self.tty, stream, &data, &mut out);
+        stdcopy::frame(self.tty, stream, &data, &mut out);
         out
     }
 }

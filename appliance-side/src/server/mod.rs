@@ -19,10 +19,13 @@ use wire::{
     Secret, ServerHandshake, Welcome,
 };
 
-use crate::container::Container;
+pub mod container;
+pub mod follow;
+
 use crate::home::Home;
-use crate::logstore::Rotation;
-use crate::records;
+use crate::server::container::Container;
+use crate::store::logs::Rotation;
+use crate::store::records;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections still in their handshake at once; more are closed at accept. A guest has one

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 use wire::{Control, Inbound, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
 
-use crate::logstore::{self, LogWriter, Rotation, Stream};
-use crate::records::write_atomic;
+use crate::store::logs::{self as logstore, LogWriter, Rotation, Stream};
+use crate::store::records::write_atomic;
 
 /// Output and lifecycle events for attached clients. Bounded: a client that falls behind gets
 /// `Lagged` from its receiver and is dropped, never slowing the container or other clients.

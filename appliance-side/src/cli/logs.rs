@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
+use crate::api::logs::{parse_resume, START_HEADER};
 use crate::cli::{error_answer, write_output, CliError, Client};
-use crate::logs::{parse_resume, START_HEADER};
 
 /// How long a follower keeps trying to reach a restarting appliance.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -45,7 +45,7 @@ impl Progress {
             return;
         }
         self.pending.extend_from_slice(data);
-        let (pieces, rest) = crate::framing::demux(&self.pending);
+        let (pieces, rest) = crate::api::stdcopy::demux(&self.pending);
         self.pending = rest;
         for (stream, bytes) in pieces {
             // Each frame is one entry; with timestamps it starts with "<time> ".
@@ -172,7 +172,7 @@ async fn once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logstore::Stream;
+    use crate::store::logs::Stream;
 
     #[test]
     fn a_resumed_request_keeps_streams_and_follow_but_not_the_window() {
@@ -195,13 +195,13 @@ mod tests {
             pending: Vec::new(),
         };
         let mut framed = Vec::new();
-        crate::framing::frame(
+        crate::api::stdcopy::frame(
             false,
             Stream::Stdout,
             b"2026-01-01T00:00:00Z abc",
             &mut framed,
         );
-        crate::framing::frame(
+        crate::api::stdcopy::frame(
             false,
             Stream::Stderr,
             b"2026-01-01T00:00:00Z de",

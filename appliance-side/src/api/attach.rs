@@ -12,13 +12,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{Control, SessionId};
 
+use crate::api::body;
+use crate::api::stdcopy;
 use crate::api::{error, query, read_json_body, Api, ApiResponse};
-use crate::body;
-use crate::container::{Container, Event};
-use crate::execs::Started;
-use crate::follow::{Next, SessionFollower};
-use crate::framing;
-use crate::logstore::Stream;
+use crate::server::container::{Container, Event};
+use crate::server::follow::{Next, SessionFollower};
+use crate::store::execs::Started;
+use crate::store::logs::Stream;
 
 struct Plumbing {
     container: Arc<Container>,
@@ -62,7 +62,7 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         );
     };
     let detach_keys = match q.get("detachKeys").filter(|k| !k.is_empty()) {
-        Some(spec) => match framing::parse_detach_keys(spec) {
+        Some(spec) => match stdcopy::parse_detach_keys(spec) {
             Some(k) => k,
             None => {
                 return error(
@@ -205,7 +205,7 @@ where
                     }
                     Ok(n) => n,
                 };
-                let (data, detached) = match framing::detach_at(&buf[..n], &keys) {
+                let (data, detached) = match stdcopy::detach_at(&buf[..n], &keys) {
                     Some(before) => (before, true),
                     None => (&buf[..n], false),
                 };
@@ -246,18 +246,18 @@ where
                     Stream::Stderr => p.want_err,
                 };
                 if wanted {
-                    framing::frame(p.tty, stream, &bytes, &mut out);
+                    stdcopy::frame(p.tty, stream, &bytes, &mut out);
                 }
             }
             Next::Event(Event::StartFailed { message, .. }) => {
                 let line = format!("tether: exec failed: {message}\n");
-                framing::frame(p.tty, Stream::Stderr, line.as_bytes(), &mut out);
+                stdcopy::frame(p.tty, Stream::Stderr, line.as_bytes(), &mut out);
             }
             Next::Event(_) => {}
             Next::Lagged(n) => {
                 let msg =
                     format!("tether: this client fell {n} events behind and was disconnected\n");
-                framing::frame(p.tty, Stream::Stderr, msg.as_bytes(), &mut out);
+                stdcopy::frame(p.tty, Stream::Stderr, msg.as_bytes(), &mut out);
                 let _ = wr.write_all(&out).await;
                 break;
             }

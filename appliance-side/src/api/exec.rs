@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use wire::ExecSpec;
 
 use crate::api::{error, hex, json_response, resize, Api, ApiError, ApiResponse};
-use crate::execs::Exec;
-use crate::records;
+use crate::store::execs::Exec;
+use crate::store::records;
 
 impl Api {
     pub(crate) fn exec_create(&self, reference: &str, v: &Value) -> ApiResponse {

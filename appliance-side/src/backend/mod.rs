@@ -1,0 +1,3 @@
+//! Where containerVMs run: today QEMU on this host.
+
+pub mod qemu;
