@@ -1,11 +1,12 @@
 //! The appliance side of tether: the session server every containerVM's channel connects to, its
 //! log store and records, the engine that owns container state, and the docker Engine API subset
 //! served from them. The module map and the direction of imports are in docs/architecture.md:
-//! `cli` -> `api` -> `engine` -> (`server`, `backend`) -> `store` -> `home`.
+//! `daemon` (serve) and `cli` -> `api` -> `engine` -> (`server`, `backend`) -> `store` -> `home`.
 
 pub mod api;
 pub mod backend;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod home;
 pub mod server;

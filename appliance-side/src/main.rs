@@ -7,11 +7,8 @@
 //!           | wait C | attach [--no-stdin] [--detach-keys K] C | attach --exec EXEC_ID | exec [-i] [-t] [-d] C CMD...
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use appliance::api::{serve_api, Api};
 use appliance::home::Home;
-use appliance::server::Server;
 use appliance::store::records::{self, NewContainer};
 
 const USAGE: &str = "usage:
@@ -57,115 +54,19 @@ fn main() -> ExitCode {
 }
 
 fn serve(home: &Home, args: &[String]) -> ExitCode {
-    let mut detach = false;
-    let mut tcp = "127.0.0.1:0".to_string();
+    let mut opts = appliance::daemon::ServeOptions::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--detach" | "-d" => detach = true,
+            "--detach" | "-d" => opts.detach = true,
             "--tcp" => match it.next() {
-                Some(v) => tcp = v.clone(),
+                Some(v) => opts.tcp = v.clone(),
                 None => return fail("--tcp needs an address, e.g. 127.0.0.1:2377"),
             },
             other => return fail(format!("unknown serve option {other:?}\n{USAGE}")),
         }
     }
-    if let Err(e) = std::fs::create_dir_all(home.containers()) {
-        return fail(format!(
-            "cannot create {}: {e}",
-            home.containers().display()
-        ));
-    }
-    if detach {
-        return detach_server(home, &tcp);
-    }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
-    };
-    rt.block_on(async {
-        let server = Server::new(home.clone());
-        if let Err(e) = server.listen_unix(&home.channel_socket()).await {
-            return fail(format!(
-                "channel socket {}: {e}",
-                home.channel_socket().display()
-            ));
-        }
-        let addr = match server.listen_tcp(&tcp).await {
-            Ok(a) => a,
-            Err(e) => return fail(format!("channel port {tcp}: {e}")),
-        };
-        let _ = std::fs::write(home.channel_tcp_file(), format!("{addr}\n"));
-        if let Err(e) = serve_api(Api::new(server.clone()), &home.docker_socket()).await {
-            return fail(format!(
-                "API socket {}: {e}",
-                home.docker_socket().display()
-            ));
-        }
-        println!("appliance: serving");
-        println!(
-            "  docker API:        unix://{}",
-            home.docker_socket().display()
-        );
-        println!("  channels (unix):   {}", home.channel_socket().display());
-        println!("  channels (tcp):    {addr}");
-        println!("  data:              {}", home.root().display());
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        ExitCode::SUCCESS
-    })
-}
-
-/// Starts the server in the background, waits until its API answers, writes the pid file.
-fn detach_server(home: &Home, tcp: &str) -> ExitCode {
-    use std::os::unix::process::CommandExt;
-    let log = home.root().join("appliance.log");
-    let out = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-    {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot open {}: {e}", log.display())),
-    };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(e),
-    };
-    let _ = std::fs::remove_file(home.docker_socket());
-    let child = std::process::Command::new(exe)
-        .args(["serve", "--tcp", tcp])
-        .env("TETHER_HOME", home.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().expect("log fd"))
-        .stderr(out)
-        .process_group(0)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot start the server: {e}")),
-    };
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(home.docker_socket()).is_ok() {
-            let _ = std::fs::write(home.pid_file(), format!("{}\n", child.id()));
-            println!("{}", child.id());
-            return ExitCode::SUCCESS;
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            return fail(format!("the server exited ({st}); see {}", log.display()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    fail(format!(
-        "the server did not become ready in 10 s; see {}",
-        log.display()
-    ))
+    appliance::daemon::serve(home, &opts)
 }
 
 fn create(home: &Home, args: &[String]) -> ExitCode {

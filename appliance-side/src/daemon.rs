@@ -1,0 +1,133 @@
+//! `appliance serve`: wires the session server, the engine and the docker API together and runs
+//! them until SIGTERM or ctrl-c, in the foreground or detached into the background.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::api::{serve_api, Api};
+use crate::home::Home;
+use crate::server::Server;
+
+/// What `appliance serve` was asked for.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Return once a background server answers, leaving it running.
+    pub detach: bool,
+    /// The channel port (vSphere network serial, QEMU `-serial tcp:`).
+    pub tcp: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            detach: false,
+            tcp: "127.0.0.1:0".into(),
+        }
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("appliance: {msg}");
+    ExitCode::from(125)
+}
+
+/// Runs the server (or starts it in the background with `detach`).
+pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(home.containers()) {
+        return fail(format!(
+            "cannot create {}: {e}",
+            home.containers().display()
+        ));
+    }
+    if opts.detach {
+        return detach_server(home, &opts.tcp);
+    }
+    let tcp = opts.tcp.clone();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        let server = Server::new(home.clone());
+        if let Err(e) = server.listen_unix(&home.channel_socket()).await {
+            return fail(format!(
+                "channel socket {}: {e}",
+                home.channel_socket().display()
+            ));
+        }
+        let addr = match server.listen_tcp(&tcp).await {
+            Ok(a) => a,
+            Err(e) => return fail(format!("channel port {tcp}: {e}")),
+        };
+        let _ = std::fs::write(home.channel_tcp_file(), format!("{addr}\n"));
+        if let Err(e) = serve_api(Api::new(server.clone()), &home.docker_socket()).await {
+            return fail(format!(
+                "API socket {}: {e}",
+                home.docker_socket().display()
+            ));
+        }
+        println!("appliance: serving");
+        println!(
+            "  docker API:        unix://{}",
+            home.docker_socket().display()
+        );
+        println!("  channels (unix):   {}", home.channel_socket().display());
+        println!("  channels (tcp):    {addr}");
+        println!("  data:              {}", home.root().display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Starts the server in the background, waits until its API answers, writes the pid file.
+fn detach_server(home: &Home, tcp: &str) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let log = home.root().join("appliance.log");
+    let out = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open {}: {e}", log.display())),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let _ = std::fs::remove_file(home.docker_socket());
+    let child = std::process::Command::new(exe)
+        .args(["serve", "--tcp", tcp])
+        .env("TETHER_HOME", home.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("log fd"))
+        .stderr(out)
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the server: {e}")),
+    };
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(home.docker_socket()).is_ok() {
+            let _ = std::fs::write(home.pid_file(), format!("{}\n", child.id()));
+            println!("{}", child.id());
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return fail(format!("the server exited ({st}); see {}", log.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fail(format!(
+        "the server did not become ready in 10 s; see {}",
+        log.display()
+    ))
+}
