@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::api::{serve_api, Api};
 use crate::home::Home;
+use crate::logging::{self, LogFormat};
 use crate::server::Server;
 
 /// What `appliance serve` was asked for.
@@ -15,6 +16,9 @@ pub struct ServeOptions {
     pub detach: bool,
     /// The channel port (vSphere network serial, QEMU `-serial tcp:`).
     pub tcp: String,
+    /// `--log-level`: a level or a RUST_LOG-style filter; `None` uses RUST_LOG, else info.
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
 }
 
 impl Default for ServeOptions {
@@ -22,6 +26,8 @@ impl Default for ServeOptions {
         Self {
             detach: false,
             tcp: "127.0.0.1:0".into(),
+            log_level: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -39,8 +45,14 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             home.containers().display()
         ));
     }
+    if let Err(e) = logging::filter(opts.log_level.as_deref()) {
+        return fail(e);
+    }
     if opts.detach {
-        return detach_server(home, &opts.tcp);
+        return detach_server(home, opts);
+    }
+    if let Err(e) = logging::init(opts.log_level.as_deref(), opts.log_format) {
+        return fail(e);
     }
     let tcp = opts.tcp.clone();
     let rt = match tokio::runtime::Runtime::new() {
@@ -87,7 +99,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
 }
 
 /// Starts the server in the background, waits until its API answers, writes the pid file.
-fn detach_server(home: &Home, tcp: &str) -> ExitCode {
+fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let log = home.root().join("appliance.log");
     let out = match std::fs::OpenOptions::new()
@@ -104,7 +116,18 @@ fn detach_server(home: &Home, tcp: &str) -> ExitCode {
     };
     let _ = std::fs::remove_file(home.docker_socket());
     let child = std::process::Command::new(exe)
-        .args(["serve", "--tcp", tcp])
+        .args([
+            "serve",
+            "--tcp",
+            &opts.tcp,
+            "--log-format",
+            opts.log_format.as_str(),
+        ])
+        .args(
+            opts.log_level
+                .iter()
+                .flat_map(|l| ["--log-level", l.as_str()]),
+        )
         .env("TETHER_HOME", home.root())
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().expect("log fd"))

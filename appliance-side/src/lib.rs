@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod engine;
 pub mod home;
+pub mod logging;
 pub mod server;
 pub mod store;
 #[cfg(feature = "testing")]

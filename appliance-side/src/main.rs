@@ -63,6 +63,12 @@ fn serve(home: &Home, args: &[String]) -> ExitCode {
                 Some(v) => opts.tcp = v.clone(),
                 None => return fail("--tcp needs an address, e.g. 127.0.0.1:2377"),
             },
+            "--log-level" => opts.log_level = it.next().cloned(),
+            "--log-format" => match it.next().map(|f| f.parse()) {
+                Some(Ok(f)) => opts.log_format = f,
+                Some(Err(e)) => return fail(e),
+                None => return fail("--log-format needs text or json"),
+            },
             other => return fail(format!("unknown serve option {other:?}\n{USAGE}")),
         }
     }

@@ -200,7 +200,7 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
     assert_victim_intact(&home, &victim, &mut victim_tether);
     let log = std::fs::read_to_string(home.root().join("server.log")).unwrap();
     assert_eq!(
-        log.matches("(BadProof)").count(),
+        log.matches("reason=BadProof").count(),
         2,
         "each refusal is logged:\n{log}"
     );

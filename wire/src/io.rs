@@ -31,6 +31,15 @@ impl<R: AsyncRead + Unpin> MessageStream<R> {
         }
     }
 
+    /// A stream whose reads ask for `read_size` bytes.
+    pub fn with_read_size(rd: R, read_size: usize) -> Self {
+        Self {
+            rd,
+            reader: MessageReader::new(),
+            buf: vec![0; read_size.max(1)],
+        }
+    }
+
     /// The next message; `None` at end of stream. Cancel-safe: a message decoded but not yet
     /// returned stays in the decoder.
     pub async fn next(&mut self) -> io::Result<Option<Message>> {
@@ -54,6 +63,13 @@ impl<R: AsyncRead + Unpin> MessageStream<R> {
         let n = self.rd.read(&mut self.buf).await?;
         self.reader.feed(&self.buf[..n]);
         Ok(n)
+    }
+
+    /// Changes how much one read asks for (a server keeps it small until a peer has proved
+    /// who it is: an idle or unauthenticated connection then costs little memory).
+    pub fn set_read_size(&mut self, bytes: usize) {
+        self.buf.resize(bytes.max(1), 0);
+        self.buf.shrink_to_fit();
     }
 
     /// The decoder, for its loss counters.

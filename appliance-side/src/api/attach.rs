@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use guestinfo::contract::MAIN_SESSION;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -13,9 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{Control, SessionId};
 
 use crate::api::body;
+use crate::api::http::{error, query, read_json_body};
 use crate::api::stdcopy;
-use crate::api::{error, query, read_json_body, Api, ApiResponse};
-use crate::server::container::{Container, Event};
+use crate::api::{Api, ApiResponse};
+use crate::server::container::Container;
+use crate::server::events::Event;
 use crate::server::follow::{Next, SessionFollower};
 use crate::store::execs::Started;
 use crate::store::logs::Stream;
@@ -77,7 +80,7 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
     let plumbing = Plumbing {
         events: c.events.subscribe(),
         container: c.clone(),
-        session: 1,
+        session: MAIN_SESSION,
         tty: rec.tty,
         want_out: flag("stdout"),
         want_err: flag("stderr"),
@@ -92,7 +95,9 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         }
     });
     // A main session configured to wait for its first attach may start now.
-    let _ = c.send_control(Control::Release { session: 1 });
+    let _ = c.send_control(Control::Release {
+        session: MAIN_SESSION,
+    });
     upgraded_response(rec.tty)
 }
 
@@ -115,7 +120,7 @@ pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> 
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let claimed = api.execs.claim_session(id, || c.new_exec_session());
+    let claimed = api.engine.execs.claim_session(id, || c.new_exec_session());
     // Subscribe before the exec exists, so none of its output can be missed.
     let events = c.events.subscribe();
     let session = match claimed {

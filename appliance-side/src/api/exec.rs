@@ -8,9 +8,10 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use wire::ExecSpec;
 
-use crate::api::{error, hex, json_response, resize, Api, ApiError, ApiResponse};
+use crate::api::http::{error, json_response, ApiError};
+use crate::api::{resize, Api, ApiResponse};
+use crate::store::atomic::hex;
 use crate::store::execs::Exec;
-use crate::store::records;
 
 impl Api {
     pub(crate) fn exec_create(&self, reference: &str, v: &Value) -> ApiResponse {
@@ -44,7 +45,7 @@ impl Api {
             _ => (0, 0),
         };
         let exec = Exec {
-            id: hex(&records::random::<32>()),
+            id: hex(&crate::store::atomic::random::<32>()),
             container: rec.id.clone(),
             spec: ExecSpec {
                 path: cmd[0].clone(),
@@ -64,7 +65,7 @@ impl Api {
             session: None,
         };
         let id = exec.id.clone();
-        if let Err(e) = self.execs.put(&exec) {
+        if let Err(e) = self.engine.execs.put(&exec) {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot store exec {id}: {e}"),
@@ -76,7 +77,8 @@ impl Api {
     /// Ids of the container's execs that are running (docker's `ExecIDs`).
     pub(crate) fn running_execs(&self, container: &str) -> Vec<String> {
         let st = self.state(container);
-        self.execs
+        self.engine
+            .execs
             .of_container(container)
             .into_iter()
             .filter(|e| {
@@ -89,12 +91,7 @@ impl Api {
     }
 
     pub fn exec(&self, id: &str) -> Result<Exec, ApiError> {
-        self.execs.get(id).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("No such exec instance: {id}"),
-            )
-        })
+        Ok(self.engine.exec(id)?)
     }
 
     pub(crate) fn exec_inspect(&self, id: &str) -> ApiResponse {
@@ -134,7 +131,8 @@ impl Api {
             Ok(e) => e,
             Err(r) => return r.into_response(),
         };
-        let (Some(session), Some(c)) = (exec.session, self.server.container(&exec.container))
+        let (Some(session), Some(c)) =
+            (exec.session, self.engine.server.container(&exec.container))
         else {
             return error(StatusCode::CONFLICT, format!("exec {id} is not running"));
         };

@@ -11,15 +11,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use guestinfo::contract::MAIN_SESSION;
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
 use crate::api::body;
+use crate::api::http::{error, flag, parse_unix};
 use crate::api::stdcopy;
-use crate::api::{error, flag, parse_unix, Api, ApiResponse};
-use crate::server::container::{Container, Event};
+use crate::api::{Api, ApiResponse};
+use crate::server::container::Container;
+use crate::server::events::Event;
 use crate::server::follow::{Next, SessionFollower};
 use crate::store::logs::{self as logstore, Entry, Stream};
+use crate::store::state::ContainerStatus;
 
 /// Response header: the stream offsets (`stdout,stderr`) of the first byte of each stream the
 /// response carries. A client adds what it received to know where to `resume`.
@@ -100,21 +104,22 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
     let tail = q.get("tail").and_then(|t| t.parse::<usize>().ok());
     let st = api.state(&rec.id);
     let dir = api
-        .server
-        .home
+        .engine
+        .home()
         .container(&rec.id)
         .join("logs")
         .join(&st.boot);
     // Following needs the session to be running; after an appliance restart the containerVM may
     // not have reconnected yet, and the follower waits for it.
-    let follow = flag(q, "follow") && st.status == "running";
+    let follow = flag(q, "follow") && st.status == ContainerStatus::Running;
     if flag(q, "follow") && !follow {
-        eprintln!(
-            "appliance: logs --follow for {}: it is {:?}, not running; sending what is stored",
-            rec.id, st.status
+        tracing::info!(
+            container = %rec.id,
+            status = ?st.status,
+            "logs --follow of a container that is not running: sending what is stored"
         );
     }
-    let entries = logstore::read_entries_from(&dir, 1, resume).unwrap_or_default();
+    let entries = logstore::read_entries_from(&dir, MAIN_SESSION, resume).unwrap_or_default();
     let mut sent = resume;
     for e in &entries {
         sent[e.stream as usize] = e.offset + e.bytes.len() as u64;
@@ -147,7 +152,7 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
             .expect("static");
     }
     let (tx, body) = body::channel(64);
-    let server = api.server.clone();
+    let server = api.engine.server.clone();
     let id = rec.id.clone();
     tokio::spawn(async move {
         if tx.send(Bytes::from(out)).await.is_err() {
@@ -183,10 +188,14 @@ fn catch_up(
     sent: &mut [u64; 2],
 ) -> (SessionFollower, Vec<u8>) {
     // Subscribe before reading the file so nothing falls between the two; offsets dedupe.
-    let follower =
-        SessionFollower::new(container.clone(), container.events.subscribe(), 1, sel.tty);
+    let follower = SessionFollower::new(
+        container.clone(),
+        container.events.subscribe(),
+        MAIN_SESSION,
+        sel.tty,
+    );
     let mut out = Vec::new();
-    for e in logstore::read_entries_from(dir, 1, *sent).unwrap_or_default() {
+    for e in logstore::read_entries_from(dir, MAIN_SESSION, *sent).unwrap_or_default() {
         sent[e.stream as usize] = e.offset + e.bytes.len() as u64;
         out.extend(sel.frame(e.stream, &e.time, &e.bytes));
     }

@@ -224,8 +224,7 @@ pub async fn run(home: &Home, args: &[String]) -> Result<ExitCode> {
         spec.channel_device = Some("/dev/ttyS1".into());
     }
     let config = dir.join("config.vmx");
-    records::write_atomic(&config, guestinfo::spec_to_vmx(&spec).as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+    records::write_config(&dir, &spec).map_err(|e| err(e.to_string()))?;
     let overlay = dir.join("disk.qcow2");
     let ok = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])

@@ -7,125 +7,17 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, Notify};
-use wire::{Control, Inbound, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
+use guestinfo::contract::MAIN_SESSION;
 
+use tokio::sync::Notify;
+use wire::LogLevel;
+use wire::{
+    Control, GuestState, Inbound, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams,
+};
+
+use crate::server::events::{Event, EventHub};
 use crate::store::logs::{self as logstore, LogWriter, Rotation, Stream};
-use crate::store::records::write_atomic;
-
-/// Output and lifecycle events for attached clients. Bounded: a client that falls behind gets
-/// `Lagged` from its receiver and is dropped, never slowing the container or other clients.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Output {
-        session: SessionId,
-        stream: Stream,
-        /// Offset of the first byte in the stream (lets a follower dedupe against the file).
-        offset: u64,
-        bytes: Arc<Vec<u8>>,
-    },
-    Exited {
-        session: SessionId,
-        exit_code: i32,
-    },
-    Started {
-        session: SessionId,
-    },
-    /// The session could not start; `message` says why (shown to the attached client).
-    StartFailed {
-        session: SessionId,
-        message: String,
-    },
-}
-
-pub const EVENT_BUFFER: usize = 1024;
-
-/// The fan-out of a container's events to attached clients. The ring of `EVENT_BUFFER` slots
-/// exists only while someone listens: allocated up front it was most of the server's memory per
-/// idle channel (`make bench`), and with no one listening an event is not even built.
-#[derive(Default)]
-pub struct EventHub {
-    tx: Mutex<Option<broadcast::Sender<Event>>>,
-}
-
-impl EventHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        let mut tx = self.tx.lock().expect("event hub lock");
-        tx.get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
-            .subscribe()
-    }
-
-    /// Sends the event `make` builds, if anyone listens; frees the ring once no one does.
-    pub fn send(&self, make: impl FnOnce() -> Event) {
-        let mut tx = self.tx.lock().expect("event hub lock");
-        match tx.as_ref() {
-            Some(t) if t.receiver_count() > 0 => {
-                let _ = t.send(make());
-            }
-            Some(_) => *tx = None,
-            None => {}
-        }
-    }
-
-    /// Whether the ring is allocated (someone listened since the last send).
-    #[cfg(test)]
-    fn is_live(&self) -> bool {
-        self.tx.lock().expect("event hub lock").is_some()
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionState {
-    pub name: String,
-    pub pid: Option<u32>,
-    pub running: bool,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: String,
-    pub started_at: String,
-    pub finished_at: String,
-}
-
-/// What the channel lost and repaired, summed over every connection of this boot: corrupt
-/// frames the decoder threw away, gaps seen in incoming streams, chunks this side resent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkStats {
-    pub connections: u64,
-    pub frames_rejected: u64,
-    pub bytes_dropped: u64,
-    pub messages_undecodable: u64,
-    pub gaps: u64,
-    pub retransmits: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    /// Hex of the current boot id.
-    pub boot: String,
-    /// created, running, exited, failed.
-    pub status: String,
-    pub detail: String,
-    pub sessions: BTreeMap<SessionId, SessionState>,
-    /// Control-stream offset persisted (a record boundary): where tether resumes it.
-    pub control_offset: u64,
-    pub next_exec: SessionId,
-    pub connected: bool,
-    #[serde(default)]
-    pub link: LinkStats,
-    /// Tether's boot stages (nanoseconds on the guest's CLOCK_BOOTTIME), for benchmarks.
-    #[serde(default)]
-    pub timings: BTreeMap<String, u64>,
-}
-
-impl State {
-    pub fn main(&self) -> Option<&SessionState> {
-        self.sessions.get(&1)
-    }
-}
-
-/// First session id the server gives an exec (config sessions number from 1).
-pub const FIRST_EXEC_SESSION: SessionId = 4096;
+use crate::store::state::{ContainerStatus, LinkStats, State, FIRST_EXEC_SESSION};
 
 pub struct Inner {
     pub streams: Streams,
@@ -161,18 +53,10 @@ impl Container {
     /// position from what was persisted.
     pub fn open(id: &str, dir: PathBuf, boot: &str, rotation: Rotation) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(&dir)?;
-        let mut state: State = std::fs::read(dir.join("state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut state = State::load(&dir);
         if state.boot != boot {
             // A new boot of the VM: fresh streams; the old boot's logs stay where they are.
-            state = State {
-                boot: boot.to_string(),
-                status: "created".into(),
-                next_exec: FIRST_EXEC_SESSION,
-                ..Default::default()
-            };
+            state = State::for_boot(boot);
         }
         let mut streams = Streams::new(Role::Appliance, server_stream_config());
         let log_dir = dir.join("logs").join(boot);
@@ -271,8 +155,8 @@ impl Container {
                     s.pid = Some(pid);
                     s.running = true;
                     s.started_at = now();
-                    if session == 1 {
-                        state.status = "running".into();
+                    if session == MAIN_SESSION {
+                        state.status = ContainerStatus::Running;
                     }
                     self.events.send(|| Event::Started { session });
                 }
@@ -285,7 +169,7 @@ impl Container {
                         session,
                         message: message.clone(),
                     });
-                    if session == 1 {
+                    if session == MAIN_SESSION {
                         state.detail = message;
                     }
                 }
@@ -299,18 +183,26 @@ impl Container {
                     s.exit_code = Some(exit_code);
                     s.signal = signal;
                     s.finished_at = now();
-                    if session == 1 {
+                    if session == MAIN_SESSION {
                         state.status = if s.error.is_empty() {
-                            "exited"
+                            ContainerStatus::Exited
                         } else {
-                            "failed"
-                        }
-                        .into();
+                            ContainerStatus::Failed
+                        };
                     }
                     self.events.send(|| Event::Exited { session, exit_code });
                 }
-                Control::Status { state: st, detail } if st == "failed" => {
-                    state.status = st;
+                Control::State {
+                    state: GuestState::Failed,
+                    detail,
+                } => {
+                    state.status = ContainerStatus::Failed;
+                    state.detail = detail;
+                }
+                Control::Status { state: st, detail }
+                    if GuestState::from_legacy(&st) == Some(GuestState::Failed) =>
+                {
+                    state.status = ContainerStatus::Failed;
                     state.detail = detail;
                 }
                 Control::Timing {
@@ -320,10 +212,14 @@ impl Container {
                     state.timings.insert(stage, monotonic_nanos);
                 }
                 Control::Log { level, message } => {
-                    eprintln!(
-                        "appliance: container {}: tether {level:?}: {message}",
-                        self.id
-                    );
+                    // Tether's own diagnostics, at the level tether gave them.
+                    let id = &self.id;
+                    match level {
+                        LogLevel::Error => tracing::error!(container = %id, "tether: {message}"),
+                        LogLevel::Warn => tracing::warn!(container = %id, "tether: {message}"),
+                        LogLevel::Info => tracing::info!(container = %id, "tether: {message}"),
+                        LogLevel::Debug => tracing::debug!(container = %id, "tether: {message}"),
+                    }
                 }
                 _ => {}
             }
@@ -340,7 +236,8 @@ impl Container {
     /// otherwise grow the state without bound.
     pub fn check_sessions(&self, inbound: &Inbound) -> Result<(), String> {
         let next_exec = self.inner.lock().expect("container lock").state.next_exec;
-        let known = |s: SessionId| s == 1 || (FIRST_EXEC_SESSION..next_exec).contains(&s);
+        let known =
+            |s: SessionId| s == MAIN_SESSION || (FIRST_EXEC_SESSION..next_exec).contains(&s);
         let bad = match inbound {
             Inbound::Data { key, .. } => (!known(key.session)).then_some(key.session),
             Inbound::Control(records) => records.iter().find_map(|r| {
@@ -374,8 +271,8 @@ impl Container {
             inner.state.link.connections += 1;
         }
         // A connected containerVM is running, even while its main process waits for an attach.
-        if connected && inner.state.status == "created" {
-            inner.state.status = "running".into();
+        if connected && inner.state.status == ContainerStatus::Created {
+            inner.state.status = ContainerStatus::Running;
         }
         let _ = persist_state(&inner);
     }
@@ -447,43 +344,5 @@ fn server_stream_config() -> StreamConfig {
 }
 
 fn persist_state(inner: &Inner) -> io::Result<()> {
-    write_atomic(
-        &inner.dir.join("state.json"),
-        &serde_json::to_vec_pretty(&inner.state)?,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_event_ring_lives_only_while_someone_listens() {
-        let hub = EventHub::default();
-        let mut built = 0;
-        hub.send(|| {
-            built += 1;
-            Event::Started { session: 1 }
-        });
-        assert_eq!(built, 0, "no listener: the event is not even built");
-        assert!(!hub.is_live());
-
-        let mut rx = hub.subscribe();
-        assert!(hub.is_live());
-        hub.send(|| Event::Exited {
-            session: 1,
-            exit_code: 3,
-        });
-        match rx.try_recv() {
-            Ok(Event::Exited { session, exit_code }) => assert_eq!((session, exit_code), (1, 3)),
-            other => panic!("expected the exit event, got {other:?}"),
-        }
-        drop(rx);
-        hub.send(|| Event::Started { session: 2 });
-        assert!(!hub.is_live(), "the last listener left: the ring is freed");
-        // A new listener gets a new ring and what is sent after it subscribed.
-        let mut rx = hub.subscribe();
-        hub.send(|| Event::Started { session: 4 });
-        assert!(matches!(rx.try_recv(), Ok(Event::Started { session: 4 })));
-    }
+    inner.state.save(&inner.dir)
 }

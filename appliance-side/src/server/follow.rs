@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use wire::SessionId;
 
-use crate::server::container::{Container, Event};
+use crate::server::container::Container;
+use crate::server::events::Event;
 
 /// How long after a session's exit to wait for its last output. Tether closes a session's
 /// streams before it reports the exit, so this only bounds a stream that never ends (a link

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use wire::{ExecSpec, SessionId};
 
 use crate::home::Home;
-use crate::store::records::write_atomic;
+use crate::store::atomic::write_atomic;
 
 /// An exec created but perhaps not started.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,7 +1,9 @@
 //! What the appliance keeps on disk under `$TETHER_HOME`: container records, their state, exec
 //! instances and every stream's log. Nothing here knows about channels, VMs or HTTP.
 
+pub mod atomic;
 pub mod execs;
 pub mod logline;
 pub mod logs;
 pub mod records;
+pub mod state;

@@ -10,6 +10,7 @@ use guestinfo::{ContainerSpec, SessionSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
+use crate::store::atomic::{hex, random, write_atomic_with, Access};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -36,17 +37,6 @@ impl Record {
     }
 }
 
-/// Random bytes from the OS.
-pub fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).expect("the OS random source is available");
-    b
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Options for a new container.
 #[derive(Debug, Clone, Default)]
 pub struct NewContainer {
@@ -59,13 +49,6 @@ pub struct NewContainer {
     pub open_stdin: bool,
     pub attach: bool,
     pub image: String,
-}
-
-/// Writes `bytes` to `path` atomically (temp file + rename), so readers never see half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Creates a container record with a fresh id and secret; returns it and the spec tether runs.
@@ -123,7 +106,7 @@ pub fn create(home: &Home, new: &NewContainer) -> io::Result<(Record, ContainerS
         domainname: None,
         secret: secret.to_vec(),
         channel_device: None,
-        disk_label: guestinfo::spec::DEFAULT_DISK_LABEL.into(),
+        disk_label: guestinfo::contract::DEFAULT_DISK_LABEL.into(),
         disk_wait_ms: guestinfo::spec::DEFAULT_DISK_WAIT_MS,
         stop_grace_ms: guestinfo::spec::DEFAULT_STOP_GRACE_MS,
         dns: vec![],
@@ -133,15 +116,23 @@ pub fn create(home: &Home, new: &NewContainer) -> io::Result<(Record, ContainerS
     };
     let dir = home.container(&id);
     std::fs::create_dir_all(&dir)?;
-    write_atomic(
+    // Both hold the channel secret: readable by the appliance's user only.
+    write_atomic_with(
         &dir.join("record.json"),
         &serde_json::to_vec_pretty(&record)?,
+        Access::Owner,
     )?;
-    write_atomic(
-        &dir.join("config.vmx"),
-        guestinfo::spec_to_vmx(&spec).as_bytes(),
-    )?;
+    write_config(&dir, &spec)?;
     Ok((record, spec))
+}
+
+/// Writes the config tether reads (`config.vmx`, guestinfo keys), owner-only: it holds the secret.
+pub fn write_config(dir: &Path, spec: &ContainerSpec) -> io::Result<()> {
+    write_atomic_with(
+        &dir.join("config.vmx"),
+        guestinfo::spec_to_vmx(spec).as_bytes(),
+        Access::Owner,
+    )
 }
 
 pub fn load(home: &Home, id: &str) -> Option<Record> {

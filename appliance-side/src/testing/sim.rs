@@ -1,12 +1,13 @@
 //! A simulated guest for tests and benchmarks: the guest side of the handshake over any byte
 //! stream, as tether does it, without a VM.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use wire::io::MessageStream;
 use wire::{
     write_message, ClientHandshake, Message, MessageReader, Role, Secret, StreamConfig, Streams,
 };
 
-use crate::store::records;
+use crate::store::atomic::random;
 
 /// Runs the guest side of the handshake on `s`; returns the reader (holding anything read past
 /// the Welcome) and the guest's streams, resumed.
@@ -15,41 +16,25 @@ pub async fn handshake_as<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
     id: String,
     secret: Vec<u8>,
 ) -> (MessageReader, Streams) {
-    let (hs, hello) = ClientHandshake::start(
-        id,
-        records::random(),
-        Secret::new(secret),
-        records::random(),
-    );
+    let (hs, hello) = ClientHandshake::start(id, random(), Secret::new(secret), random());
     let mut out = Vec::new();
     write_message(&Message::Hello(hello), &mut out);
     s.write_all(&out).await.unwrap();
-    let mut reader = MessageReader::new();
-    let mut buf = vec![0u8; 65536];
+    let mut rd = MessageStream::new(&mut *s);
     let mut streams = Streams::new(Role::Guest, StreamConfig::default());
-    let challenge = loop {
-        if let Some(m) = reader.next_message() {
-            match m {
-                Message::Challenge(c) => break c,
-                other => panic!("expected Challenge, got {other:?}"),
-            }
-        }
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed during handshake");
-        reader.feed(&buf[..n]);
+    let challenge = match rd.next().await.unwrap() {
+        Some(Message::Challenge(c)) => c,
+        other => panic!("expected Challenge, got {other:?}"),
     };
     let (_, proof) = hs.on_challenge(&challenge, streams.positions()).unwrap();
     out.clear();
     write_message(&Message::Proof(proof), &mut out);
-    s.write_all(&out).await.unwrap();
-    let welcome = loop {
-        if let Some(m) = reader.next_message() {
-            break wire::handshake::client_finish(m).unwrap();
-        }
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed during handshake");
-        reader.feed(&buf[..n]);
+    rd.get_mut().write_all(&out).await.unwrap();
+    let welcome = match rd.next().await.unwrap() {
+        Some(m) => wire::handshake::client_finish(m).unwrap(),
+        None => panic!("server closed during handshake"),
     };
+    let (_, reader) = rd.into_parts();
     streams.resume(&welcome.received).unwrap();
     (reader, streams)
 }
@@ -69,7 +54,7 @@ pub struct GuestBehaviour {
 /// pings every 3 s when idle, retransmits on its timer, and streams if asked.
 pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,
-    mut reader: MessageReader,
+    reader: MessageReader,
     mut streams: Streams,
     behaviour: GuestBehaviour,
 ) {
@@ -86,7 +71,7 @@ pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .repeat(655);
     let start = Instant::now();
     let mut last_sent = Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut rd = MessageStream::with_reader(&mut s, reader);
     let mut out = Vec::new();
     loop {
         let streaming = behaviour.stream_main.load(Ordering::Relaxed);
@@ -95,12 +80,12 @@ pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let room = o.writable().min(block.len());
             o.write(&block[..room]);
         }
-        while out.len() < 256 * 1024 && streams.write_next(&mut out) {}
+        streams.write_batch(&mut out);
         if last_sent.elapsed() > Duration::from_secs(3) && out.is_empty() {
             write_message(&Message::Ping { token: 1 }, &mut out);
         }
         if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
+            if rd.get_mut().write_all(&out).await.is_err() {
                 return;
             }
             out.clear();
@@ -113,14 +98,12 @@ pub async fn run_guest<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         } else {
             Duration::from_millis(500)
         };
-        let n = match tokio::time::timeout(wait, s.read(&mut buf)).await {
+        match tokio::time::timeout(wait, rd.fill()).await {
             Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => n,
-            Err(_) => 0,
-        };
-        reader.feed(&buf[..n]);
+            Ok(Ok(_)) | Err(_) => {}
+        }
         streams.on_tick(start.elapsed().as_millis() as u64);
-        while let Some(m) = reader.next_message() {
+        while let Some(m) = rd.try_next() {
             let Ok(inbound) = streams.on_message(m) else {
                 return;
             };

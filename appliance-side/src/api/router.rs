@@ -1,0 +1,56 @@
+//! Requests to handlers: one match over method and path, docker's 404 for the rest.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use crate::api::http::{error, json_response, query, read_json, route_path};
+use crate::api::{attach, logs, system, Api, ApiResponse};
+
+impl Api {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<ApiResponse, Infallible> {
+        let path = route_path(req.uri().path()).to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method().clone();
+        let resp = match (&method, parts.as_slice()) {
+            (&Method::GET, ["_ping"]) | (&Method::HEAD, ["_ping"]) => system::ping(&method),
+            (&Method::GET, ["version"]) => json_response(StatusCode::OK, &system::version()),
+            (&Method::GET, ["info"]) => self.info(),
+            (&Method::GET, ["containers", "json"]) => self.list(&query(&req)),
+            (&Method::GET, ["containers", id, "json"]) => self.inspect(id),
+            (&Method::GET, ["containers", id, "logs"]) => logs::logs(&self, id, &query(&req)),
+            (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)),
+            (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
+            (&Method::POST, ["containers", id, "resize"]) => {
+                self.resize_container(id, &query(&req))
+            }
+            (&Method::POST, ["containers", id, "attach"]) => {
+                let id = id.to_string();
+                attach::attach(self.clone(), &id, req).await
+            }
+            (&Method::POST, ["containers", id, "exec"]) => {
+                let id = id.to_string();
+                match read_json(req).await {
+                    Ok(v) => self.exec_create(&id, &v),
+                    Err(r) => r.into_response(),
+                }
+            }
+            (&Method::POST, ["exec", id, "start"]) => {
+                let id = id.to_string();
+                attach::exec_start(self.clone(), &id, req).await
+            }
+            (&Method::GET, ["exec", id, "json"]) => self.exec_inspect(id),
+            (&Method::POST, ["exec", id, "resize"]) => self.exec_resize(id, &query(&req)),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("page not found: {method} {path} is not part of this engine's API subset"),
+            ),
+        };
+        Ok(resp)
+    }
+}
