@@ -25,7 +25,7 @@ pub enum Error {
     Open { path: PathBuf, source: io::Error },
     #[error("image {} is an empty file, not an image (give {INPUTS})", .0.display())]
     EmptyFile(PathBuf),
-    #[error("image {}: not a tar archive ({}); give {INPUTS}", path.display(), printable(source))]
+    #[error("image {}: not a tar archive, or a truncated one ({}); give {INPUTS}", path.display(), printable(source))]
     NotTar { path: PathBuf, source: io::Error },
     #[error("{}: invalid JSON: {source} (is the image complete? re-export it)", path.display())]
     Json {
@@ -71,8 +71,9 @@ pub enum Error {
         .0.display()
     )]
     Zstd(PathBuf),
-    #[error("rootfs tarball {}: {source}", path.display())]
-    Rootfs { path: PathBuf, source: io::Error },
+    /// Unpacking a plain rootfs tarball failed; the message names the file.
+    #[error("unpacking the rootfs tarball: {0}")]
+    Rootfs(io::Error),
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -80,8 +81,7 @@ pub enum Error {
 /// The tar reader's message, which can quote the bytes of a header that is not one: printable,
 /// and short enough for a line.
 fn printable(e: &io::Error) -> String {
-    let text: String = e
-        .to_string()
+    let text: String = crate::error::with_causes(e)
         .chars()
         .map(|c| {
             if c.is_control() || c == '\u{fffd}' {
@@ -361,10 +361,7 @@ pub fn materialize(input: &Path, work: &Path) -> Result<PathBuf, Error> {
         Kind::RootfsDir => return Ok(input.to_path_buf()),
         Kind::RootfsTar => {
             let dest = work.join("rootfs");
-            crate::disk::extract_tar(input, &dest).map_err(|source| Error::Rootfs {
-                path: input.to_path_buf(),
-                source,
-            })?;
+            crate::disk::extract_tar(input, &dest).map_err(Error::Rootfs)?;
             return Ok(dest);
         }
         Kind::ImageDir => input.to_path_buf(),
