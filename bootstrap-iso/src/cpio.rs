@@ -10,7 +10,6 @@ pub enum Kind {
     File(Vec<u8>),
     /// A character device (major, minor).
     CharDev(u32, u32),
-    Symlink(String),
 }
 
 #[derive(Debug, Clone)]
@@ -24,7 +23,6 @@ pub struct Entry {
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
-const S_IFLNK: u32 = 0o120000;
 
 pub struct Writer<W: Write> {
     out: W,
@@ -95,11 +93,6 @@ impl<W: Write> Writer<W> {
             Kind::CharDev(major, minor) => {
                 self.header(&e.path, S_IFCHR | perm, 0, (*major, *minor), 1)
             }
-            Kind::Symlink(target) => {
-                self.header(&e.path, S_IFLNK | 0o777, target.len() as u32, (0, 0), 1)?;
-                self.put(target.as_bytes())?;
-                self.pad4()
-            }
         }
     }
 
@@ -107,5 +100,39 @@ impl<W: Write> Writer<W> {
     pub fn finish(mut self) -> io::Result<W> {
         self.header("TRAILER!!!", 0, 0, (0, 0), 1)?;
         Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 110-byte newc header: magic, then 13 eight-digit hex fields (ino is the second).
+    fn field(header: &[u8], i: usize) -> u32 {
+        let at = 6 + 8 * i;
+        u32::from_str_radix(std::str::from_utf8(&header[at..at + 8]).unwrap(), 16).unwrap()
+    }
+
+    #[test]
+    fn entries_are_newc_padded_to_four_bytes_and_end_with_the_trailer() {
+        let mut w = Writer::new(Vec::new(), 0);
+        w.entry(&Entry {
+            path: "init".into(),
+            mode: 0o755,
+            kind: Kind::File(b"hello".to_vec()),
+        })
+        .unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(&out[..6], b"070701");
+        assert_eq!(field(&out, 0), 1, "inode numbers start at 1");
+        assert_eq!(field(&out, 1), S_IFREG | 0o755);
+        assert_eq!(field(&out, 6), 5, "file size");
+        // Header (110) + "init\0" (5) padded to 116, then the data padded to 4.
+        assert_eq!(&out[110..115], b"init\0");
+        assert_eq!(&out[116..121], b"hello");
+        let trailer = &out[124..];
+        assert_eq!(&trailer[..6], b"070701");
+        assert_eq!(&trailer[110..121], b"TRAILER!!!\0");
+        assert_eq!(out.len() % 4, 0);
     }
 }

@@ -9,9 +9,12 @@
 //! does not touch its parent's.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use crate::error::IoError;
+use crate::paths::safe_join;
 
 #[derive(Debug, Default)]
 pub struct DirTimes {
@@ -30,14 +33,15 @@ impl DirTimes {
     }
 
     /// Every directory entry of the tarball at `path`, unpacked under `root`.
-    pub fn of_tarball(path: &Path, root: &Path) -> io::Result<Self> {
+    pub fn of_tarball(path: &Path, root: &Path) -> Result<Self, IoError> {
+        let at = || IoError::at(path);
         let mut times = Self::default();
-        let mut archive = tar::Archive::new(std::fs::File::open(path)?);
+        let mut archive = tar::Archive::new(std::fs::File::open(path).map_err(at())?);
         // Seeking skips file contents instead of reading them.
-        for entry in archive.entries_with_seek()? {
-            let entry = entry?;
-            let rel = entry.path()?.into_owned();
-            if let Some(dest) = crate::image::safe_join(root, &rel) {
+        for entry in archive.entries_with_seek().map_err(at())? {
+            let entry = entry.map_err(at())?;
+            let rel = entry.path().map_err(at())?.into_owned();
+            if let Some(dest) = safe_join(root, &rel) {
                 times.record(dest, &entry);
             }
         }
@@ -46,15 +50,15 @@ impl DirTimes {
 
     /// Sets each recorded directory's mtime. A path a later layer removed or turned into
     /// something else is skipped.
-    pub fn apply(&self) -> io::Result<()> {
+    pub fn apply(&self) -> Result<(), IoError> {
         for (dir, secs) in &self.times {
             match std::fs::symlink_metadata(dir) {
                 Ok(m) if m.is_dir() => {}
                 _ => continue,
             }
-            let f = std::fs::File::open(dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(*secs))?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(*secs)))
+                .map_err(IoError::at(dir))?;
         }
         Ok(())
     }

@@ -1,13 +1,68 @@
 //! Image disks: a root filesystem (directory or plain tarball) becomes an ext4 filesystem labelled
-//! `containerfs`, then raw, qcow2 or VMDK. Builds are reproducible: the UUID and directory hash
-//! seed derive from the content, mke2fs runs with `E2FSPROGS_FAKE_TIME`, and one debugfs pass sets
-//! the times mke2fs copies from the host (ctime, atime) to zero.
+//! [`DEFAULT_DISK_LABEL`](guestinfo::contract::DEFAULT_DISK_LABEL) unless told otherwise, then
+//! raw, qcow2 or VMDK. Builds are reproducible: the UUID and directory hash seed derive from the
+//! content, mke2fs runs with `E2FSPROGS_FAKE_TIME`, and one debugfs pass sets the times mke2fs
+//! copies from the host (ctime, atime) to zero.
+//!
+//! The public functions return [`io::Result`], so callers can chain them with `std::fs` calls;
+//! what went wrong is an [`Error`] inside the [`io::Error`] (`e.get_ref()` and `downcast_ref`),
+//! and its message names the file or the tool and what to do.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
+use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
+
+use crate::digest::hex;
+pub use crate::digest::sha256_file;
+use crate::dirtimes::DirTimes;
+use crate::error::IoError;
+
+/// What can go wrong building a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: cannot run {program}: {source} (install it: `make deps`)")]
+    Spawn {
+        what: &'static str,
+        program: String,
+        source: io::Error,
+    },
+    #[error("{what} failed ({status}): {stderr}{hint}")]
+    Failed {
+        what: &'static str,
+        status: ExitStatus,
+        stderr: String,
+        /// What to try, when the tool's failure has a usual cause.
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(
+        "{}: qemu-img wrote no CID= line in the VMDK descriptor, so the disk cannot be made \
+         reproducible; is this a qemu-img whose VMDK output differs? (qemu-img --version)",
+        .0.display()
+    )]
+    NoCid(PathBuf),
+    #[error(
+        "{}: no room in the VMDK descriptor's padding for an 8-digit CID; qemu-img's VMDK \
+         layout differs from the one this build knows (qemu-img --version)",
+        .0.display()
+    )]
+    NoRoomForCid(PathBuf),
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::Spawn { source, .. } => source.kind(),
+            Error::Io(e) => e.source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -16,73 +71,74 @@ pub enum Format {
     Vmdk,
 }
 
-impl Format {
-    pub fn parse(s: &str) -> Option<Self> {
+/// A disk format name other than `raw`, `qcow2` or `vmdk`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown disk format {0:?}: use raw, qcow2 or vmdk")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, UnknownFormat> {
         match s {
-            "raw" => Some(Self::Raw),
-            "qcow2" => Some(Self::Qcow2),
-            "vmdk" => Some(Self::Vmdk),
-            _ => None,
+            "raw" => Ok(Self::Raw),
+            "qcow2" => Ok(Self::Qcow2),
+            "vmdk" => Ok(Self::Vmdk),
+            _ => Err(UnknownFormat(s.to_string())),
         }
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
-    let out = cmd.output().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "{what}: cannot run {:?}: {e} (run `make deps`)",
-                cmd.get_program()
-            ),
-        )
+/// Runs `cmd`; `what` names the step in errors, `hint` says what to try if it fails.
+fn run(cmd: &mut Command, what: &'static str, hint: &'static str) -> Result<(), Error> {
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        what,
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
     })?;
     if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(Error::Failed {
+            what,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            hint,
+        });
     }
     Ok(())
 }
 
 /// Every path under `root`, sorted, relative with a leading slash, and a content digest.
-fn walk(root: &Path) -> io::Result<(Vec<String>, [u8; 32], u64)> {
+fn walk(root: &Path) -> Result<(Vec<String>, [u8; 32], u64), IoError> {
+    use std::os::unix::fs::MetadataExt;
     let mut paths = Vec::new();
     let mut stack = vec![PathBuf::new()];
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     while let Some(rel) = stack.pop() {
         let full = root.join(&rel);
-        let mut names: Vec<_> = std::fs::read_dir(&full)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()?;
+        let mut names: Vec<_> = std::fs::read_dir(&full)
+            .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect())
+            .map_err(IoError::at(&full))?;
         names.sort();
         for name in names {
             let child = rel.join(&name);
             let path = root.join(&child);
-            let meta = std::fs::symlink_metadata(&path)?;
+            let at = || IoError::at(&path);
+            let meta = std::fs::symlink_metadata(&path).map_err(at())?;
             let display = format!("/{}", child.display());
             hasher.update(display.as_bytes());
             hasher.update([0]);
-            use std::os::unix::fs::MetadataExt;
             hasher.update(meta.mode().to_le_bytes());
             hasher.update(meta.uid().to_le_bytes());
             hasher.update(meta.gid().to_le_bytes());
             hasher.update(meta.mtime().to_le_bytes());
             if meta.file_type().is_symlink() {
-                hasher.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+                let target = std::fs::read_link(&path).map_err(at())?;
+                hasher.update(target.as_os_str().as_encoded_bytes());
             } else if meta.is_file() {
-                let mut f = std::fs::File::open(&path)?;
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
+                std::fs::File::open(&path)
+                    .and_then(|mut f| io::copy(&mut f, &mut hasher))
+                    .map_err(at())?;
                 bytes += meta.len();
             } else if meta.is_dir() {
                 stack.push(child.clone());
@@ -97,12 +153,12 @@ fn walk(root: &Path) -> io::Result<(Vec<String>, [u8; 32], u64)> {
 /// A digest of a rootfs directory's paths, modes, owners, mtimes and contents: the cache key of
 /// the disk built from it.
 pub fn dir_digest(root: &Path) -> io::Result<String> {
-    let (_, digest, _) = walk(root)?;
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    let (_, digest, _) = walk(root).map_err(Error::from)?;
+    Ok(hex(&digest))
 }
 
 fn uuid_from(digest: &[u8; 32]) -> String {
-    let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let h = hex(&digest[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -116,6 +172,10 @@ fn uuid_from(digest: &[u8; 32]) -> String {
 /// Builds a raw ext4 image of `rootfs` at `out`, labelled `label`. `size_mb` of 0 sizes it from
 /// the content (one and a half times, plus 32 MiB of room).
 pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io::Result<()> {
+    Ok(ext4(rootfs, out, label, size_mb)?)
+}
+
+fn ext4(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> Result<(), Error> {
     let (paths, digest, bytes) = walk(rootfs)?;
     let size_mb = if size_mb == 0 {
         (bytes * 3 / 2) / (1024 * 1024) + 32 + paths.len() as u64 / 256
@@ -135,6 +195,7 @@ pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io
             .arg(out)
             .arg(format!("{size_mb}M")),
         "mkfs.ext4",
+        " (if the disk is full, give a larger size, or 0 to size it from the content)",
     )?;
     // mke2fs copies ctime and atime from the host's files; pin them.
     let mut script = String::from("sif / ctime 0\nsif / atime 0\n");
@@ -142,7 +203,7 @@ pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io
         script.push_str(&format!("sif \"{p}\" ctime 0\nsif \"{p}\" atime 0\n"));
     }
     let cmds = out.with_extension("debugfs");
-    std::fs::write(&cmds, script)?;
+    std::fs::write(&cmds, script).map_err(IoError::at(&cmds))?;
     let r = run(
         Command::new("debugfs")
             .env("E2FSPROGS_FAKE_TIME", "1")
@@ -150,6 +211,7 @@ pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io
             .arg(&cmds)
             .arg(out),
         "debugfs",
+        "",
     );
     let _ = std::fs::remove_file(&cmds);
     r
@@ -158,24 +220,31 @@ pub fn ext4_from_dir(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> io
 /// Extracts a plain rootfs tarball into `dir` (ownership, modes and mtimes as recorded, those of
 /// directories included).
 pub fn extract_tar(tarball: &Path, dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let file = std::fs::File::open(tarball)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tarball.display())))?;
+    Ok(unpack(tarball, dir)?)
+}
+
+fn unpack(tarball: &Path, dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(IoError::at(dir))?;
+    let file = std::fs::File::open(tarball).map_err(IoError::at(tarball))?;
     let mut archive = tar::Archive::new(file);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
-    archive.unpack(dir)?;
-    crate::dirtimes::DirTimes::of_tarball(tarball, dir)?.apply()
+    archive.unpack(dir).map_err(IoError::at(tarball))?;
+    Ok(DirTimes::of_tarball(tarball, dir)?.apply()?)
 }
 
 /// Converts a raw image to `format` (a no-op copy for raw).
 pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
+    Ok(convert_to(raw, out, format)?)
+}
+
+fn convert_to(raw: &Path, out: &Path, format: Format) -> Result<(), Error> {
     let fmt = match format {
         Format::Raw => {
             if raw != out {
-                std::fs::copy(raw, out)?;
+                std::fs::copy(raw, out).map_err(IoError::at(out))?;
             }
             return Ok(());
         }
@@ -188,9 +257,10 @@ pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
             .arg(raw)
             .arg(out),
         "qemu-img convert",
+        "",
     )?;
     if format == Format::Vmdk {
-        pin_vmdk_cid(out, &sha256_file(raw)?)?;
+        pin_vmdk_cid(out, &sha256_file(raw).map_err(IoError::at(raw))?)?;
     }
     Ok(())
 }
@@ -199,75 +269,65 @@ pub fn convert(raw: &Path, out: &Path, format: Format) -> io::Result<()> {
 /// zeros (`CID=%x`: one build in sixteen has a shorter line). Replace it with eight hex digits of
 /// the raw image's digest, re-laying the rest of the descriptor into its zero padding, so the
 /// same content always gives the same VMDK whatever CID qemu-img drew.
-fn pin_vmdk_cid(vmdk: &Path, raw_digest: &str) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom};
+fn pin_vmdk_cid(vmdk: &Path, raw_digest: &str) -> Result<(), Error> {
+    let at = || IoError::at(vmdk);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(vmdk)?;
+        .open(vmdk)
+        .map_err(at())?;
     let mut head = vec![0u8; 64 * 1024];
-    let n = f.read(&mut head)?;
+    let n = f.read(&mut head).map_err(at())?;
     head.truncate(n);
-    pin_cid_in(&mut head, &raw_digest[..8])?;
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(&head)
+    match pin_cid_in(&mut head, &raw_digest[..8]) {
+        Ok(()) => {}
+        Err(CidError::Missing) => return Err(Error::NoCid(vmdk.to_path_buf())),
+        Err(CidError::NoRoom) => return Err(Error::NoRoomForCid(vmdk.to_path_buf())),
+    }
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&head))
+        .map_err(at())?;
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum CidError {
+    Missing,
+    NoRoom,
 }
 
 /// Rewrites `CID=<hex>\n` in a descriptor held in `head` to `CID=<cid>\n`; the text after it
 /// moves within the zero padding that follows the descriptor.
-fn pin_cid_in(head: &mut [u8], cid: &str) -> io::Result<()> {
-    let missing = || io::Error::other("no CID= line in the VMDK descriptor");
+fn pin_cid_in(head: &mut [u8], cid: &str) -> Result<(), CidError> {
     let at = head
         .windows(4)
         .position(|w| w == b"CID=")
-        .ok_or_else(missing)?
+        .ok_or(CidError::Missing)?
         + 4;
     let nl = at
         + head[at..]
             .iter()
             .position(|b| *b == b'\n')
-            .ok_or_else(missing)?;
+            .ok_or(CidError::Missing)?;
     let text_end = nl
         + head[nl..]
             .iter()
             .position(|b| *b == 0)
-            .ok_or_else(missing)?;
+            .ok_or(CidError::Missing)?;
     let mut text = cid.as_bytes().to_vec();
     text.extend_from_slice(&head[nl..text_end]);
     let region_end = at + text.len().max(text_end - at);
     if region_end > head.len() || head[text_end..region_end].iter().any(|b| *b != 0) {
-        return Err(io::Error::other(
-            "no room in the VMDK descriptor for the CID",
-        ));
+        return Err(CidError::NoRoom);
     }
     head[at..region_end].fill(0);
     head[at..at + text.len()].copy_from_slice(&text);
     Ok(())
 }
 
-/// The sha256 of a file, in hex.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut HashWriter(&mut h))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod cid_tests {
-    use super::pin_cid_in;
+mod tests {
+    use super::*;
 
     fn descriptor(cid: &str) -> Vec<u8> {
         let mut d = format!("# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\n")
@@ -284,5 +344,34 @@ mod cid_tests {
         pin_cid_in(&mut full, "0123abcd").unwrap();
         assert_eq!(short, full);
         assert!(String::from_utf8_lossy(&full).contains("CID=0123abcd\nparentCID=ffffffff\n"));
+    }
+
+    #[test]
+    fn a_descriptor_without_a_cid_or_room_is_refused() {
+        let mut none = b"# Disk DescriptorFile\nversion=1\n\0\0\0\0".to_vec();
+        assert_eq!(pin_cid_in(&mut none, "0123abcd"), Err(CidError::Missing));
+        let mut full = b"CID=1\nx".to_vec();
+        full.push(0);
+        assert_eq!(pin_cid_in(&mut full, "0123abcd"), Err(CidError::NoRoom));
+    }
+
+    #[test]
+    fn formats_parse_by_name_and_others_are_named() {
+        assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
+        let e = "vhd".parse::<Format>().unwrap_err().to_string();
+        assert!(
+            e.contains("\"vhd\"") && e.contains("raw, qcow2 or vmdk"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_rootfs_is_an_error_naming_it_with_the_kind_kept() {
+        let missing = std::env::temp_dir().join(format!("no-rootfs-{}", std::process::id()));
+        let e = ext4_from_dir(&missing, &missing.with_extension("raw"), "x", 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(matches!(inner, Some(Error::Io(_))), "{e:?}");
     }
 }

@@ -1,142 +1,216 @@
-//! bootstrap-iso: build a containerVM's artifacts; each prints its sha256.
+//! bootstrap-iso: build a containerVM's artifacts; each command prints its artifact's sha256.
 //!
 //!   bootstrap-iso initramfs --tether PATH -o OUT
-//!   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
+//!   bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE]... -o OUT
 //!   bootstrap-iso guestinfo --spec SPEC.toml [--id ID] -o OUT.vmx
 //!   bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
 //!       PATH: a `docker save` tarball, an OCI layout (directory or tar), a rootfs directory or tar
+//!
+//! `bootstrap-iso help COMMAND` or `bootstrap-iso COMMAND --help` says more.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bootstrap::disk::{self, Format};
+use bootstrap::error::IoError;
+use clap::{Args, Parser, Subcommand};
+use guestinfo::contract::DEFAULT_DISK_LABEL;
 
-const USAGE: &str = "usage:
-  bootstrap-iso initramfs --tether PATH -o OUT
-  bootstrap-iso iso --kernel BZIMAGE --initramfs PATH [--append CMDLINE] -o OUT
-  bootstrap-iso guestinfo --spec SPEC.toml [--id ID] -o OUT.vmx
-  bootstrap-iso disk --image PATH [--format raw|qcow2|vmdk] [--size MB] [--label L] -o OUT
-      PATH: a docker save tarball, an OCI layout (dir or tar), a rootfs dir or tar";
+#[derive(Parser)]
+#[command(
+    name = "bootstrap-iso",
+    version,
+    about = "Builds a containerVM's artifacts: the initramfs, the bootstrap ISO, image disks, \
+             guestinfo. Each command prints its artifact's sha256.",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("bootstrap-iso: {msg}");
-    ExitCode::from(2)
+#[derive(Subcommand)]
+enum Command {
+    /// The initramfs: tether as /init, gzip-compressed cpio
+    Initramfs(InitramfsArgs),
+    /// The bootstrap ISO: isolinux booting the kernel with the initramfs
+    Iso(IsoArgs),
+    /// Guestinfo (VMX key = "value" text) from a container spec in TOML
+    Guestinfo(GuestinfoArgs),
+    /// An image disk: the image's root filesystem as ext4, in raw, qcow2 or VMDK
+    Disk(DiskArgs),
+}
+
+/// `-o OUT`, which every command takes.
+#[derive(Args)]
+struct Output {
+    /// Where to write the artifact (replaced if it exists)
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InitramfsArgs {
+    /// The static tether binary (`make tether` builds it)
+    #[arg(long, value_name = "PATH")]
+    tether: PathBuf,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct IsoArgs {
+    /// The kernel (`make kernel` builds it)
+    #[arg(long, value_name = "BZIMAGE")]
+    kernel: PathBuf,
+    /// The initramfs (`bootstrap-iso initramfs` builds it)
+    #[arg(long, value_name = "PATH")]
+    initramfs: PathBuf,
+    /// The kernel command line, instead of the default; repeat it to add words
+    /// [default: "console=ttyS0 panic=-1 quiet"]
+    #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
+    append: Vec<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct GuestinfoArgs {
+    /// The container spec (TOML: name, secret, [main] cmd, ...)
+    #[arg(long, value_name = "SPEC.toml")]
+    spec: PathBuf,
+    /// The container id, when the spec names none
+    #[arg(long, value_name = "ID", default_value = "container")]
+    id: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct DiskArgs {
+    /// A `docker save` tarball, an OCI layout (directory or tar), or a rootfs directory or tarball
+    #[arg(long, value_name = "PATH", visible_aliases = ["rootfs", "tar"])]
+    image: PathBuf,
+    /// The disk format: raw, qcow2 or vmdk
+    #[arg(long, value_name = "FORMAT", default_value = "raw")]
+    format: Format,
+    /// The filesystem size in MiB; 0 sizes it from the content
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    size: u64,
+    /// The ext4 label the guest mounts the disk by
+    #[arg(long, value_name = "L", default_value = DEFAULT_DISK_LABEL)]
+    label: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// What can go wrong in a command: the library's errors, and reading or writing the files named
+/// on the command line.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("tether {}: {source} (`make tether` builds it)", path.display())]
+    Tether { path: PathBuf, source: io::Error },
+    #[error("spec {}: {source}", path.display())]
+    Spec { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Iso(#[from] bootstrap::iso::Error),
+    #[error(transparent)]
+    SpecToml(#[from] bootstrap::spec_toml::Error),
+    #[error(transparent)]
+    Image(#[from] bootstrap::image::Error),
+    /// `disk` and `initramfs` report through `io::Error`; the message names file or tool.
+    #[error(transparent)]
+    Build(#[from] io::Error),
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        return fail(USAGE);
-    };
-    let mut opts = std::collections::HashMap::new();
-    let mut it = args[1..].iter();
-    while let Some(flag) = it.next() {
-        let Some(v) = it.next() else {
-            return fail(format!("{flag} needs a value\n{USAGE}"));
-        };
-        opts.insert(flag.as_str(), v.clone());
+    let cli = Cli::parse();
+    let out = match &cli.command {
+        Command::Initramfs(a) => &a.output.out,
+        Command::Iso(a) => &a.output.out,
+        Command::Guestinfo(a) => &a.output.out,
+        Command::Disk(a) => &a.output.out,
     }
-    let Some(out) = opts.get("-o").map(PathBuf::from) else {
-        return fail(format!("-o OUT is required\n{USAGE}"));
-    };
-    let result = match cmd.as_str() {
-        "initramfs" => {
-            let Some(tether) = opts.get("--tether") else {
-                return fail(format!(
-                    "--tether PATH is required (make tether builds it)\n{USAGE}"
-                ));
-            };
-            std::fs::read(tether)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{tether}: {e}")))
-                .and_then(|bin| bootstrap::initramfs::build(&bin))
-                .and_then(|img| std::fs::write(&out, img))
-        }
-        "iso" => {
-            let (Some(kernel), Some(initramfs)) = (opts.get("--kernel"), opts.get("--initramfs"))
-            else {
-                return fail(format!(
-                    "--kernel and --initramfs are required (make kernel; bootstrap-iso initramfs)\n{USAGE}"
-                ));
-            };
-            let append = opts
-                .get("--append")
-                .cloned()
-                .unwrap_or_else(|| bootstrap::iso::DEFAULT_APPEND.to_string());
-            bootstrap::iso::build(kernel.as_ref(), initramfs.as_ref(), &append, &out)
-        }
-        "guestinfo" => {
-            let Some(spec) = opts.get("--spec") else {
-                return fail(format!("--spec SPEC.toml is required\n{USAGE}"));
-            };
-            let id = opts
-                .get("--id")
-                .cloned()
-                .unwrap_or_else(|| "container".into());
-            match std::fs::read_to_string(spec)
-                .map_err(|e| format!("{spec}: {e}"))
-                .and_then(|t| bootstrap::spec_toml::to_vmx(&t, &id))
-            {
-                Ok(vmx) => std::fs::write(&out, vmx),
-                Err(e) => return fail(e),
-            }
-        }
-        "disk" => {
-            let f = opts.get("--format").map(String::as_str).unwrap_or("raw");
-            let Some(format) = Format::parse(f) else {
-                return fail(format!("unknown format {f:?}: use raw, qcow2 or vmdk"));
-            };
-            let size: u64 = match opts.get("--size").map(|s| s.parse()) {
-                None => 0,
-                Some(Ok(n)) => n,
-                Some(Err(_)) => return fail("--size takes a number of MiB"),
-            };
-            let label = opts
-                .get("--label")
-                .cloned()
-                .unwrap_or_else(|| "containerfs".into());
-            build_disk(&opts, &out, &label, size, format)
-        }
-        other => return fail(format!("unknown command {other:?}\n{USAGE}")),
-    };
-    if let Err(e) = result {
-        return fail(e);
+    .clone();
+    let result = match cli.command {
+        Command::Initramfs(a) => initramfs(&a),
+        Command::Iso(a) => iso(&a),
+        Command::Guestinfo(a) => guestinfo(&a),
+        Command::Disk(a) => build_disk(&a),
     }
-    match disk::sha256_file(&out) {
+    .and_then(|()| Ok(disk::sha256_file(&out).map_err(IoError::at(&out))?));
+    match result {
         Ok(sum) => {
             println!("{sum}  {}", out.display());
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => {
+            eprintln!("bootstrap-iso: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn build_disk(
-    opts: &std::collections::HashMap<&str, String>,
-    out: &std::path::Path,
-    label: &str,
-    size: u64,
-    format: Format,
-) -> std::io::Result<()> {
+fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<(), Error> {
+    Ok(std::fs::write(path, bytes).map_err(IoError::at(path))?)
+}
+
+fn initramfs(a: &InitramfsArgs) -> Result<(), Error> {
+    let bin = std::fs::read(&a.tether).map_err(|source| Error::Tether {
+        path: a.tether.clone(),
+        source,
+    })?;
+    write(&a.output.out, bootstrap::initramfs::build(&bin)?)
+}
+
+fn iso(a: &IsoArgs) -> Result<(), Error> {
+    let append = if a.append.is_empty() {
+        bootstrap::iso::DEFAULT_APPEND.to_string()
+    } else {
+        a.append.join(" ")
+    };
+    Ok(bootstrap::iso::build(
+        &a.kernel,
+        &a.initramfs,
+        &append,
+        &a.output.out,
+    )?)
+}
+
+fn guestinfo(a: &GuestinfoArgs) -> Result<(), Error> {
+    let text = std::fs::read_to_string(&a.spec).map_err(|source| Error::Spec {
+        path: a.spec.clone(),
+        source,
+    })?;
+    write(&a.output.out, bootstrap::spec_toml::to_vmx(&text, &a.id)?)
+}
+
+fn build_disk(a: &DiskArgs) -> Result<(), Error> {
+    let out = &a.output.out;
     let work = out.with_extension("work");
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let input = opts
-        .get("--image")
-        .or(opts.get("--rootfs"))
-        .or(opts.get("--tar"))
-        .ok_or_else(|| std::io::Error::other("--image PATH is required"))?;
-    let rootfs = bootstrap::image::materialize(std::path::Path::new(input), &work)?;
-    let raw = if format == Format::Raw {
+    std::fs::create_dir_all(&work).map_err(IoError::at(&work))?;
+    let r = image_to_disk(a, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+fn image_to_disk(a: &DiskArgs, work: &Path) -> Result<(), Error> {
+    let out = &a.output.out;
+    let rootfs = bootstrap::image::materialize(&a.image, work)?;
+    let raw = if a.format == Format::Raw {
         out.to_path_buf()
     } else {
         work.join("disk.raw")
     };
-    eprintln!("bootstrap-iso: building ext4 ({label})");
-    disk::ext4_from_dir(&rootfs, &raw, label, size)?;
-    if format != Format::Raw {
-        eprintln!("bootstrap-iso: converting to {format:?}");
-        disk::convert(&raw, out, format)?;
+    eprintln!("bootstrap-iso: building ext4 ({})", a.label);
+    disk::ext4_from_dir(&rootfs, &raw, &a.label, a.size)?;
+    if a.format != Format::Raw {
+        eprintln!("bootstrap-iso: converting to {:?}", a.format);
+        disk::convert(&raw, out, a.format)?;
     }
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -17,6 +17,26 @@ use base64::Engine as _;
 use guestinfo::{ContainerSpec, Rlimit, SessionSpec};
 use serde::Deserialize;
 
+/// What is wrong with a container spec.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not TOML, a field of the wrong type, a missing or an unknown field: the message names it.
+    #[error("container spec: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error(
+        "secret: not base64 ({0}); give the secret the appliance's record holds, base64-encoded"
+    )]
+    SecretNotBase64(base64::DecodeError),
+    #[error("secret: must not be empty; the appliance authenticates the VM with it")]
+    EmptySecret,
+    #[error("session {0:?}: cmd must name a program, e.g. cmd = [\"/bin/sh\", \"-c\", \"...\"]")]
+    EmptyCmd(String),
+    #[error(
+        "session {session:?}: ulimit {message} (write NAME=SOFT[:HARD], e.g. nofile=1024:2048)"
+    )]
+    Ulimit { session: String, message: String },
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Session {
@@ -70,16 +90,21 @@ fn one() -> u8 {
     1
 }
 
-fn session(id: &str, s: Session) -> Result<SessionSpec, String> {
+fn session(id: &str, s: Session) -> Result<SessionSpec, Error> {
     let path = s
         .cmd
         .first()
         .cloned()
-        .ok_or_else(|| format!("session {id:?}: cmd must name a program"))?;
+        .ok_or_else(|| Error::EmptyCmd(id.to_string()))?;
     let rlimits = s
         .ulimits
         .iter()
-        .map(|u| Rlimit::parse(u).map_err(|e| format!("session {id:?}: ulimit {e}")))
+        .map(|u| {
+            Rlimit::parse(u).map_err(|message| Error::Ulimit {
+                session: id.to_string(),
+                message,
+            })
+        })
         .collect::<Result<_, _>>()?;
     Ok(SessionSpec {
         id: id.to_string(),
@@ -101,13 +126,13 @@ fn session(id: &str, s: Session) -> Result<SessionSpec, String> {
 }
 
 /// Parses the TOML and encodes it as VMX `key = "value"` text. `id` is used when the TOML has none.
-pub fn to_vmx(text: &str, default_id: &str) -> Result<String, String> {
-    let spec: Spec = toml::from_str(text).map_err(|e| format!("container spec: {e}"))?;
+pub fn to_vmx(text: &str, default_id: &str) -> Result<String, Error> {
+    let spec: Spec = toml::from_str(text)?;
     let secret = base64::engine::general_purpose::STANDARD
         .decode(&spec.secret)
-        .map_err(|e| format!("secret: not base64 ({e})"))?;
+        .map_err(Error::SecretNotBase64)?;
     if secret.is_empty() {
-        return Err("secret: must not be empty; the appliance authenticates the VM with it".into());
+        return Err(Error::EmptySecret);
     }
     let id = spec.id.unwrap_or_else(|| default_id.to_string());
     let mut sessions = BTreeMap::new();
@@ -124,7 +149,7 @@ pub fn to_vmx(text: &str, default_id: &str) -> Result<String, String> {
         channel_device: None,
         disk_label: spec
             .disk_label
-            .unwrap_or_else(|| guestinfo::spec::DEFAULT_DISK_LABEL.into()),
+            .unwrap_or_else(|| guestinfo::contract::DEFAULT_DISK_LABEL.into()),
         disk_wait_ms: guestinfo::spec::DEFAULT_DISK_WAIT_MS,
         stop_grace_ms: guestinfo::spec::DEFAULT_STOP_GRACE_MS,
         dns: spec.dns,
@@ -166,15 +191,20 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let e = to_vmx("secret = \"c2VjcmV0\"\n[main]\ncmd = []\n", "x").unwrap_err();
-        assert!(e.contains("cmd must name a program"), "{e}");
-        let e = to_vmx("secret = \"!!\"\n[main]\ncmd = [\"a\"]\n", "x").unwrap_err();
-        assert!(e.contains("secret: not base64"), "{e}");
-        let e = to_vmx(
-            "secret = \"c2VjcmV0\"\ntypo = 1\n[main]\ncmd = [\"a\"]\n",
-            "x",
-        )
-        .unwrap_err();
-        assert!(e.contains("typo"), "{e}");
+        let e = |text: &str| to_vmx(text, "x").unwrap_err();
+        let cmd = e("secret = \"c2VjcmV0\"\n[main]\ncmd = []\n");
+        assert!(matches!(&cmd, Error::EmptyCmd(s) if s == "x"), "{cmd:?}");
+        assert!(cmd.to_string().contains("cmd must name a program"), "{cmd}");
+        let b64 = e("secret = \"!!\"\n[main]\ncmd = [\"a\"]\n");
+        assert!(b64.to_string().contains("secret: not base64"), "{b64}");
+        let empty = e("secret = \"\"\n[main]\ncmd = [\"a\"]\n");
+        assert!(matches!(empty, Error::EmptySecret), "{empty:?}");
+        let typo = e("secret = \"c2VjcmV0\"\ntypo = 1\n[main]\ncmd = [\"a\"]\n");
+        assert!(typo.to_string().contains("typo"), "{typo}");
+        let ulimit = e("secret = \"c2VjcmV0\"\n[main]\ncmd = [\"a\"]\nulimits = [\"nofile\"]\n");
+        assert!(
+            matches!(&ulimit, Error::Ulimit { session, .. } if session == "x"),
+            "{ulimit:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bootstrap::image::{detect, materialize, Kind};
+use bootstrap::image::{detect, materialize, Error, Kind};
 use sha2::{Digest, Sha256};
 
 fn scratch(tag: &str) -> PathBuf {
@@ -220,5 +220,36 @@ fn a_plain_rootfs_tar_is_taken_as_it_is() {
         "a from layer 1\n"
     );
     assert_dir_mtimes_recorded(&root, &["etc", "data"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The tar format reads an empty file as an empty archive; taken as an image it would make an
+/// empty disk. It is refused, naming the file.
+#[test]
+fn an_empty_file_is_refused_naming_it_not_taken_as_an_empty_image() {
+    let d = scratch("empty");
+    let empty = d.join("image.tar");
+    std::fs::write(&empty, b"").unwrap();
+    let err = materialize(&empty, &d.join("w")).unwrap_err();
+    assert!(
+        matches!(&err, Error::EmptyFile(p) if p == &empty),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&*empty.to_string_lossy()), "{err}");
+    assert!(!d.join("w/rootfs").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_file_that_is_not_a_tar_is_refused_naming_it() {
+    let d = scratch("not-tar");
+    let junk = d.join("image.tar");
+    std::fs::write(&junk, vec![0xa5u8; 1500]).unwrap();
+    let err = detect(&junk).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotTar { path, .. } if path == &junk),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not a tar archive"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
