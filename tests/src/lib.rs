@@ -350,7 +350,7 @@ impl Appliance {
             other
         };
         qcow2_overlay(&label_disk, &overlay);
-        use appliance::backend::qemu::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+        use appliance::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
         // The hard timeout: TERM after it, KILL 5 s later if QEMU ignores it.
         cmd.args([

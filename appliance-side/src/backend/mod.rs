@@ -1,3 +1,86 @@
-//! Where containerVMs run: today QEMU on this host.
+//! Where containerVMs run. A backend turns a container (its directory, config and image) into
+//! a running VM whose tether dials the session server. Today: QEMU on this host ([`qemu`]); the
+//! vSphere backend implements the same trait with a ConfigSpec and a datastore.
 
+pub mod accel;
+pub mod boot_files;
+pub mod disk_cache;
 pub mod qemu;
+pub mod qemu_args;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// How the VM's channel reaches the session server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A virtio-serial port on the server's Unix socket.
+    Virtio(PathBuf),
+    /// The guest's COM port on the server's TCP address (what vSphere's network serial does).
+    Serial(String),
+}
+
+/// One container to boot.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    /// `$TETHER_HOME/containers/<id>`: the VM's writable disk, console log and pid go here.
+    pub container_dir: PathBuf,
+    /// What the image disk is built from: a `docker save` tarball, an OCI layout, a rootfs
+    /// directory or tarball.
+    pub image: PathBuf,
+    /// The guestinfo config tether reads (already written).
+    pub config: PathBuf,
+    pub memory_mb: u32,
+    pub transport: Transport,
+}
+
+/// A VM the backend started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launched {
+    pub pid: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("{what} not found at {path}: {hint}")]
+    BootFileMissing {
+        what: &'static str,
+        path: PathBuf,
+        hint: String,
+    },
+    #[error("image {path}: {source}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("building the image disk for {path}: {source}")]
+    DiskBuild {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program}: {source} (run `make deps`)")]
+    Tool {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What runs containerVMs.
+pub trait Backend {
+    /// Builds (or reuses) the image's disk, gives the container its writable layer and boots it.
+    /// Returns once the VM process runs; tether connects to the server on its own.
+    fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError>;
+}

@@ -1,102 +1,88 @@
-//! The QEMU command line of a containerVM, in one place: `appliance run` and the QEMU test tier
-//! both boot through it.
+//! The QEMU backend: the container's writable layer is a qcow2 overlay on the cached image disk
+//! (the QEMU analogue of VIC's linked-clone delta disks), and the VM is a q35 machine with the
+//! config in fw_cfg and the channel on the session server.
 
-use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-/// Where the VM's kernel comes from.
-pub enum BootMedium {
-    /// QEMU loads the kernel and initramfs itself (fastest).
-    Direct { kernel: PathBuf, initramfs: PathBuf },
-    /// SeaBIOS boots the bootstrap ISO through isolinux, as a vSphere VM would.
-    Iso(PathBuf),
+use crate::backend::accel::accelerator;
+use crate::backend::disk_cache::image_disk;
+use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+use crate::backend::{Backend, BackendError, LaunchRequest, Launched, Transport};
+use crate::home::Home;
+
+pub struct QemuBackend {
+    home: Home,
+    kernel: PathBuf,
+    initramfs: PathBuf,
 }
 
-/// Where the VM's tether channel goes.
-pub enum ChannelEnd {
-    /// A virtio-serial port named org.tether.channel on the server's Unix socket.
-    Unix(PathBuf),
-    /// A 16550 COM port (ttyS1 in the guest) on the server's TCP address.
-    Tcp(String),
-}
-
-pub struct VmSpec {
-    /// `kvm` or `tcg`.
-    pub accel: &'static str,
-    pub memory_mb: u32,
-    pub boot: BootMedium,
-    /// The container's disk (a qcow2 overlay on the image).
-    pub disk: PathBuf,
-    /// The guestinfo config, passed through fw_cfg.
-    pub config: PathBuf,
-    /// Where ttyS0 (the guest console) is written.
-    pub console: PathBuf,
-    pub channel: ChannelEnd,
-}
-
-/// Arguments for `qemu-system-x86_64`. q35: its ACPI gives tether a clean power-off. Whether
-/// microvm boots faster with our kernel is not measured yet; that belongs to `make bench`.
-pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |x: &str| a.push(x.into());
-    for x in [
-        "-accel",
-        s.accel,
-        "-machine",
-        "q35",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-m",
-    ] {
-        push(x);
-    }
-    push(&s.memory_mb.to_string());
-    match &s.boot {
-        BootMedium::Direct { kernel, initramfs } => {
-            push("-kernel");
-            push(&kernel.to_string_lossy());
-            push("-initrd");
-            push(&initramfs.to_string_lossy());
-            push("-append");
-            push(bootstrap::iso::DEFAULT_APPEND);
-        }
-        BootMedium::Iso(iso) => {
-            push("-cdrom");
-            push(&iso.to_string_lossy());
-            push("-boot");
-            push("d");
+impl QemuBackend {
+    pub fn new(home: Home, kernel: PathBuf, initramfs: PathBuf) -> Self {
+        Self {
+            home,
+            kernel,
+            initramfs,
         }
     }
-    push("-drive");
-    push(&format!("file={},format=qcow2,if=virtio", s.disk.display()));
-    // Entropy from the host: without it the guest's random generator takes about a second of a
-    // TCG boot to seed, and tether's handshake nonces wait for it.
-    push("-device");
-    push("virtio-rng-pci");
-    push("-fw_cfg");
-    push(&format!(
-        "name=opt/org.tether/config,file={}",
-        s.config.display()
-    ));
-    push("-serial");
-    push(&format!("file:{}", s.console.display()));
-    match &s.channel {
-        ChannelEnd::Unix(sock) => {
-            push("-device");
-            push("virtio-serial-pci");
-            push("-chardev");
-            push(&format!(
-                "socket,id=ch0,path={},server=off,reconnect=1",
-                sock.display()
+}
+
+impl Backend for QemuBackend {
+    fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
+        let image = image_disk(&self.home, &req.image)?;
+        let overlay = req.container_dir.join("disk.qcow2");
+        let created = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&image)
+            .arg(&overlay)
+            .status()
+            .map_err(|source| BackendError::Tool {
+                program: "qemu-img",
+                source,
+            })?;
+        if !created.success() {
+            return Err(BackendError::Failed(
+                "qemu-img create failed for the container's writable layer".into(),
             ));
-            push("-device");
-            push("virtserialport,chardev=ch0,name=org.tether.channel");
         }
-        ChannelEnd::Tcp(addr) => {
-            push("-serial");
-            push(&format!("tcp:{addr},reconnect=1"));
-        }
+        let channel = match &req.transport {
+            Transport::Virtio(sock) => ChannelEnd::Unix(sock.clone()),
+            Transport::Serial(addr) => ChannelEnd::Tcp(addr.clone()),
+        };
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(qemu_args(&VmSpec {
+            accel: accelerator(&self.home, &self.kernel),
+            memory_mb: req.memory_mb,
+            boot: BootMedium::Direct {
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+            },
+            disk: overlay,
+            config: req.config.clone(),
+            console: req.container_dir.join("console.log"),
+            channel,
+        }));
+        // The VM outlives the command that started it (it powers itself off when the container
+        // ends), so it gets its own process group.
+        let child = qemu
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| BackendError::Tool {
+                program: "qemu-system-x86_64",
+                source,
+            })?;
+        let pid_file = req.container_dir.join("qemu.pid");
+        std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(|source| {
+            BackendError::Io {
+                what: "writing",
+                path: pid_file,
+                source,
+            }
+        })?;
+        Ok(Launched { pid: child.id() })
     }
-    a
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use appliance::backend::qemu::{qemu_args, BootMedium, ChannelEnd, VmSpec};
+use appliance::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 
 use crate::util::release_binary;
 

@@ -1,0 +1,103 @@
+//! The QEMU command line of a containerVM, in one place: the QEMU backend and the QEMU test tier
+//! both boot through it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use guestinfo::contract::{FW_CFG_NAME, VIRTIO_PORT_NAME};
+
+/// Where the VM's kernel comes from.
+pub enum BootMedium {
+    /// QEMU loads the kernel and initramfs itself (fastest).
+    Direct { kernel: PathBuf, initramfs: PathBuf },
+    /// SeaBIOS boots the bootstrap ISO through isolinux, as a vSphere VM would.
+    Iso(PathBuf),
+}
+
+/// Where the VM's tether channel goes.
+pub enum ChannelEnd {
+    /// A virtio-serial port named org.tether.channel on the server's Unix socket.
+    Unix(PathBuf),
+    /// A 16550 COM port (ttyS1 in the guest) on the server's TCP address.
+    Tcp(String),
+}
+
+pub struct VmSpec {
+    /// `kvm` or `tcg`.
+    pub accel: &'static str,
+    pub memory_mb: u32,
+    pub boot: BootMedium,
+    /// The container's disk (a qcow2 overlay on the image).
+    pub disk: PathBuf,
+    /// The guestinfo config, passed through fw_cfg.
+    pub config: PathBuf,
+    /// Where ttyS0 (the guest console) is written.
+    pub console: PathBuf,
+    pub channel: ChannelEnd,
+}
+
+/// Arguments for `qemu-system-x86_64`. q35: its ACPI gives tether a clean power-off. Whether
+/// microvm boots faster with our kernel is not measured yet; that belongs to `make bench`.
+pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |x: &str| a.push(x.into());
+    for x in [
+        "-accel",
+        s.accel,
+        "-machine",
+        "q35",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-m",
+    ] {
+        push(x);
+    }
+    push(&s.memory_mb.to_string());
+    match &s.boot {
+        BootMedium::Direct { kernel, initramfs } => {
+            push("-kernel");
+            push(&kernel.to_string_lossy());
+            push("-initrd");
+            push(&initramfs.to_string_lossy());
+            push("-append");
+            push(bootstrap::iso::DEFAULT_APPEND);
+        }
+        BootMedium::Iso(iso) => {
+            push("-cdrom");
+            push(&iso.to_string_lossy());
+            push("-boot");
+            push("d");
+        }
+    }
+    push("-drive");
+    push(&format!("file={},format=qcow2,if=virtio", s.disk.display()));
+    // Entropy from the host: without it the guest's random generator takes about a second of a
+    // TCG boot to seed, and tether's handshake nonces wait for it.
+    push("-device");
+    push("virtio-rng-pci");
+    push("-fw_cfg");
+    push(&format!("name={FW_CFG_NAME},file={}", s.config.display()));
+    push("-serial");
+    push(&format!("file:{}", s.console.display()));
+    match &s.channel {
+        ChannelEnd::Unix(sock) => {
+            push("-device");
+            push("virtio-serial-pci");
+            push("-chardev");
+            push(&format!(
+                "socket,id=ch0,path={},server=off,reconnect=1",
+                sock.display()
+            ));
+            push("-device");
+            push(&format!(
+                "virtserialport,chardev=ch0,name={VIRTIO_PORT_NAME}"
+            ));
+        }
+        ChannelEnd::Tcp(addr) => {
+            push("-serial");
+            push(&format!("tcp:{addr},reconnect=1"));
+        }
+    }
+    a
+}
