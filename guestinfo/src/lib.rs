@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod contract;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod keys;
 pub mod spec;

@@ -158,8 +158,8 @@ impl ClientHandshake {
     }
 
     /// The proof this client would send, without checking the server's: what a lying peer does.
-    /// For adversarial tests only; a real client must use `on_challenge`.
-    #[doc(hidden)]
+    /// For adversarial tests only (feature `testing`); a real client must use `on_challenge`.
+    #[cfg(feature = "testing")]
     pub fn on_challenge_unchecked(&self, challenge: &Challenge, received: Vec<Position>) -> Proof {
         let transcript = self.transcript(challenge);
         Proof {

@@ -16,7 +16,7 @@
 
 pub mod control;
 pub mod frame;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod handshake;
 #[cfg(feature = "tokio")]
