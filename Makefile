@@ -51,6 +51,7 @@ kernel:
 	./kernel-config/build.sh
 
 lint: deps-rust
+	python3 scripts/check-imports.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -8,8 +8,9 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use wire::ExecSpec;
 
+use crate::api::containers::resize;
 use crate::api::http::{error, json_response, ApiError};
-use crate::api::{resize, Api, ApiResponse};
+use crate::api::{Api, ApiResponse};
 use crate::store::atomic::hex;
 use crate::store::execs::Exec;
 

@@ -6,10 +6,14 @@ use std::collections::HashMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+
+pub const API_VERSION: &str = "1.45";
+pub const MIN_API_VERSION: &str = "1.24";
+
+pub type ApiResponse = Response<ApiBody>;
 use serde_json::{json, Value};
 
-use crate::api::body;
-use crate::api::{ApiResponse, API_VERSION};
+use crate::api::body::{self, ApiBody};
 use crate::engine::EngineError;
 
 /// An error as docker reports it: a status and `{"message": ...}`.

@@ -16,9 +16,6 @@ mod system;
 
 use std::sync::Arc;
 
-use hyper::Response;
-
-use crate::api::body::ApiBody;
 use crate::api::http::ApiError;
 use crate::engine::Engine;
 use crate::server::container::Container;
@@ -26,16 +23,11 @@ use crate::server::Server;
 use crate::store::records::Record;
 use crate::store::state::State;
 
-pub use containers::resize;
-
-pub const API_VERSION: &str = "1.45";
-pub const MIN_API_VERSION: &str = "1.24";
+pub use http::{ApiResponse, API_VERSION, MIN_API_VERSION};
 
 pub struct Api {
     pub engine: Engine,
 }
-
-pub type ApiResponse = Response<ApiBody>;
 
 impl Api {
     pub fn new(server: Arc<Server>) -> Arc<Self> {
