@@ -26,9 +26,9 @@ pub enum Transport {
 pub struct LaunchRequest {
     /// `$TETHER_HOME/containers/<id>`: the VM's writable disk, console log and pid go here.
     pub container_dir: PathBuf,
-    /// What the image disk is built from: a `docker save` tarball, an OCI layout, a rootfs
-    /// directory or tarball.
-    pub image: PathBuf,
+    /// The image's disk (read-only, shared by every container of the image); the container's
+    /// writable layer goes on top of it.
+    pub image_disk: PathBuf,
     /// The guestinfo config tether reads (already written).
     pub config: PathBuf,
     pub memory_mb: u32,
@@ -80,7 +80,7 @@ pub enum BackendError {
 
 /// What runs containerVMs.
 pub trait Backend {
-    /// Builds (or reuses) the image's disk, gives the container its writable layer and boots it.
+    /// Gives the container its writable layer on the image's disk and boots it.
     /// Returns once the VM process runs; tether connects to the server on its own.
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError>;
 }

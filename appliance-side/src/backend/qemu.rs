@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::backend::accel::accelerator;
-use crate::backend::disk_cache::image_disk;
 use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 use crate::backend::{Backend, BackendError, LaunchRequest, Launched, Transport};
 use crate::home::Home;
@@ -30,11 +29,10 @@ impl QemuBackend {
 
 impl Backend for QemuBackend {
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
-        let image = image_disk(&self.home, &req.image)?;
         let overlay = req.container_dir.join("disk.qcow2");
         let created = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&image)
+            .arg(&req.image_disk)
             .arg(&overlay)
             .status()
             .map_err(|source| BackendError::Tool {

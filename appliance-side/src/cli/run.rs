@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use guestinfo::contract::{COM_DEVICE, DEFAULT_PATH};
 
 use crate::backend::qemu::QemuBackend;
-use crate::backend::{boot_files, Backend, LaunchRequest, Transport};
+use crate::backend::{boot_files, disk_cache, Backend, LaunchRequest, Transport};
 use crate::cli::CliError;
 use crate::home::Home;
 use crate::store::records::{self, NewContainer};
@@ -114,6 +114,7 @@ pub async fn run(home: &Home, args: &[String]) -> Result<ExitCode> {
     let (kernel, initramfs) =
         boot_files::kernel_and_initramfs(r.kernel.clone(), r.initramfs.clone())
             .map_err(|e| err(e.to_string()))?;
+    let image_disk = disk_cache::image_disk(home, &r.image).map_err(|e| err(e.to_string()))?;
     let (rec, mut spec) =
         records::create(home, &r.new).map_err(|e| err(format!("creating the container: {e}")))?;
     let dir = home.container(&rec.id);
@@ -130,7 +131,7 @@ pub async fn run(home: &Home, args: &[String]) -> Result<ExitCode> {
     backend
         .launch(&LaunchRequest {
             container_dir: dir.clone(),
-            image: r.image.clone(),
+            image_disk,
             config: dir.join("config.vmx"),
             memory_mb: r.memory_mb,
             transport,
