@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use appliance::cli::args::{Cli, Command, ServeArgs};
+use appliance::cli::args::{Cli, Command, LogFormat, ServeArgs};
 use appliance::home::Home;
 use clap::Parser;
 
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     };
     let home = Home::from_env();
     match cli.command {
-        Command::Serve(a) => serve(&home, a),
+        Command::Serve(a) => serve(&home, a, cli.log_level, cli.log_format),
         Command::Create(a) => match appliance::cli::containers::create(&home, a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -51,17 +51,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(home: &Home, a: ServeArgs) -> ExitCode {
+fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFormat) -> ExitCode {
     let defaults = appliance::daemon::ServeOptions::default();
     // `..defaults` keeps this compiling while ServeOptions gains fields (the log options).
     #[allow(clippy::needless_update)]
     let opts = appliance::daemon::ServeOptions {
         detach: a.detach,
         tcp: a.tcp.unwrap_or(defaults.tcp),
-        // TODO(merge): pass to ServeOptions `cli.log_level` (Option<String>) and `cli.log_format`
-        // (`appliance::cli::args::LogFormat::{Text, Json}` onto `daemon::LogFormat`): parsed by
-        // clap already, as global options (`appliance serve --log-level debug --log-format json`).
+        // TODO(merge): pass to ServeOptions, once it has the fields:
+        //   log_level,
+        //   log_format: match log_format {
+        //       LogFormat::Text => appliance::daemon::LogFormat::Text,
+        //       LogFormat::Json => appliance::daemon::LogFormat::Json,
+        //   },
         ..defaults
     };
+    let _ = (log_level, log_format); // TODO(merge): gone once they are passed on above.
     appliance::daemon::serve(home, &opts)
 }

@@ -2,11 +2,12 @@
 //! exit-code conventions (the command's own code for exec and attach; 126/127 when it could not
 //! start; 1 for an error from the server, with its message; 125 for a usage error).
 //!
-//! One job per module, imports pointing one way (no module here imports this one's items):
-//! `args` (the grammar, clap) and `client` (HTTP over the socket, [`CliError`]) stand alone;
-//! `tty` is our terminal; `attach` (attach, exec, the hijacked stream) uses `client` and `tty`;
-//! `logs` uses `attach`'s output writer; `containers` (ps, inspect, kill, wait, create) and `run`
-//! use `client`; [`execute`] below dispatches to them.
+//! One job per module, imports pointing one way: `args` (the grammar, clap), `client` (HTTP over
+//! the socket, [`CliError`]) and `tty` (our terminal) import no other module here; `attach`
+//! (attach, exec, the hijacked stream) uses those three; `logs` uses `args`, `client` and
+//! `attach`'s output writer; `containers` (ps, inspect, kill, wait, create) uses `args` and
+//! `client`; `run` uses `args`, `client` (through the re-export below) and `attach`. Only
+//! [`execute`], here, uses them all.
 
 use std::process::ExitCode;
 

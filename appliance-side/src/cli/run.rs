@@ -202,6 +202,6 @@ pub async fn run(home: &Home, r: RunArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let client = crate::cli::Client::new(home);
+    let client = crate::cli::client::Client::new(home);
     crate::cli::attach::attach_container(&client, &rec.id, true, DEFAULT_DETACH_KEYS).await
 }
