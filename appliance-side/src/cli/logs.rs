@@ -2,12 +2,15 @@
 //! When the connection breaks mid-stream (the server was killed or upgraded), it reconnects and
 //! asks for the rest with `resume=` from the offsets it has, so every byte is printed once.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
 use crate::api::logs::{parse_resume, START_HEADER};
-use crate::cli::{error_answer, write_output, CliError, Client};
+use crate::cli::args::LogsArgs;
+use crate::cli::attach::write_output;
+use crate::cli::client::{error_answer, CliError, Client};
 
 /// How long a follower keeps trying to reach a restarting appliance.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -18,6 +21,40 @@ enum Ended {
     Complete,
     /// The connection broke; `have` says how far each stream got.
     Broken(String),
+}
+
+/// `appliance logs`: the request its flags make, printed (the framing follows the container's
+/// tty setting, so its inspect document comes first).
+pub async fn logs(client: &Client, a: &LogsArgs) -> Result<ExitCode, CliError> {
+    let id = &a.container;
+    let info = client
+        .json("GET", &format!("/containers/{id}/json"), None)
+        .await?;
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    let mut path = format!("/containers/{id}/logs?stdout=1&stderr=1");
+    if a.follow {
+        path.push_str("&follow=1");
+    }
+    if a.timestamps {
+        path.push_str("&timestamps=1");
+    }
+    if let Some(t) = &a.tail {
+        path.push_str(&format!("&tail={t}"));
+    }
+    // Unix seconds already (clap's `unix_time`).
+    for (key, t) in [("since", &a.since), ("until", &a.until)] {
+        if let Some(t) = t {
+            path.push_str(&format!("&{key}={t}"));
+        }
+    }
+    let req = LogsRequest {
+        path,
+        tty,
+        timestamps: a.timestamps,
+        follow: a.follow,
+    };
+    print_logs(client, &req).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub struct LogsRequest {
@@ -83,7 +120,9 @@ pub async fn print_logs(client: &Client, req: &LogsRequest) -> Result<(), CliErr
             Ok(e) => e,
             Err(Failure::Answer(e)) => return Err(e),
             // Never reached the server or lost it mid-request: like a break mid-stream.
-            Err(Failure::Transport(e)) if resume.is_some() || req.follow => Ended::Broken(e.0),
+            Err(Failure::Transport(e)) if resume.is_some() || req.follow => {
+                Ended::Broken(e.to_string())
+            }
             Err(Failure::Transport(e)) => return Err(e),
         };
         let reason = match ended {
@@ -91,7 +130,7 @@ pub async fn print_logs(client: &Client, req: &LogsRequest) -> Result<(), CliErr
             Ended::Broken(reason) => reason,
         };
         if !resumable(req) {
-            return Err(CliError(format!("lost the appliance: {reason}")));
+            return Err(CliError::Failed(format!("lost the appliance: {reason}")));
         }
         if progress.have.is_some() {
             resume = progress.have;
@@ -119,7 +158,7 @@ async fn wait_for_server(client: &Client) -> Result<(), CliError> {
             return Ok(());
         }
         if start.elapsed() > RECONNECT_FOR {
-            return Err(CliError(format!(
+            return Err(CliError::Failed(format!(
                 "the appliance did not come back within {} s",
                 RECONNECT_FOR.as_secs()
             )));
@@ -145,7 +184,7 @@ async fn once(
     let resp = sender
         .send_request(Client::request("GET", path, None, false))
         .await
-        .map_err(|e| Failure::Transport(CliError(format!("request failed: {e}"))))?;
+        .map_err(|e| Failure::Transport(CliError::protocol("request failed", e)))?;
     if !resp.status().is_success() {
         return Err(Failure::Answer(error_answer(resp).await));
     }

@@ -63,7 +63,7 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
             Some(json!({"AttachStdout": true, "AttachStderr": true, "Cmd": ["echo", "hello"]})),
         )
         .await
-        .unwrap_or_else(|e| panic!("exec create: {}", e.0));
+        .unwrap_or_else(|e| panic!("exec create: {e}"));
     let exec_id = created["Id"].as_str().expect("exec id").to_string();
     let mut io = client
         .hijack(
@@ -71,7 +71,7 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
             Some(json!({"Detach": false, "Tty": false})),
         )
         .await
-        .unwrap_or_else(|e| panic!("exec start: {}", e.0));
+        .unwrap_or_else(|e| panic!("exec start: {e}"));
     let mut output = Vec::new();
     io.read_to_end(&mut output).await.expect("exec output");
     // docker's stream framing: an 8-byte header, then the line.
@@ -84,7 +84,7 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
         let v = client
             .json("GET", &format!("/exec/{exec_id}/json"), None)
             .await
-            .unwrap_or_else(|e| panic!("exec inspect: {}", e.0));
+            .unwrap_or_else(|e| panic!("exec inspect: {e}"));
         if let Some(code) = v["ExitCode"].as_i64() {
             assert_eq!(code, 0);
             break;
