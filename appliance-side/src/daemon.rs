@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::api::{serve_api, Api};
+use crate::backend::qemu::QemuBackend;
+use crate::engine::Engine;
 use crate::home::Home;
 use crate::logging::{self, LogFormat};
 use crate::server::Server;
@@ -61,6 +63,9 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
     };
     rt.block_on(async {
         let server = Server::new(home.clone());
+        let backend = QemuBackend::new(home.clone(), None, None);
+        let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
+        let api = Api::with_engine(engine);
         if let Err(e) = server.listen_unix(&home.channel_socket()).await {
             return fail(format!(
                 "channel socket {}: {e}",
@@ -72,7 +77,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             Err(e) => return fail(format!("channel port {tcp}: {e}")),
         };
         let _ = std::fs::write(home.channel_tcp_file(), format!("{addr}\n"));
-        if let Err(e) = serve_api(Api::new(server.clone()), &home.docker_socket()).await {
+        if let Err(e) = serve_api(api, &home.docker_socket()).await {
             return fail(format!(
                 "API socket {}: {e}",
                 home.docker_socket().display()

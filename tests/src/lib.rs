@@ -362,6 +362,7 @@ impl Appliance {
         .args(qemu_args(&VmSpec {
             accel: "tcg",
             memory_mb: 256,
+            cpus: 0,
             boot: match boot {
                 Boot::Direct => BootMedium::Direct {
                     kernel: a.kernel.clone(),

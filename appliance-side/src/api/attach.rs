@@ -22,6 +22,7 @@ use crate::server::events::Event;
 use crate::server::follow::{Next, SessionFollower};
 use crate::store::execs::Started;
 use crate::store::logs::Stream;
+use crate::store::state::ContainerStatus;
 
 struct Plumbing {
     container: Arc<Container>,
@@ -58,12 +59,6 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         Err(e) => return e.into_response(),
     };
     let q = query(&req);
-    let Ok(c) = api.running(&rec) else {
-        return error(
-            StatusCode::CONFLICT,
-            "You cannot attach to a stopped container, start it first",
-        );
-    };
     let detach_keys = match q.get("detachKeys").filter(|k| !k.is_empty()) {
         Some(spec) => match stdcopy::parse_detach_keys(spec) {
             Some(k) => k,
@@ -77,28 +72,117 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         None => vec![0x10, 0x11],
     };
     let flag = |k: &str| matches!(q.get(k).map(String::as_str), Some("1") | Some("true"));
-    let plumbing = Plumbing {
-        events: c.events.subscribe(),
-        container: c.clone(),
-        session: MAIN_SESSION,
+    let want = Wanted {
         tty: rec.tty,
-        want_out: flag("stdout"),
-        want_err: flag("stderr"),
+        out: flag("stdout"),
+        err: flag("stderr"),
         stdin: flag("stdin") && rec.open_stdin,
-        close_stdin_on_eof: rec.open_stdin,
+        // docker closes the process's stdin when this client's ends only with StdinOnce.
+        close_stdin_on_eof: rec.options.stdin_once,
         detach_keys,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(io) = on_upgrade.await {
-            run(TokioIo::new(io), plumbing).await;
+    let running = api.running(&rec);
+    let status = api.state(&rec.id).status;
+    let source = match running {
+        Ok(c) => Source::Running(c),
+        // `docker run` and `start -a` attach before they start: wait for the VM, then
+        // follow from its first byte (start holds the process until this attach listens).
+        Err(_) if status == ContainerStatus::Created => Source::Starting {
+            pending: api.engine.attach_pending(&rec.id),
+            old_boot: api.state(&rec.id).boot,
+        },
+        Err(_) => {
+            return error(
+                StatusCode::CONFLICT,
+                "You cannot attach to a stopped container, start it first",
+            )
         }
-    });
-    // A main session configured to wait for its first attach may start now.
-    let _ = c.send_control(Control::Release {
-        session: MAIN_SESSION,
+    };
+    let api2 = api.clone();
+    let id = rec.id.clone();
+    tokio::spawn(async move {
+        let Ok(io) = on_upgrade.await else { return };
+        let (c, events) = match source {
+            Source::Running(c) => {
+                let events = c.events.subscribe();
+                // A main session configured to wait for its first attach may start now.
+                let _ = c.send_control(Control::Release {
+                    session: MAIN_SESSION,
+                });
+                (c, events)
+            }
+            Source::Starting { pending, old_boot } => {
+                let Some(c) = wait_for_boot(&api2, &id, &old_boot).await else {
+                    return;
+                };
+                let events = c.events.subscribe();
+                // Listening now: the engine may release the process.
+                drop(pending);
+                (c, events)
+            }
+        };
+        run(TokioIo::new(io), want.plumbing(c, MAIN_SESSION, events)).await;
     });
     upgraded_response(rec.tty)
+}
+
+/// Where an attach's output comes from.
+enum Source {
+    Running(Arc<Container>),
+    Starting {
+        pending: crate::engine::PendingAttach,
+        old_boot: String,
+    },
+}
+
+/// What an attach asked for.
+struct Wanted {
+    tty: bool,
+    out: bool,
+    err: bool,
+    stdin: bool,
+    close_stdin_on_eof: bool,
+    detach_keys: Vec<u8>,
+}
+
+impl Wanted {
+    fn plumbing(
+        self,
+        container: Arc<Container>,
+        session: SessionId,
+        events: tokio::sync::broadcast::Receiver<Event>,
+    ) -> Plumbing {
+        Plumbing {
+            container,
+            session,
+            tty: self.tty,
+            want_out: self.out,
+            want_err: self.err,
+            stdin: self.stdin,
+            close_stdin_on_eof: self.close_stdin_on_eof,
+            detach_keys: self.detach_keys,
+            events,
+        }
+    }
+}
+
+/// The runtime of the container's next boot, once its VM has connected (up to the start
+/// timeout); `None` if it never does.
+async fn wait_for_boot(api: &Api, id: &str, old_boot: &str) -> Option<Arc<Container>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(c) = api.engine.server.container(id) {
+            let st = c.state();
+            if st.boot != old_boot && !st.boot.is_empty() && st.connected {
+                return Some(c);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline || !api.engine.home().container(id).exists() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> ApiResponse {

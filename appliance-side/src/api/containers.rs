@@ -1,8 +1,7 @@
-//! `/containers/...`: list, inspect, kill, wait, resize.
+//! `/containers/...`: list (with docker's filters), inspect, resize.
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use wire::{Control, SessionId};
@@ -10,34 +9,50 @@ use wire::{Control, SessionId};
 use guestinfo::contract::MAIN_SESSION;
 
 use crate::api::body;
-use crate::api::http::{error, flag, json_response, no_content};
+use crate::api::http::{error, flag, json_response, ApiError};
 use crate::api::{Api, ApiResponse};
+use crate::engine::filters::Filters;
 use crate::server::container::Container;
-use crate::server::events::Event;
 use crate::store::records::Record;
 use crate::store::state::{ContainerStatus, State};
 
 impl Api {
+    /// `docker ps`: running containers (all with `all`, a status filter or a limit), newest
+    /// first, filtered, at most `limit`.
     pub(crate) fn list(&self, q: &HashMap<String, String>) -> ApiResponse {
-        let all = flag(q, "all");
+        let filters = match Filters::parse(q.get("filters").map_or("", String::as_str)) {
+            Ok(f) => f,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse::<i64>().ok())
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
+        let all = flag(q, "all") || limit.is_some() || filters.names_status();
         let mut out = Vec::new();
         for rec in self.engine.containers().into_iter().rev() {
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
             let st = self.state(&rec.id);
-            let running = st.status == ContainerStatus::Running;
-            if !all && !running {
+            if !all && st.status != ContainerStatus::Running {
+                continue;
+            }
+            if !filters.matches(&rec, &st, |v| image_matches(&rec, v)) {
                 continue;
             }
             out.push(json!({
                 "Id": rec.id,
                 "Names": [format!("/{}", rec.name)],
                 "Image": rec.image,
-                "ImageID": "",
+                "ImageID": rec.options.image_id,
                 "Command": command_line(&rec),
                 "Created": created_unix(&rec),
                 "State": docker_status(&st),
                 "Status": status_text(&st),
                 "Ports": [],
-                "Labels": {},
+                "Labels": rec.options.labels,
                 "HostConfig": {"NetworkMode": "default"},
                 "NetworkSettings": {"Networks": {}},
                 "Mounts": [],
@@ -76,20 +91,8 @@ impl Api {
                     "StartedAt": or_zero_time(&main.started_at),
                     "FinishedAt": or_zero_time(&main.finished_at),
                 },
-                "Config": {
-                    "Hostname": &rec.id[..12.min(rec.id.len())],
-                    "Tty": rec.tty,
-                    "OpenStdin": rec.open_stdin,
-                    "StdinOnce": rec.open_stdin,
-                    "AttachStdin": rec.open_stdin,
-                    "AttachStdout": true,
-                    "AttachStderr": true,
-                    "Env": rec.env,
-                    "Cmd": rec.args,
-                    "Image": rec.image,
-                    "Labels": {},
-                },
-                "HostConfig": {"NetworkMode": "default", "LogConfig": {"Type": "json-file", "Config": {}}},
+                "Config": config_json(&rec),
+                "HostConfig": host_config_json(&rec),
                 "Mounts": [],
                 "NetworkSettings": {"Networks": {}},
                 "ExecIDs": self.running_execs(&rec.id),
@@ -97,90 +100,6 @@ impl Api {
                 "TetherLink": st.link,
             }),
         )
-    }
-
-    pub(crate) fn kill(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
-        let rec = match self.resolve(reference) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
-        let signal_text = q.get("signal").map_or("SIGKILL", String::as_str);
-        let Some(signal) = wire::message::parse_signal(signal_text) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid signal: {signal_text}"),
-            );
-        };
-        let c = match self.running(&rec) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
-        match c.send_control(Control::Signal {
-            session: MAIN_SESSION,
-            signal,
-            group: false,
-        }) {
-            Ok(()) => no_content(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    }
-
-    pub(crate) fn wait(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
-        let rec = match self.resolve(reference) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
-        let next_exit = q.get("condition").is_some_and(|c| c == "next-exit");
-        let st = self.state(&rec.id);
-        let finished = |st: &State| {
-            st.main()
-                .and_then(|m| m.exit_code)
-                .filter(|_| st.status != ContainerStatus::Running)
-        };
-        if let (Some(code), false) = (finished(&st), next_exit) {
-            return json_response(StatusCode::OK, &json!({"StatusCode": code, "Error": null}));
-        }
-        // Stream the answer once the main session exits: headers now, body at exit.
-        let (tx, body) = body::channel(1);
-        let server = self.engine.server.clone();
-        let id = rec.id.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(c) = server.container(&id) {
-                    let mut events = c.events.subscribe();
-                    let st = c.state();
-                    if let (Some(code), false) = (
-                        finished(&st),
-                        next_exit && st.status == ContainerStatus::Running,
-                    ) {
-                        let _ = tx.send(wait_body(code)).await;
-                        return;
-                    }
-                    loop {
-                        match events.recv().await {
-                            Ok(Event::Exited {
-                                session: MAIN_SESSION,
-                                exit_code,
-                            }) => {
-                                let _ = tx.send(wait_body(exit_code)).await;
-                                return;
-                            }
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Response::builder()
-            .header("Content-Type", "application/json")
-            .body(body)
-            .expect("static")
     }
 
     pub(crate) fn resize_container(
@@ -198,10 +117,6 @@ impl Api {
         };
         resize(&c, MAIN_SESSION, q)
     }
-}
-
-fn wait_body(code: i32) -> Bytes {
-    Bytes::from(format!("{{\"StatusCode\":{code},\"Error\":null}}\n"))
 }
 
 pub fn resize(c: &Container, session: SessionId, q: &HashMap<String, String>) -> ApiResponse {
@@ -235,6 +150,83 @@ fn status_text(st: &State) -> String {
         ),
         ContainerStatus::Created => "Created".into(),
     }
+}
+
+/// Whether the ancestor filter value `v` names the container's image (by id or id prefix).
+fn image_matches(rec: &Record, v: &str) -> bool {
+    let id = &rec.options.image_id;
+    !id.is_empty()
+        && (id == v
+            || id
+                .trim_start_matches("sha256:")
+                .starts_with(v.trim_start_matches("sha256:")))
+}
+
+fn config_json(rec: &Record) -> Value {
+    let o = &rec.options;
+    // Records made by `appliance create`/`run` have no separate entrypoint: the argv is the Cmd.
+    let (entrypoint, cmd) = if o.entrypoint.is_empty() && o.cmd.is_empty() {
+        (Value::Null, json!(rec.args))
+    } else {
+        (
+            if o.entrypoint.is_empty() {
+                Value::Null
+            } else {
+                json!(o.entrypoint)
+            },
+            json!(o.cmd),
+        )
+    };
+    let hostname = if o.hostname.is_empty() {
+        rec.id[..12.min(rec.id.len())].to_string()
+    } else {
+        o.hostname.clone()
+    };
+    json!({
+        "Hostname": hostname,
+        "Domainname": o.domainname,
+        "User": o.user,
+        "Tty": rec.tty,
+        "OpenStdin": rec.open_stdin,
+        "StdinOnce": o.stdin_once,
+        "AttachStdin": o.attach_stdin,
+        "AttachStdout": o.attach_stdout,
+        "AttachStderr": o.attach_stderr,
+        "Env": rec.env,
+        "Cmd": cmd,
+        "Entrypoint": entrypoint,
+        "WorkingDir": o.working_dir,
+        "Image": rec.image,
+        "Labels": o.labels,
+        "StopSignal": if o.stop_signal.is_empty() { "SIGTERM" } else { o.stop_signal.as_str() },
+        "StopTimeout": rec.stop_timeout(),
+    })
+}
+
+fn host_config_json(rec: &Record) -> Value {
+    let o = &rec.options;
+    json!({
+        "NetworkMode": "default",
+        "LogConfig": {"Type": "json-file", "Config": {}},
+        "AutoRemove": o.auto_remove,
+        "RestartPolicy": {
+            "Name": if o.restart_policy.is_empty() { "no" } else { o.restart_policy.as_str() },
+            "MaximumRetryCount": o.restart_max,
+        },
+        "Memory": u64::from(o.memory_mb) * 1024 * 1024,
+        "NanoCpus": u64::from(o.cpus) * 1_000_000_000,
+        "CapAdd": o.cap_add,
+        "CapDrop": o.cap_drop,
+        "Dns": o.dns,
+        "DnsSearch": o.dns_search,
+        "ExtraHosts": o.extra_hosts,
+        "Ulimits": o.ulimits.iter().filter_map(|u| {
+            let (name, limits) = u.split_once('=')?;
+            let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+            Some(json!({"Name": name, "Soft": soft.parse::<i64>().ok()?, "Hard": hard.parse::<i64>().ok()?}))
+        }).collect::<Vec<_>>(),
+        "ConsoleSize": o.console_size.map_or(json!([0, 0]), |(r, c)| json!([r, c])),
+    })
 }
 
 fn command_line(rec: &Record) -> String {

@@ -58,9 +58,22 @@ pub fn no_content() -> ApiResponse {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let status = match e {
-            EngineError::NoSuchContainer(_) | EngineError::NoSuchExec(_) => StatusCode::NOT_FOUND,
-            EngineError::NotRunning(_) => StatusCode::CONFLICT,
+        let status = match &e {
+            EngineError::NoSuchContainer(_)
+            | EngineError::NoSuchExec(_)
+            | EngineError::NoSuchImage(_) => StatusCode::NOT_FOUND,
+            EngineError::NotRunning(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::NotModified(..) => StatusCode::NOT_MODIFIED,
+            EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // dockerd answers 400 for a process that cannot be executed, 500 otherwise.
+            EngineError::StartFailed { exit_code, .. }
+                if *exit_code == 126 || *exit_code == 127 =>
+            {
+                StatusCode::BAD_REQUEST
+            }
+            EngineError::StartFailed { .. } | EngineError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         Self::new(status, e.to_string())
     }

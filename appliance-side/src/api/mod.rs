@@ -7,8 +7,10 @@
 pub mod attach;
 pub mod body;
 mod containers;
+mod events;
 pub mod exec;
 pub mod http;
+mod lifecycle;
 pub mod logs;
 mod router;
 pub mod stdcopy;
@@ -26,14 +28,17 @@ use crate::store::state::State;
 pub use http::{ApiResponse, API_VERSION, MIN_API_VERSION};
 
 pub struct Api {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
 }
 
 impl Api {
+    /// An API over an engine that cannot launch VMs (tests, fuzzing). Needs a tokio runtime.
     pub fn new(server: Arc<Server>) -> Arc<Self> {
-        Arc::new(Self {
-            engine: Engine::new(server),
-        })
+        Self::with_engine(Engine::new(server))
+    }
+
+    pub fn with_engine(engine: Arc<Engine>) -> Arc<Self> {
+        Arc::new(Self { engine })
     }
 
     pub fn resolve(&self, reference: &str) -> Result<Record, ApiError> {

@@ -24,8 +24,21 @@ impl Api {
             (&Method::GET, ["containers", "json"]) => self.list(&query(&req)),
             (&Method::GET, ["containers", id, "json"]) => self.inspect(id),
             (&Method::GET, ["containers", id, "logs"]) => logs::logs(&self, id, &query(&req)),
+            (&Method::POST, ["containers", "create"]) => {
+                let q = query(&req);
+                match read_json(req).await {
+                    Ok(v) => self.create(&q, &v),
+                    Err(r) => r.into_response(),
+                }
+            }
+            (&Method::POST, ["containers", id, "start"]) => self.start(id).await,
+            (&Method::POST, ["containers", id, "stop"]) => self.stop(id, &query(&req)).await,
+            (&Method::POST, ["containers", id, "restart"]) => self.restart(id, &query(&req)).await,
+            (&Method::DELETE, ["containers", id]) => self.remove(id, &query(&req)).await,
+            (&Method::POST, ["containers", id, "rename"]) => self.rename(id, &query(&req)),
             (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)),
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
+            (&Method::GET, ["events"]) => self.events(&query(&req)),
             (&Method::POST, ["containers", id, "resize"]) => {
                 self.resize_container(id, &query(&req))
             }

@@ -32,13 +32,17 @@ pub struct LaunchRequest {
     /// The guestinfo config tether reads (already written).
     pub config: PathBuf,
     pub memory_mb: u32,
+    /// vCPUs (docker's NanoCpus / CpuCount); 0 is one.
+    pub cpus: u32,
     pub transport: Transport,
 }
 
 /// A VM the backend started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Launched {
     pub pid: u32,
+    /// The VM's process, when it is this process's child: waiting on it reaps it.
+    pub child: Option<std::process::Child>,
 }
 
 #[derive(Debug, Error)]
@@ -79,7 +83,7 @@ pub enum BackendError {
 }
 
 /// What runs containerVMs.
-pub trait Backend {
+pub trait Backend: Send + Sync {
     /// Gives the container its writable layer on the image's disk and boots it.
     /// Returns once the VM process runs; tether connects to the server on its own.
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError>;

@@ -7,18 +7,20 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::backend::accel::accelerator;
+use crate::backend::boot_files::kernel_and_initramfs;
 use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
 use crate::backend::{Backend, BackendError, LaunchRequest, Launched, Transport};
 use crate::home::Home;
 
 pub struct QemuBackend {
     home: Home,
-    kernel: PathBuf,
-    initramfs: PathBuf,
+    /// Given paths; `None` looks in `$TETHER_KERNEL`/`$TETHER_INITRAMFS`, then the cache.
+    kernel: Option<PathBuf>,
+    initramfs: Option<PathBuf>,
 }
 
 impl QemuBackend {
-    pub fn new(home: Home, kernel: PathBuf, initramfs: PathBuf) -> Self {
+    pub fn new(home: Home, kernel: Option<PathBuf>, initramfs: Option<PathBuf>) -> Self {
         Self {
             home,
             kernel,
@@ -29,20 +31,13 @@ impl QemuBackend {
 
 impl Backend for QemuBackend {
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
+        // Looked up at each launch: `make boot` may run while the appliance does.
+        let (kernel, initramfs) =
+            kernel_and_initramfs(self.kernel.clone(), self.initramfs.clone())?;
         let overlay = req.container_dir.join("disk.qcow2");
-        let created = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&req.image_disk)
-            .arg(&overlay)
-            .status()
-            .map_err(|source| BackendError::Tool {
-                program: "qemu-img",
-                source,
-            })?;
-        if !created.success() {
-            return Err(BackendError::Failed(
-                "qemu-img create failed for the container's writable layer".into(),
-            ));
+        // A restarted container keeps its writable layer, as docker keeps its filesystem.
+        if !overlay.exists() {
+            create_overlay(&req.image_disk, &overlay)?;
         }
         let channel = match &req.transport {
             Transport::Virtio(sock) => ChannelEnd::Unix(sock.clone()),
@@ -50,12 +45,10 @@ impl Backend for QemuBackend {
         };
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(qemu_args(&VmSpec {
-            accel: accelerator(&self.home, &self.kernel),
+            accel: accelerator(&self.home, &kernel),
             memory_mb: req.memory_mb,
-            boot: BootMedium::Direct {
-                kernel: self.kernel.clone(),
-                initramfs: self.initramfs.clone(),
-            },
+            cpus: req.cpus,
+            boot: BootMedium::Direct { kernel, initramfs },
             disk: overlay,
             config: req.config.clone(),
             console: req.container_dir.join("console.log"),
@@ -81,6 +74,31 @@ impl Backend for QemuBackend {
                 source,
             }
         })?;
-        Ok(Launched { pid: child.id() })
+        Ok(Launched {
+            pid: child.id(),
+            child: Some(child),
+        })
     }
+}
+
+/// The container's writable layer: a qcow2 overlay whose backing file is the image's disk.
+fn create_overlay(
+    image_disk: &std::path::Path,
+    overlay: &std::path::Path,
+) -> Result<(), BackendError> {
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image_disk)
+        .arg(overlay)
+        .status()
+        .map_err(|source| BackendError::Tool {
+            program: "qemu-img",
+            source,
+        })?;
+    if !created.success() {
+        return Err(BackendError::Failed(
+            "qemu-img create failed for the container's writable layer".into(),
+        ));
+    }
+    Ok(())
 }

@@ -26,6 +26,8 @@ pub struct VmSpec {
     /// `kvm` or `tcg`.
     pub accel: &'static str,
     pub memory_mb: u32,
+    /// vCPUs; 0 or 1 is one.
+    pub cpus: u32,
     pub boot: BootMedium,
     /// The container's disk (a qcow2 overlay on the image).
     pub disk: PathBuf,
@@ -54,6 +56,10 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
         push(x);
     }
     push(&s.memory_mb.to_string());
+    if s.cpus > 1 {
+        push("-smp");
+        push(&s.cpus.to_string());
+    }
     match &s.boot {
         BootMedium::Direct { kernel, initramfs } => {
             push("-kernel");

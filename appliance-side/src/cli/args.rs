@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::store::records::NewContainer;
+use crate::store::records::{ContainerOptions, NewContainer};
 
 /// The PATH an `appliance run` container gets unless `-e PATH=...` gives one (docker's default).
 pub use guestinfo::contract::DEFAULT_PATH;
@@ -133,6 +133,10 @@ impl CreateArgs {
             open_stdin: p.interactive,
             attach: self.wait_for_attach,
             image: String::new(),
+            options: ContainerOptions {
+                stdin_once: p.interactive,
+                ..Default::default()
+            },
         }
     }
 }
@@ -292,6 +296,10 @@ impl From<RunCmd> for RunArgs {
                 open_stdin: p.interactive,
                 attach: !c.detach,
                 image: c.image.display().to_string(),
+                options: ContainerOptions {
+                    stdin_once: p.interactive && !c.detach,
+                    ..Default::default()
+                },
             },
             transport_serial: c.transport == Transport::Serial,
             kernel: c.kernel,

@@ -71,11 +71,8 @@ pub async fn wait(client: &Client, a: &ContainerArg) -> Result<ExitCode> {
 /// `appliance create`: writes the container record and its config; prints the id, and on stderr
 /// where the config for tether is.
 pub fn create(home: &Home, a: CreateArgs) -> Result<()> {
-    let (rec, _) =
-        records::create(home, &a.into_new_container()).map_err(|source| CliError::Io {
-            context: "cannot create the container record".into(),
-            source,
-        })?;
+    let (rec, _) = records::create(home, &a.into_new_container())
+        .map_err(|e| CliError::Failed(format!("cannot create the container record: {e}")))?;
     println!("{}", rec.id);
     eprintln!(
         "config for tether: {}",

@@ -51,13 +51,15 @@ pub async fn run(home: &Home, r: RunArgs) -> Result<ExitCode> {
         Transport::Virtio(home.channel_socket())
     };
     records::write_config(&dir, &spec).map_err(|e| err(e.to_string()))?;
-    let backend = QemuBackend::new(home.clone(), kernel, initramfs);
-    backend
+    let backend = QemuBackend::new(home.clone(), Some(kernel), Some(initramfs));
+    // The VM outlives this command: it powers itself off when the container ends.
+    let _vm = backend
         .launch(&LaunchRequest {
             container_dir: dir.clone(),
             image_disk,
             config: dir.join("config.vmx"),
             memory_mb: r.memory_mb,
+            cpus: 0,
             transport,
         })
         .map_err(|e| err(e.to_string()))?;

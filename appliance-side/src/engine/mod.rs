@@ -1,40 +1,108 @@
-//! The container engine: what a container is and where it stands, as the API asks it. It joins
-//! the store (records, state, execs) and the session server (live channels); [engine] grows the
-//! lifecycle here (create, start, stop, rm) on top of the backend that runs the VMs.
+//! The container engine: what a container is and where it stands, as the API asks it, and its
+//! life: create, start, stop, kill, restart, rm, rename, wait. It joins the store (records,
+//! state, execs), the session server (live channels) and the backend that runs the VMs.
 
-use std::sync::Arc;
+pub mod create;
+pub mod events;
+pub mod filters;
+mod lifecycle;
+mod supervise;
+pub mod vms;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+use crate::backend::Backend;
+use crate::engine::events::EventLog;
+use crate::engine::vms::Vms;
 use crate::home::Home;
 use crate::server::container::Container;
 use crate::server::Server;
 use crate::store::execs::{Exec, ExecStore};
-use crate::store::records::{self, Record};
+use crate::store::records::{self, Record, RecordError};
 use crate::store::state::{ContainerStatus, State};
 
+pub use lifecycle::WaitCondition;
+
 /// Why the engine cannot do what was asked; the API maps each to docker's status and text.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Error)]
 pub enum EngineError {
     #[error("No such container: {0}")]
     NoSuchContainer(String),
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
     #[error("container {0} is not running")]
     NotRunning(String),
+    /// The container is already in the state asked for (docker answers 304).
+    #[error("container {0} is already {1}")]
+    NotModified(String, &'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The main process could not start; `exit_code` is 126 or 127 (or 125 for tether's own
+    /// boot failures), and the message carries the words docker's CLI maps to that code.
+    #[error("{message}")]
+    StartFailed { message: String, exit_code: i32 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RecordError> for EngineError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::NameInUse { .. } => Self::Conflict(e.to_string()),
+            RecordError::Io(_) => Self::Internal(e.to_string()),
+            RecordError::NoCommand | RecordError::BadOption(_) | RecordError::BadName(_) => {
+                Self::BadRequest(e.to_string())
+            }
+        }
+    }
 }
 
 pub struct Engine {
     pub server: Arc<Server>,
     pub execs: ExecStore,
+    pub events: EventLog,
+    backend: Option<Box<dyn Backend>>,
+    vms: Vms,
+    /// Attach requests waiting for a container's VM: a container started while one waits runs
+    /// its main process only after that attach, so it misses no output.
+    pending_attach: Mutex<HashMap<String, usize>>,
+    /// Serialises what must see a consistent set of names (create, rename).
+    names: Mutex<()>,
+    /// One lifecycle operation at a time per container (start, stop, restart, rm).
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    vm_exits: tokio::sync::mpsc::UnboundedSender<vms::VmExit>,
 }
 
 impl Engine {
-    pub fn new(server: Arc<Server>) -> Self {
-        Self {
+    /// An engine that can inspect and talk to containers but not launch VMs.
+    pub fn new(server: Arc<Server>) -> Arc<Self> {
+        Self::with_backend(server, None)
+    }
+
+    /// An engine that launches VMs through `backend`. Must be called inside a tokio runtime:
+    /// it starts the supervisor that handles exits.
+    pub fn with_backend(server: Arc<Server>, backend: Option<Box<dyn Backend>>) -> Arc<Self> {
+        let (vm_exits, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        let engine = Arc::new(Self {
             execs: ExecStore::new(server.home.clone()),
+            events: EventLog::default(),
+            backend,
+            vms: Vms::default(),
+            pending_attach: Mutex::new(HashMap::new()),
+            names: Mutex::new(()),
+            ops: Mutex::new(HashMap::new()),
+            vm_exits,
             server,
-        }
+        });
+        supervise::spawn(&engine, exits_rx);
+        engine
     }
 
     pub fn home(&self) -> &Home {
@@ -43,6 +111,7 @@ impl Engine {
 
     /// A container by full id, unique id prefix or name, as docker resolves references.
     pub fn resolve(&self, reference: &str) -> Result<Record, EngineError> {
+        let reference = reference.strip_prefix('/').unwrap_or(reference);
         records::resolve(self.home(), reference)
             .ok_or_else(|| EngineError::NoSuchContainer(reference.to_string()))
     }
@@ -74,5 +143,54 @@ impl Engine {
         self.execs
             .get(id)
             .ok_or_else(|| EngineError::NoSuchExec(id.to_string()))
+    }
+
+    /// Registers an attach that waits for the container's VM; the guard withdraws it.
+    pub fn attach_pending(self: &Arc<Self>, id: &str) -> PendingAttach {
+        *self
+            .pending_attach
+            .lock()
+            .expect("pending lock")
+            .entry(id.to_string())
+            .or_default() += 1;
+        PendingAttach {
+            engine: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn has_pending_attach(&self, id: &str) -> bool {
+        self.pending_attach
+            .lock()
+            .expect("pending lock")
+            .get(id)
+            .is_some_and(|n| *n > 0)
+    }
+
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.ops
+            .lock()
+            .expect("ops lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// An attach waiting for a container to come up (see [`Engine::attach_pending`]).
+pub struct PendingAttach {
+    engine: Arc<Engine>,
+    id: String,
+}
+
+impl Drop for PendingAttach {
+    fn drop(&mut self) {
+        let mut map = self.engine.pending_attach.lock().expect("pending lock");
+        if let Some(n) = map.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.id);
+            }
+        }
     }
 }

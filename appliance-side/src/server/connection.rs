@@ -6,16 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use guestinfo::contract::MAIN_SESSION;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use wire::io::MessageStream;
 use wire::keepalive::{DEAD_AFTER_MS, PING_INTERVAL_MS};
 use wire::message::Hello;
-use wire::{write_message, Inbound, Keepalive, Liveness, Message, MessageReader};
+use wire::{write_message, Control, Inbound, Keepalive, Liveness, Message, MessageReader};
 
 use crate::server::container::Container;
 use crate::server::{
-    End, Live, Server, HANDSHAKE_READ, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, READ_BUFFER, TICK,
+    End, Lifecycle, Live, Server, HANDSHAKE_READ, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES,
+    READ_BUFFER, TICK,
 };
 
 impl Server {
@@ -99,6 +101,9 @@ impl Server {
             }
         }
         container.set_connected(true);
+        self.announce(Lifecycle::Connected {
+            id: container.id.clone(),
+        });
         let end = self.run(container, hello, rd, wr, &kick).await;
         let mut live = self.live.lock().expect("lock");
         if live.get(&container.id).is_some_and(|l| l.conn == conn) {
@@ -200,9 +205,24 @@ impl Server {
                 Ok(Inbound::Data { key, bytes, fin }) => c
                     .on_output(key, &bytes, fin)
                     .map_err(|e| End::Error(format!("log store: {e}")))?,
-                Ok(Inbound::Control(records)) => c
-                    .on_control(records)
-                    .map_err(|e| End::Error(format!("state store: {e}")))?,
+                Ok(Inbound::Control(records)) => {
+                    let main_exit = records.iter().find_map(|r| match r {
+                        Control::Exited {
+                            session: MAIN_SESSION,
+                            exit_code,
+                            ..
+                        } => Some(*exit_code),
+                        _ => None,
+                    });
+                    c.on_control(records)
+                        .map_err(|e| End::Error(format!("state store: {e}")))?;
+                    if let Some(exit_code) = main_exit {
+                        self.announce(Lifecycle::MainExited {
+                            id: c.id.clone(),
+                            exit_code,
+                        });
+                    }
+                }
                 Ok(Inbound::Goodbye(reason)) => {
                     return Err(End::Error(format!("tether said goodbye: {reason}")))
                 }

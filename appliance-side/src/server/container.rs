@@ -296,6 +296,34 @@ impl Container {
         never_started || (done(StreamKind::Stdout) && (tty || done(StreamKind::Stderr)))
     }
 
+    /// The VM is gone without its main process having reported an exit (QEMU died, or was
+    /// killed because tether did not answer): the container has exited with `exit_code`, and
+    /// `why` says what happened. Releases waiters and followers like a real exit. False if the
+    /// main process had already exited.
+    pub fn mark_vm_gone(&self, exit_code: i32, why: &str) -> io::Result<bool> {
+        let mut inner = self.inner.lock().expect("container lock");
+        inner.state.connected = false;
+        if inner.state.status.is_finished() {
+            persist_state(&inner)?;
+            return Ok(false);
+        }
+        let s = inner.state.sessions.entry(MAIN_SESSION).or_default();
+        s.running = false;
+        s.exit_code = Some(exit_code);
+        s.finished_at = now();
+        if s.error.is_empty() {
+            s.error = why.to_string();
+        }
+        inner.state.status = ContainerStatus::Exited;
+        persist_state(&inner)?;
+        drop(inner);
+        self.events.send(|| Event::Exited {
+            session: MAIN_SESSION,
+            exit_code,
+        });
+        Ok(true)
+    }
+
     /// Queues a control record for tether.
     pub fn send_control(&self, record: Control) -> Result<(), wire::MuxError> {
         self.inner

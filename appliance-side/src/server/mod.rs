@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::broadcast;
+
 use tokio::sync::Notify;
 use wire::message::Hello;
 use wire::Refused;
@@ -57,6 +59,17 @@ pub struct Server {
     pending_handshakes: AtomicU64,
     /// Refused or dropped connections, for diagnostics and tests.
     pub refused: AtomicU64,
+    /// Lifecycle news for the engine: a main process ended, a channel came up.
+    lifecycle: broadcast::Sender<Lifecycle>,
+}
+
+/// What the server tells the engine about a container's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// A VM's channel completed its handshake (a new boot, or a reconnect).
+    Connected { id: String },
+    /// The main process ended (or could not start): docker's `die`.
+    MainExited { id: String, exit_code: i32 },
 }
 
 impl Server {
@@ -69,7 +82,30 @@ impl Server {
             next_conn: AtomicU64::new(1),
             pending_handshakes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            lifecycle: broadcast::channel(1024).0,
         })
+    }
+
+    /// Lifecycle news from here on.
+    pub fn lifecycle(&self) -> broadcast::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    pub(crate) fn announce(&self, news: Lifecycle) {
+        let _ = self.lifecycle.send(news);
+    }
+
+    /// Drops the in-memory runtime of a removed container (its channel, if any, is kicked).
+    pub fn forget(&self, id: &str) {
+        self.containers.lock().expect("lock").remove(id);
+        if let Some(live) = self.live.lock().expect("lock").remove(id) {
+            live.kick.notify_one();
+        }
+    }
+
+    /// Whether the container's VM has a channel up right now.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.live.lock().expect("lock").contains_key(id)
     }
 
     /// The container's runtime, if it has connected since the server started.

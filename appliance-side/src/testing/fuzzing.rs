@@ -28,7 +28,7 @@ fn env() -> &'static Env {
         records::create(
             &home,
             &NewContainer {
-                name: Some("c".into()),
+                name: Some("c1".into()),
                 args: vec!["/bin/true".into()],
                 ..Default::default()
             },

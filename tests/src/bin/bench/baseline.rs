@@ -99,6 +99,7 @@ impl Baseline {
         let args = qemu_args(&VmSpec {
             accel,
             memory_mb: 256,
+            cpus: 0,
             boot: BootMedium::Direct {
                 kernel: kernel.to_path_buf(),
                 initramfs: self.initramfs.clone(),

@@ -1,0 +1,433 @@
+//! A container's life: start, stop, kill, restart, rm, rename, wait, with docker's semantics:
+//! `start` returns once the main process runs (or says why it could not), `stop` sends the stop
+//! signal and SIGKILL after the timeout, and powers the VM off if tether does not answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guestinfo::contract::MAIN_SESSION;
+use tokio::time::Instant;
+use wire::Control;
+
+use crate::backend::{LaunchRequest, Transport};
+use crate::engine::events::EngineEvent;
+use crate::engine::{Engine, EngineError};
+use crate::store::records::{self, Record};
+use crate::store::state::{ContainerStatus, State};
+
+/// How long a VM may take from launch to its main process running (TCG boots take seconds).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// After SIGKILL, how long tether has to report the exit before the VM is powered off.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// After the main process exited, how long the VM has to power itself off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(50);
+/// How long a start waits for the attaches made before it to listen to the new boot.
+const ATTACH_GRACE: Duration = Duration::from_secs(10);
+
+/// `docker wait --condition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+impl WaitCondition {
+    pub fn parse(text: &str) -> Result<Self, EngineError> {
+        match text {
+            "" | "not-running" => Ok(Self::NotRunning),
+            "next-exit" => Ok(Self::NextExit),
+            "removed" => Ok(Self::Removed),
+            other => Err(EngineError::BadRequest(format!(
+                "invalid condition: {other:?} (use not-running, next-exit or removed)"
+            ))),
+        }
+    }
+}
+
+impl Engine {
+    /// The attributes docker puts on a container's events.
+    pub(crate) fn event_attributes(&self, rec: &Record) -> BTreeMap<String, String> {
+        let mut a = rec.options.labels.clone();
+        a.insert("image".into(), rec.image.clone());
+        a.insert("name".into(), rec.name.clone());
+        a
+    }
+
+    pub(crate) fn emit(&self, action: &str, rec: &Record, extra: &[(&str, String)]) {
+        let mut attributes = self.event_attributes(rec);
+        for (k, v) in extra {
+            attributes.insert((*k).to_string(), v.clone());
+        }
+        self.events
+            .emit(EngineEvent::container(action, &rec.id, attributes));
+    }
+
+    /// Whether the container's main process is running (its VM connected and not finished).
+    pub fn is_running(&self, id: &str) -> bool {
+        self.state(id).status == ContainerStatus::Running
+    }
+
+    /// Boots the container's VM and returns once its main process runs; with an attach
+    /// waiting, once the VM is connected (the process starts at that attach).
+    pub async fn start(self: &Arc<Self>, reference: &str) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.op_lock(&rec.id);
+        let _op = lock.lock().await;
+        self.start_locked(&rec).await
+    }
+
+    async fn start_locked(self: &Arc<Self>, rec: &Record) -> Result<(), EngineError> {
+        if self.is_running(&rec.id) || self.vms.pid(&rec.id).is_some() {
+            return Err(EngineError::NotModified(rec.id.clone(), "started"));
+        }
+        let backend = self.backend.as_ref().ok_or_else(|| {
+            EngineError::Internal("this appliance has no backend to run VMs".into())
+        })?;
+        let image_disk = self.image_disk(rec)?;
+        let attach = self.has_pending_attach(&rec.id);
+        let dir = self.home().container(&rec.id);
+        let spec = records::spec_for(rec, attach)?;
+        records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let before = self.state(&rec.id);
+        // What `ps` shows until the new boot connects: not the last boot's exit.
+        let mut fresh = State::for_boot("");
+        fresh.link = before.link;
+        fresh
+            .save(&dir)
+            .map_err(|e| EngineError::Internal(format!("container state: {e}")))?;
+        let launched = backend
+            .launch(&LaunchRequest {
+                container_dir: dir.clone(),
+                image_disk,
+                config: dir.join("config.vmx"),
+                memory_mb: if rec.options.memory_mb == 0 {
+                    DEFAULT_MEMORY_MB
+                } else {
+                    rec.options.memory_mb
+                },
+                cpus: rec.options.cpus,
+                transport: Transport::Virtio(self.home().channel_socket()),
+            })
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Some(child) = launched.child {
+            self.vms.watch(&rec.id, child, self.vm_exits.clone());
+        }
+        tracing::info!(container = %rec.id, pid = launched.pid, attach, "VM launched");
+        let outcome = self.await_start(rec, &before.boot, attach).await;
+        match &outcome {
+            Ok(()) => self.emit("start", rec, &[]),
+            Err(e) => {
+                tracing::warn!(container = %rec.id, "start failed: {e}");
+                // A VM whose process could not start powers itself off; make sure.
+                self.stop_vm_after(rec, POWEROFF_GRACE).await;
+            }
+        }
+        outcome
+    }
+
+    /// Waits for the new boot's main process to run, fail, or end.
+    async fn await_start(
+        &self,
+        rec: &Record,
+        old_boot: &str,
+        attach: bool,
+    ) -> Result<(), EngineError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut held = attach;
+        loop {
+            let st = self.state(&rec.id);
+            let new_boot = !st.boot.is_empty() && st.boot != old_boot;
+            if new_boot {
+                let main = st.main().cloned().unwrap_or_default();
+                if !main.error.is_empty() || st.status == ContainerStatus::Failed {
+                    let message = if main.error.is_empty() {
+                        st.detail.clone()
+                    } else {
+                        main.error.clone()
+                    };
+                    return Err(start_failed(message, main.exit_code.unwrap_or(125)));
+                }
+                if main.pid.is_some() || st.status.is_finished() {
+                    return Ok(());
+                }
+                if held && st.connected {
+                    // The process waits for its first attach: once every attach that came
+                    // before this start listens to the new boot, let it go.
+                    let listening = Instant::now() + ATTACH_GRACE;
+                    while self.has_pending_attach(&rec.id) && Instant::now() < listening {
+                        tokio::time::sleep(POLL).await;
+                    }
+                    if let Some(c) = self.server.container(&rec.id) {
+                        let _ = c.send_control(Control::Release {
+                            session: MAIN_SESSION,
+                        });
+                    }
+                    held = false;
+                }
+            }
+            if self.vms.pid(&rec.id).is_none() && self.backend_tracks_pids() {
+                let st = self.state(&rec.id);
+                if st.status.is_finished() && new_boot {
+                    return Ok(());
+                }
+                return Err(EngineError::Internal(format!(
+                    "the containerVM exited before its process started; its console: {}",
+                    self.console_tail(&rec.id)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(EngineError::Internal(format!(
+                    "the containerVM did not start its process within {} s; its console: {}",
+                    START_TIMEOUT.as_secs(),
+                    self.console_tail(&rec.id)
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn backend_tracks_pids(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    /// The last lines the VM printed on its console, for error messages.
+    pub(crate) fn console_tail(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.home().container(id).join("console.log"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        if tail.is_empty() {
+            "(empty)".into()
+        } else {
+            tail
+        }
+    }
+
+    fn image_disk(&self, rec: &Record) -> Result<std::path::PathBuf, EngineError> {
+        if !rec.options.image_id.is_empty() {
+            return self.image_disk_by_id(&rec.options.image_id);
+        }
+        // A container made from a path (`appliance run`): the disk cache keyed by the input.
+        crate::backend::disk_cache::image_disk(self.home(), std::path::Path::new(&rec.image))
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    /// The built disk of an image in the image store.
+    fn image_disk_by_id(&self, image_id: &str) -> Result<std::path::PathBuf, EngineError> {
+        // Until the image store lands, containers come from paths only.
+        Err(EngineError::NoSuchImage(image_id.to_string()))
+    }
+
+    /// Sends `signal` to the main process.
+    pub fn kill(&self, reference: &str, signal: i32) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let c = self.running(&rec)?;
+        c.send_control(Control::Signal {
+            session: MAIN_SESSION,
+            signal,
+            group: false,
+        })
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.emit("kill", &rec, &[("signal", signal.to_string())]);
+        Ok(())
+    }
+
+    /// docker stop: the stop signal, SIGKILL after `timeout` (the container's own when `None`),
+    /// the VM powered off if tether does not report the exit.
+    pub async fn stop(&self, reference: &str, timeout: Option<u32>) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.op_lock(&rec.id);
+        let _op = lock.lock().await;
+        self.stop_locked(&rec, timeout).await
+    }
+
+    async fn stop_locked(&self, rec: &Record, timeout: Option<u32>) -> Result<(), EngineError> {
+        if !self.is_running(&rec.id) && self.vms.pid(&rec.id).is_none() {
+            return Err(EngineError::NotModified(rec.id.clone(), "stopped"));
+        }
+        self.vms.set_stopping(&rec.id);
+        let timeout = Duration::from_secs(u64::from(timeout.unwrap_or_else(|| rec.stop_timeout())));
+        if let Ok(c) = self.running(rec) {
+            let signal = rec.stop_signal();
+            let _ = c.send_control(Control::Signal {
+                session: MAIN_SESSION,
+                signal,
+                group: false,
+            });
+            self.emit("kill", rec, &[("signal", signal.to_string())]);
+            if !self.main_ends_within(&rec.id, timeout).await {
+                let _ = c.send_control(Control::Signal {
+                    session: MAIN_SESSION,
+                    signal: libc::SIGKILL,
+                    group: false,
+                });
+                self.emit("kill", rec, &[("signal", libc::SIGKILL.to_string())]);
+                if !self.main_ends_within(&rec.id, KILL_GRACE).await {
+                    tracing::warn!(container = %rec.id, "tether did not report the exit after SIGKILL");
+                    self.vms.kill(&rec.id);
+                }
+            }
+        }
+        self.stop_vm_after(rec, POWEROFF_GRACE).await;
+        self.emit("stop", rec, &[]);
+        Ok(())
+    }
+
+    async fn main_ends_within(&self, id: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.is_running(id) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits up to `grace` for the VM's process to end on its own, then kills it; returns once
+    /// the supervisor has handled its exit.
+    async fn stop_vm_after(&self, rec: &Record, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.vms.pid(&rec.id).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        if self.vms.kill(&rec.id) {
+            let deadline = Instant::now() + KILL_GRACE;
+            while self.vms.pid(&rec.id).is_some() && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// docker restart: stop (if running), then start.
+    pub async fn restart(
+        self: &Arc<Self>,
+        reference: &str,
+        timeout: Option<u32>,
+    ) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.op_lock(&rec.id);
+        let _op = lock.lock().await;
+        match self.stop_locked(&rec, timeout).await {
+            Ok(()) | Err(EngineError::NotModified(..)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start_locked(&rec).await?;
+        self.emit("restart", &rec, &[]);
+        Ok(())
+    }
+
+    /// docker rm: refuses a running container unless `force` (which kills it first).
+    pub async fn remove(&self, reference: &str, force: bool) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.op_lock(&rec.id);
+        let _op = lock.lock().await;
+        let running = self.is_running(&rec.id) || self.vms.pid(&rec.id).is_some();
+        if running && !force {
+            return Err(EngineError::Conflict(format!(
+                "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                rec.id
+            )));
+        }
+        if running {
+            self.vms.kill(&rec.id);
+            if let Ok(c) = self.running(&rec) {
+                let _ = c.send_control(Control::Signal {
+                    session: MAIN_SESSION,
+                    signal: libc::SIGKILL,
+                    group: false,
+                });
+            }
+            let deadline = Instant::now() + KILL_GRACE;
+            while self.vms.pid(&rec.id).is_some() && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        self.remove_now(&rec)
+    }
+
+    /// Deletes a stopped container's record, state, logs and disk.
+    pub(crate) fn remove_now(&self, rec: &Record) -> Result<(), EngineError> {
+        self.server.forget(&rec.id);
+        records::remove(self.home(), &rec.id)?;
+        self.ops.lock().expect("ops lock").remove(&rec.id);
+        self.emit("destroy", rec, &[]);
+        Ok(())
+    }
+
+    /// docker rename.
+    pub fn rename(&self, reference: &str, new_name: &str) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let _names = self.names.lock().expect("names lock");
+        let renamed = records::rename(self.home(), &rec.id, new_name)?;
+        self.emit("rename", &renamed, &[("oldName", format!("/{}", rec.name))]);
+        Ok(())
+    }
+
+    /// docker wait: the main process's exit code once `condition` holds.
+    pub async fn wait(
+        &self,
+        reference: &str,
+        condition: WaitCondition,
+    ) -> Result<i32, EngineError> {
+        let rec = self.resolve(reference)?;
+        // Subscribed before looking, so an exit between the look and the wait is not missed.
+        let (_, mut events) = self.events.replay_and_follow(i128::MAX);
+        let st = self.state(&rec.id);
+        let code_now = |st: &State| st.main().and_then(|m| m.exit_code).unwrap_or(0);
+        let running = st.status == ContainerStatus::Running || self.vms.pid(&rec.id).is_some();
+        match condition {
+            WaitCondition::NotRunning if !running => return Ok(code_now(&st)),
+            WaitCondition::Removed if !self.home().container(&rec.id).exists() => {
+                return Ok(code_now(&st))
+            }
+            _ => {}
+        }
+        let mut code = code_now(&st);
+        loop {
+            match events.recv().await {
+                Ok(e) if e.id == rec.id && e.action == "die" => {
+                    code = e
+                        .attributes
+                        .get("exitCode")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(code);
+                    if condition != WaitCondition::Removed {
+                        return Ok(code);
+                    }
+                }
+                Ok(e) if e.id == rec.id && e.action == "destroy" => return Ok(code),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let st = self.state(&rec.id);
+                    if condition != WaitCondition::Removed && st.status.is_finished() {
+                        return Ok(code_now(&st));
+                    }
+                }
+                Err(_) => return Err(EngineError::Internal("the engine is shutting down".into())),
+            }
+        }
+    }
+}
+
+/// The VM size when the container does not ask for one.
+pub const DEFAULT_MEMORY_MB: u32 = 256;
+
+/// A start failure in the words docker's CLI maps to its exit codes (127 "executable file not
+/// found" / "no such file or directory", 126 "permission denied", else 125).
+fn start_failed(message: String, exit_code: i32) -> EngineError {
+    let message = if exit_code == 126 && !message.contains("permission denied") {
+        format!(
+            "{}: permission denied",
+            message.replace("Permission denied", "permission denied")
+        )
+    } else {
+        message
+    };
+    EngineError::StartFailed { message, exit_code }
+}

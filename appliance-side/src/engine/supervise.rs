@@ -1,0 +1,114 @@
+//! The engine's own loop: what happens after a container's main process ends or its VM's
+//! process goes away. Docker's `die` event, `--rm`, restart policies, and a VM that died under a
+//! running container (QEMU killed or crashed) becoming exited instead of `Up` forever.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+
+use crate::engine::vms::VmExit;
+use crate::engine::Engine;
+use crate::server::Lifecycle;
+
+/// docker's code for a container whose process was killed without reporting an exit (SIGKILL).
+pub const KILLED_EXIT_CODE: i32 = 137;
+
+pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<VmExit>) {
+    let mut news = engine.server.lifecycle();
+    let weak: Weak<Engine> = Arc::downgrade(engine);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                n = news.recv() => match n {
+                    Ok(Lifecycle::MainExited { id, exit_code }) => {
+                        let Some(engine) = weak.upgrade() else { return };
+                        engine.on_main_exit(&id, exit_code);
+                    }
+                    Ok(Lifecycle::Connected { .. }) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("the engine missed {n} lifecycle notices");
+                    }
+                    Err(_) => return,
+                },
+                exit = vm_exits.recv() => {
+                    let (Some(exit), Some(engine)) = (exit, weak.upgrade()) else { return };
+                    engine.on_vm_exit(exit).await;
+                }
+            }
+        }
+    });
+}
+
+impl Engine {
+    fn on_main_exit(&self, id: &str, exit_code: i32) {
+        if let Ok(rec) = self.resolve(id) {
+            self.emit("die", &rec, &[("exitCode", exit_code.to_string())]);
+        }
+    }
+
+    async fn on_vm_exit(self: &Arc<Self>, exit: VmExit) {
+        let on_purpose = self.vms.finished(&exit.id, exit.pid);
+        let Ok(rec) = self.resolve(&exit.id) else {
+            return;
+        };
+        tracing::info!(container = %rec.id, pid = exit.pid, how = %exit.how, "VM process ended");
+        // The VM went away under a running main process: nobody will report its exit.
+        let why = format!(
+            "the containerVM ended without its process exiting ({}); console: {}",
+            exit.how,
+            self.console_tail(&rec.id)
+        );
+        let died = match self.server.container(&rec.id) {
+            Some(c) => c.mark_vm_gone(KILLED_EXIT_CODE, &why).unwrap_or(false),
+            None => false,
+        };
+        if died {
+            tracing::warn!(container = %rec.id, "{why}");
+            self.emit("die", &rec, &[("exitCode", KILLED_EXIT_CODE.to_string())]);
+        }
+        let code = self
+            .state(&rec.id)
+            .main()
+            .and_then(|m| m.exit_code)
+            .unwrap_or(KILLED_EXIT_CODE);
+        if rec.options.auto_remove {
+            if let Err(e) = self.remove_now(&rec) {
+                tracing::warn!(container = %rec.id, "--rm: {e}");
+            }
+            return;
+        }
+        if !on_purpose && restart_wanted(&rec.options.restart_policy, code) {
+            tracing::info!(container = %rec.id, policy = %rec.options.restart_policy, "restarting");
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.start(&rec.id).await {
+                    tracing::warn!(container = %rec.id, "restart policy: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Whether docker's restart policy restarts a container that exited with `code` on its own.
+fn restart_wanted(policy: &str, code: i32) -> bool {
+    match policy {
+        "always" | "unless-stopped" => true,
+        "on-failure" => code != 0,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_as_docker() {
+        assert!(restart_wanted("always", 0));
+        assert!(restart_wanted("unless-stopped", 3));
+        assert!(restart_wanted("on-failure", 1));
+        assert!(!restart_wanted("on-failure", 0));
+        assert!(!restart_wanted("no", 1));
+        assert!(!restart_wanted("", 1));
+    }
+}
