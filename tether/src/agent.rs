@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use guestinfo::contract::MAIN_SESSION;
 use guestinfo::ContainerSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
@@ -20,8 +21,6 @@ use crate::link::{self, Identity};
 use crate::session::{self, ParentStdio, Plan};
 use crate::state::{Ctx, Event, Shared};
 
-/// The main session's id on the wire.
-pub const MAIN_SESSION: SessionId = 1;
 /// After a process exits, how long to wait for its output pipes to reach end of file (a
 /// background child may hold them open) before reporting the exit anyway.
 const OUTPUT_DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);

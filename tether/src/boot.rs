@@ -5,14 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use guestinfo::contract::{FW_CFG_NAME, FW_CFG_PATH};
 use guestinfo::ContainerSpec;
 
 use crate::os::Os;
 
 /// Where the image disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/mnt/containerfs";
-/// QEMU: `-fw_cfg name=opt/org.tether/config,file=...`.
-pub const FW_CFG_CONFIG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw";
 
 const MS_NOSUID: u64 = libc::MS_NOSUID;
 const MS_NODEV: u64 = libc::MS_NODEV;
@@ -105,9 +104,9 @@ pub fn mount_base(os: &dyn Os) -> Result<(), BootError> {
 /// The config text: fw_cfg (QEMU), else the file named by `tether.config=` on the kernel command
 /// line. (The VMware backdoor source is read by the caller when neither is present.)
 pub fn read_config(os: &dyn Os) -> Result<String, BootError> {
-    let mut looked = vec![FW_CFG_CONFIG.to_string()];
-    if let Ok(bytes) = os.read_file(Path::new(FW_CFG_CONFIG)) {
-        return String::from_utf8(bytes).map_err(|_| err(format!("{FW_CFG_CONFIG}: not UTF-8")));
+    let mut looked = vec![FW_CFG_PATH.to_string()];
+    if let Ok(bytes) = os.read_file(Path::new(FW_CFG_PATH)) {
+        return String::from_utf8(bytes).map_err(|_| err(format!("{FW_CFG_PATH}: not UTF-8")));
     }
     let cmdline = os.read_file(Path::new("/proc/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -121,7 +120,7 @@ pub fn read_config(os: &dyn Os) -> Result<String, BootError> {
         }
     }
     Err(err(format!(
-        "no config found (looked at {}); pass it with -fw_cfg name=opt/org.tether/config,file=... or as guestinfo",
+        "no config found (looked at {}); pass it with -fw_cfg name={FW_CFG_NAME},file=... or as guestinfo",
         looked.join(", ")
     )))
 }
@@ -366,7 +365,7 @@ mod tests {
     #[test]
     fn config_from_fw_cfg_then_cmdline_else_a_clear_error() {
         let os = Recording::default();
-        os.file(FW_CFG_CONFIG, b"a = \"1\"");
+        os.file(FW_CFG_PATH, b"a = \"1\"");
         assert_eq!(read_config(&os).unwrap(), "a = \"1\"");
         let os = Recording::default();
         os.file(
@@ -452,7 +451,7 @@ mod tests {
             domainname: None,
             secret: b"s".to_vec(),
             channel_device: None,
-            disk_label: "containerfs".into(),
+            disk_label: guestinfo::contract::DEFAULT_DISK_LABEL.into(),
             disk_wait_ms: 100,
             stop_grace_ms: 100,
             dns: vec![],

@@ -9,9 +9,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fdio::FdStream;
 
-/// The virtio-serial port name the appliance's QEMU launcher gives the channel.
-pub const VIRTIO_PORT_NAME: &str = "org.tether.channel";
-
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 

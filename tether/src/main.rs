@@ -91,7 +91,7 @@ fn host_main(args: HostArgs) -> i32 {
     };
     log::set_level(spec.debug);
     // Orphans of our sessions are reparented to us, so we reap them as PID 1 would.
-    // SAFETY: prctl with integer arguments.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only; no memory is passed.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let channel = channel::ChannelSpec::for_path(&args.channel);
     let device = match &channel {

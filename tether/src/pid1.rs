@@ -6,6 +6,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use guestinfo::contract::{COM_DEVICE, VIRTIO_PORT_NAME};
+
 use crate::agent::{self, AgentConfig, Failure};
 use crate::boot;
 use crate::channel::{self, ChannelSpec};
@@ -22,7 +24,7 @@ pub fn main() -> ! {
         power_off(&Real, Power::Off);
     }));
     // Non-dumpable: the container's processes cannot open /proc/1/fd (the channel) or ptrace us.
-    // SAFETY: prctl with integer arguments.
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only; no memory is passed to the kernel.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let power = run(&Real);
     power_off(&Real, power)
@@ -45,18 +47,15 @@ fn power_off(os: &dyn Os, action: Power) -> ! {
 fn channel_path(configured: Option<&str>) -> PathBuf {
     match configured {
         Some(p) if p.starts_with('/') => PathBuf::from(p),
-        Some(name) => channel::find_virtio_port(std::path::Path::new("/sys"), name)
-            .unwrap_or_else(|_| PathBuf::from("/dev/ttyS1")),
-        None => {
-            match channel::find_virtio_port(std::path::Path::new("/sys"), channel::VIRTIO_PORT_NAME)
-            {
-                Ok(p) => p,
-                Err(why) => {
-                    log::info(&format!("{why}; using the serial port /dev/ttyS1"));
-                    PathBuf::from("/dev/ttyS1")
-                }
+        Some(name) => channel::find_virtio_port(Path::new("/sys"), name)
+            .unwrap_or_else(|_| PathBuf::from(COM_DEVICE)),
+        None => match channel::find_virtio_port(Path::new("/sys"), VIRTIO_PORT_NAME) {
+            Ok(p) => p,
+            Err(why) => {
+                log::info(&format!("{why}; using the serial port {COM_DEVICE}"));
+                PathBuf::from(COM_DEVICE)
             }
-        }
+        },
     }
 }
 

@@ -7,12 +7,11 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::spawn::{self, ChildStdio, Rlimit, SpawnError, SpawnRequest};
-use crate::users;
+use guestinfo::contract::DEFAULT_PATH;
 use guestinfo::Rlimit as RlimitSpec;
 
-/// PATH when the session sets none, as docker's default.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::spawn::{self, ChildStdio, Rlimit, SpawnError, SpawnRequest};
+use crate::users;
 
 /// Capabilities a docker container keeps by default; every other one is dropped.
 const DOCKER_DEFAULT_CAPS: [&str; 14] = [

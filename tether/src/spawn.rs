@@ -247,8 +247,11 @@ fn child_main(
     envp: &[*const libc::c_char],
     err: RawFd,
 ) -> ! {
-    // SAFETY (whole function): we are the forked child of a single-threaded process; every call
-    // below is a system call on memory prepared before the fork, and we end in execve or _exit.
+    // SAFETY: we are the forked child of a single-threaded process, so no lock (allocator, stdio)
+    // was held by another thread at the fork. Every call below is a system call on memory the
+    // parent prepared before the fork and still owns in our copy (`req`, `argv`, `envp`, whose
+    // pointers point into `req`'s CStrings and end in a null), or on stack locals; and the
+    // function never returns: it ends in execve or, through `fail`, in _exit.
     unsafe {
         // Default signal dispositions and an empty mask: the parent's handlers are not ours.
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -335,7 +338,8 @@ fn child_main(
 
 /// dup2 that also clears close-on-exec when the fd is already in place.
 fn dup_onto(fd: RawFd, target: RawFd, err: RawFd) {
-    // SAFETY: plain fd system calls in the forked child.
+    // SAFETY: fcntl and dup2 take integer descriptors and flags only: no memory is handed to the
+    // kernel, and a bad descriptor is an error return, which `check` reports.
     unsafe {
         if fd == target {
             let flags = libc::fcntl(fd, libc::F_GETFD);
