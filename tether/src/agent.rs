@@ -2,7 +2,6 @@
 //! appliance, reaps every child, reports exits, and on the main session's exit stops the rest
 //! (stop signal, then SIGKILL after the grace), delivers all output, and returns the outcome.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -12,14 +11,14 @@ use std::time::Duration;
 use guestinfo::contract::MAIN_SESSION;
 use guestinfo::ContainerSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
-use wire::{Control, ExecSpec, Role, SessionId, StreamConfig, StreamKey, StreamKind, Streams};
+use tokio::sync::mpsc;
+use wire::{Control, ExecSpec, SessionId, StreamKey, StreamKind};
 
 use crate::channel::ChannelSpec;
 use crate::fdio::FdStream;
 use crate::link::{self, Identity};
 use crate::session::{self, ParentStdio, Plan};
-use crate::state::{Ctx, Event, Shared};
+use crate::state::{Ctx, Event};
 
 /// After a process exits, how long to wait for its output pipes to reach end of file (a
 /// background child may hold them open) before reporting the exit anyway.
@@ -106,21 +105,6 @@ fn stop_signal_of(name: &str) -> i32 {
     wire::message::parse_signal(name).unwrap_or(libc::SIGTERM)
 }
 
-fn new_ctx(events: mpsc::UnboundedSender<Event>) -> Ctx {
-    Ctx {
-        shared: Rc::new(RefCell::new(Shared {
-            streams: Streams::new(Role::Guest, StreamConfig::default()),
-            stdin: BTreeMap::new(),
-            link_out: Default::default(),
-            connected: false,
-        })),
-        tx_wake: Rc::new(Notify::new()),
-        space: Rc::new(Notify::new()),
-        stdin_wake: Rc::new(Notify::new()),
-        events,
-    }
-}
-
 /// A container that could not be started, and who it is.
 pub struct Failure {
     pub container_id: String,
@@ -138,7 +122,7 @@ pub async fn report_failure(
     drain: Duration,
 ) {
     let (events_tx, _events) = mpsc::unbounded_channel();
-    let ctx = new_ctx(events_tx);
+    let ctx = Ctx::new(events_tx);
     let identity = Identity {
         container_id: f.container_id,
         secret: wire::Secret::new(f.secret),
@@ -184,7 +168,7 @@ pub async fn report_failure(
 /// Runs the container to the end. Must be called inside a `LocalSet`.
 pub async fn run(cfg: AgentConfig) -> Outcome {
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let ctx = new_ctx(events_tx);
+    let ctx = Ctx::new(events_tx);
     // The reaper registers for SIGCHLD before any child exists, so no exit goes unseen.
     let reaper_ready = crate::reaper::install(ctx.clone());
     let spec = cfg.spec;
