@@ -9,7 +9,7 @@ use std::time::Duration;
 use guestinfo::contract::{COM_DEVICE, VIRTIO_PORT_NAME};
 
 use crate::agent::{self, AgentConfig, Failure};
-use crate::boot;
+use crate::boot::{self, BootError};
 use crate::channel::{self, ChannelSpec};
 use crate::log;
 use crate::os::{Os, Power, Real};
@@ -85,7 +85,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Reports a boot failure over the channel if we know who we are; the console has it already.
-fn report(identity: Option<(String, Vec<u8>)>, channel: PathBuf, message: String) -> Power {
+fn report(identity: Known, channel: PathBuf, message: String) -> Power {
     log::error(&message);
     let Some((id, secret)) = identity else {
         log::error(
@@ -117,18 +117,23 @@ fn report(identity: Option<(String, Vec<u8>)>, channel: PathBuf, message: String
     Power::Off
 }
 
-/// The spec from fw_cfg or `tether.config=` (QEMU, tests), else VMware guestinfo (vSphere).
-fn load_spec(os: &dyn Os) -> Result<guestinfo::ContainerSpec, crate::vmware::ConfigFailure> {
+/// The container's id and secret, when the config yields that much: a failure can then be
+/// reported over the channel.
+type Known = Option<(String, Vec<u8>)>;
+
+/// The spec from fw_cfg or `tether.config=` (QEMU, tests), else VMware guestinfo (vSphere); on
+/// failure, who the container is if that much decodes.
+fn load_spec(os: &dyn Os) -> Result<guestinfo::ContainerSpec, (Known, BootError)> {
     match boot::read_config(os) {
         Ok(text) => guestinfo::spec_from_vmx(&text).map_err(|e| {
             (
                 guestinfo::identity_from_vmx(&text),
-                format!("config does not decode: {e}"),
+                BootError::ConfigInvalid(e),
             )
         }),
         Err(e) => match crate::vmware::load_spec() {
-            Some(r) => r,
-            None => Err((None, format!("config: {e}"))),
+            Some(r) => r.map_err(|(identity, e)| (identity, e.into())),
+            None => Err((None, e)),
         },
     }
 }
@@ -141,7 +146,7 @@ fn run(os: &dyn Os) -> Power {
     crate::timing::mark("base_mounted");
     let spec = match load_spec(os) {
         Ok(s) => s,
-        Err((identity, message)) => return report(identity, channel_path(None), message),
+        Err((identity, e)) => return report(identity, channel_path(None), e.to_string()),
     };
     log::set_level(spec.debug);
     crate::timing::mark("config_loaded");
