@@ -178,7 +178,6 @@ fn run(os: &dyn Os) -> Power {
     let Some(rt) = runtime() else {
         return Power::Off;
     };
-    let restart = spec.main_session().is_some_and(|m| m.restart);
     let cfg = AgentConfig {
         spec,
         root: PathBuf::from("/"),
@@ -205,7 +204,7 @@ fn run(os: &dyn Os) -> Power {
         "main session exited {}; shutting down",
         outcome.exit_code
     ));
-    if restart {
+    if outcome.restart {
         Power::Restart
     } else {
         Power::Off

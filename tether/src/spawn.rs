@@ -373,6 +373,51 @@ fn drop_capabilities(drop: &[caps::Capability], err: RawFd) {
 mod tests {
     use super::*;
 
+    fn request(program: &str) -> SpawnRequest {
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        SpawnRequest {
+            root: None,
+            program: program.into(),
+            candidates: vec![],
+            search_path: "/usr/bin:/bin".into(),
+            argv: vec![],
+            env: vec![],
+            dir: c"/".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            rlimits: vec![],
+            cap_drop: vec![],
+            stdio: ChildStdio::Pipes {
+                stdin: null(),
+                stdout: null(),
+                stderr: null(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_failure_is_127_when_not_found_and_126_otherwise() {
+        let e = describe_failure(&request("nope"), Step::Exec, libc::ENOENT);
+        assert_eq!((e.exit_code, e.errno), (127, libc::ENOENT));
+        assert_eq!(
+            e.message,
+            "exec \"nope\": executable file not found in PATH (/usr/bin:/bin)"
+        );
+        let e = describe_failure(&request("/no/such"), Step::Exec, libc::ENOTDIR);
+        assert_eq!(e.exit_code, 127);
+        assert_eq!(e.message, "exec \"/no/such\": no such file or directory");
+        let e = describe_failure(&request("/etc/passwd"), Step::Exec, libc::EACCES);
+        assert_eq!((e.exit_code, e.errno), (126, libc::EACCES));
+        assert_eq!(e.message, "exec \"/etc/passwd\": Permission denied");
+        let e = describe_failure(&request("sh"), Step::Chdir, libc::ENOENT);
+        assert_eq!(e.exit_code, 126, "only a missing program is 127");
+        assert_eq!(
+            e.message,
+            "starting \"sh\" failed while changing to the working directory: No such file or directory"
+        );
+    }
+
     #[test]
     fn candidates_follow_execvp() {
         assert_eq!(candidates("/bin/sh", "/x"), ["/bin/sh"]);

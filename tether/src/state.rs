@@ -46,6 +46,8 @@ pub enum Event {
     ExitDeadline {
         session: SessionId,
     },
+    /// The stop grace after the main session's end is over.
+    StopGraceOver,
     ChannelUp,
     ChannelDown(String),
 }
