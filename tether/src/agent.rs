@@ -119,3 +119,110 @@ pub async fn report_failure(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use wire::io::MessageStream;
+    use wire::{Inbound, Message, Role, Secret, ServerHandshake, StreamConfig, Streams, Welcome};
+
+    #[test]
+    fn a_failure_is_reported_as_failed_then_as_the_main_sessions_start_failure() {
+        let dir = std::env::temp_dir().join(format!("tether-agent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("ch.sock");
+        let _ = std::fs::remove_file(&sock);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let records = local.block_on(&rt, async {
+            let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+            let failure = Failure {
+                container_id: "c1".into(),
+                secret: b"s".to_vec(),
+                message: "no disk labelled \"containerfs\"".into(),
+                exit_code: 125,
+            };
+            let report = report_failure(
+                failure,
+                ChannelSpec::Socket(sock.clone()),
+                None,
+                Duration::from_secs(20),
+            );
+            // The appliance: handshake, then take and acknowledge everything.
+            let appliance = async {
+                let (conn, _) = listener.accept().await.unwrap();
+                let (rd, mut wr) = tokio::io::split(conn);
+                let mut rd = MessageStream::new(rd);
+                let frame = |m: Message| {
+                    let mut buf = Vec::new();
+                    wire::write_message(&m, &mut buf);
+                    buf
+                };
+                let Some(Message::Hello(hello)) = rd.next().await.unwrap() else {
+                    panic!("expected Hello");
+                };
+                let (server, challenge) =
+                    ServerHandshake::on_hello(hello, [1; 32], |_| Some(Secret::new(b"s".to_vec())))
+                        .unwrap();
+                wr.write_all(&frame(Message::Challenge(challenge)))
+                    .await
+                    .unwrap();
+                let proof = loop {
+                    if let Some(Message::Proof(p)) = rd.next().await.unwrap() {
+                        break p;
+                    }
+                };
+                server.on_proof(proof).unwrap();
+                wr.write_all(&frame(Message::Welcome(Welcome { received: vec![] })))
+                    .await
+                    .unwrap();
+                let mut streams = Streams::new(Role::Appliance, StreamConfig::default());
+                let mut records = Vec::new();
+                while !records.iter().any(|r| matches!(r, Control::Exited { .. })) {
+                    let Some(m) = rd.next().await.unwrap() else {
+                        break;
+                    };
+                    if let Ok(Inbound::Control(r)) = streams.on_message(m) {
+                        records.extend(r);
+                    }
+                    let mut out = Vec::new();
+                    streams.write_batch(&mut out);
+                    wr.write_all(&out).await.unwrap();
+                }
+                records
+            };
+            let ((), records) = tokio::join!(report, appliance);
+            records
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let message = "no disk labelled \"containerfs\"".to_string();
+        assert_eq!(
+            records,
+            [
+                Control::State {
+                    state: GuestState::Failed,
+                    detail: message.clone()
+                },
+                Control::Log {
+                    level: wire::LogLevel::Error,
+                    message: message.clone()
+                },
+                Control::StartFailed {
+                    session: MAIN_SESSION,
+                    exit_code: 125,
+                    errno: 0,
+                    message
+                },
+                Control::Exited {
+                    session: MAIN_SESSION,
+                    exit_code: 125,
+                    signal: None
+                },
+            ]
+        );
+    }
+}
