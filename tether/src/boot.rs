@@ -2,34 +2,100 @@
 //! (bounded wait), the container root with its own /dev, hostname and hosts, and the switch into
 //! it. After the switch tether's own files (the initramfs) are unreachable: the image is `/`.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use guestinfo::contract::{FW_CFG_NAME, FW_CFG_PATH};
 use guestinfo::ContainerSpec;
+use thiserror::Error;
 
 use crate::os::Os;
+use crate::vmware::GuestinfoError;
 
 /// Where the image disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/mnt/containerfs";
-/// QEMU: `-fw_cfg name=opt/org.tether/config,file=...`.
-pub const FW_CFG_CONFIG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw";
 
 const MS_NOSUID: u64 = libc::MS_NOSUID;
 const MS_NODEV: u64 = libc::MS_NODEV;
 const MS_NOEXEC: u64 = libc::MS_NOEXEC;
 const MS_RDONLY: u64 = libc::MS_RDONLY;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootError(pub String);
-
-impl std::fmt::Display for BootError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A boot step that failed, and what it failed on. The messages go to the console and, as the
+/// container's failure, to the appliance.
+#[derive(Debug, Error)]
+pub enum BootError {
+    /// Neither fw_cfg nor `tether.config=` has a config (and there is no guestinfo).
+    #[error(
+        "config: no config found (looked at {}); pass it with -fw_cfg name={FW_CFG_NAME},file=... \
+         or as guestinfo",
+        looked.join(", ")
+    )]
+    ConfigMissing { looked: Vec<String> },
+    #[error("config {path}: not UTF-8")]
+    ConfigNotUtf8 { path: String },
+    /// The config text is there but is not a valid spec.
+    #[error("config does not decode: {0}")]
+    ConfigInvalid(#[source] guestinfo::ConfigError),
+    #[error(transparent)]
+    Guestinfo(#[from] GuestinfoError),
+    /// No block device with the image's ext4 label appeared within the wait.
+    #[error(
+        "no disk labelled {label:?} appeared within {} ms; block devices seen: {}. Attach the \
+         image disk (bootstrap-iso disk labels it {label:?})",
+        waited.as_millis(),
+        if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+    )]
+    DiskNotFound {
+        label: String,
+        waited: Duration,
+        /// Each device seen, with its label or the lack of one.
+        seen: Vec<String>,
+    },
+    #[error("mkdir {}: {}", path.display(), OsText(source))]
+    Mkdir { path: PathBuf, source: io::Error },
+    /// mount(2) failed; `source` holds its errno.
+    #[error("mount {fstype} on {}: {}", target.display(), OsText(source))]
+    Mount {
+        fstype: String,
+        target: PathBuf,
+        source: io::Error,
+    },
+    /// Mounting the image disk itself failed.
+    #[error("mounting the image disk {}: {source}", disk.display())]
+    ImageDisk {
+        disk: PathBuf,
+        source: Box<BootError>,
+    },
+    /// A node of the container's `/dev` (a path inside the container).
+    #[error("mknod {path}: {}", OsText(source))]
+    Mknod { path: String, source: io::Error },
+    #[error("symlink {path}: {}", OsText(source))]
+    Symlink { path: String, source: io::Error },
+    #[error("sethostname {hostname:?}: {}", OsText(source))]
+    Hostname { hostname: String, source: io::Error },
+    /// A file of the container's `/etc` (a path inside the container).
+    #[error("writing {path}: {}", OsText(source))]
+    Write { path: String, source: io::Error },
+    #[error("chdir {}: {}", path.display(), OsText(source))]
+    Chdir { path: PathBuf, source: io::Error },
+    #[error("move mount {} to /: {}", root.display(), OsText(source))]
+    MoveRoot { root: PathBuf, source: io::Error },
+    #[error("chroot: {}", OsText(source))]
+    Chroot { source: io::Error },
 }
 
-fn err(msg: impl Into<String>) -> BootError {
-    BootError(msg.into())
+/// An OS error as the console shows it: `ENOENT: No such file or directory`, with the errno's
+/// name; an error without an errno as it is.
+struct OsText<'a>(&'a io::Error);
+
+impl std::fmt::Display for OsText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.raw_os_error() {
+            Some(errno) => write!(f, "{}", nix::errno::Errno::from_raw(errno)),
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 /// Mounts a filesystem, creating the mount point; an already-mounted target (EBUSY) is fine.
@@ -41,11 +107,17 @@ fn mount(
     flags: u64,
     data: &str,
 ) -> Result<(), BootError> {
-    os.mkdir_all(target)
-        .map_err(|e| err(format!("mkdir {}: {e}", target.display())))?;
+    os.mkdir_all(target).map_err(|source| BootError::Mkdir {
+        path: target.to_path_buf(),
+        source,
+    })?;
     match os.mount(source, target, fstype, flags, data) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        r => r.map_err(|e| err(e.to_string())),
+        r => r.map_err(|source| BootError::Mount {
+            fstype: fstype.to_string(),
+            target: target.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -105,9 +177,14 @@ pub fn mount_base(os: &dyn Os) -> Result<(), BootError> {
 /// The config text: fw_cfg (QEMU), else the file named by `tether.config=` on the kernel command
 /// line. (The VMware backdoor source is read by the caller when neither is present.)
 pub fn read_config(os: &dyn Os) -> Result<String, BootError> {
-    let mut looked = vec![FW_CFG_CONFIG.to_string()];
-    if let Ok(bytes) = os.read_file(Path::new(FW_CFG_CONFIG)) {
-        return String::from_utf8(bytes).map_err(|_| err(format!("{FW_CFG_CONFIG}: not UTF-8")));
+    let text = |path: &str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| BootError::ConfigNotUtf8 {
+            path: path.to_string(),
+        })
+    };
+    let mut looked = vec![FW_CFG_PATH.to_string()];
+    if let Ok(bytes) = os.read_file(Path::new(FW_CFG_PATH)) {
+        return text(FW_CFG_PATH, bytes);
     }
     let cmdline = os.read_file(Path::new("/proc/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -117,13 +194,10 @@ pub fn read_config(os: &dyn Os) -> Result<String, BootError> {
     {
         looked.push(path.to_string());
         if let Ok(bytes) = os.read_file(Path::new(path)) {
-            return String::from_utf8(bytes).map_err(|_| err(format!("{path}: not UTF-8")));
+            return text(path, bytes);
         }
     }
-    Err(err(format!(
-        "no config found (looked at {}); pass it with -fw_cfg name=opt/org.tether/config,file=... or as guestinfo",
-        looked.join(", ")
-    )))
+    Err(BootError::ConfigMissing { looked })
 }
 
 /// The ext4 volume label of a block device, if it has one.
@@ -159,16 +233,11 @@ pub fn find_disk(os: &dyn Os, label: &str, wait: Duration) -> Result<PathBuf, Bo
             }
         }
         if waited >= wait {
-            return Err(err(format!(
-                "no disk labelled {label:?} appeared within {} ms; block devices seen: {}. \
-                 Attach the image disk (bootstrap-iso disk labels it {label:?})",
-                wait.as_millis(),
-                if seen.is_empty() {
-                    "none".to_string()
-                } else {
-                    seen.join(", ")
-                }
-            )));
+            return Err(BootError::DiskNotFound {
+                label: label.to_string(),
+                waited: wait,
+                seen,
+            });
         }
         os.sleep(step);
         waited += step;
@@ -200,7 +269,10 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         0,
         "noinit_itable",
     )
-    .map_err(|e| err(format!("mounting the image disk {}: {e}", disk.display())))?;
+    .map_err(|e| BootError::ImageDisk {
+        disk: disk.to_path_buf(),
+        source: Box::new(e),
+    })?;
     crate::timing::mark("disk_mounted");
     mount(
         os,
@@ -229,7 +301,10 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     )?;
     for (name, major, minor) in DEVICES {
         os.mknod_char(&dev.join(name), 0o666, major, minor)
-            .map_err(|e| err(format!("mknod /dev/{name}: {e}")))?;
+            .map_err(|source| BootError::Mknod {
+                path: format!("/dev/{name}"),
+                source,
+            })?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -239,7 +314,10 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         ("ptmx", "pts/ptmx"),
     ] {
         os.symlink(target, &dev.join(link))
-            .map_err(|e| err(format!("symlink /dev/{link}: {e}")))?;
+            .map_err(|source| BootError::Symlink {
+                path: format!("/dev/{link}"),
+                source,
+            })?;
     }
     mount(
         os,
@@ -259,21 +337,30 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     )?;
     let hostname = spec.effective_hostname();
     os.sethostname(&hostname)
-        .map_err(|e| err(format!("sethostname {hostname:?}: {e}")))?;
+        .map_err(|source| BootError::Hostname {
+            hostname: hostname.clone(),
+            source,
+        })?;
     let etc = root.join("etc");
-    os.mkdir_all(&etc)
-        .map_err(|e| err(format!("mkdir /etc: {e}")))?;
+    os.mkdir_all(&etc).map_err(|source| BootError::Mkdir {
+        path: PathBuf::from("/etc"),
+        source,
+    })?;
     let short = hostname.split('.').next().unwrap_or(&hostname);
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {short}\n"
     );
-    os.write_file(&etc.join("hosts"), hosts.as_bytes())
-        .map_err(|e| err(format!("writing /etc/hosts: {e}")))?;
-    os.write_file(&etc.join("hostname"), format!("{hostname}\n").as_bytes())
-        .map_err(|e| err(format!("writing /etc/hostname: {e}")))?;
+    let write = |name: &str, contents: &[u8]| {
+        os.write_file(&etc.join(name), contents)
+            .map_err(|source| BootError::Write {
+                path: format!("/etc/{name}"),
+                source,
+            })
+    };
+    write("hosts", hosts.as_bytes())?;
+    write("hostname", format!("{hostname}\n").as_bytes())?;
     if let Some(resolv) = resolv_conf(spec) {
-        os.write_file(&etc.join("resolv.conf"), resolv.as_bytes())
-            .map_err(|e| err(format!("writing /etc/resolv.conf: {e}")))?;
+        write("resolv.conf", resolv.as_bytes())?;
     }
     if let Err(e) = os.loopback_up() {
         crate::log::warn(&format!("loopback interface not brought up: {e}"));
@@ -299,166 +386,22 @@ fn resolv_conf(spec: &ContainerSpec) -> Option<String> {
 /// Makes `root` the filesystem root for tether and everything it starts (as switch_root does):
 /// the initramfs, with tether's own files, is left unreachable underneath.
 pub fn switch_root(os: &dyn Os, root: &Path) -> Result<(), BootError> {
-    os.chdir(root)
-        .map_err(|e| err(format!("chdir {}: {e}", root.display())))?;
+    let chdir = |path: &Path| {
+        os.chdir(path).map_err(|source| BootError::Chdir {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    chdir(root)?;
     os.move_mount(root, Path::new("/"))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|source| BootError::MoveRoot {
+            root: root.to_path_buf(),
+            source,
+        })?;
     os.chroot(Path::new("."))
-        .map_err(|e| err(format!("chroot: {e}")))?;
-    os.chdir(Path::new("/"))
-        .map_err(|e| err(format!("chdir /: {e}")))?;
-    Ok(())
+        .map_err(|source| BootError::Chroot { source })?;
+    chdir(Path::new("/"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::os::recording::Recording;
-
-    fn ext4_image(label: &str) -> Vec<u8> {
-        let mut img = vec![0u8; 2048];
-        img[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
-        img[1024 + 0x78..1024 + 0x78 + label.len()].copy_from_slice(label.as_bytes());
-        img
-    }
-
-    #[test]
-    fn finds_the_labelled_disk_among_others() {
-        let os = Recording::default();
-        os.file("/sys/class/block/vda/dev", b"");
-        os.file("/sys/class/block/vdb/dev", b"");
-        os.file("/dev/vda", &ext4_image("scratch"));
-        os.file("/dev/vdb", &ext4_image("containerfs"));
-        let dev = find_disk(&os, "containerfs", Duration::from_secs(1)).unwrap();
-        assert_eq!(dev, PathBuf::from("/dev/vdb"));
-    }
-
-    #[test]
-    fn waits_for_a_late_disk_then_gives_up_naming_what_it_saw() {
-        let os = Recording::default();
-        os.file("/sys/class/block/vda/dev", b"");
-        os.file("/dev/vda", &ext4_image("other"));
-        os.appear_at
-            .borrow_mut()
-            .push((300, "/sys/class/block/vdb/dev".into(), vec![]));
-        os.appear_at
-            .borrow_mut()
-            .push((300, "/dev/vdb".into(), ext4_image("containerfs")));
-        assert_eq!(
-            find_disk(&os, "containerfs", Duration::from_secs(1)).unwrap(),
-            PathBuf::from("/dev/vdb")
-        );
-        assert!(*os.clock_ms.borrow() >= 300);
-
-        let os = Recording::default();
-        os.file("/sys/class/block/vda/dev", b"");
-        os.file("/dev/vda", &ext4_image("other"));
-        os.file("/sys/class/block/sr0/dev", b"");
-        let e = find_disk(&os, "containerfs", Duration::from_millis(500)).unwrap_err();
-        assert!(e.0.contains("within 500 ms"), "{e}");
-        assert!(
-            e.0.contains("vda (ext4 label \"other\")") && e.0.contains("sr0 (no ext4 label)"),
-            "{e}"
-        );
-        assert_eq!(*os.clock_ms.borrow(), 500, "the wait is bounded");
-    }
-
-    #[test]
-    fn config_from_fw_cfg_then_cmdline_else_a_clear_error() {
-        let os = Recording::default();
-        os.file(FW_CFG_CONFIG, b"a = \"1\"");
-        assert_eq!(read_config(&os).unwrap(), "a = \"1\"");
-        let os = Recording::default();
-        os.file(
-            "/proc/cmdline",
-            b"console=ttyS0 tether.config=/cfg.vmx quiet",
-        );
-        os.file("/cfg.vmx", b"b = \"2\"");
-        assert_eq!(read_config(&os).unwrap(), "b = \"2\"");
-        let os = Recording::default();
-        let e = read_config(&os).unwrap_err();
-        assert!(
-            e.0.contains("no config found") && e.0.contains("fw_cfg"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn container_root_gets_its_own_dev_without_the_channel() {
-        let os = Recording::default();
-        let mut spec = guestinfo::spec_from_vmx(&guestinfo::spec_to_vmx(&sample())).unwrap();
-        spec.hostname = Some("web".into());
-        spec.domainname = Some("example.com".into());
-        let root = prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
-        assert_eq!(root, PathBuf::from(NEW_ROOT));
-        let calls = os.calls();
-        assert!(calls.contains(&"mount /dev/vdb /mnt/containerfs ext4 noinit_itable".to_string()));
-        assert!(calls.contains(&"mknod /mnt/containerfs/dev/null 666 1:3".to_string()));
-        assert!(calls
-            .iter()
-            .any(|c| c.starts_with("mount devpts /mnt/containerfs/dev/pts devpts newinstance")));
-        assert!(calls.contains(&"sethostname web.example.com".to_string()));
-        assert!(
-            !calls
-                .iter()
-                .any(|c| c.contains("vport") || c.contains("ttyS")),
-            "no channel device in the container's /dev"
-        );
-        let hosts = os
-            .read_file(Path::new("/mnt/containerfs/etc/hosts"))
-            .unwrap();
-        assert!(String::from_utf8(hosts)
-            .unwrap()
-            .contains("127.0.1.1\tweb.example.com web\n"));
-    }
-
-    #[test]
-    fn a_failing_mount_is_an_error_naming_it() {
-        let os = Recording::default();
-        os.failing.borrow_mut().push("mount /dev/vdb".into());
-        let e = prepare_root(&os, Path::new("/dev/vdb"), &sample()).unwrap_err();
-        assert!(e.0.contains("mounting the image disk /dev/vdb"), "{e}");
-    }
-
-    #[test]
-    fn switch_root_moves_the_image_onto_slash() {
-        let os = Recording::default();
-        switch_root(&os, Path::new(NEW_ROOT)).unwrap();
-        assert_eq!(
-            os.calls(),
-            [
-                "chdir /mnt/containerfs",
-                "move /mnt/containerfs /",
-                "chroot .",
-                "chdir /"
-            ]
-        );
-    }
-
-    fn sample() -> ContainerSpec {
-        let main = guestinfo::SessionSpec {
-            id: "abc".into(),
-            path: "/bin/true".into(),
-            args: vec!["/bin/true".into()],
-            dir: "/".into(),
-            stop_signal: "SIGTERM".into(),
-            ..Default::default()
-        };
-        ContainerSpec {
-            id: "abc".into(),
-            name: String::new(),
-            debug: 1,
-            hostname: None,
-            domainname: None,
-            secret: b"s".to_vec(),
-            channel_device: None,
-            disk_label: "containerfs".into(),
-            disk_wait_ms: 100,
-            stop_grace_ms: 100,
-            dns: vec![],
-            dns_search: vec![],
-            sessions: [("abc".to_string(), main)].into(),
-            execs: Default::default(),
-        }
-    }
-}
+mod tests;

@@ -5,12 +5,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fdio::FdStream;
-
-/// The virtio-serial port name the appliance's QEMU launcher gives the channel.
-pub const VIRTIO_PORT_NAME: &str = "org.tether.channel";
 
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
@@ -42,8 +40,24 @@ impl ChannelSpec {
     }
 }
 
+/// No virtio-serial port has the name looked for; `seen` lists each port as `dev="name"`.
+#[derive(Debug, Error)]
+#[error("no virtio-serial port named {name:?} (ports seen: {})", list(seen))]
+pub struct NoVirtioPort {
+    pub name: String,
+    pub seen: Vec<String>,
+}
+
+fn list(seen: &[String]) -> String {
+    if seen.is_empty() {
+        "none".to_string()
+    } else {
+        seen.join(", ")
+    }
+}
+
 /// Finds `/dev/vportNpM` whose virtio port name is `name`, listing what it saw on failure.
-pub fn find_virtio_port(sys: &Path, name: &str) -> Result<PathBuf, String> {
+pub fn find_virtio_port(sys: &Path, name: &str) -> Result<PathBuf, NoVirtioPort> {
     let dir = sys.join("class/virtio-ports");
     let mut seen = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -57,14 +71,10 @@ pub fn find_virtio_port(sys: &Path, name: &str) -> Result<PathBuf, String> {
             seen.push(format!("{dev}={port_name:?}"));
         }
     }
-    Err(format!(
-        "no virtio-serial port named {name:?} (ports seen: {})",
-        if seen.is_empty() {
-            "none".to_string()
-        } else {
-            seen.join(", ")
-        }
-    ))
+    Err(NoVirtioPort {
+        name: name.to_string(),
+        seen,
+    })
 }
 
 /// Opens a device exclusively: a virtio port allows one opener by itself; a tty is put in raw
@@ -106,5 +116,43 @@ pub async fn connect(spec: &ChannelSpec, device: Option<&OwnedFd>) -> io::Result
                 .try_clone()?;
             Ok(Box::new(FdStream::new(fd)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_is_found_by_name_else_the_error_lists_what_was_seen() {
+        let sys = std::env::temp_dir().join(format!("tether-vports-{}", std::process::id()));
+        let ports = sys.join("class/virtio-ports");
+        for (dev, name) in [
+            ("vport0p1", "org.qemu.guest_agent.0"),
+            ("vport0p2", "other"),
+        ] {
+            std::fs::create_dir_all(ports.join(dev)).unwrap();
+            std::fs::write(ports.join(dev).join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(
+            find_virtio_port(&sys, "other").unwrap(),
+            PathBuf::from("/dev/vport0p2")
+        );
+        let e = find_virtio_port(&sys, guestinfo::contract::VIRTIO_PORT_NAME).unwrap_err();
+        let mut seen = e.seen.clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["vport0p1=\"org.qemu.guest_agent.0\"", "vport0p2=\"other\""]
+        );
+        assert!(e.to_string().starts_with(
+            "no virtio-serial port named \"org.tether.channel\" (ports seen: vport0p"
+        ));
+        let empty = find_virtio_port(&sys.join("nothing"), "x").unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "no virtio-serial port named \"x\" (ports seen: none)"
+        );
+        let _ = std::fs::remove_dir_all(&sys);
     }
 }

@@ -6,11 +6,13 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use wire::io::MessageStream;
 use wire::keepalive::{DEAD_AFTER_MS, PING_INTERVAL_MS};
 use wire::{
-    write_message, BootId, ClientHandshake, Inbound, Keepalive, Liveness, Message, MessageReader,
-    Secret, StreamKind,
+    write_message, BootId, ClientHandshake, Inbound, Keepalive, Liveness, Message, MuxError,
+    RefuseReason, Secret, StreamKind,
 };
 
 use crate::channel::{self, ChannelSpec};
@@ -20,6 +22,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an unanswered Hello is repeated within the handshake timeout.
 const HELLO_REPEAT: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
+/// How long the Goodbye after a protocol violation may take to write.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Identity {
     pub container_id: String,
@@ -27,35 +31,42 @@ pub struct Identity {
     pub boot_id: BootId,
 }
 
-/// Reads the channel and yields decoded messages.
-struct FrameReader<R> {
-    rd: R,
-    messages: MessageReader,
-    buf: Vec<u8>,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn new(rd: R) -> Self {
-        Self {
-            rd,
-            messages: MessageReader::new(),
-            buf: vec![0; 64 * 1024],
-        }
-    }
-
-    /// The next message; `None` at end of stream.
-    async fn next(&mut self) -> io::Result<Option<Message>> {
-        loop {
-            if let Some(m) = self.messages.next_message() {
-                return Ok(Some(m));
-            }
-            let n = self.rd.read(&mut self.buf).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.messages.feed(&self.buf[..n]);
-        }
-    }
+/// Why a connection could not be made, or ended. Shown on the console as it is.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("cannot open channel {channel}: {source}")]
+    Open { channel: String, source: io::Error },
+    #[error("sending {what}: {source}")]
+    Send {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("reading {what}: {source}")]
+    Read {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("no answer to Hello within {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    HandshakeTimeout,
+    #[error("channel closed during the handshake")]
+    ClosedInHandshake,
+    #[error("appliance refused ({reason:?}): {detail}")]
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+    #[error("resume refused: {0}")]
+    Resume(#[source] MuxError),
+    #[error("the appliance closed the channel")]
+    Closed,
+    #[error("writing the channel: {0}")]
+    Write(#[source] io::Error),
+    #[error("appliance said goodbye: {0}")]
+    Goodbye(String),
+    #[error("protocol violation by the appliance: {0}")]
+    Protocol(#[source] MuxError),
+    #[error("no traffic from the appliance for {} s", DEAD_AFTER_MS / 1000)]
+    Silent,
 }
 
 /// Random bytes from the kernel; `flags` as for getrandom(2).
@@ -91,8 +102,12 @@ pub async fn run(ctx: Ctx, spec: ChannelSpec, device: Option<OwnedFd>, id: Ident
     loop {
         let conn = match channel::connect(&spec, device.as_ref()).await {
             Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot open channel {}: {e}", spec.describe());
+            Err(source) => {
+                let msg = LinkError::Open {
+                    channel: spec.describe(),
+                    source,
+                }
+                .to_string();
                 if msg != last_error {
                     crate::log::warn(&msg);
                     last_error = msg;
@@ -102,13 +117,9 @@ pub async fn run(ctx: Ctx, spec: ChannelSpec, device: Option<OwnedFd>, id: Ident
                 continue;
             }
         };
-        let outcome = connection(&ctx, conn, &id).await;
+        let reason = connection(&ctx, conn, &id).await.to_string();
         let was_up = ctx.shared.borrow().connected;
         ctx.shared.borrow_mut().connected = false;
-        let reason = match outcome {
-            Ok(()) => "closed by the appliance".to_string(),
-            Err(e) => e,
-        };
         if was_up {
             let _ = ctx.events.send(Event::ChannelDown(reason.clone()));
             backoff = Duration::from_millis(100);
@@ -132,25 +143,30 @@ async fn send<W: AsyncWrite + Unpin>(wr: &mut W, msg: &Message) -> io::Result<()
 
 async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ctx: &Ctx,
-    reader: &mut FrameReader<R>,
+    reader: &mut MessageStream<R>,
     wr: &mut W,
     id: &Identity,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let (client, hello) = ClientHandshake::start(
         id.container_id.clone(),
         id.boot_id,
         id.secret.clone(),
         random_bytes(),
     );
+    let refused = |r: wire::Refused| LinkError::Refused {
+        reason: r.reason,
+        detail: r.detail,
+    };
     // A serial line has no connection boundaries: what arrives first may be left over from
     // before the break (data, an old Challenge or Welcome). Skip it; only a Challenge that
     // proves the appliance saw *this* Hello counts. Until one comes, say Hello again every
     // second: the appliance may have been down when the first one went out.
     let hello = Message::Hello(hello);
     let (_version, proof) = loop {
-        send(wr, &hello)
-            .await
-            .map_err(|e| format!("sending Hello: {e}"))?;
+        send(wr, &hello).await.map_err(|source| LinkError::Send {
+            what: "Hello",
+            source,
+        })?;
         let Ok(next) = tokio::time::timeout(HELLO_REPEAT, reader.next()).await else {
             continue;
         };
@@ -163,48 +179,60 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     Err(_) => continue,
                 }
             }
-            Ok(Some(Message::Refused(r))) => {
-                return Err(format!("appliance refused ({:?}): {}", r.reason, r.detail))
-            }
+            Ok(Some(Message::Refused(r))) => return Err(refused(r)),
             Ok(Some(_)) => continue,
-            Ok(None) => return Err("channel closed during the handshake".into()),
-            Err(e) => return Err(format!("reading Challenge: {e}")),
+            Ok(None) => return Err(LinkError::ClosedInHandshake),
+            Err(source) => {
+                return Err(LinkError::Read {
+                    what: "Challenge",
+                    source,
+                })
+            }
         }
     };
     send(wr, &Message::Proof(proof))
         .await
-        .map_err(|e| format!("sending Proof: {e}"))?;
+        .map_err(|source| LinkError::Send {
+            what: "Proof",
+            source,
+        })?;
     let welcome = loop {
         match reader.next().await {
             Ok(Some(Message::Welcome(w))) => break w,
-            Ok(Some(Message::Refused(r))) => {
-                return Err(format!("appliance refused ({:?}): {}", r.reason, r.detail))
-            }
+            Ok(Some(Message::Refused(r))) => return Err(refused(r)),
             // A second Challenge answering a repeated Hello, or old bytes.
             Ok(Some(_)) => continue,
-            Ok(None) => return Err("channel closed during the handshake".into()),
-            Err(e) => return Err(format!("reading Welcome: {e}")),
+            Ok(None) => return Err(LinkError::ClosedInHandshake),
+            Err(source) => {
+                return Err(LinkError::Read {
+                    what: "Welcome",
+                    source,
+                })
+            }
         }
     };
     ctx.shared
         .borrow_mut()
         .streams
         .resume(&welcome.received)
-        .map_err(|e| format!("resume refused: {e}"))?;
-    Ok(())
+        .map_err(LinkError::Resume)
 }
 
-async fn connection(
-    ctx: &Ctx,
-    conn: Box<dyn channel::Duplex>,
-    id: &Identity,
-) -> Result<(), String> {
+/// One connection, from the handshake until it breaks; what broke it.
+async fn connection(ctx: &Ctx, conn: Box<dyn channel::Duplex>, id: &Identity) -> LinkError {
     let (rd, mut wr) = tokio::io::split(conn);
-    let mut reader = FrameReader::new(rd);
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(ctx, &mut reader, &mut wr, id))
-        .await
-        .map_err(|_| "no answer to Hello within 10 s".to_string())??;
-    ctx.shared.borrow_mut().connected = true;
+    let mut reader = MessageStream::new(rd);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(ctx, &mut reader, &mut wr, id)).await {
+        Err(_elapsed) => return LinkError::HandshakeTimeout,
+        Ok(Err(e)) => return e,
+        Ok(Ok(())) => {}
+    }
+    {
+        let mut sh = ctx.shared.borrow_mut();
+        sh.connected = true;
+        // Pings (and anything else) queued for the last connection mean nothing on this one.
+        sh.link_out.clear();
+    }
     let _ = ctx.events.send(Event::ChannelUp);
     ctx.space.notify_waiters();
     ctx.tx_wake.notify_one();
@@ -216,20 +244,20 @@ async fn connection(
         loop {
             let msg = match reader.next().await {
                 Ok(Some(m)) => m,
-                Ok(None) => return Err("the appliance closed the channel".to_string()),
-                Err(e) => return Err(format!("reading the channel: {e}")),
+                Ok(None) => return LinkError::Closed,
+                Err(source) => {
+                    return LinkError::Read {
+                        what: "the channel",
+                        source,
+                    }
+                }
             };
             keepalive.borrow_mut().on_receive(now_ms());
             let inbound = ctx.shared.borrow_mut().streams.on_message(msg);
             match inbound {
-                Ok(Inbound::Goodbye(reason)) => {
-                    return Err(format!("appliance said goodbye: {reason}"))
-                }
+                Ok(Inbound::Goodbye(reason)) => return LinkError::Goodbye(reason),
                 Ok(inbound) => dispatch(ctx, inbound),
-                Err(e) => {
-                    let _ = send_goodbye(ctx, &e.to_string());
-                    return Err(format!("protocol violation by the appliance: {e}"));
-                }
+                Err(e) => return LinkError::Protocol(e),
             }
             ctx.space.notify_waiters();
             ctx.tx_wake.notify_one();
@@ -243,14 +271,14 @@ async fn connection(
                 while let Some(m) = sh.link_out.pop_front() {
                     write_message(&m, &mut buf);
                 }
-                while buf.len() < 256 * 1024 && sh.streams.write_next(&mut buf) {}
+                sh.streams.write_batch(&mut buf);
             }
             if buf.is_empty() {
                 ctx.tx_wake.notified().await;
                 continue;
             }
             if let Err(e) = wr.write_all(&buf).await {
-                return Err(format!("writing the channel: {e}"));
+                return LinkError::Write(e);
             }
             buf.clear();
             // Streams drained into the buffer may now accept more from the processes.
@@ -272,31 +300,24 @@ async fn connection(
                         .link_out
                         .push_back(Message::Ping { token });
                 }
-                Liveness::Dead => {
-                    return Err(format!(
-                        "no traffic from the appliance for {} s",
-                        DEAD_AFTER_MS / 1000
-                    ))
-                }
+                Liveness::Dead => return LinkError::Silent,
             }
             ctx.tx_wake.notify_one();
         }
     };
-    tokio::select! {
-        r = read_side => r,
-        r = write_side => r,
-        r = ticker => r,
+    let end = tokio::select! {
+        e = read_side => e,
+        e = write_side => e,
+        e = ticker => e,
+    };
+    if let LinkError::Protocol(e) = &end {
+        // Say why before hanging up; bounded, as the line itself may be what is stuck.
+        let bye = Message::Goodbye {
+            reason: e.to_string(),
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, send(&mut wr, &bye)).await;
     }
-}
-
-fn send_goodbye(ctx: &Ctx, reason: &str) -> Option<()> {
-    ctx.shared
-        .borrow_mut()
-        .link_out
-        .push_back(Message::Goodbye {
-            reason: reason.to_string(),
-        });
-    Some(())
+    end
 }
 
 fn dispatch(ctx: &Ctx, inbound: Inbound) {
@@ -327,5 +348,145 @@ fn dispatch(ctx: &Ctx, inbound: Inbound) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use wire::{Refused, ServerHandshake, StreamKey, Welcome};
+
+    const SECRET: &[u8] = b"link-test";
+
+    fn identity() -> Identity {
+        Identity {
+            container_id: "c1".into(),
+            secret: Secret::new(SECRET.to_vec()),
+            boot_id: [7; 16],
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx::new(tokio::sync::mpsc::unbounded_channel().0)
+    }
+
+    async fn write(wr: &mut WriteHalf<DuplexStream>, msg: Message) {
+        send(wr, &msg).await.unwrap();
+    }
+
+    /// The appliance's half of a good handshake, over `rd`/`wr`.
+    async fn accept(
+        rd: &mut MessageStream<ReadHalf<DuplexStream>>,
+        wr: &mut WriteHalf<DuplexStream>,
+    ) {
+        let Some(Message::Hello(hello)) = rd.next().await.unwrap() else {
+            panic!("expected Hello");
+        };
+        let (server, challenge) =
+            ServerHandshake::on_hello(hello, [2; 32], |_| Some(Secret::new(SECRET.to_vec())))
+                .unwrap();
+        write(wr, Message::Challenge(challenge)).await;
+        let proof = loop {
+            match rd.next().await.unwrap() {
+                Some(Message::Proof(p)) => break p,
+                Some(_) => continue, // a repeated Hello
+                None => panic!("tether hung up"),
+            }
+        };
+        server.on_proof(proof).unwrap();
+        write(wr, Message::Welcome(Welcome { received: vec![] })).await;
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_an_error_naming_the_reason() {
+        let (guest, appliance) = tokio::io::duplex(64 * 1024);
+        let (grd, mut gwr) = tokio::io::split(guest);
+        let (ard, mut awr) = tokio::io::split(appliance);
+        let mut guest_rd = MessageStream::new(grd);
+        let mut appliance_rd = MessageStream::new(ard);
+        let ctx = ctx();
+        let appliance = async {
+            let Some(Message::Hello(_)) = appliance_rd.next().await.unwrap() else {
+                panic!("expected Hello");
+            };
+            let refused = Message::Refused(Refused {
+                reason: RefuseReason::UnknownContainer,
+                detail: "who?".into(),
+            });
+            write(&mut awr, refused).await;
+        };
+        let id = identity();
+        let (result, ()) = tokio::join!(handshake(&ctx, &mut guest_rd, &mut gwr, &id), appliance);
+        let e = result.unwrap_err();
+        assert!(
+            matches!(&e, LinkError::Refused { reason: RefuseReason::UnknownContainer, detail } if detail == "who?"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "appliance refused (UnknownContainer): who?");
+    }
+
+    #[tokio::test]
+    async fn a_hangup_in_the_handshake_is_its_own_error() {
+        let (guest, appliance) = tokio::io::duplex(64 * 1024);
+        let (grd, mut gwr) = tokio::io::split(guest);
+        let mut guest_rd = MessageStream::new(grd);
+        drop(appliance);
+        let e = handshake(&ctx(), &mut guest_rd, &mut gwr, &identity())
+            .await
+            .unwrap_err();
+        // The Hello cannot even be written to a closed pipe, or the read sees the end.
+        assert!(
+            matches!(
+                e,
+                LinkError::ClosedInHandshake | LinkError::Send { what: "Hello", .. }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_protocol_violation_is_answered_with_goodbye_before_the_hangup() {
+        let (guest, appliance) = tokio::io::duplex(256 * 1024);
+        let (ard, mut awr) = tokio::io::split(appliance);
+        let mut appliance_rd = MessageStream::new(ard);
+        let ctx = ctx();
+        let appliance = async {
+            accept(&mut appliance_rd, &mut awr).await;
+            // Stdout flows guest -> appliance only: the guest must refuse this.
+            write(
+                &mut awr,
+                Message::Data {
+                    key: StreamKey::new(1, StreamKind::Stdout),
+                    seq: 0,
+                    fin: false,
+                    bytes: b"wrong way".to_vec(),
+                },
+            )
+            .await;
+            loop {
+                match appliance_rd.next().await.unwrap() {
+                    Some(Message::Goodbye { reason }) => break reason,
+                    Some(_) => continue,
+                    None => panic!("tether hung up without a Goodbye"),
+                }
+            }
+        };
+        let id = identity();
+        let (end, reason) = tokio::join!(connection(&ctx, Box::new(guest), &id), appliance);
+        assert!(
+            matches!(
+                end,
+                LinkError::Protocol(MuxError::WrongDirection {
+                    kind: StreamKind::Stdout
+                })
+            ),
+            "{end:?}"
+        );
+        assert!(reason.contains("Stdout"), "{reason}");
+        assert!(
+            ctx.shared.borrow().link_out.is_empty(),
+            "nothing is left to go out on the next connection"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Tether's own diagnostics: to stderr (the console as PID 1) with a level filter. Records at
-//! warning and above also go over the channel once it is up (see agent.rs).
+//! Tether's own diagnostics: to stderr (the console as PID 1) with a level filter. The
+//! controller's warnings also go to the appliance, as `Log` records (controller.rs).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

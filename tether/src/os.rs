@@ -1,5 +1,6 @@
 //! Every privileged operating-system call PID 1 makes, behind one narrow trait. The real
 //! implementation runs in the QEMU tests; `Recording` lets boot logic be unit-tested without root.
+//! Errors are the bare errno: the caller (boot.rs) says what it was doing.
 
 use std::io;
 use std::path::Path;
@@ -68,12 +69,7 @@ impl Os for Real {
             MsFlags::from_bits_truncate(flags as _),
             (!data.is_empty()).then_some(data),
         )
-        .map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("mount {fstype} on {}: {e}", target.display()),
-            )
-        })
+        .map_err(io::Error::from)
     }
 
     fn move_mount(&self, source: &Path, target: &Path) -> io::Result<()> {
@@ -85,16 +81,7 @@ impl Os for Real {
             MsFlags::MS_MOVE,
             None::<&str>,
         )
-        .map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!(
-                    "move mount {} to {}: {e}",
-                    source.display(),
-                    target.display()
-                ),
-            )
-        })
+        .map_err(io::Error::from)
     }
 
     fn remount_readonly(&self, target: &Path) -> io::Result<()> {
@@ -235,7 +222,7 @@ pub mod recording {
         /// Files that appear once the fake clock passes the given milliseconds.
         pub appear_at: RefCell<Vec<(u64, String, Vec<u8>)>>,
         pub clock_ms: RefCell<u64>,
-        /// Calls (by prefix) that fail.
+        /// Calls (by prefix) that fail, with EIO.
         pub failing: RefCell<Vec<String>>,
     }
 
@@ -250,7 +237,7 @@ pub mod recording {
             let fail = self.failing.borrow().iter().any(|f| call.starts_with(f));
             self.calls.borrow_mut().push(call.clone());
             if fail {
-                Err(io::Error::other(format!("injected failure: {call}")))
+                Err(io::Error::from_raw_os_error(libc::EIO))
             } else {
                 Ok(())
             }

@@ -6,8 +6,10 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use guestinfo::contract::{COM_DEVICE, VIRTIO_PORT_NAME};
+
 use crate::agent::{self, AgentConfig, Failure};
-use crate::boot;
+use crate::boot::{self, BootError};
 use crate::channel::{self, ChannelSpec};
 use crate::log;
 use crate::os::{Os, Power, Real};
@@ -22,7 +24,7 @@ pub fn main() -> ! {
         power_off(&Real, Power::Off);
     }));
     // Non-dumpable: the container's processes cannot open /proc/1/fd (the channel) or ptrace us.
-    // SAFETY: prctl with integer arguments.
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only; no memory is passed to the kernel.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let power = run(&Real);
     power_off(&Real, power)
@@ -45,18 +47,15 @@ fn power_off(os: &dyn Os, action: Power) -> ! {
 fn channel_path(configured: Option<&str>) -> PathBuf {
     match configured {
         Some(p) if p.starts_with('/') => PathBuf::from(p),
-        Some(name) => channel::find_virtio_port(std::path::Path::new("/sys"), name)
-            .unwrap_or_else(|_| PathBuf::from("/dev/ttyS1")),
-        None => {
-            match channel::find_virtio_port(std::path::Path::new("/sys"), channel::VIRTIO_PORT_NAME)
-            {
-                Ok(p) => p,
-                Err(why) => {
-                    log::info(&format!("{why}; using the serial port /dev/ttyS1"));
-                    PathBuf::from("/dev/ttyS1")
-                }
+        Some(name) => channel::find_virtio_port(Path::new("/sys"), name)
+            .unwrap_or_else(|_| PathBuf::from(COM_DEVICE)),
+        None => match channel::find_virtio_port(Path::new("/sys"), VIRTIO_PORT_NAME) {
+            Ok(p) => p,
+            Err(why) => {
+                log::info(&format!("{why}; using the serial port {COM_DEVICE}"));
+                PathBuf::from(COM_DEVICE)
             }
-        }
+        },
     }
 }
 
@@ -86,7 +85,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Reports a boot failure over the channel if we know who we are; the console has it already.
-fn report(identity: Option<(String, Vec<u8>)>, channel: PathBuf, message: String) -> Power {
+fn report(identity: Known, channel: PathBuf, message: String) -> Power {
     log::error(&message);
     let Some((id, secret)) = identity else {
         log::error(
@@ -118,18 +117,23 @@ fn report(identity: Option<(String, Vec<u8>)>, channel: PathBuf, message: String
     Power::Off
 }
 
-/// The spec from fw_cfg or `tether.config=` (QEMU, tests), else VMware guestinfo (vSphere).
-fn load_spec(os: &dyn Os) -> Result<guestinfo::ContainerSpec, crate::vmware::ConfigFailure> {
+/// The container's id and secret, when the config yields that much: a failure can then be
+/// reported over the channel.
+type Known = Option<(String, Vec<u8>)>;
+
+/// The spec from fw_cfg or `tether.config=` (QEMU, tests), else VMware guestinfo (vSphere); on
+/// failure, who the container is if that much decodes.
+fn load_spec(os: &dyn Os) -> Result<guestinfo::ContainerSpec, (Known, BootError)> {
     match boot::read_config(os) {
         Ok(text) => guestinfo::spec_from_vmx(&text).map_err(|e| {
             (
                 guestinfo::identity_from_vmx(&text),
-                format!("config does not decode: {e}"),
+                BootError::ConfigInvalid(e),
             )
         }),
         Err(e) => match crate::vmware::load_spec() {
-            Some(r) => r,
-            None => Err((None, format!("config: {e}"))),
+            Some(r) => r.map_err(|(identity, e)| (identity, e.into())),
+            None => Err((None, e)),
         },
     }
 }
@@ -142,7 +146,7 @@ fn run(os: &dyn Os) -> Power {
     crate::timing::mark("base_mounted");
     let spec = match load_spec(os) {
         Ok(s) => s,
-        Err((identity, message)) => return report(identity, channel_path(None), message),
+        Err((identity, e)) => return report(identity, channel_path(None), e.to_string()),
     };
     log::set_level(spec.debug);
     crate::timing::mark("config_loaded");
@@ -174,7 +178,6 @@ fn run(os: &dyn Os) -> Power {
     let Some(rt) = runtime() else {
         return Power::Off;
     };
-    let restart = spec.main_session().is_some_and(|m| m.restart);
     let cfg = AgentConfig {
         spec,
         root: PathBuf::from("/"),
@@ -201,7 +204,7 @@ fn run(os: &dyn Os) -> Power {
         "main session exited {}; shutting down",
         outcome.exit_code
     ));
-    if restart {
+    if outcome.restart {
         Power::Restart
     } else {
         Power::Off

@@ -24,22 +24,61 @@ pub fn install(ctx: Ctx) -> std::io::Result<()> {
 fn reap_all(ctx: &Ctx) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                let _ = ctx.events.send(Event::ChildExited {
-                    pid: pid.as_raw() as u32,
-                    exit_code: code,
-                    signal: None,
-                });
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _core)) => {
-                let _ = ctx.events.send(Event::ChildExited {
-                    pid: pid.as_raw() as u32,
-                    exit_code: 128 + sig as i32,
-                    signal: Some(sig as i32),
-                });
-            }
             Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue, // stopped or continued: not an exit
+            Ok(status) => {
+                if let Some(ev) = exit_event(status) {
+                    let _ = ctx.events.send(ev);
+                }
+            }
         }
+    }
+}
+
+/// The exit a wait status reports, if it is one (a stop or continue is not): the code, or
+/// 128 + the signal that killed the process, as a shell reports it.
+fn exit_event(status: WaitStatus) -> Option<Event> {
+    let (pid, exit_code, signal) = match status {
+        WaitStatus::Exited(pid, code) => (pid, code, None),
+        WaitStatus::Signaled(pid, sig, _core) => (pid, 128 + sig as i32, Some(sig as i32)),
+        _ => return None,
+    };
+    Some(Event::ChildExited {
+        pid: pid.as_raw() as u32,
+        exit_code,
+        signal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+
+    fn exit(status: WaitStatus) -> Option<(u32, i32, Option<i32>)> {
+        match exit_event(status)? {
+            Event::ChildExited {
+                pid,
+                exit_code,
+                signal,
+            } => Some((pid, exit_code, signal)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_exit_is_its_code_or_128_plus_the_signal() {
+        let pid = Pid::from_raw(42);
+        assert_eq!(exit(WaitStatus::Exited(pid, 0)), Some((42, 0, None)));
+        assert_eq!(exit(WaitStatus::Exited(pid, 3)), Some((42, 3, None)));
+        assert_eq!(
+            exit(WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
+            Some((42, 137, Some(9)))
+        );
+        assert_eq!(
+            exit(WaitStatus::Signaled(pid, Signal::SIGTERM, true)),
+            Some((42, 143, Some(15)))
+        );
+        assert_eq!(exit(WaitStatus::Stopped(pid, Signal::SIGSTOP)), None);
+        assert_eq!(exit(WaitStatus::Continued(pid)), None);
     }
 }

@@ -7,12 +7,12 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::str::FromStr;
 
+use guestinfo::contract::DEFAULT_PATH;
+use guestinfo::{Rlimit as RlimitSpec, SessionSpec};
+use wire::ExecSpec;
+
 use crate::spawn::{self, ChildStdio, Rlimit, SpawnError, SpawnRequest};
 use crate::users;
-use guestinfo::Rlimit as RlimitSpec;
-
-/// PATH when the session sets none, as docker's default.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities a docker container keeps by default; every other one is dropped.
 const DOCKER_DEFAULT_CAPS: [&str; 14] = [
@@ -49,6 +49,49 @@ pub struct Plan {
     pub rlimits: Vec<RlimitSpec>,
     pub cap_drop: Vec<String>,
     pub hostname: String,
+}
+
+impl Plan {
+    /// A session from the container's config, with no terminal size yet.
+    pub fn from_spec(s: &SessionSpec, hostname: &str) -> Self {
+        Self {
+            name: s.id.clone(),
+            path: s.path.clone(),
+            args: s.args.clone(),
+            env: s.env.clone(),
+            dir: s.dir.clone(),
+            user: s.user.clone(),
+            group: s.group.clone(),
+            tty: s.tty,
+            open_stdin: s.open_stdin,
+            rows: 0,
+            cols: 0,
+            rlimits: s.rlimits.clone(),
+            cap_drop: s.cap_drop.clone(),
+            hostname: hostname.to_string(),
+        }
+    }
+
+    /// An exec from the appliance: its own command, user and stdio; the rlimits, capability
+    /// drops and hostname of `main`, as docker exec inherits them from the container.
+    pub fn for_exec(name: String, spec: ExecSpec, main: &Plan) -> Self {
+        Self {
+            name,
+            path: spec.path,
+            args: spec.args,
+            env: spec.env,
+            dir: spec.dir,
+            user: spec.user,
+            group: spec.group,
+            tty: spec.tty,
+            open_stdin: spec.open_stdin,
+            rows: spec.rows,
+            cols: spec.cols,
+            rlimits: main.rlimits.clone(),
+            cap_drop: main.cap_drop.clone(),
+            hostname: main.hostname.clone(),
+        }
+    }
 }
 
 /// The parent's ends of the child's stdio.
@@ -289,6 +332,48 @@ mod tests {
                 "HOME=/home/u"
             ]
         );
+    }
+
+    #[test]
+    fn an_exec_inherits_limits_caps_and_hostname_from_main() {
+        let main = Plan::from_spec(
+            &SessionSpec {
+                id: "main".into(),
+                path: "/bin/app".into(),
+                tty: true,
+                rlimits: vec![RlimitSpec {
+                    name: "nofile".into(),
+                    soft: Some(10),
+                    hard: Some(20),
+                }],
+                cap_drop: vec!["NET_RAW".into()],
+                ..Default::default()
+            },
+            "box",
+        );
+        assert_eq!(
+            (main.name.as_str(), main.tty, main.hostname.as_str()),
+            ("main", true, "box")
+        );
+        let exec = Plan::for_exec(
+            "e1".into(),
+            ExecSpec {
+                path: "/bin/sh".into(),
+                user: "nobody".into(),
+                rows: 30,
+                cols: 90,
+                ..Default::default()
+            },
+            &main,
+        );
+        assert_eq!(
+            (exec.name.as_str(), exec.path.as_str(), exec.user.as_str()),
+            ("e1", "/bin/sh", "nobody")
+        );
+        assert_eq!((exec.tty, exec.rows, exec.cols), (false, 30, 90));
+        assert_eq!(exec.rlimits, main.rlimits);
+        assert_eq!(exec.cap_drop, ["NET_RAW"]);
+        assert_eq!(exec.hostname, "box");
     }
 
     #[test]

@@ -247,8 +247,11 @@ fn child_main(
     envp: &[*const libc::c_char],
     err: RawFd,
 ) -> ! {
-    // SAFETY (whole function): we are the forked child of a single-threaded process; every call
-    // below is a system call on memory prepared before the fork, and we end in execve or _exit.
+    // SAFETY: we are the forked child of a single-threaded process, so no lock (allocator, stdio)
+    // was held by another thread at the fork. Every call below is a system call on memory the
+    // parent prepared before the fork and still owns in our copy (`req`, `argv`, `envp`, whose
+    // pointers point into `req`'s CStrings and end in a null), or on stack locals; and the
+    // function never returns: it ends in execve or, through `fail`, in _exit.
     unsafe {
         // Default signal dispositions and an empty mask: the parent's handlers are not ours.
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -335,7 +338,8 @@ fn child_main(
 
 /// dup2 that also clears close-on-exec when the fd is already in place.
 fn dup_onto(fd: RawFd, target: RawFd, err: RawFd) {
-    // SAFETY: plain fd system calls in the forked child.
+    // SAFETY: fcntl and dup2 take integer descriptors and flags only: no memory is handed to the
+    // kernel, and a bad descriptor is an error return, which `check` reports.
     unsafe {
         if fd == target {
             let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -368,6 +372,51 @@ fn drop_capabilities(drop: &[caps::Capability], err: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(program: &str) -> SpawnRequest {
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        SpawnRequest {
+            root: None,
+            program: program.into(),
+            candidates: vec![],
+            search_path: "/usr/bin:/bin".into(),
+            argv: vec![],
+            env: vec![],
+            dir: c"/".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            rlimits: vec![],
+            cap_drop: vec![],
+            stdio: ChildStdio::Pipes {
+                stdin: null(),
+                stdout: null(),
+                stderr: null(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_failure_is_127_when_not_found_and_126_otherwise() {
+        let e = describe_failure(&request("nope"), Step::Exec, libc::ENOENT);
+        assert_eq!((e.exit_code, e.errno), (127, libc::ENOENT));
+        assert_eq!(
+            e.message,
+            "exec \"nope\": executable file not found in PATH (/usr/bin:/bin)"
+        );
+        let e = describe_failure(&request("/no/such"), Step::Exec, libc::ENOTDIR);
+        assert_eq!(e.exit_code, 127);
+        assert_eq!(e.message, "exec \"/no/such\": no such file or directory");
+        let e = describe_failure(&request("/etc/passwd"), Step::Exec, libc::EACCES);
+        assert_eq!((e.exit_code, e.errno), (126, libc::EACCES));
+        assert_eq!(e.message, "exec \"/etc/passwd\": Permission denied");
+        let e = describe_failure(&request("sh"), Step::Chdir, libc::ENOENT);
+        assert_eq!(e.exit_code, 126, "only a missing program is 127");
+        assert_eq!(
+            e.message,
+            "starting \"sh\" failed while changing to the working directory: No such file or directory"
+        );
+    }
 
     #[test]
     fn candidates_follow_execvp() {

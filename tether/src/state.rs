@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use tokio::sync::{mpsc, Notify};
-use wire::{Control, Message, SessionId, Streams};
+use wire::{Control, Message, Role, SessionId, StreamConfig, Streams};
 
 /// Bytes waiting to be written to a session's stdin (bounded by the stdin stream's credit).
 #[derive(Default)]
@@ -46,6 +46,8 @@ pub enum Event {
     ExitDeadline {
         session: SessionId,
     },
+    /// The stop grace after the main session's end is over.
+    StopGraceOver,
     ChannelUp,
     ChannelDown(String),
 }
@@ -72,6 +74,22 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Fresh guest-side streams (nothing sent or received yet) and their wake-ups.
+    pub fn new(events: mpsc::UnboundedSender<Event>) -> Self {
+        Self {
+            shared: Rc::new(RefCell::new(Shared {
+                streams: Streams::new(Role::Guest, StreamConfig::default()),
+                stdin: BTreeMap::new(),
+                link_out: VecDeque::new(),
+                connected: false,
+            })),
+            tx_wake: Rc::new(Notify::new()),
+            space: Rc::new(Notify::new()),
+            stdin_wake: Rc::new(Notify::new()),
+            events,
+        }
+    }
+
     pub fn send_control(&self, record: Control) {
         let result = self.shared.borrow_mut().streams.send_control(&record);
         if let Err(e) = result {

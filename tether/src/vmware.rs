@@ -89,8 +89,18 @@ pub fn present(bd: &mut impl Backdoor) -> bool {
     r.ebx == MAGIC
 }
 
-/// Who a container is and why its config failed, for the failure report.
-pub type ConfigFailure = (Option<(String, Vec<u8>)>, String);
+/// Why the spec could not be had from guestinfo.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestinfoError {
+    #[error("guestinfo: {0}")]
+    Rpc(#[source] RpcError),
+    #[error("guestinfo does not decode: {0}")]
+    Decode(#[source] guestinfo::KeyError),
+}
+
+/// Who a container is (when that much decodes) and why its config failed, for the failure
+/// report.
+pub type ConfigFailure = (Option<(String, Vec<u8>)>, GuestinfoError);
 
 /// Reads the container spec from guestinfo. `None` when there is no backdoor here at all.
 pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
@@ -100,7 +110,7 @@ pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
     }
     let rpc = match Rpci::open(port) {
         Ok(r) => std::cell::RefCell::new(r),
-        Err(e) => return Some(Err((None, format!("guestinfo: {e}")))),
+        Err(e) => return Some(Err((None, GuestinfoError::Rpc(e)))),
     };
     let source = guestinfo::LookupSource(|k: &str| rpc.borrow_mut().info_get(k).ok().flatten());
     Some(guestinfo::spec::decode(&source).map_err(|e| {
@@ -111,7 +121,7 @@ pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
             .bytes(r.field("channel").field("secret").as_str())
             .ok()
             .flatten();
-        (id.zip(secret), format!("guestinfo does not decode: {e}"))
+        (id.zip(secret), GuestinfoError::Decode(e))
     }))
 }
 

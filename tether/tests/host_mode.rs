@@ -376,3 +376,41 @@ fn stale_bytes_ahead_of_the_challenge_are_skipped() {
     assert_eq!(seen.stdout(1), b"through\n");
     assert_eq!(h.wait(), 0);
 }
+
+#[test]
+fn the_guest_state_is_typed_running_then_stopping_and_never_free_text() {
+    let mut h = Harness::start(&spec(session(&["/bin/sh", "-c", "exit 4"])));
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(h.wait(), 4);
+    let states: Vec<wire::GuestState> = seen
+        .control
+        .iter()
+        .filter_map(|c| match c {
+            Control::State { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [wire::GuestState::Running, wire::GuestState::Stopping]
+    );
+    assert!(!seen
+        .control
+        .iter()
+        .any(|c| matches!(c, Control::Status { .. })));
+    // The main session's exit comes after the Stopping it caused.
+    let at = |want: fn(&Control) -> bool| seen.control.iter().position(want).unwrap();
+    assert!(
+        at(|c| matches!(
+            c,
+            Control::State {
+                state: wire::GuestState::Stopping,
+                ..
+            }
+        )) < at(|c| matches!(c, Control::Exited { session: 1, .. }))
+    );
+}

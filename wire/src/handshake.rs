@@ -256,10 +256,6 @@ impl ServerHandshake {
         ))
     }
 
-    pub fn container_id(&self) -> &str {
-        &self.hello.container_id
-    }
-
     /// Checks the guest's proof. On success the caller sends `Welcome` with its own positions.
     pub fn on_proof(self, proof: Proof) -> Result<Authenticated, Refused> {
         let transcript = Transcript {

@@ -63,14 +63,6 @@ impl Keepalive {
         }
         Liveness::Alive
     }
-
-    /// Milliseconds until `poll` may have something new to say.
-    pub fn next_deadline(&self, now_ms: u64) -> u64 {
-        let since = self.last_ping.unwrap_or(self.last_rx);
-        let ping_at = since + self.interval_ms;
-        let dead_at = self.last_rx + self.timeout_ms;
-        ping_at.min(dead_at).saturating_sub(now_ms)
-    }
 }
 
 #[cfg(test)]
@@ -84,7 +76,6 @@ mod tests {
         assert_eq!(k.poll(100), Liveness::SendPing(1));
         assert_eq!(k.poll(150), Liveness::Alive);
         assert_eq!(k.poll(200), Liveness::SendPing(2));
-        assert_eq!(k.next_deadline(200), 100);
         assert_eq!(k.poll(350), Liveness::Dead);
     }
 

@@ -38,7 +38,7 @@ pub use message::{
     Position, RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
 };
 pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT, WRITE_BATCH};
-pub use stream::{Chunk, Delivery, InStream, OutStream, StreamError};
+pub use stream::{Delivery, InStream, OutStream, StreamError};
 
 /// Encodes `msg` as one complete frame appended to `out`.
 ///

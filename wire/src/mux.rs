@@ -121,7 +121,6 @@ pub struct Streams {
     pending_pongs: Vec<u64>,
     /// Last data stream served, for round-robin.
     cursor: Option<StreamKey>,
-    ignored_for_unknown_streams: u64,
 }
 
 impl Streams {
@@ -148,7 +147,6 @@ impl Streams {
             control_in: ControlDecoder::new(),
             pending_pongs: Vec::new(),
             cursor: None,
-            ignored_for_unknown_streams: 0,
         }
     }
 
@@ -300,7 +298,6 @@ impl Streams {
             Message::Ack { key, .. } | Message::Rewind { key, .. }
                 if !self.out.contains_key(&key) =>
             {
-                self.ignored_for_unknown_streams += 1;
                 Ok(Inbound::Nothing)
             }
             Message::Ack { key, upto, limit } => {
@@ -476,11 +473,6 @@ impl Streams {
     /// end-of-stream marks included): zero means the peer holds everything.
     pub fn unacknowledged(&self) -> u64 {
         self.out.values().map(|s| s.end() - s.acked()).sum()
-    }
-
-    /// Acks and rewinds that named a stream this side does not have.
-    pub fn ignored_for_unknown_streams(&self) -> u64 {
-        self.ignored_for_unknown_streams
     }
 
     /// Totals for diagnostics: (gaps seen on incoming streams, retransmissions by this side).

@@ -38,14 +38,6 @@ pub enum StreamError {
     OffsetOverflow,
 }
 
-/// A piece of the stream ready to go out as a `Data` message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub seq: u64,
-    pub bytes: Vec<u8>,
-    pub fin: bool,
-}
-
 /// Bytes `from..from + n` of a ring buffer, as the (up to) two slices they occupy (lent out
 /// whole: a byte iterator over a `VecDeque` was a fifth of tether's instructions per byte).
 fn ring_slices(buf: &VecDeque<u8>, from: usize, n: usize) -> [&[u8]; 2] {
@@ -182,17 +174,9 @@ impl OutStream {
         self.sent < self.data_end() && self.sent >= self.limit
     }
 
-    /// Next chunk to transmit, at most `max_len` bytes, within the peer's credit.
-    pub fn poll_chunk(&mut self, max_len: usize) -> Option<Chunk> {
-        self.poll_chunk_with(max_len, |seq, parts, fin| Chunk {
-            seq,
-            bytes: joined(parts),
-            fin,
-        })
-    }
-
-    /// Like [`poll_chunk`](Self::poll_chunk), but lends the chunk's bytes where they lie in the
-    /// buffer (two slices: it is a ring) to `f`, which can frame them without a copy in between.
+    /// The next chunk to transmit, at most `max_len` bytes, within the peer's credit: its offset,
+    /// its bytes where they lie in the buffer (two slices: it is a ring), and whether the stream
+    /// ends with it, lent to `f`, which can frame them without a copy in between.
     pub fn poll_chunk_with<R>(
         &mut self,
         max_len: usize,
@@ -386,10 +370,6 @@ impl InStream {
         }
     }
 
-    pub fn key(&self) -> StreamKey {
-        self.key
-    }
-
     /// Restoration only: the stream's end was already received before a restart.
     pub fn mark_finished(&mut self) {
         self.fin_received = true;
@@ -412,11 +392,6 @@ impl InStream {
     /// Gaps seen (frames lost on the line).
     pub fn gaps(&self) -> u64 {
         self.gaps
-    }
-
-    /// Delivered but not yet released by the application.
-    pub fn unreleased(&self) -> u64 {
-        self.next - self.released
     }
 
     pub fn position(&self) -> Position {

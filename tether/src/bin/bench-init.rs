@@ -1,7 +1,7 @@
 //! The benchmarks' baseline: the least a PID 1 can do. It mounts devtmpfs and sysfs, finds the
-//! virtio port named `org.tether.channel` (else uses the COM port ttyS1, in raw mode, as tether
-//! does), writes one line to it, then does what its fw_cfg file
-//! (`opt/org.tether/config`, the slot tether's config uses) says, and powers off:
+//! virtio port tether's channel is named by (else uses the COM port, in raw mode, as tether
+//! does), writes one line to it, then does what its fw_cfg file (the slot tether's config uses,
+//! `guestinfo::contract`) says, and powers off:
 //!
 //!   out N    copy N bytes of 100-byte text lines from a file to the port, as `cat` would
 //!   in N     read N bytes from the port, then write `done`
@@ -11,6 +11,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+
+use guestinfo::contract::{COM_DEVICE, FW_CFG_PATH, VIRTIO_PORT_NAME};
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -23,7 +25,7 @@ fn mount(source: &str, target: &str, fstype: &str) {
 fn channel() -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
         let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim() == "org.tether.channel" {
+        if name.trim() == VIRTIO_PORT_NAME {
             return Some(std::path::Path::new("/dev").join(entry.file_name()));
         }
     }
@@ -37,9 +39,7 @@ enum Task {
 }
 
 fn task() -> Task {
-    let text =
-        std::fs::read_to_string("/sys/firmware/qemu_fw_cfg/by_name/opt/org.tether/config/raw")
-            .unwrap_or_default();
+    let text = std::fs::read_to_string(FW_CFG_PATH).unwrap_or_default();
     let mut words = text.split_whitespace();
     let (verb, n) = match (words.next(), words.next()) {
         (Some(v), Some(n)) => (v, n),
@@ -139,7 +139,7 @@ fn main() {
     mount("proc", "/proc", "proc");
     let (path, tty) = match channel() {
         Some(p) => (p, false),
-        None => (std::path::PathBuf::from("/dev/ttyS1"), true),
+        None => (std::path::PathBuf::from(COM_DEVICE), true),
     };
     if let Ok(mut port) = std::fs::OpenOptions::new()
         .read(true)

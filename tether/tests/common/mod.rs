@@ -64,7 +64,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         domainname: None,
         secret: SECRET.to_vec(),
         channel_device: None,
-        disk_label: "containerfs".into(),
+        disk_label: guestinfo::contract::DEFAULT_DISK_LABEL.into(),
         disk_wait_ms: 1000,
         stop_grace_ms: 1000,
         dns: vec![],

@@ -1,6 +1,28 @@
 use super::*;
 use crate::message::StreamKind;
 
+/// A chunk copied out whole, which is what the tests look at.
+#[derive(Debug)]
+struct Chunk {
+    seq: u64,
+    bytes: Vec<u8>,
+    fin: bool,
+}
+
+trait PollChunk {
+    fn poll_chunk(&mut self, max_len: usize) -> Option<Chunk>;
+}
+
+impl PollChunk for OutStream {
+    fn poll_chunk(&mut self, max_len: usize) -> Option<Chunk> {
+        self.poll_chunk_with(max_len, |seq, parts, fin| Chunk {
+            seq,
+            bytes: joined(parts),
+            fin,
+        })
+    }
+}
+
 const KEY: StreamKey = StreamKey {
     session: 1,
     kind: StreamKind::Stdout,

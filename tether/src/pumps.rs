@@ -1,0 +1,163 @@
+//! The pumps between a session's stdio and its streams: an output pump per pipe (or the pty
+//! master) into its outgoing stream, and a stdin writer from the stdin queue into the process.
+
+use std::os::fd::OwnedFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::{SessionId, StreamKey, StreamKind};
+
+use crate::fdio::FdStream;
+use crate::session::ParentStdio;
+use crate::state::{Ctx, Event};
+
+/// What one read or write moves at most.
+const CHUNK: usize = 64 * 1024;
+
+/// A started session's stdio, connected.
+pub struct Attached {
+    /// The pty master, for resizing (tty sessions only).
+    pub tty: Option<OwnedFd>,
+    /// Output pumps running; each sends `Event::PumpDone` when its fd reaches end of file.
+    pub pumps: u8,
+}
+
+/// Opens the session's outgoing streams and starts its pumps: stdout (and stderr, with pipes)
+/// into the streams, and the stdin queue into the process when `open_stdin`.
+pub fn attach(ctx: &Ctx, session: SessionId, stdio: ParentStdio, open_stdin: bool) -> Attached {
+    let stdout = StreamKey::new(session, StreamKind::Stdout);
+    let stderr = StreamKey::new(session, StreamKind::Stderr);
+    match stdio {
+        ParentStdio::Pty { master } => {
+            ctx.shared.borrow_mut().streams.open_out(stdout);
+            spawn_pump(ctx, stdout, master.try_clone());
+            if open_stdin {
+                spawn_stdin_writer(ctx, session, master.try_clone(), true);
+            }
+            Attached {
+                tty: Some(master),
+                pumps: 1,
+            }
+        }
+        ParentStdio::Pipes {
+            stdin,
+            stdout: out,
+            stderr: err,
+        } => {
+            {
+                let mut sh = ctx.shared.borrow_mut();
+                sh.streams.open_out(stdout);
+                sh.streams.open_out(stderr);
+            }
+            spawn_pump(ctx, stdout, Ok(out));
+            spawn_pump(ctx, stderr, Ok(err));
+            if let Some(fd) = stdin {
+                spawn_stdin_writer(ctx, session, Ok(fd), false);
+            }
+            Attached {
+                tty: None,
+                pumps: 2,
+            }
+        }
+    }
+}
+
+/// Copies a session's output fd into its outgoing stream, never holding more than the stream
+/// has room for: when the appliance is slow or absent, the process blocks on its pipe.
+fn spawn_pump(ctx: &Ctx, key: StreamKey, fd: std::io::Result<OwnedFd>) {
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        if let Ok(fd) = fd {
+            if let Ok(mut stream) = FdStream::new(fd) {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let room = wait_for_room(&ctx, key).await;
+                    let want = room.min(buf.len());
+                    match stream.read(&mut buf[..want]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if let Some(s) = ctx.shared.borrow_mut().streams.out_mut(key) {
+                                s.write(&buf[..n]);
+                            }
+                            ctx.tx_wake.notify_one();
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(s) = ctx.shared.borrow_mut().streams.out_mut(key) {
+            s.close();
+        }
+        ctx.tx_wake.notify_one();
+        let _ = ctx.events.send(Event::PumpDone {
+            session: key.session,
+        });
+    });
+}
+
+async fn wait_for_room(ctx: &Ctx, key: StreamKey) -> usize {
+    loop {
+        let notified = ctx.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let room = ctx
+            .shared
+            .borrow()
+            .streams
+            .out(key)
+            .map_or(0, |s| s.writable());
+        if room > 0 {
+            return room;
+        }
+        notified.await;
+    }
+}
+
+/// Writes stdin bytes from the appliance to the process, releasing credit as they are taken.
+fn spawn_stdin_writer(ctx: &Ctx, session: SessionId, fd: std::io::Result<OwnedFd>, pty: bool) {
+    let ctx = ctx.clone();
+    let key = StreamKey::new(session, StreamKind::Stdin);
+    tokio::task::spawn_local(async move {
+        let Ok(Ok(mut out)) = fd.map(FdStream::new) else {
+            return;
+        };
+        loop {
+            let notified = ctx.stdin_wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (chunk, closing) = {
+                let mut sh = ctx.shared.borrow_mut();
+                let Some(q) = sh.stdin.get_mut(&session) else {
+                    return;
+                };
+                (q.take_front(CHUNK), q.closing)
+            };
+            if chunk.is_empty() {
+                if closing {
+                    if pty {
+                        // ^D at the start of a line is end of file for a terminal reader.
+                        let _ = out.write_all(&[4]).await;
+                    }
+                    break;
+                }
+                notified.await;
+                continue;
+            }
+            let ok = out.write_all(&chunk).await.is_ok();
+            ctx.shared
+                .borrow_mut()
+                .streams
+                .release(key, chunk.len() as u64);
+            ctx.tx_wake.notify_one();
+            if !ok {
+                break; // the process closed its stdin; later bytes are released on arrival
+            }
+        }
+        let mut sh = ctx.shared.borrow_mut();
+        if let Some(q) = sh.stdin.remove(&session) {
+            let left = q.bytes.len() as u64;
+            sh.streams.release(key, left);
+        }
+        drop(sh);
+        ctx.tx_wake.notify_one();
+    });
+}
