@@ -137,6 +137,71 @@ pub fn busybox_rootfs(root: &Path) {
     std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
 
+/// A docker-archive of the busybox image made by a peer tool (podman import + save) with an
+/// image config: ENTRYPOINT, CMD, ENV, WORKDIR, USER, LABEL and STOPSIGNAL. Built once per test
+/// process; returns the archive and its tag.
+pub fn busybox_image_archive() -> (PathBuf, &'static str) {
+    const TAG: &str = "localhost/tether-busybox:e2e";
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    let path = ARCHIVE.get_or_init(|| {
+        let dir = workspace().join("target/e2e/podman");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rootfs_tar = dir.join("rootfs.tar");
+        must(
+            Command::new("tar")
+                .arg("-C")
+                .arg(artifacts_rootfs_built())
+                .args(["-cf"])
+                .arg(&rootfs_tar)
+                .arg("."),
+            "tar of the busybox rootfs",
+        );
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
+                .arg(dir.join("root"))
+                .arg("--runroot")
+                .arg(dir.join("run"))
+                .args(["--storage-driver", "vfs", "--events-backend", "none"])
+                .args(args)
+                .env("HOME", &dir);
+            must(&mut c, &format!("podman {}", args.join(" ")))
+        };
+        let rootfs = rootfs_tar.to_string_lossy().into_owned();
+        podman(&[
+            "import",
+            "--change",
+            r#"ENTRYPOINT ["/bin/sh", "-c"]"#,
+            "--change",
+            r#"CMD ["echo $GREETING from $(pwd) as $(id -u)"]"#,
+            "--change",
+            "ENV GREETING=hello",
+            "--change",
+            "WORKDIR /tmp",
+            "--change",
+            "USER 65534",
+            "--change",
+            "LABEL tier=e2e",
+            "--change",
+            "STOPSIGNAL SIGTERM",
+            &rootfs,
+            TAG,
+        ]);
+        let archive = dir.join("busybox-image.tar");
+        let out = archive.to_string_lossy().into_owned();
+        podman(&["save", "--format", "docker-archive", "-o", &out, TAG]);
+        archive
+    });
+    (path.clone(), TAG)
+}
+
+/// The busybox rootfs of [`artifacts`], built.
+fn artifacts_rootfs_built() -> PathBuf {
+    artifacts();
+    artifacts_rootfs()
+}
+
 /// The channel transport a VM uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -236,9 +301,15 @@ impl Appliance {
     }
 
     fn spawn_server(home: &Home) -> Child {
+        let a = artifacts();
         Command::new(appliance_bin())
             .arg("serve")
             .env("TETHER_HOME", home.root())
+            // The engine boots containerVMs with this tree's kernel and tether, each under a
+            // hard time limit.
+            .env("TETHER_KERNEL", &a.kernel)
+            .env("TETHER_INITRAMFS", &a.initramfs)
+            .env("TETHER_VM_TIMEOUT_SECS", DEFAULT_VM_TIMEOUT_SECS.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Appended: every incarnation's log stays, for diagnosing a restart test.
@@ -486,6 +557,16 @@ impl Drop for Appliance {
         if let ServerHandle::Process(child) = &mut self.server {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // VMs the engine launched run in process groups of their own: stop each group.
+        for entry in std::fs::read_dir(self.home.containers()).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(entry.path().join("qemu.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill(2) on a process group id read from our own pid file; a
+                    // stale id names no group (ESRCH) or one of this test's.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(self.home.root());
     }

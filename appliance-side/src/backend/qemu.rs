@@ -43,7 +43,16 @@ impl Backend for QemuBackend {
             Transport::Virtio(sock) => ChannelEnd::Unix(sock.clone()),
             Transport::Serial(addr) => ChannelEnd::Tcp(addr.clone()),
         };
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = match vm_time_limit() {
+            // A test knob: every VM under a hard limit. `timeout` passes SIGTERM on to QEMU, and
+            // the engine kills the VM's whole process group, so QEMU is never orphaned.
+            Some(secs) => {
+                let mut c = Command::new("timeout");
+                c.args([secs.to_string().as_str(), "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         qemu.args(qemu_args(&VmSpec {
             accel: accelerator(&self.home, &kernel),
             memory_mb: req.memory_mb,
@@ -79,6 +88,15 @@ impl Backend for QemuBackend {
             child: Some(child),
         })
     }
+}
+
+/// `$TETHER_VM_TIMEOUT_SECS`: a hard limit on each VM's life, for test tiers.
+fn vm_time_limit() -> Option<u64> {
+    std::env::var("TETHER_VM_TIMEOUT_SECS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
 }
 
 /// The container's writable layer: a qcow2 overlay whose backing file is the image's disk.

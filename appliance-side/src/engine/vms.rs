@@ -79,14 +79,15 @@ impl Vms {
         }
     }
 
-    /// Kills the VM's process outright (tether did not answer, or `rm -f`).
+    /// Kills the VM's processes outright (tether did not answer, or `rm -f`): its whole
+    /// process group, which the backend gave it, so a wrapper never leaves QEMU behind.
     pub fn kill(&self, id: &str) -> bool {
         let Some(pid) = self.pid(id) else {
             return false;
         };
         self.set_stopping(id);
         tracing::warn!(container = %id, pid, "killing the VM process");
-        nix::sys::signal::kill(
+        nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         )
