@@ -43,6 +43,11 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the server (or starts it in the background with `detach`).
 pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
+    // The TCP flags and TLS files are checked first: before anything is made, listens or detaches.
+    let tcp_api = match TcpApi::prepare(&opts.api_tcp) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = std::fs::create_dir_all(home.containers()) {
         return fail(format!(
             "cannot create {}: {e}",
@@ -52,11 +57,6 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
     if let Err(e) = logging::filter(opts.log_level.as_deref()) {
         return fail(e);
     }
-    // The TCP flags and TLS files are checked before anything listens (and before detaching).
-    let tcp_api = match TcpApi::prepare(&opts.api_tcp) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
     if opts.detach {
         return detach_server(home, opts);
     }

@@ -532,6 +532,20 @@ fn bad_tls_files_stop_serve_before_it_listens() {
         &[&client_key, "--tls-cert"],
     );
 
+    // A port already taken: the child cannot bind it, and --detach says so.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = vec![
+        "--api-tcp".to_string(),
+        taken.local_addr().unwrap().to_string(),
+    ];
+    args.extend(env.tls_args());
+    let out = env.serve(&args);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the server exited"));
+    assert!(env.log().contains("docker API port"), "{}", env.log());
+    assert!(!env.home.join("appliance.pid").exists());
+    assert!(!env.home.join("api.tcp").exists());
+
     // TCP without TLS: refused, unless asked for explicitly on loopback.
     refused(
         vec!["--api-tcp".into(), "127.0.0.1:0".into()],
@@ -594,7 +608,8 @@ fn a_stalled_handshake_is_dropped_after_10_s_and_logged_with_the_peer() {
     );
     assert!(
         waited >= Duration::from_millis(9500) && waited < Duration::from_secs(20),
-        "closed after {waited:?}"
+        "closed after {waited:?} ({read:?}); server log:\n{}",
+        env.log()
     );
     let mut logged = false;
     for _ in 0..100 {
