@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::api::tls::{TcpApi, TcpApiFlags};
 use crate::api::{serve_api, Api};
 use crate::backend::qemu::QemuBackend;
 use crate::engine::Engine;
@@ -21,6 +22,8 @@ pub struct ServeOptions {
     /// `--log-level`: a level or a RUST_LOG-style filter; `None` uses RUST_LOG, else info.
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    /// `--api-tcp` and its TLS files: the docker API on TCP too (mutual TLS unless insecure).
+    pub api_tcp: TcpApiFlags,
 }
 
 impl Default for ServeOptions {
@@ -30,6 +33,7 @@ impl Default for ServeOptions {
             tcp: "127.0.0.1:0".into(),
             log_level: None,
             log_format: LogFormat::Text,
+            api_tcp: TcpApiFlags::default(),
         }
     }
 }
@@ -41,6 +45,11 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the server (or starts it in the background with `detach`).
 pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
+    // The TCP flags and TLS files are checked first: before anything is made, listens or detaches.
+    let tcp_api = match TcpApi::prepare(&opts.api_tcp) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = std::fs::create_dir_all(home.containers()) {
         return fail(format!(
             "cannot create {}: {e}",
@@ -77,6 +86,28 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             Err(e) => return fail(format!("channel port {tcp}: {e}")),
         };
         let _ = std::fs::write(home.channel_tcp_file(), format!("{addr}\n"));
+        // Bound and written before docker.sock answers, which is what --detach waits for.
+        let api_tcp_file = home.root().join("api.tcp");
+        let _ = std::fs::remove_file(&api_tcp_file);
+        let api_tcp = match tcp_api {
+            Some(t) => match t.bind().await {
+                Ok(l) => Some(l),
+                Err(e) => return fail(e),
+            },
+            None => None,
+        };
+        let api_tcp_banner = api_tcp.map(|l| {
+            let local = l.local_addr();
+            let _ = std::fs::write(&api_tcp_file, format!("{local}\n"));
+            let banner = match l.is_tls() {
+                true => {
+                    format!("  docker API (tls):  tcp://{local} (client certificates required)")
+                }
+                false => format!("  docker API (tcp):  tcp://{local} (no TLS: loopback only)"),
+            };
+            l.spawn(api.clone());
+            banner
+        });
         if let Err(e) = serve_api(api, &home.docker_socket()).await {
             return fail(format!(
                 "API socket {}: {e}",
@@ -88,6 +119,9 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             "  docker API:        unix://{}",
             home.docker_socket().display()
         );
+        if let Some(banner) = api_tcp_banner {
+            println!("{banner}");
+        }
         println!("  channels (unix):   {}", home.channel_socket().display());
         println!("  channels (tcp):    {addr}");
         println!("  data:              {}", home.root().display());
@@ -120,6 +154,7 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
         Err(e) => return fail(e),
     };
     let _ = std::fs::remove_file(home.docker_socket());
+    let _ = std::fs::remove_file(home.root().join("api.tcp"));
     let child = std::process::Command::new(exe)
         .args([
             "serve",
@@ -133,6 +168,7 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
                 .iter()
                 .flat_map(|l| ["--log-level", l.as_str()]),
         )
+        .args(opts.api_tcp.serve_args())
         .env("TETHER_HOME", home.root())
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().expect("log fd"))

@@ -56,6 +56,13 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
     let opts = appliance::daemon::ServeOptions {
         detach: a.detach,
         tcp: a.tcp.unwrap_or(defaults.tcp),
+        api_tcp: appliance::api::tls::TcpApiFlags {
+            addr: a.api_tcp,
+            cert: a.tls_cert,
+            key: a.tls_key,
+            ca: a.tls_ca,
+            insecure: a.api_insecure_tcp,
+        },
         log_level,
         log_format: match log_format {
             LogFormat::Text => appliance::logging::LogFormat::Text,

@@ -309,7 +309,10 @@ impl Appliance {
             // hard time limit.
             .env("TETHER_KERNEL", &a.kernel)
             .env("TETHER_INITRAMFS", &a.initramfs)
-            .env("TETHER_VM_TIMEOUT_SECS", DEFAULT_VM_TIMEOUT_SECS.to_string())
+            .env(
+                "TETHER_VM_TIMEOUT_SECS",
+                DEFAULT_VM_TIMEOUT_SECS.to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Appended: every incarnation's log stays, for diagnosing a restart test.
@@ -559,7 +562,11 @@ impl Drop for Appliance {
             let _ = child.wait();
         }
         // VMs the engine launched run in process groups of their own: stop each group.
-        for entry in std::fs::read_dir(self.home.containers()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.home.containers())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(pid) = std::fs::read_to_string(entry.path().join("qemu.pid")) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     // SAFETY: kill(2) on a process group id read from our own pid file; a

@@ -15,6 +15,7 @@ pub mod logs;
 mod router;
 pub mod stdcopy;
 mod system;
+pub mod tls;
 
 use std::sync::Arc;
 

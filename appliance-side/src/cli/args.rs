@@ -82,6 +82,22 @@ pub struct ServeArgs {
     /// The channel port for containerVMs that reach the server over TCP [default: 127.0.0.1:0]
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
+    /// Also serve the docker API on TCP (docker's 2376), with mutual TLS: needs --tls-cert,
+    /// --tls-key and --tls-ca, and clients need a certificate signed by that CA
+    #[arg(long, value_name = "ADDR")]
+    pub api_tcp: Option<String>,
+    /// The server's certificate chain (PEM), for --api-tcp
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM), for --api-tcp; must not be readable by group or others
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that --api-tcp clients' certificates must be signed by
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve --api-tcp without TLS, on a loopback address only: anyone who can connect is root
+    #[arg(long)]
+    pub api_insecure_tcp: bool,
 }
 
 /// The process flags `create`, `exec` and `run` share.
