@@ -1,0 +1,194 @@
+//! `docker run` with the stock docker CLI against `appliance serve`: an image saved by a peer
+//! tool (podman) loaded with `docker load` and run as real containerVMs, with docker's
+//! semantics for the lifecycle verbs, names, filters, events and exit codes.
+
+use std::time::{Duration, Instant};
+
+use e2e::{busybox_image_archive, text, Appliance};
+
+/// The server as a real process, with the podman-made busybox image loaded.
+fn appliance_with_image(tag: &str) -> (Appliance, &'static str) {
+    let app = Appliance::start_process(tag);
+    let (archive, image) = busybox_image_archive();
+    let load = app.docker(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(
+        load.status.success(),
+        "docker load: {}{}",
+        text(&load.stdout),
+        text(&load.stderr)
+    );
+    assert!(
+        text(&load.stdout).contains(&format!("Loaded image: {image}")),
+        "docker load says what it loaded: {}",
+        text(&load.stdout)
+    );
+    (app, image)
+}
+
+fn ok(app: &Appliance, args: &[&str]) -> String {
+    let out = app.docker(args);
+    assert!(
+        out.status.success(),
+        "docker {}: exit {:?}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn inspect(app: &Appliance, what: &str, format: &str) -> String {
+    ok(app, &["inspect", "-f", format, what]).trim().to_string()
+}
+
+/// Waits until `docker inspect -f format` prints `want`.
+fn wait_inspect(app: &Appliance, what: &str, format: &str, want: &str, secs: u64) {
+    let start = Instant::now();
+    loop {
+        let got = inspect(app, what, format);
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: {format} is {got:?}, never {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn docker_run_applies_the_images_config_and_exits_with_the_process() {
+    let (app, image) = appliance_with_image("run-config");
+    // ENTRYPOINT sh -c, CMD echo $GREETING..., ENV, WORKDIR /tmp, USER 65534 from the image.
+    let out = app.docker(&["run", "--rm", image]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from /tmp as 65534\n");
+    // A Cmd replaces the image's, keeping its entrypoint; the process's code is docker's.
+    let out = app.docker(&["run", "--rm", "-e", "GREETING=hi", image, "echo $GREETING; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    // `--entrypoint ''` clears the image's entrypoint and Cmd; -w and -u override.
+    let out = app.docker(&[
+        "run", "--rm", "--entrypoint", "", "-w", "/", "-u", "0", image, "/bin/sh", "-c",
+        "pwd; id -u; echo err >&2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/\n0\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    // A command that does not exist: docker's 127 and its reason.
+    let out = app.docker(&["run", "--rm", "--entrypoint", "/no/such", image]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    // --rm removed every one of them.
+    assert_eq!(ok(&app, &["ps", "-aq"]), "");
+}
+
+#[test]
+fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
+    let (app, image) = appliance_with_image("run-detached");
+    let script = "trap 'echo got TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done";
+    let id = ok(&app, &["run", "-d", "--name", "svc", "-l", "team=core", image, script]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "run -d prints the full id: {id}");
+    // The process runs when run -d returns: an exec right after it works.
+    assert_eq!(ok(&app, &["exec", "svc", "echo", "in", "svc"]), "in svc\n");
+    assert_eq!(inspect(&app, "svc", "{{.State.Status}}"), "running");
+    // Names are unique.
+    let dup = app.docker(&["create", "--name", "svc", image]);
+    assert_eq!(dup.status.code(), Some(125));
+    assert!(
+        text(&dup.stderr).contains("is already in use by container"),
+        "{}",
+        text(&dup.stderr)
+    );
+    // stop: the trap's code, within the timeout.
+    let started = Instant::now();
+    ok(&app, &["stop", "-t", "20", "svc"]);
+    assert!(started.elapsed() < Duration::from_secs(20), "stop waited for the timeout");
+    assert_eq!(inspect(&app, "svc", "{{.State.ExitCode}}"), "7");
+    assert_eq!(inspect(&app, "svc", "{{.State.Status}}"), "exited");
+    let logs = ok(&app, &["logs", "svc"]);
+    assert_eq!(logs, "up\ngot TERM\n");
+    // restart: running again, same container.
+    ok(&app, &["restart", "svc"]);
+    assert_eq!(inspect(&app, "svc", "{{.State.Status}}"), "running");
+    assert_eq!(inspect(&app, "svc", "{{.Id}}"), id);
+    // kill right away: SIGKILL is 137.
+    ok(&app, &["kill", "svc"]);
+    wait_inspect(&app, "svc", "{{.State.ExitCode}}", "137", 30);
+    // rename, then filters find it by its new name, label, status and image.
+    ok(&app, &["rename", "svc", "svc2"]);
+    for filter in ["name=svc2", "label=team=core", "status=exited"] {
+        let listed = ok(&app, &["ps", "-aq", "--no-trunc", "--filter", filter]);
+        assert_eq!(listed.trim(), id, "ps --filter {filter}");
+    }
+    assert_eq!(ok(&app, &["ps", "-q", "--filter", "status=running"]), "");
+    // rm -f of a running container.
+    ok(&app, &["start", "svc2"]);
+    assert_eq!(inspect(&app, "svc2", "{{.State.Running}}"), "true");
+    let refused = app.docker(&["rm", "svc2"]);
+    assert_ne!(refused.status.code(), Some(0), "rm of a running container is refused");
+    ok(&app, &["rm", "-f", "svc2"]);
+    assert_eq!(ok(&app, &["ps", "-aq"]), "");
+    assert!(!app.home.container(&id).exists(), "rm removes the container's files");
+}
+
+#[test]
+fn create_then_start_attached_and_events_tell_the_story() {
+    let (app, image) = appliance_with_image("run-create");
+    let since = time_now();
+    let id = ok(
+        &app,
+        &["create", "--name", "once", image, "echo out; echo err >&2; exit 5"],
+    );
+    let id = id.trim();
+    assert_eq!(inspect(&app, "once", "{{.State.Status}}"), "created");
+    let out = app.docker(&["start", "-a", "once"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    ok(&app, &["rm", "once"]);
+    let until = time_now();
+    let events = ok(
+        &app,
+        &[
+            "events", "--since", &since, "--until", &until, "--filter", &format!("container={id}"),
+            "--format", "{{.Action}}",
+        ],
+    );
+    let actions: Vec<&str> = events.lines().collect();
+    for want in ["create", "start", "die", "destroy"] {
+        assert!(actions.contains(&want), "events {actions:?} lack {want}");
+    }
+    let order = |a: &str| actions.iter().position(|x| *x == a).unwrap();
+    assert!(order("create") < order("start") && order("start") < order("die"));
+    assert!(order("die") < order("destroy"));
+}
+
+#[test]
+fn containers_and_images_survive_an_appliance_restart() {
+    let (mut app, image) = appliance_with_image("run-restart");
+    let id = ok(&app, &["run", "-d", "--name", "keep", image, "echo kept; sleep 600"]);
+    let id = id.trim().to_string();
+    ok(&app, &["create", "--name", "later", image, "echo later"]);
+    app.kill_server();
+    app.restart_server();
+    let names = ok(&app, &["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+    assert!(names.contains("keep running"), "{names}");
+    assert!(names.contains("later created"), "{names}");
+    let images = ok(&app, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.contains(image), "{images}");
+    assert_eq!(ok(&app, &["exec", "keep", "echo", "still"]), "still\n");
+    let out = app.docker(&["start", "-a", "later"]);
+    assert_eq!(text(&out.stdout), "later\n", "{}", text(&out.stderr));
+    ok(&app, &["rm", "-f", &id]);
+}
+
+/// Unix seconds now, as `docker events --since/--until` take them.
+fn time_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
