@@ -9,6 +9,7 @@ pub mod body;
 mod containers;
 pub mod exec;
 pub mod http;
+mod images;
 pub mod logs;
 mod router;
 pub mod stdcopy;

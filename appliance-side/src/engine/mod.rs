@@ -2,6 +2,8 @@
 //! the store (records, state, execs) and the session server (live channels); [engine] grows the
 //! lifecycle here (create, start, stop, rm) on top of the backend that runs the VMs.
 
+pub mod images;
+
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -10,6 +12,7 @@ use crate::home::Home;
 use crate::server::container::Container;
 use crate::server::Server;
 use crate::store::execs::{Exec, ExecStore};
+use crate::store::images::ImageStore;
 use crate::store::records::{self, Record};
 use crate::store::state::{ContainerStatus, State};
 
@@ -27,12 +30,14 @@ pub enum EngineError {
 pub struct Engine {
     pub server: Arc<Server>,
     pub execs: ExecStore,
+    pub images: ImageStore,
 }
 
 impl Engine {
     pub fn new(server: Arc<Server>) -> Self {
         Self {
             execs: ExecStore::new(server.home.clone()),
+            images: ImageStore::new(server.home.clone()),
             server,
         }
     }
