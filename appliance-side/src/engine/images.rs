@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::store::images::reference::{
     glob_match, parse_any, parse_normalized, AnyReference, BadPattern, Reference, ReferenceError,
 };
-use crate::store::images::{Image, LoadEvent, LoadWork, StoreError};
+use crate::store::images::{Image, ImageStore, LoadEvent, LoadWork, StoreError};
 use crate::store::records;
 use crate::store::state::ContainerStatus;
 
@@ -112,6 +112,18 @@ fn short(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// The image a reference names, or docker's 400 (malformed) or 404.
+pub fn lookup(store: &ImageStore, reference: &str) -> Result<Image, ImageError> {
+    if let Err(e) = parse_any(reference) {
+        // A hex prefix is never malformed; anything else that is no reference is.
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(e.into());
+        }
+    }
+    store.resolve(reference).ok_or_else(|| not_found(reference))
+}
+
 /// Time of an RFC 3339 string, for `before`/`since`.
 fn unix_nanos(rfc3339: &str) -> i128 {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
@@ -121,16 +133,7 @@ fn unix_nanos(rfc3339: &str) -> i128 {
 impl Engine {
     /// The image a reference names, or docker's 400 (malformed) or 404.
     pub fn image(&self, reference: &str) -> Result<Image, ImageError> {
-        if let Err(e) = parse_any(reference) {
-            // A hex prefix is never malformed; anything else that is no reference is.
-            let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-            if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(e.into());
-            }
-        }
-        self.images
-            .resolve(reference)
-            .ok_or_else(|| not_found(reference))
+        lookup(&self.images, reference)
     }
 
     /// The images `filter` selects, newest first.
@@ -200,7 +203,7 @@ impl Engine {
 
     /// `docker rmi` with the users this engine knows.
     pub fn image_remove(&self, reference: &str, force: bool) -> Result<Vec<Removed>, ImageError> {
-        remove(self, self, reference, force)
+        remove(&self.images, self, reference, force)
     }
 
     /// `docker load` of the archive in `work` (see [`crate::store::images::ImageStore::load`]).
@@ -235,13 +238,12 @@ fn reference_matches(patterns: &[String], tag: &str) -> Result<bool, ImageError>
 /// An image deleted while stopped containers still use it keeps its disk (their disks are
 /// layered on it) until none does.
 pub fn remove(
-    engine: &Engine,
+    store: &ImageStore,
     users: &dyn ImageUsers,
     reference: &str,
     force: bool,
 ) -> Result<Vec<Removed>, ImageError> {
-    let image = engine.image(reference)?;
-    let store = &engine.images;
+    let image = lookup(store, reference)?;
     let id = image.id.clone();
     let using = users.containers_using(&id);
     let mut records = Vec::new();

@@ -392,7 +392,8 @@ impl ImageStore {
         std::fs::create_dir_all(out).map_err(io_err("creating", out))?;
         let layout = work.join("layout");
         archive::write_layout(c, &layout).map_err(io_err("writing", &layout))?;
-        let scrub = [unpacked.to_path_buf(), layout.clone()];
+        let real = unpacked.canonicalize().unwrap_or_else(|_| unpacked.to_path_buf());
+        let scrub = [real, unpacked.to_path_buf(), layout.clone()];
         let size = build::disk(&layout, work, &out.join(DISK_FILE), &scrub)?;
         let _ = std::fs::remove_dir_all(work);
         let config = out.join(CONFIG_FILE);
