@@ -305,3 +305,96 @@ pub fn remove(
     store.prune_removed(&|img| !users.containers_using(img).is_empty())?;
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::Home;
+
+    /// Containers given by hand: `(container id, running)` per image id.
+    struct Users(Vec<(String, String, bool)>);
+
+    impl ImageUsers for Users {
+        fn containers_using(&self, image_id: &str) -> Vec<(String, bool)> {
+            self.0
+                .iter()
+                .filter(|(_, img, _)| img == image_id)
+                .map(|(c, _, r)| (c.clone(), *r))
+                .collect()
+        }
+    }
+
+    const HEX: &str = "1234567890ab000000000000000000000000000000000000000000000000000f";
+    const CID: &str = "c0ffee000000000000000000000000000000000000000000000000000000000a";
+
+    fn store(tag: &str, tags: &[&str]) -> (ImageStore, String, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("img-rm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = ImageStore::new(Home::at(&dir));
+        let id = s.insert_for_tests(HEX, tags, "2024-01-01T00:00:00Z");
+        (s, id, dir)
+    }
+
+    fn msg(r: Result<Vec<Removed>, ImageError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn removal_follows_dockers_rules() {
+        let none = Users(vec![]);
+        let (s, id, dir) = store("rules", &["a:1", "b:2"]);
+        assert_eq!(
+            msg(remove(&s, &none, "1234567890ab", false)),
+            "conflict: unable to delete 1234567890ab (must be forced) - image is referenced in \
+             multiple repositories"
+        );
+        assert_eq!(
+            remove(&s, &none, "a:1", false).unwrap(),
+            [Removed::Untagged("a:1".into())]
+        );
+        assert_eq!(msg(remove(&s, &none, "a:1", false)), "No such image: a:1");
+        assert!(msg(remove(&s, &none, "A:1", false)).contains("lowercase"));
+        let stopped = Users(vec![(CID.into(), id.clone(), false)]);
+        assert_eq!(
+            msg(remove(&s, &stopped, "b:2", false)),
+            "conflict: unable to remove repository reference \"b:2\" (must force) - container \
+             c0ffee000000 is using its referenced image 1234567890ab"
+        );
+        assert_eq!(
+            msg(remove(&s, &stopped, &id, false)),
+            "conflict: unable to delete 1234567890ab (must be forced) - image is being used by \
+             stopped container c0ffee000000"
+        );
+        let running = Users(vec![(CID.into(), id.clone(), true)]);
+        assert_eq!(
+            msg(remove(&s, &running, &id, true)),
+            "conflict: unable to delete 1234567890ab (cannot be forced) - image is being used by \
+             running container c0ffee000000"
+        );
+        // Forcing the last tag off an image a running container uses only untags it.
+        assert_eq!(
+            remove(&s, &running, "b:2", true).unwrap(),
+            [Removed::Untagged("b:2".into())]
+        );
+        assert!(s.resolve(&id).is_some());
+        // Forced by id with a stopped user: deleted, its disk kept for the container.
+        assert_eq!(
+            remove(&s, &stopped, &id, true).unwrap(),
+            [Removed::Deleted(id.clone())]
+        );
+        assert!(s.resolve(&id).is_none());
+        assert!(dir.join("images").join(HEX).join("disk.qcow2").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn removing_by_id_untags_a_single_tag_then_deletes() {
+        let (s, id, dir) = store("single", &["only:1"]);
+        assert_eq!(
+            remove(&s, &Users(vec![]), "sha256:1234", false).unwrap(),
+            [Removed::Untagged("only:1".into()), Removed::Deleted(id)]
+        );
+        assert!(!dir.join("images").join(HEX).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

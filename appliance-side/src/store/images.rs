@@ -17,6 +17,8 @@ mod archive;
 mod build;
 mod record;
 pub mod reference;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -392,7 +394,9 @@ impl ImageStore {
         std::fs::create_dir_all(out).map_err(io_err("creating", out))?;
         let layout = work.join("layout");
         archive::write_layout(c, &layout).map_err(io_err("writing", &layout))?;
-        let real = unpacked.canonicalize().unwrap_or_else(|_| unpacked.to_path_buf());
+        let real = unpacked
+            .canonicalize()
+            .unwrap_or_else(|_| unpacked.to_path_buf());
         let scrub = [real, unpacked.to_path_buf(), layout.clone()];
         let size = build::disk(&layout, work, &out.join(DISK_FILE), &scrub)?;
         let _ = std::fs::remove_dir_all(work);
@@ -447,4 +451,36 @@ fn created_key(image: &Image) -> i128 {
         &time::format_description::well_known::Rfc3339,
     )
     .map_or(0, |t| t.unix_timestamp_nanos())
+}
+
+/// Images put straight into a store, without an archive or a disk build, for the rules that
+/// only look at records.
+#[cfg(test)]
+impl ImageStore {
+    pub(crate) fn insert_for_tests(&self, hex: &str, tags: &[&str], created: &str) -> String {
+        let dir = self.image_dir(hex);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DISK_FILE), b"QFI\xfb").unwrap();
+        let f = ImageFile {
+            id: format!("sha256:{hex}"),
+            tags: tags
+                .iter()
+                .map(|t| {
+                    reference::parse_normalized(t)
+                        .unwrap()
+                        .tag_name_only()
+                        .full()
+                })
+                .collect(),
+            created: created.into(),
+            size: 1,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            layers: vec![],
+            config: ImageConfig::default(),
+            removed: false,
+        };
+        self.write(&f).unwrap();
+        f.id
+    }
 }
