@@ -31,7 +31,7 @@ impl From<ImageError> for ApiError {
             ImageError::Reference(_) | ImageError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ImageError::Conflict(_) => StatusCode::CONFLICT,
             ImageError::Store(StoreError::Archive(_)) => StatusCode::BAD_REQUEST,
-            ImageError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ImageError::Store(_) | ImageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }
@@ -291,26 +291,31 @@ pub(crate) async fn load(api: Arc<Api>, req: Request<Incoming>) -> ApiResponse {
         let send = |b: Bytes| {
             let _ = tx.blocking_send(b);
         };
-        let result = api.engine.image_load(&work, &mut |event| match event {
-            LoadEvent::Status { id, status } if !quiet => {
-                send(line(
-                    &json!({"status": status, "progressDetail": {}, "id": id}),
-                ));
-            }
-            LoadEvent::Status { .. } => {}
-            LoadEvent::Retagged { tag, old_id } => send(stream_line(format!(
+        let load = || {
+            api.engine.image_load(&work, &mut |event| match event {
+                LoadEvent::Status { id, status } if !quiet => {
+                    send(line(
+                        &json!({"status": status, "progressDetail": {}, "id": id}),
+                    ));
+                }
+                LoadEvent::Status { .. } => {}
+                LoadEvent::Retagged { tag, old_id } => send(stream_line(format!(
                 "The image {tag} already exists, renaming the old one with ID {old_id} to empty \
                  string\n"
             ))),
-            LoadEvent::Loaded { id, tags } if tags.is_empty() => {
-                send(stream_line(format!("Loaded image ID: {id}\n")));
-            }
-            LoadEvent::Loaded { tags, .. } => {
-                for t in tags {
-                    send(stream_line(format!("Loaded image: {t}\n")));
+                LoadEvent::Loaded { id, tags } if tags.is_empty() => {
+                    send(stream_line(format!("Loaded image ID: {id}\n")));
                 }
-            }
-        });
+                LoadEvent::Loaded { tags, .. } => {
+                    for t in tags {
+                        send(stream_line(format!("Loaded image: {t}\n")));
+                    }
+                }
+            })
+        };
+        // A bug in the load must still end the stream with an error, not silently.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+            .unwrap_or_else(|_| Err(ImageError::Internal("the load panicked".into())));
         // The work directory (archive, unpacked layers, half-built disks) goes first, so a
         // client that sees the answer sees nothing left behind.
         drop(work);

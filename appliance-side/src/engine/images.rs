@@ -52,6 +52,9 @@ pub enum ImageError {
     /// 400 for a bad archive, 500 for the rest.
     #[error(transparent)]
     Store(StoreError),
+    /// 500: a bug, said as one.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for ImageError {
@@ -247,7 +250,8 @@ pub fn remove(
     let id = image.id.clone();
     let using = users.containers_using(&id);
     let mut records = Vec::new();
-    let by_id = id.starts_with(reference) || id[7..].starts_with(reference);
+    let hex = id.strip_prefix("sha256:").unwrap_or(&id);
+    let by_id = id.starts_with(reference) || hex.starts_with(reference);
     if !by_id {
         if !force && image.tags.len() == 1 {
             if let Some((cid, _)) = using.first() {

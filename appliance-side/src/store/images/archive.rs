@@ -142,10 +142,11 @@ pub(super) fn unpack(archive: &Path, dest: &Path) -> Result<(), ArchiveError> {
             |p| p.to_string_lossy().into_owned(),
         );
         use tar::EntryType::*;
-        // The archive's members are blobs and JSON: devices and fifos have no business here.
+        // The archive's members are blobs and JSON: hard links, devices and fifos have no
+        // business here.
         if matches!(
             entry.header().entry_type(),
-            Regular | Directory | Symlink | Link | Continuous
+            Regular | Directory | Symlink | Continuous
         ) {
             entry.unpack_in(dest).map_err(|e| ArchiveError::Truncated {
                 // The tar crate says a member's data ran out as "failed to write entire file".
@@ -255,14 +256,22 @@ fn member(root: &Path, rel: &str) -> Result<PathBuf, ArchiveError> {
     Ok(real)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, name: &str) -> Result<T, ArchiveError> {
-    let len = std::fs::metadata(path).map_err(ArchiveError::Io)?.len();
-    if len > MAX_JSON {
+/// A JSON member, read through [`member`] (a symlink to `/dev/zero` or out of the archive is
+/// refused) and at most [`MAX_JSON`] bytes of it.
+fn read_json<T: for<'de> Deserialize<'de>>(root: &Path, name: &str) -> Result<T, ArchiveError> {
+    read_json_at(&member(root, name)?, name)
+}
+
+fn read_json_at<T: for<'de> Deserialize<'de>>(path: &Path, name: &str) -> Result<T, ArchiveError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut bytes))
+        .map_err(ArchiveError::Io)?;
+    if bytes.len() as u64 > MAX_JSON {
         return Err(ArchiveError::TooLarge {
             file: name.to_string(),
         });
     }
-    let bytes = std::fs::read(path).map_err(ArchiveError::Io)?;
     serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Json {
         file: name.to_string(),
         detail: e.to_string(),
@@ -278,9 +287,11 @@ fn sha256(path: &Path) -> Result<String, ArchiveError> {
 pub(super) fn read(root: &Path) -> Result<Vec<Candidate>, ArchiveError> {
     // Absolute, so the layouts written from it can point into it from anywhere.
     let root = &root.canonicalize().map_err(ArchiveError::Io)?;
-    let found = if root.join("manifest.json").is_file() {
+    // Present at all (a link is followed, and checked, when read).
+    let has = |name: &str| root.join(name).symlink_metadata().is_ok();
+    let found = if has("manifest.json") {
         docker_images(root)?
-    } else if root.join("index.json").is_file() {
+    } else if has("index.json") {
         oci_images(root)?
     } else {
         return Err(ArchiveError::NoManifest);
@@ -312,7 +323,7 @@ struct ManifestItem {
 }
 
 fn docker_images(root: &Path) -> Result<Vec<Candidate>, ArchiveError> {
-    let items: Vec<ManifestItem> = read_json(&root.join("manifest.json"), "manifest.json")?;
+    let items: Vec<ManifestItem> = read_json(root, "manifest.json")?;
     if items.is_empty() {
         return Err(ArchiveError::NoImages("manifest.json"));
     }
@@ -400,7 +411,7 @@ fn is_index(desc: &Value) -> bool {
 }
 
 fn oci_images(root: &Path) -> Result<Vec<Candidate>, ArchiveError> {
-    let index: Value = read_json(&root.join("index.json"), "index.json")?;
+    let index: Value = read_json(root, "index.json")?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     if manifests.is_empty() {
         return Err(ArchiveError::NoImages("index.json"));
@@ -416,7 +427,7 @@ fn oci_images(root: &Path) -> Result<Vec<Candidate>, ArchiveError> {
                     break;
                 }
                 let digest = desc["digest"].as_str().unwrap_or("").to_string();
-                let nested: Value = read_json(&oci_blob(root, &digest)?, &digest)?;
+                let nested: Value = read_json_at(&oci_blob(root, &digest)?, &digest)?;
                 desc = nested["manifests"]
                     .as_array()
                     .into_iter()
@@ -428,7 +439,7 @@ fn oci_images(root: &Path) -> Result<Vec<Candidate>, ArchiveError> {
                     .ok_or(ArchiveError::NoPlatform)?;
             }
             let digest = desc["digest"].as_str().unwrap_or("").to_string();
-            let manifest: Value = read_json(&oci_blob(root, &digest)?, &digest)?;
+            let manifest: Value = read_json_at(&oci_blob(root, &digest)?, &digest)?;
             let config_digest = manifest["config"]["digest"].as_str().unwrap_or("");
             let config_path = oci_blob(root, config_digest)?;
             let id = config_digest.trim_start_matches("sha256:").to_string();
@@ -504,7 +515,7 @@ struct RawRootfs {
 
 /// The record of an image from its config blob.
 fn image_file(path: &Path, name: &str, hex: &str) -> Result<ImageFile, ArchiveError> {
-    let raw: RawImage = read_json(path, name)?;
+    let raw: RawImage = read_json_at(path, name)?;
     let os = if raw.os.is_empty() { "linux" } else { &raw.os };
     let arch = if raw.architecture.is_empty() {
         "amd64"

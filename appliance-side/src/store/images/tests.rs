@@ -241,6 +241,18 @@ fn docker_save_archives_give_their_id_tags_and_config() {
         e,
         "cannot load linux/arm64 image: containerVMs here run linux/amd64"
     );
+    // A manifest that is a link out of the archive (here to an endless device) is refused,
+    // not read.
+    let link = dir.join("link.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&link).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "manifest.json", "/dev/zero").unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let e = read(&link).map(|_| ()).unwrap_err().to_string();
+    assert_eq!(e, "\"manifest.json\" in the archive points outside the archive");
     let e = case("none.tar", &[("hello.txt", b"hi".to_vec())]);
     assert!(e.contains("neither manifest.json"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
