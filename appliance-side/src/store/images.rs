@@ -342,7 +342,7 @@ impl ImageStore {
         let candidates = archive::read(&unpacked)?;
         let mut loaded = Vec::new();
         for (i, c) in candidates.iter().enumerate() {
-            let short = c.file.id[7..19].to_string();
+            let short = c.file.id.get(7..19).unwrap_or_default().to_string();
             let dir = self.image_dir(&c.file.id);
             let built = if read_file(&dir.join(IMAGE_FILE)).is_ok() {
                 events(LoadEvent::Status {

@@ -252,7 +252,10 @@ fn docker_save_archives_give_their_id_tags_and_config() {
     b.finish().unwrap();
     drop(b);
     let e = read(&link).map(|_| ()).unwrap_err().to_string();
-    assert_eq!(e, "\"manifest.json\" in the archive points outside the archive");
+    assert_eq!(
+        e,
+        "\"manifest.json\" in the archive points outside the archive"
+    );
     let e = case("none.tar", &[("hello.txt", b"hi".to_vec())]);
     assert!(e.contains("neither manifest.json"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
