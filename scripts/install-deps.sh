@@ -41,6 +41,9 @@ SYSTEM_PACKAGES=(
     "cpio:/bin/cpio"
     "musl-tools:/usr/bin/musl-gcc"
     "tmux:/usr/bin/tmux"
+    # appliance-side/tests/images.rs builds docker and OCI archives with podman (FROM scratch,
+    # --isolation=chroot, its own vfs store) to load through the docker CLI.
+    "podman:/usr/bin/podman"
 )
 
 install_system() {

@@ -66,12 +66,29 @@ fn docker_run_applies_the_images_config_and_exits_with_the_process() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello from /tmp as 65534\n");
     // A Cmd replaces the image's, keeping its entrypoint; the process's code is docker's.
-    let out = app.docker(&["run", "--rm", "-e", "GREETING=hi", image, "echo $GREETING; exit 3"]);
+    let out = app.docker(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        image,
+        "echo $GREETING; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
     // `--entrypoint ''` clears the image's entrypoint and Cmd; -w and -u override.
     let out = app.docker(&[
-        "run", "--rm", "--entrypoint", "", "-w", "/", "-u", "0", image, "/bin/sh", "-c",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "",
+        "-w",
+        "/",
+        "-u",
+        "0",
+        image,
+        "/bin/sh",
+        "-c",
         "pwd; id -u; echo err >&2",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -88,7 +105,19 @@ fn docker_run_applies_the_images_config_and_exits_with_the_process() {
 fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     let (app, image) = appliance_with_image("run-detached");
     let script = "trap 'echo got TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done";
-    let id = ok(&app, &["run", "-d", "--name", "svc", "-l", "team=core", image, script]);
+    let id = ok(
+        &app,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "svc",
+            "-l",
+            "team=core",
+            image,
+            script,
+        ],
+    );
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "run -d prints the full id: {id}");
     // The process runs when run -d returns: an exec right after it works.
@@ -105,7 +134,10 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     // stop: the trap's code, within the timeout.
     let started = Instant::now();
     ok(&app, &["stop", "-t", "20", "svc"]);
-    assert!(started.elapsed() < Duration::from_secs(20), "stop waited for the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stop waited for the timeout"
+    );
     assert_eq!(inspect(&app, "svc", "{{.State.ExitCode}}"), "7");
     assert_eq!(inspect(&app, "svc", "{{.State.Status}}"), "exited");
     let logs = ok(&app, &["logs", "svc"]);
@@ -128,10 +160,17 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     ok(&app, &["start", "svc2"]);
     assert_eq!(inspect(&app, "svc2", "{{.State.Running}}"), "true");
     let refused = app.docker(&["rm", "svc2"]);
-    assert_ne!(refused.status.code(), Some(0), "rm of a running container is refused");
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "rm of a running container is refused"
+    );
     ok(&app, &["rm", "-f", "svc2"]);
     assert_eq!(ok(&app, &["ps", "-aq"]), "");
-    assert!(!app.home.container(&id).exists(), "rm removes the container's files");
+    assert!(
+        !app.home.container(&id).exists(),
+        "rm removes the container's files"
+    );
 }
 
 #[test]
@@ -140,7 +179,13 @@ fn create_then_start_attached_and_events_tell_the_story() {
     let since = time_now();
     let id = ok(
         &app,
-        &["create", "--name", "once", image, "echo out; echo err >&2; exit 5"],
+        &[
+            "create",
+            "--name",
+            "once",
+            image,
+            "echo out; echo err >&2; exit 5",
+        ],
     );
     let id = id.trim();
     assert_eq!(inspect(&app, "once", "{{.State.Status}}"), "created");
@@ -153,8 +198,15 @@ fn create_then_start_attached_and_events_tell_the_story() {
     let events = ok(
         &app,
         &[
-            "events", "--since", &since, "--until", &until, "--filter", &format!("container={id}"),
-            "--format", "{{.Action}}",
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            &format!("container={id}"),
+            "--format",
+            "{{.Action}}",
         ],
     );
     let actions: Vec<&str> = events.lines().collect();
@@ -169,7 +221,10 @@ fn create_then_start_attached_and_events_tell_the_story() {
 #[test]
 fn containers_and_images_survive_an_appliance_restart() {
     let (mut app, image) = appliance_with_image("run-restart");
-    let id = ok(&app, &["run", "-d", "--name", "keep", image, "echo kept; sleep 600"]);
+    let id = ok(
+        &app,
+        &["run", "-d", "--name", "keep", image, "echo kept; sleep 600"],
+    );
     let id = id.trim().to_string();
     ok(&app, &["create", "--name", "later", image, "echo later"]);
     app.kill_server();

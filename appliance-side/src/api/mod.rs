@@ -10,6 +10,7 @@ mod containers;
 mod events;
 pub mod exec;
 pub mod http;
+mod images;
 mod lifecycle;
 pub mod logs;
 mod router;

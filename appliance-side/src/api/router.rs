@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
 use crate::api::http::{error, json_response, query, read_json, route_path};
-use crate::api::{attach, logs, system, Api, ApiResponse};
+use crate::api::{attach, images, logs, system, Api, ApiResponse};
 
 impl Api {
     pub async fn handle(
@@ -59,6 +59,18 @@ impl Api {
             }
             (&Method::GET, ["exec", id, "json"]) => self.exec_inspect(id),
             (&Method::POST, ["exec", id, "resize"]) => self.exec_resize(id, &query(&req)),
+            // Image names may hold slashes (`localhost/app`): the name is every part between.
+            (&Method::GET, ["images", "json"]) => self.images_list(&query(&req)),
+            (&Method::POST, ["images", "load"]) => images::load(self.clone(), req).await,
+            (&Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
+                self.image_inspect(&name.join("/"))
+            }
+            (&Method::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
+                self.image_tag(&name.join("/"), &query(&req))
+            }
+            (&Method::DELETE, ["images", name @ ..]) if !name.is_empty() => {
+                self.image_remove(&name.join("/"), &query(&req))
+            }
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!("page not found: {method} {path} is not part of this engine's API subset"),

@@ -48,7 +48,7 @@ impl Api {
                 "ContainersRunning": running,
                 "ContainersPaused": 0,
                 "ContainersStopped": all.len() - running,
-                "Images": 0,
+                "Images": self.engine.images.list().len(),
                 "Driver": "containervm",
                 "LoggingDriver": "json-file",
                 "OperatingSystem": "tether containerVMs",

@@ -247,8 +247,9 @@ pub enum Transport {
 #[derive(Debug, Args)]
 #[command(
     after_help = "IMAGE is anything `bootstrap-iso disk` takes: a `docker save` tarball, an \
-    OCI layout, a rootfs directory or tarball.\nThe kernel and initramfs come from --kernel and \
-    --initramfs, else $TETHER_KERNEL and $TETHER_INITRAMFS, else ~/.cache/tether/boot/."
+    OCI layout, a rootfs directory or tarball.\nThe server boots the VM with the kernel and \
+    initramfs from $TETHER_KERNEL and $TETHER_INITRAMFS (as `appliance serve` sees them), else \
+    ~/.cache/tether/boot/."
 )]
 pub struct RunCmd {
     /// Run in the background and print the container's id
@@ -265,12 +266,6 @@ pub struct RunCmd {
     /// How the containerVM's channel reaches the server
     #[arg(long, value_enum, default_value_t = Transport::Virtio)]
     pub transport: Transport,
-    /// The guest kernel (bzImage)
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-    /// The guest initramfs
-    #[arg(long, value_name = "PATH")]
-    pub initramfs: Option<PathBuf>,
     /// The image: a `docker save` tarball, an OCI layout, a rootfs directory or tarball
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
@@ -285,8 +280,6 @@ pub struct RunArgs {
     pub detach: bool,
     pub new: NewContainer,
     pub transport_serial: bool,
-    pub kernel: Option<PathBuf>,
-    pub initramfs: Option<PathBuf>,
     pub image: PathBuf,
     pub memory_mb: u32,
 }
@@ -318,8 +311,6 @@ impl From<RunCmd> for RunArgs {
                 },
             },
             transport_serial: c.transport == Transport::Serial,
-            kernel: c.kernel,
-            initramfs: c.initramfs,
             image: c.image,
             memory_mb: c.memory,
         }
@@ -526,10 +517,6 @@ mod tests {
             "serial",
             "--name",
             "n",
-            "--kernel",
-            "/k",
-            "--initramfs",
-            "/i",
             "rootfs",
             "sh",
             "-c",
@@ -541,8 +528,6 @@ mod tests {
         assert_eq!(r.new.env, ["PATH=/bin"]);
         assert!(r.detach && !r.new.attach && r.new.tty && r.new.open_stdin);
         assert_eq!((r.memory_mb, r.transport_serial), (512, true));
-        assert_eq!(r.kernel, Some(PathBuf::from("/k")));
-        assert_eq!(r.initramfs, Some(PathBuf::from("/i")));
         assert_eq!(r.new.name.as_deref(), Some("n"));
         assert_eq!(r.new.args, ["sh", "-c", "x"]);
         assert!(parse(&["run", "-m", "lots", "img", "sh"]).is_err());

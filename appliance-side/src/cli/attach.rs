@@ -66,7 +66,7 @@ async fn keep_size_in_step(client: &Client, resize_path: &str) {
 
 /// Copies our stdin into the hijacked stream and its output to our stdout/stderr until the
 /// server closes it. Keeps the remote terminal's size in step with ours when `tty`.
-async fn pump(
+pub(crate) async fn pump(
     client: &Client,
     io: TokioIo<hyper::upgrade::Upgraded>,
     tty: bool,

@@ -164,6 +164,15 @@ pub fn new_container(
         dns: strings(&h["Dns"]).unwrap_or_default(),
         dns_search: strings(&h["DnsSearch"]).unwrap_or_default(),
         console_size,
+        transport: match text(&h["TetherTransport"]).as_str() {
+            "" | "virtio" => String::new(),
+            "serial" => "serial".into(),
+            other => {
+                return Err(bad(format!(
+                    "TetherTransport {other:?}: use virtio or serial"
+                )))
+            }
+        },
     };
     if memory > 0 && options.memory_mb < MIN_MEMORY_MB {
         return Err(bad(format!(
@@ -210,9 +219,23 @@ impl Engine {
         Ok(rec)
     }
 
-    /// What the image brings: from the image store, or (for `appliance run`'s paths) nothing.
+    /// What the image brings: from the image store, or (for `appliance run`'s absolute paths
+    /// to an image on disk) nothing.
     fn image_defaults(&self, reference: &str) -> Result<ImageDefaults, EngineError> {
-        if std::path::Path::new(reference).exists() {
+        if let Some(image) = self.images.resolve(reference) {
+            let c = image.config;
+            return Ok(ImageDefaults {
+                id: image.id,
+                entrypoint: c.entrypoint,
+                cmd: c.cmd,
+                env: c.env,
+                working_dir: c.working_dir,
+                user: c.user,
+                labels: c.labels,
+                stop_signal: c.stop_signal,
+            });
+        }
+        if reference.starts_with('/') && std::path::Path::new(reference).exists() {
             return Ok(ImageDefaults::default());
         }
         Err(EngineError::NoSuchImage(reference.to_string()))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use guestinfo::contract::MAIN_SESSION;
+use guestinfo::contract::{COM_DEVICE, MAIN_SESSION};
 use tokio::time::Instant;
 use wire::Control;
 
@@ -89,7 +89,16 @@ impl Engine {
         let image_disk = self.image_disk(rec)?;
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
-        let spec = records::spec_for(rec, attach)?;
+        let mut spec = records::spec_for(rec, attach)?;
+        let transport = if rec.options.transport == "serial" {
+            spec.channel_device = Some(COM_DEVICE.into());
+            let tcp = std::fs::read_to_string(self.home().channel_tcp_file()).map_err(|e| {
+                EngineError::Internal(format!("the server's TCP channel address: {e}"))
+            })?;
+            Transport::Serial(tcp.trim().to_string())
+        } else {
+            Transport::Virtio(self.home().channel_socket())
+        };
         records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let before = self.state(&rec.id);
         // What `ps` shows until the new boot connects: not the last boot's exit.
@@ -109,7 +118,7 @@ impl Engine {
                     rec.options.memory_mb
                 },
                 cpus: rec.options.cpus,
-                transport: Transport::Virtio(self.home().channel_socket()),
+                transport,
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {
@@ -217,8 +226,11 @@ impl Engine {
 
     /// The built disk of an image in the image store.
     fn image_disk_by_id(&self, image_id: &str) -> Result<std::path::PathBuf, EngineError> {
-        // Until the image store lands, containers come from paths only.
-        Err(EngineError::NoSuchImage(image_id.to_string()))
+        let image = self
+            .images
+            .resolve(image_id)
+            .ok_or_else(|| EngineError::NoSuchImage(image_id.to_string()))?;
+        Ok(self.images.disk(&image))
     }
 
     /// Sends `signal` to the main process.

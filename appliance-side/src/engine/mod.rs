@@ -5,6 +5,7 @@
 pub mod create;
 pub mod events;
 pub mod filters;
+pub mod images;
 mod lifecycle;
 mod supervise;
 pub mod vms;
@@ -21,6 +22,7 @@ use crate::home::Home;
 use crate::server::container::Container;
 use crate::server::Server;
 use crate::store::execs::{Exec, ExecStore};
+use crate::store::images::ImageStore;
 use crate::store::records::{self, Record, RecordError};
 use crate::store::state::{ContainerStatus, State};
 
@@ -67,6 +69,7 @@ impl From<RecordError> for EngineError {
 pub struct Engine {
     pub server: Arc<Server>,
     pub execs: ExecStore,
+    pub images: ImageStore,
     pub events: EventLog,
     backend: Option<Box<dyn Backend>>,
     vms: Vms,
@@ -92,6 +95,7 @@ impl Engine {
         let (vm_exits, exits_rx) = tokio::sync::mpsc::unbounded_channel();
         let engine = Arc::new(Self {
             execs: ExecStore::new(server.home.clone()),
+            images: ImageStore::new(server.home.clone()),
             events: EventLog::default(),
             backend,
             vms: Vms::default(),

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod execs;
+pub mod images;
 pub mod logline;
 pub mod logs;
 pub mod records;

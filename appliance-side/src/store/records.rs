@@ -73,6 +73,9 @@ pub struct ContainerOptions {
     pub dns_search: Vec<String>,
     /// Rows and columns of the tty at start.
     pub console_size: Option<(u16, u16)>,
+    /// How the VM's channel reaches the server: "" (virtio-serial) or "serial" (the COM port on
+    /// the server's TCP channel port, as vSphere's network serial port).
+    pub transport: String,
 }
 
 impl Record {
