@@ -82,7 +82,7 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         detach_keys,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let running = api.running(&rec);
+    let running = api.running_soon(&rec).await;
     let status = api.state(&rec.id).status;
     let source = match running {
         Ok(c) => Source::Running(c),
@@ -200,7 +200,7 @@ pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> 
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let c = match api.running(&rec) {
+    let c = match api.running_soon(&rec).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

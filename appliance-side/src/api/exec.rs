@@ -15,12 +15,12 @@ use crate::store::atomic::hex;
 use crate::store::execs::Exec;
 
 impl Api {
-    pub(crate) fn exec_create(&self, reference: &str, v: &Value) -> ApiResponse {
+    pub(crate) async fn exec_create(&self, reference: &str, v: &Value) -> ApiResponse {
         let rec = match self.resolve(reference) {
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
-        if let Err(e) = self.running(&rec) {
+        if let Err(e) = self.running_soon(&rec).await {
             return e.into_response();
         }
         let strings = |k: &str| -> Vec<String> {

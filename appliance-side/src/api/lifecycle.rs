@@ -75,7 +75,7 @@ impl Api {
         }
     }
 
-    pub(crate) fn kill(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
+    pub(crate) async fn kill(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
         let signal_text = q
             .get("signal")
             .filter(|s| !s.is_empty())
@@ -86,7 +86,7 @@ impl Api {
                 format!("invalid signal: {signal_text}"),
             );
         };
-        done(self.engine.kill(reference, signal))
+        done(self.engine.kill(reference, signal).await)
     }
 
     pub(crate) async fn remove(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {

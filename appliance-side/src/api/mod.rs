@@ -56,6 +56,11 @@ impl Api {
     pub fn running(&self, rec: &Record) -> Result<Arc<Container>, ApiError> {
         Ok(self.engine.running(rec)?)
     }
+
+    /// [`Api::running`], riding through a reconnect of the container's channel.
+    pub async fn running_soon(&self, rec: &Record) -> Result<Arc<Container>, ApiError> {
+        Ok(self.engine.running_soon(rec).await?)
+    }
 }
 
 /// Serves the API on a Unix socket until the process ends.

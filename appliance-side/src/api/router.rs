@@ -36,7 +36,7 @@ impl Api {
             (&Method::POST, ["containers", id, "restart"]) => self.restart(id, &query(&req)).await,
             (&Method::DELETE, ["containers", id]) => self.remove(id, &query(&req)).await,
             (&Method::POST, ["containers", id, "rename"]) => self.rename(id, &query(&req)),
-            (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)),
+            (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)).await,
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
             (&Method::GET, ["events"]) => self.events(&query(&req)),
             (&Method::POST, ["containers", id, "resize"]) => {
@@ -49,7 +49,7 @@ impl Api {
             (&Method::POST, ["containers", id, "exec"]) => {
                 let id = id.to_string();
                 match read_json(req).await {
-                    Ok(v) => self.exec_create(&id, &v),
+                    Ok(v) => self.exec_create(&id, &v).await,
                     Err(r) => r.into_response(),
                 }
             }

@@ -80,9 +80,11 @@ impl Engine {
     }
 
     async fn start_locked(self: &Arc<Self>, rec: &Record) -> Result<(), EngineError> {
-        if self.is_running(&rec.id) || self.vms.pid(&rec.id).is_some() {
+        if self.is_running(&rec.id) {
             return Err(EngineError::NotModified(rec.id.clone(), "started"));
         }
+        // The last boot's VM may still be powering off: it must be gone before the next boot.
+        self.stop_vm_after(rec, POWEROFF_GRACE).await;
         let backend = self.backend.as_ref().ok_or_else(|| {
             EngineError::Internal("this appliance has no backend to run VMs".into())
         })?;
@@ -234,9 +236,9 @@ impl Engine {
     }
 
     /// Sends `signal` to the main process.
-    pub fn kill(&self, reference: &str, signal: i32) -> Result<(), EngineError> {
+    pub async fn kill(&self, reference: &str, signal: i32) -> Result<(), EngineError> {
         let rec = self.resolve(reference)?;
-        let c = self.running(&rec)?;
+        let c = self.running_soon(&rec).await?;
         c.send_control(Control::Signal {
             session: MAIN_SESSION,
             signal,
@@ -257,12 +259,14 @@ impl Engine {
     }
 
     async fn stop_locked(&self, rec: &Record, timeout: Option<u32>) -> Result<(), EngineError> {
-        if !self.is_running(&rec.id) && self.vms.pid(&rec.id).is_none() {
+        if !self.is_running(&rec.id) {
+            // The process has ended; its VM may still be powering off.
+            self.stop_vm_after(rec, POWEROFF_GRACE).await;
             return Err(EngineError::NotModified(rec.id.clone(), "stopped"));
         }
         self.vms.set_stopping(&rec.id);
         let timeout = Duration::from_secs(u64::from(timeout.unwrap_or_else(|| rec.stop_timeout())));
-        if let Ok(c) = self.running(rec) {
+        if let Ok(c) = self.running_soon(rec).await {
             let signal = rec.stop_signal();
             let _ = c.send_control(Control::Signal {
                 session: MAIN_SESSION,
@@ -339,14 +343,17 @@ impl Engine {
         let rec = self.resolve(reference)?;
         let lock = self.op_lock(&rec.id);
         let _op = lock.lock().await;
-        let running = self.is_running(&rec.id) || self.vms.pid(&rec.id).is_some();
+        let running = self.is_running(&rec.id);
         if running && !force {
             return Err(EngineError::Conflict(format!(
                 "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
                 rec.id
             )));
         }
-        if running {
+        if !running {
+            // Exited, its VM perhaps still powering off.
+            self.stop_vm_after(&rec, POWEROFF_GRACE).await;
+        } else {
             self.vms.kill(&rec.id);
             if let Ok(c) = self.running(&rec) {
                 let _ = c.send_control(Control::Signal {
@@ -392,7 +399,7 @@ impl Engine {
         let (_, mut events) = self.events.replay_and_follow(i128::MAX);
         let st = self.state(&rec.id);
         let code_now = |st: &State| st.main().and_then(|m| m.exit_code).unwrap_or(0);
-        let running = st.status == ContainerStatus::Running || self.vms.pid(&rec.id).is_some();
+        let running = st.status == ContainerStatus::Running;
         match condition {
             WaitCondition::NotRunning if !running => return Ok(code_now(&st)),
             WaitCondition::Removed if !self.home().container(&rec.id).exists() => {

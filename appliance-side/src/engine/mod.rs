@@ -28,6 +28,9 @@ use crate::store::state::{ContainerStatus, State};
 
 pub use lifecycle::WaitCondition;
 
+/// How long a request for a running container waits for its VM's channel to come back.
+pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Why the engine cannot do what was asked; the API maps each to docker's status and text.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -133,7 +136,26 @@ impl Engine {
         }
     }
 
-    /// The live runtime of a running container.
+    /// The live runtime of a running container, waiting up to [`RECONNECT_GRACE`] for the
+    /// channel of one whose state says running (after an appliance restart its VM reconnects
+    /// within seconds; docker's clients should not see it as stopped meanwhile).
+    pub async fn running_soon(&self, rec: &Record) -> Result<Arc<Container>, EngineError> {
+        let deadline = tokio::time::Instant::now() + RECONNECT_GRACE;
+        loop {
+            match self.running(rec) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    let still_up = self.state(&rec.id).status == ContainerStatus::Running;
+                    if !still_up || tokio::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The live runtime of a running container, now.
     pub fn running(&self, rec: &Record) -> Result<Arc<Container>, EngineError> {
         let not_running = || EngineError::NotRunning(rec.id.clone());
         let c = self.server.container(&rec.id).ok_or_else(not_running)?;
