@@ -240,7 +240,19 @@ fn containers_and_images_survive_an_appliance_restart() {
     assert_eq!(ok(&app, &["exec", "keep", "echo", "still"]), "still\n");
     let out = app.docker(&["start", "-a", "later"]);
     assert_eq!(text(&out.stdout), "later\n", "{}", text(&out.stderr));
-    ok(&app, &["rm", "-f", &id]);
+    // The VM dies under its running container (re-adopted after the restart): the container
+    // is exited with 137 and says why, and a waiter is released.
+    let vm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(app.home.container(&id).join("vm.json")).unwrap())
+            .unwrap();
+    let pid = vm["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the process group of the VM this test's server launched.
+    assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
+    assert_eq!(ok(&app, &["wait", "keep"]).trim(), "137");
+    let error = inspect(&app, "keep", "{{.State.Error}}");
+    assert!(error.contains("containerVM ended"), "{error}");
+    assert_eq!(inspect(&app, "keep", "{{.State.Status}}"), "exited");
+    ok(&app, &["rm", &id]);
 }
 
 /// Unix seconds now, as `docker events --since/--until` take them.

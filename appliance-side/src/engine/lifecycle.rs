@@ -123,6 +123,19 @@ impl Engine {
                 transport,
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Some(start_time) = crate::engine::vms::process_start_time(launched.pid) {
+            let vm = crate::engine::vms::VmRecord {
+                pid: launched.pid,
+                start_time,
+            };
+            let path = dir.join(crate::engine::vms::VM_RECORD);
+            if let Err(e) = crate::store::atomic::write_atomic(
+                &path,
+                &serde_json::to_vec(&vm).unwrap_or_default(),
+            ) {
+                tracing::warn!(container = %rec.id, "cannot record the VM's pid: {e}");
+            }
+        }
         if let Some(child) = launched.child {
             self.vms.watch(&rec.id, child, self.vm_exits.clone());
         }

@@ -6,15 +6,21 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
-use crate::engine::vms::VmExit;
+use guestinfo::contract::MAIN_SESSION;
+
+use crate::engine::vms::{process_start_time, VmExit, VmRecord, VM_RECORD};
 use crate::engine::Engine;
 use crate::server::Lifecycle;
+use crate::store::state::{ContainerStatus, State};
 
 /// docker's code for a container whose process was killed without reporting an exit (SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
 
 pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<VmExit>) {
     let mut news = engine.server.lifecycle();
+    if engine.backend.is_some() {
+        engine.adopt_vms();
+    }
     let weak: Weak<Engine> = Arc::downgrade(engine);
     tokio::spawn(async move {
         loop {
@@ -40,6 +46,44 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
 }
 
 impl Engine {
+    /// After an appliance restart: every VM still running from before is watched again; a
+    /// container whose VM ended while the appliance was down becomes exited.
+    fn adopt_vms(&self) {
+        for rec in self.containers() {
+            let dir = self.home().container(&rec.id);
+            let vm: Option<VmRecord> = std::fs::read(dir.join(VM_RECORD))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let st = State::load(&dir);
+            match vm {
+                Some(vm) if process_start_time(vm.pid) == Some(vm.start_time) => {
+                    tracing::info!(container = %rec.id, pid = vm.pid, "re-adopting a running VM");
+                    self.vms
+                        .adopt(&rec.id, vm.pid, vm.start_time, self.vm_exits.clone());
+                }
+                _ if st.status == ContainerStatus::Running => {
+                    let mut st = st;
+                    let why = format!(
+                        "the containerVM ended while the appliance was down; console: {}",
+                        self.console_tail(&rec.id)
+                    );
+                    let main = st.sessions.entry(MAIN_SESSION).or_default();
+                    main.running = false;
+                    main.exit_code = Some(KILLED_EXIT_CODE);
+                    main.error = why.clone();
+                    st.status = ContainerStatus::Exited;
+                    st.connected = false;
+                    tracing::warn!(container = %rec.id, "{why}");
+                    if let Err(e) = st.save(&dir) {
+                        tracing::warn!(container = %rec.id, "cannot record its end: {e}");
+                    }
+                    self.emit("die", &rec, &[("exitCode", KILLED_EXIT_CODE.to_string())]);
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn on_main_exit(&self, id: &str, exit_code: i32) {
         if let Ok(rec) = self.resolve(id) {
             self.emit("die", &rec, &[("exitCode", exit_code.to_string())]);

@@ -55,6 +55,31 @@ impl Vms {
         });
     }
 
+    /// Watches a VM this process did not start (it was running before an appliance restart):
+    /// its pid is polled, and checked against the start time recorded at launch, so a reused
+    /// pid is never taken for the VM.
+    pub fn adopt(&self, id: &str, pid: u32, start_time: u64, exits: mpsc::UnboundedSender<VmExit>) {
+        self.running.lock().expect("vms lock").insert(
+            id.to_string(),
+            Vm {
+                pid,
+                stopping: false,
+            },
+        );
+        let id = id.to_string();
+        tokio::spawn(async move {
+            while process_start_time(pid) == Some(start_time) {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            let how = "ended (re-adopted after an appliance restart: its exit status is unknown)";
+            let _ = exits.send(VmExit {
+                id,
+                pid,
+                how: how.into(),
+            });
+        });
+    }
+
     /// Forgets the VM once its exit is handled; whether it was being stopped on purpose.
     pub fn finished(&self, id: &str, pid: u32) -> bool {
         let mut map = self.running.lock().expect("vms lock");
@@ -95,6 +120,25 @@ impl Vms {
     }
 }
 
+/// What the engine records of a VM it launched (`containers/<id>/vm.json`), to know it again
+/// after a restart: the pid, and the process's start time, which a reused pid does not share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmRecord {
+    pub pid: u32,
+    /// Clock ticks after boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+}
+
+pub const VM_RECORD: &str = "vm.json";
+
+/// When the process started, in clock ticks after boot; `None` if there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn describe(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (st.code(), st.signal()) {
@@ -104,5 +148,18 @@ fn describe(st: std::process::ExitStatus) -> String {
             None => format!("signal {sig}"),
         },
         _ => "ended".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_start_time_is_stable_and_absent_for_no_process() {
+        let me = std::process::id();
+        let t = process_start_time(me).expect("this process has a start time");
+        assert_eq!(process_start_time(me), Some(t));
+        assert_eq!(process_start_time(u32::MAX - 1), None);
     }
 }
