@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "the sample image: Debian's busybox-static in a root filesystem"
+step "the sample image: Debian's busybox-static, imported and saved by podman (a peer tool)"
 ROOTFS=$TETHER_HOME/sample-rootfs
 mkdir -p "$ROOTFS"/{bin,etc,tmp,root}
 cp /bin/busybox "$ROOTFS/bin/"
@@ -34,17 +34,34 @@ for applet in $(/bin/busybox --list); do
 done
 echo "root:x:0:0:root:/root:/bin/sh" > "$ROOTFS/etc/passwd"
 echo "root:x:0:" > "$ROOTFS/etc/group"
+tar -C "$ROOTFS" -cf "$TETHER_HOME/rootfs.tar" .
+# podman keeps its own store under the demo's directory, never the system's.
+PODMAN=(podman --root "$TETHER_HOME/podman/root" --runroot "$TETHER_HOME/podman/run"
+        --storage-driver vfs --events-backend none)
+HOME=$TETHER_HOME "${PODMAN[@]}" import -q --change 'CMD ["/bin/sh"]' \
+    --change 'ENV GREETING="Hello from inside a containerVM"' \
+    "$TETHER_HOME/rootfs.tar" tether-demo/busybox:latest >/dev/null
+HOME=$TETHER_HOME "${PODMAN[@]}" save -q --format docker-archive \
+    -o "$TETHER_HOME/busybox.tar" tether-demo/busybox:latest
 
-step "starting the session server"
+step "starting the session server (the docker API is its user interface)"
 $BIN/appliance serve --detach >/dev/null
+DOCKER=(docker -H "unix://$TETHER_HOME/docker.sock")
 echo "docker API: unix://$TETHER_HOME/docker.sock"
 
-step "appliance run: a containerVM under QEMU (software emulation; a few seconds)"
+step "docker load"
+"${DOCKER[@]}" load -i "$TETHER_HOME/busybox.tar"
+
+step "docker run: a containerVM under QEMU (software emulation; a few seconds)"
 set +e
-$BIN/appliance run --name demo "$ROOTFS" -- /bin/sh -c \
-    'echo "Hello from inside a containerVM: tether is PID 1, this shell is the container."; uname -a'
+"${DOCKER[@]}" run --rm --name demo localhost/tether-demo/busybox /bin/sh -c \
+    'echo "$GREETING: tether is PID 1, this shell is the container."; uname -a; exit 3'
 code=$?
 set -e
 
-step "the container exited $code; docker sees it too"
-docker -H "unix://$TETHER_HOME/docker.sock" ps -a 2>/dev/null || $BIN/appliance ps -a
+step "docker run exited $code, the container's own code; --rm removed it"
+"${DOCKER[@]}" ps -a
+if [ "$code" != 3 ]; then
+    echo "demo: expected the container's exit code 3, got $code" >&2
+    exit 1
+fi
