@@ -3,6 +3,8 @@
 //! containerVMs under qemu-system-x86_64 (TCG: the /dev/kvm here is a nested PVM device that hangs
 //! ordinary guests) with a hard timeout.
 
+pub mod tmux;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};

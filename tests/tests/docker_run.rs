@@ -262,3 +262,40 @@ fn time_now() -> String {
         .unwrap();
     format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
 }
+
+#[test]
+fn detaching_with_ctrl_p_ctrl_q_leaves_an_interactive_container_running() {
+    let (app, image) = appliance_with_image("run-detach");
+    let docker = format!(
+        "docker -H unix://{} run -it --name dt --entrypoint '' {image} /bin/sh",
+        app.home.docker_socket().display()
+    );
+    let term = e2e::tmux::Tmux::start("detach", 100, 30, &docker);
+    term.wait_for("built-in shell");
+    term.type_until("echo ready-$((6*7))", "ready-42");
+    // docker's detach keys: the client leaves, the shell and its stdin stay.
+    term.keys(&["C-p", "C-q"]);
+    // The docker client exits ("read escape sequence"), and its tmux session with it.
+    let start = Instant::now();
+    while term.screen().contains("ready-42") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "docker did not detach:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(inspect(&app, "dt", "{{.State.Running}}"), "true");
+    assert_eq!(ok(&app, &["exec", "dt", "echo", "alive"]), "alive\n");
+    // The same shell, still reading its terminal: attach again and use it.
+    let again = format!(
+        "docker -H unix://{} attach dt",
+        app.home.docker_socket().display()
+    );
+    let term2 = e2e::tmux::Tmux::start("reattach", 100, 30, &again);
+    std::thread::sleep(Duration::from_millis(500));
+    term2.type_until("echo back-$((40+2))", "back-42");
+    term2.type_until("exit 4", "");
+    wait_inspect(&app, "dt", "{{.State.ExitCode}}", "4", 30);
+    ok(&app, &["rm", "dt"]);
+}

@@ -2,6 +2,7 @@
 //! CLI.
 
 use appliance::store::records::NewContainer;
+use e2e::tmux::Tmux;
 use e2e::{sh, text, Appliance, Transport};
 
 #[test]
@@ -160,62 +161,6 @@ fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
     let console = app.console(&id);
     assert!(console.contains("config does not decode"), "{console}");
     assert!(!console.contains("Kernel panic"));
-}
-
-/// Drives a terminal program in tmux, as a person would: type, read the screen.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(tag: &str, cols: u16, rows: u16, command: &str) -> Self {
-        let t = Tmux {
-            socket: format!("e2e-{tag}-{}", std::process::id()),
-        };
-        t.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "s",
-            "-x",
-            &cols.to_string(),
-            "-y",
-            &rows.to_string(),
-            command,
-        ]);
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux is installed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-t", "s", "-p"])
-    }
-
-    /// Types `keys` + Enter, then waits until the screen shows `expect`.
-    fn type_until(&self, keys: &str, expect: &str) {
-        self.run(&["send-keys", "-t", "s", keys, "Enter"]);
-        for _ in 0..100 {
-            if self.screen().contains(expect) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("screen never showed {expect:?}:\n{}", self.screen());
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
 }
 
 #[test]

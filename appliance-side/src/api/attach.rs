@@ -77,8 +77,9 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
         out: flag("stdout"),
         err: flag("stderr"),
         stdin: flag("stdin") && rec.open_stdin,
-        // docker closes the process's stdin when this client's ends only with StdinOnce.
-        close_stdin_on_eof: rec.options.stdin_once,
+        // dockerd closes the process's stdin when this client's ends only with StdinOnce and
+        // without a tty: a tty client that leaves (its detach keys) leaves the shell running.
+        close_stdin_on_eof: rec.options.stdin_once && !rec.tty,
         detach_keys,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -262,7 +263,8 @@ pub async fn exec_start(api: Arc<Api>, id: &str, mut req: Request<Incoming>) -> 
         want_out: exec.attach_stdout,
         want_err: exec.attach_stderr,
         stdin: exec.attach_stdin,
-        close_stdin_on_eof: true,
+        // As dockerd: an exec's stdin closes with the client's, unless it has a tty.
+        close_stdin_on_eof: !exec.spec.tty,
         detach_keys: vec![0x10, 0x11],
         events,
     };
