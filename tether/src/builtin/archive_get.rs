@@ -4,7 +4,7 @@
 //! streamed: memory stays bounded whatever their size, and the writer blocks when the session's
 //! stdout stream has no room.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
@@ -41,7 +41,7 @@ pub fn archive<W: Write>(scope: &Scope, path: &str, out: W) -> Result<(), Builti
     };
     let mut w = Writer {
         tar: Builder::new(out),
-        links: HashMap::new(),
+        links: BTreeMap::new(),
     };
     // Depth first, a directory's entries in name order: (host path, archive name, lstat).
     let mut todo: Vec<(PathBuf, PathBuf, Option<Metadata>)> =
@@ -59,7 +59,7 @@ pub fn archive<W: Write>(scope: &Scope, path: &str, out: W) -> Result<(), Builti
                 .map_err(read)?
                 .filter_map(|e| e.ok().map(|e| e.file_name()))
                 .collect::<Vec<_>>();
-            children.sort();
+            children.sort_unstable();
             for c in children.into_iter().rev() {
                 todo.push((host.join(&c), name.join(&c), None));
             }
@@ -77,7 +77,7 @@ struct Writer<W: Write> {
     tar: Builder<W>,
     /// Files with more than one link, by (device, inode): the name of the first archived, which
     /// the others become hard links to.
-    links: HashMap<(u64, u64), PathBuf>,
+    links: BTreeMap<(u64, u64), PathBuf>,
 }
 
 impl<W: Write> Writer<W> {

@@ -156,12 +156,15 @@ fn command(p: &Proc) -> String {
     }
 }
 
-fn first_number(text: &str, key: Option<&str>) -> Option<f64> {
+/// The whole part of the first number in `text`, or on its line that starts with `key`. (Not
+/// parsed as a float: float parsing costs tether ~20 KB.)
+fn first_number(text: &str, key: Option<&str>) -> Option<u64> {
     let line = match key {
         Some(k) => text.lines().find_map(|l| l.strip_prefix(k))?,
         None => text,
     };
-    line.split_whitespace().next()?.parse().ok()
+    let word = line.split_whitespace().next()?;
+    word.split('.').next()?.parse().ok()
 }
 
 /// The container's processes in pid order.
@@ -172,18 +175,29 @@ pub fn list(l: &Listing<'_>) -> Result<Vec<Row>, BuiltinError> {
             l.proc_dir.join(name).display()
         )))
     };
-    let boot = first_number(&read("stat")?, Some("btime ")).unwrap_or(0.0) as i64;
-    let uptime = first_number(&read("uptime")?, None).unwrap_or(0.0) as u64;
+    let boot = first_number(&read("stat")?, Some("btime ")).unwrap_or(0);
+    let boot = i64::try_from(boot).unwrap_or(0);
+    let uptime = first_number(&read("uptime")?, None).unwrap_or(0);
     let entries = std::fs::read_dir(l.proc_dir).map_err(BuiltinError::io(format!(
         "listing {}",
         l.proc_dir.display()
     )))?;
-    let mut procs: BTreeMap<u32, Proc> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| read_proc(l.proc_dir, pid)) // gone meanwhile: not listed
-        .map(|p| (p.pid, p))
-        .collect();
-    let parent: BTreeMap<u32, u32> = procs.iter().map(|(&pid, p)| (pid, p.ppid)).collect();
+    // Inserted one by one: collecting into a BTreeMap would link a stable sort (~6 KB).
+    let mut procs: BTreeMap<u32, Proc> = BTreeMap::new();
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(p) = read_proc(l.proc_dir, pid) {
+            parent.insert(pid, p.ppid);
+            procs.insert(pid, p);
+        } // else gone meanwhile: not listed
+    }
     let descends = |mut pid: u32| {
         // Bounded: a chain of parents is no longer than the table (a pid reused mid-read could
         // otherwise make a cycle).
