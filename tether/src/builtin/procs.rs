@@ -219,18 +219,20 @@ pub fn list(l: &Listing<'_>) -> Result<Vec<Row>, BuiltinError> {
                 Some(u) => l.users.get(&u).cloned().unwrap_or_else(|| u.to_string()),
                 None => "?".into(),
             };
-            let cpu_ticks = p.utime + p.stime;
+            // Saturating throughout: whatever /proc says, the listing does not overflow.
+            let cpu_ticks = p.utime.saturating_add(p.stime);
             let alive = uptime.saturating_sub(p.starttime / hz);
-            let c = (cpu_ticks * 100 / hz)
+            let c = (cpu_ticks.saturating_mul(100) / hz)
                 .checked_div(alive)
                 .unwrap_or(0)
                 .min(99);
+            let started = boot.saturating_add(i64::try_from(p.starttime / hz).unwrap_or(0));
             [
                 uid,
                 p.pid.to_string(),
                 p.ppid.to_string(),
                 c.to_string(),
-                start_time(boot + (p.starttime / hz) as i64, l.now),
+                start_time(started, l.now),
                 tty_name(p.tty_nr),
                 cpu_time(cpu_ticks / hz),
                 command(p),
