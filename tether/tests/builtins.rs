@@ -1,6 +1,7 @@
 //! tether's built-ins end to end in host mode: a real tether with `--root DIR` (its sessions
 //! and built-ins chrooted into DIR, whose programs are a static busybox), driven by `Builtin`
 //! records from a minimal appliance, as the appliance drives `docker cp` and `docker top`.
+//! Like any `--root` run they need root (chroot), as CI and the developers' machines have.
 
 mod common;
 
@@ -427,4 +428,104 @@ fn processes_lists_an_exec_and_refuses_other_ps_args() {
         "{}",
         text(seen.stderr(4098))
     );
+}
+
+/// Feeds `bytes` to a session's stdin as the stream's buffer allows, taking the acks that make
+/// room, then ends the stream.
+async fn stdin_streamed(c: &mut Conn, session: u32, bytes: &[u8]) {
+    let key = wire::StreamKey::new(session, wire::StreamKind::Stdin);
+    let mut at = 0;
+    while at < bytes.len() {
+        at += c.streams.open_out(key).write(&bytes[at..]);
+        c.flush().await;
+        let since = std::time::Instant::now();
+        c.until(5, |_| {
+            since.elapsed() >= std::time::Duration::from_millis(20)
+        })
+        .await;
+    }
+    c.streams.open_out(key).close();
+    c.flush().await;
+}
+
+#[test]
+fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
+    use sha2::{Digest, Sha256};
+    let root = image();
+    let mut main = session(&["/bin/sh", "-c", "read x"]);
+    main.open_stdin = true;
+    let mut h = Harness::start_in(&spec(main), &root.0);
+    // 6 MiB: past the 1 MiB stream buffers and the 64 KiB pipes, in both directions.
+    let big: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let size = big.len() as u64;
+    b.append_data(
+        &mut header(EntryType::Regular, 0o644, size),
+        "big.bin",
+        &big[..],
+    )
+    .unwrap();
+    let sent = b.into_inner().unwrap();
+    let seen = rt().block_on(async {
+        let mut c = h.accept().await;
+        c.until(10, |s| s.started_pid(1).is_some()).await;
+        let put = BuiltinOp::ArchivePut {
+            path: "/tmp".into(),
+            no_overwrite_dir_non_dir: false,
+        };
+        c.control(Control::Builtin {
+            session: 4096,
+            name: "put".into(),
+            op: put.clone(),
+        })
+        .await;
+        stdin_streamed(&mut c, 4096, &sent).await;
+        c.until(30, |s| s.done(4096)).await;
+        let get = BuiltinOp::ArchiveGet {
+            path: "/tmp/big.bin".into(),
+        };
+        run_builtin(&mut c, 4097, get, None).await;
+        // A put that waits for more of its archive, cancelled as the appliance cancels a cp.
+        c.control(Control::Builtin {
+            session: 4098,
+            name: "cancelled".into(),
+            op: put,
+        })
+        .await;
+        c.stdin(4098, &sent[..10_000], false).await;
+        c.until(10, |s| s.started_pid(4098).is_some()).await;
+        c.control(Control::Signal {
+            session: 4098,
+            signal: libc::SIGKILL,
+            group: false,
+        })
+        .await;
+        c.until(10, |s| s.done(4098)).await;
+        c.stdin(1, b"\n", true).await;
+        c.until(10, |s| s.exit(1).is_some()).await;
+        c.seen
+    });
+    assert_eq!(h.wait(), 0);
+    assert_eq!(
+        seen.exit(4096),
+        Some((0, None)),
+        "{}",
+        text(seen.stderr(4096))
+    );
+    let on_disk = std::fs::read(root.0.join("tmp/big.bin")).unwrap();
+    assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&big));
+    assert_eq!(
+        seen.exit(4097),
+        Some((0, None)),
+        "{}",
+        text(seen.stderr(4097))
+    );
+    assert_eq!(
+        Sha256::digest(seen.stdout(4097)),
+        Sha256::digest(&sent),
+        "the get is the very tar that was put"
+    );
+    assert_eq!(seen.exit(4098), Some((137, Some(libc::SIGKILL))));
 }
