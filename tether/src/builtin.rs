@@ -220,7 +220,13 @@ const KEEP: [caps::Capability; 6] = [
 ];
 
 fn keep_only_needed_capabilities() -> Result<(), BuiltinError> {
-    let keep: caps::CapsHashSet = KEEP.into_iter().collect();
+    let dropping = |e: caps::errors::CapsError| BuiltinError::Io {
+        what: "dropping capabilities".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    // Of those, the ones tether has (a host-mode tether in a container may lack some).
+    let have = caps::read(None, caps::CapSet::Permitted).map_err(dropping)?;
+    let keep: caps::CapsHashSet = KEEP.into_iter().filter(|c| have.contains(c)).collect();
     // Inheritable first, permitted last: effective must stay within permitted throughout. The
     // bounding set matters only across an exec, which a built-in never does.
     for (set, caps) in [
@@ -228,10 +234,7 @@ fn keep_only_needed_capabilities() -> Result<(), BuiltinError> {
         (caps::CapSet::Effective, keep.clone()),
         (caps::CapSet::Permitted, keep),
     ] {
-        caps::set(None, set, &caps).map_err(|e| BuiltinError::Io {
-            what: "dropping capabilities".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        caps::set(None, set, &caps).map_err(dropping)?;
     }
     Ok(())
 }

@@ -478,7 +478,7 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
         c.control(Control::Builtin {
             session: 4096,
             name: "put".into(),
-            op: put.clone(),
+            op: put,
         })
         .await;
         stdin_streamed(&mut c, 4096, &sent).await;
@@ -487,7 +487,12 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
             path: "/tmp/big.bin".into(),
         };
         run_builtin(&mut c, 4097, get, None).await;
-        // A put that waits for more of its archive, cancelled as the appliance cancels a cp.
+        // A put that waits for more of its archive, cancelled as the appliance cancels a cp
+        // (into another directory: it may have replaced big.bin by then).
+        let put = BuiltinOp::ArchivePut {
+            path: "/target".into(),
+            no_overwrite_dir_non_dir: false,
+        };
         c.control(Control::Builtin {
             session: 4098,
             name: "cancelled".into(),
