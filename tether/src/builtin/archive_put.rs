@@ -211,7 +211,7 @@ impl Extract<'_> {
             }
             other => Err(BuiltinError::EntryType {
                 entry: name,
-                kind: other.as_byte(),
+                kind: char::from(other.as_byte()),
             }),
         }
     }

@@ -22,7 +22,7 @@ pub enum BuiltinError {
     #[error("refusing to extract {0:?}: it would replace the destination directory")]
     ReplacesDestination(String),
     #[error("cannot extract {entry:?}: unsupported tar entry type {kind:?}")]
-    EntryType { entry: String, kind: u8 },
+    EntryType { entry: String, kind: char },
     #[error("cannot overwrite directory {path:?} with non-directory {entry:?}")]
     DirWithNonDir { path: String, entry: String },
     #[error("cannot overwrite non-directory {path:?} with directory {entry:?}")]
