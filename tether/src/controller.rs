@@ -2,7 +2,8 @@
 //! attach), obeys the appliance's control records, reports starts and exits (an exit after its
 //! output), and when the main session ends stops the others (their stop signal, SIGKILL after
 //! the grace), waits for the appliance to take all output, and returns the outcome. What it does
-//! to processes goes through [`Processes`]; their stdio is the pumps' (pumps.rs).
+//! to processes goes through [`Processes`]; their stdio is the pumps' (pumps.rs). A built-in
+//! (builtin.rs) is a session like an exec whose process is a child running tether's own code.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,8 +12,9 @@ use std::time::Duration;
 use guestinfo::contract::MAIN_SESSION;
 use guestinfo::{ContainerSpec, SessionSpec};
 use tokio::sync::mpsc::UnboundedReceiver;
-use wire::{Control, ExecSpec, GuestState, SessionId};
+use wire::{BuiltinOp, Control, ExecSpec, GuestState, SessionId};
 
+use crate::builtin;
 use crate::process::Processes;
 use crate::pumps;
 use crate::session::Plan;
@@ -52,6 +54,8 @@ struct SessionRt {
     /// Not started: it waits for the appliance's `Release` (its first attach).
     awaiting_release: Option<Plan>,
     stop_signal: i32,
+    /// A built-in (tether's own code in a child), not a program.
+    builtin: bool,
 }
 
 impl SessionRt {
@@ -65,6 +69,7 @@ impl SessionRt {
             finished: false,
             awaiting_release: None,
             stop_signal,
+            builtin: false,
         }
     }
 }
@@ -199,26 +204,40 @@ impl<P: Processes> Controller<P> {
         if id == MAIN_SESSION {
             crate::timing::mark("main_spawn");
         }
-        match self.procs.start(&plan) {
+        let result = self.procs.start(&plan);
+        self.launched(id, plan.name, plan.open_stdin, result);
+    }
+
+    /// Connects a started session's stdio and reports the start (a built-in's with pid 0: its
+    /// process is tether's), or reports the failure as the start's and the exit's.
+    fn launched(
+        &mut self,
+        id: SessionId,
+        name: String,
+        open_stdin: bool,
+        result: Result<crate::session::Started, crate::spawn::SpawnError>,
+    ) {
+        match result {
             Ok(started) => {
-                crate::log::info(&format!(
-                    "session {} started, pid {}",
-                    plan.name, started.pid
-                ));
-                let attached = pumps::attach(&self.ctx, id, started.stdio, plan.open_stdin);
+                crate::log::info(&format!("session {name} started, pid {}", started.pid));
+                let attached = pumps::attach(&self.ctx, id, started.stdio, open_stdin);
+                let mut reported_pid = started.pid;
                 if let Some(rt) = self.sessions.get_mut(&id) {
                     rt.pid = Some(started.pid);
                     rt.tty = attached.tty;
                     rt.pumps_open = attached.pumps;
+                    if rt.builtin {
+                        reported_pid = 0;
+                    }
                 }
                 self.ctx.send_control(Control::Started {
                     session: id,
-                    name: plan.name,
-                    pid: started.pid,
+                    name,
+                    pid: reported_pid,
                 });
             }
             Err(e) => {
-                crate::log::error(&format!("session {}: {}", plan.name, e.message));
+                crate::log::error(&format!("session {name}: {}", e.message));
                 self.ctx.send_control(Control::StartFailed {
                     session: id,
                     exit_code: e.exit_code,
@@ -277,6 +296,7 @@ impl<P: Processes> Controller<P> {
                 name,
                 spec,
             } => self.exec(session, name, spec),
+            Control::Builtin { session, name, op } => self.builtin(session, name, op),
             Control::Signal {
                 session,
                 signal,
@@ -334,24 +354,33 @@ impl<P: Processes> Controller<P> {
         }
     }
 
+    /// A new session may not take `id` (in use, or the container is stopping): reports that as
+    /// its start failure and exit, and says so.
+    fn refused(&self, id: SessionId) -> bool {
+        if !self.sessions.contains_key(&id) && !self.stopping {
+            return false;
+        }
+        let why = if self.stopping {
+            "the container is stopping".to_string()
+        } else {
+            format!("session id {id} is already in use")
+        };
+        self.ctx.send_control(Control::StartFailed {
+            session: id,
+            exit_code: 126,
+            errno: libc::EBUSY,
+            message: why,
+        });
+        self.ctx.send_control(Control::Exited {
+            session: id,
+            exit_code: 126,
+            signal: None,
+        });
+        true
+    }
+
     fn exec(&mut self, id: SessionId, name: String, spec: ExecSpec) {
-        if self.sessions.contains_key(&id) || self.stopping {
-            let why = if self.stopping {
-                "the container is stopping".to_string()
-            } else {
-                format!("session id {id} is already in use")
-            };
-            self.ctx.send_control(Control::StartFailed {
-                session: id,
-                exit_code: 126,
-                errno: libc::EBUSY,
-                message: why,
-            });
-            self.ctx.send_control(Control::Exited {
-                session: id,
-                exit_code: 126,
-                signal: None,
-            });
+        if self.refused(id) {
             return;
         }
         let plan = Plan::for_exec(name, spec, &self.main_plan);
@@ -359,6 +388,37 @@ impl<P: Processes> Controller<P> {
         self.sessions
             .insert(id, SessionRt::new(plan.name.clone(), libc::SIGTERM));
         self.start(id, plan);
+    }
+
+    /// A built-in as a session: its process is a child of tether's that runs it.
+    fn builtin(&mut self, id: SessionId, name: String, op: BuiltinOp) {
+        if self.refused(id) {
+            return;
+        }
+        // A process listing leaves out tether's own children: the built-ins running now.
+        let hide = self
+            .sessions
+            .values()
+            .filter(|s| s.builtin && s.exit.is_none())
+            .filter_map(|s| s.pid)
+            .collect();
+        let req = builtin::Request {
+            name,
+            op,
+            tether: std::process::id(),
+            hide,
+        };
+        crate::log::info(&format!(
+            "session {} runs the built-in {}",
+            req.name,
+            builtin::op_name(&req.op)
+        ));
+        self.ctx.shared.borrow_mut().stdin.entry(id).or_default();
+        let mut rt = SessionRt::new(req.name.clone(), libc::SIGTERM);
+        rt.builtin = true;
+        self.sessions.insert(id, rt);
+        let result = self.procs.start_builtin(&req);
+        self.launched(id, req.name, builtin::reads_stdin(&req.op), result);
     }
 
     /// A warning on the console and to the appliance.

@@ -339,9 +339,11 @@ fn dispatch(ctx: &Ctx, inbound: Inbound) {
         }
         Inbound::Control(records) => {
             for r in records {
-                // The stdin queue must exist before the stdin bytes that follow an Exec arrive,
-                // and the controller handles the Exec only later.
-                if let wire::Control::Exec { session, .. } = &r {
+                // The stdin queue must exist before the stdin bytes that follow an Exec (or a
+                // Builtin) arrive, and the controller handles the record only later.
+                if let wire::Control::Exec { session, .. }
+                | wire::Control::Builtin { session, .. } = &r
+                {
                     ctx.shared.borrow_mut().stdin.entry(*session).or_default();
                 }
                 let _ = ctx.events.send(Event::Control(r));

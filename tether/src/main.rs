@@ -21,6 +21,7 @@
 
 mod agent;
 mod boot;
+mod builtin;
 mod channel;
 mod clock;
 mod controller;
@@ -35,6 +36,8 @@ mod reaper;
 mod session;
 mod spawn;
 mod state;
+#[cfg(test)]
+mod testdir;
 mod timing;
 mod users;
 mod vmware;

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 
+use crate::builtin;
 use crate::session::{self, Plan, Started};
 use crate::spawn::SpawnError;
 
@@ -14,6 +15,9 @@ pub trait Processes {
     /// Starts a session's process from its plan: its pid and the parent's ends of its stdio
     /// once it has exec'd, or why it could not (exit code 126 or 127).
     fn start(&mut self, plan: &Plan) -> Result<Started, SpawnError>;
+    /// Starts a built-in (builtin.rs) as a session's process: a forked child of tether that
+    /// runs tether's own code, its stdio pipes as an exec's.
+    fn start_builtin(&mut self, req: &builtin::Request) -> Result<Started, SpawnError>;
     /// Sends `signal` to the process, or with `group` to its process group: each session leads
     /// its own (the child calls setsid), so the group is `-pid`.
     fn signal(&mut self, pid: u32, signal: i32, group: bool) -> io::Result<()>;
@@ -30,6 +34,10 @@ pub struct Real {
 impl Processes for Real {
     fn start(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
         session::start(plan, &self.root)
+    }
+
+    fn start_builtin(&mut self, req: &builtin::Request) -> Result<Started, SpawnError> {
+        builtin::start(req, &self.root)
     }
 
     fn signal(&mut self, pid: u32, signal: i32, group: bool) -> io::Result<()> {
@@ -91,7 +99,7 @@ pub mod recording {
         started: u32,
         /// The pid the next start gets instead of a fresh one (the kernel reusing a pid).
         reused: Option<u32>,
-        /// Plans (by path) whose start fails, and how.
+        /// Plans (by path, or `builtin OP` for a built-in) whose start fails, and how.
         failing: BTreeMap<String, SpawnError>,
         children: BTreeMap<u32, Child>,
     }
@@ -150,22 +158,16 @@ pub mod recording {
         }
     }
 
-    impl Processes for Recording {
-        fn start(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
-            let mut inner = self.0.borrow_mut();
-            inner
-                .calls
-                .push(format!("start {} {}", plan.name, plan.path));
-            if let Some(e) = inner.failing.get(&plan.path) {
-                return Err(e.clone());
-            }
-            let pid = match inner.reused.take() {
+    impl Inner {
+        /// A "process" with real pipes (or one pipe as its pty), the next pid.
+        fn child(&mut self, tty: bool, open_stdin: bool) -> Started {
+            let pid = match self.reused.take() {
                 Some(pid) => pid,
-                None => FIRST_PID + inner.started,
+                None => FIRST_PID + self.started,
             };
-            inner.started += 1;
+            self.started += 1;
             let (out_r, out_w) = pipe();
-            let (stdio, child) = if plan.tty {
+            let (stdio, child) = if tty {
                 // One pipe stands in for the pty: the process's output comes out of the master.
                 let stdio = ParentStdio::Pty { master: out_r };
                 (
@@ -179,7 +181,7 @@ pub mod recording {
                 let (err_r, err_w) = pipe();
                 let (in_r, in_w) = pipe();
                 let stdio = ParentStdio::Pipes {
-                    stdin: plan.open_stdin.then_some(in_w),
+                    stdin: open_stdin.then_some(in_w),
                     stdout: out_r,
                     stderr: err_r,
                 };
@@ -192,8 +194,33 @@ pub mod recording {
                     },
                 )
             };
-            inner.children.insert(pid, child);
-            Ok(Started { pid, stdio })
+            self.children.insert(pid, child);
+            Started { pid, stdio }
+        }
+    }
+
+    impl Processes for Recording {
+        fn start(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
+            let mut inner = self.0.borrow_mut();
+            inner
+                .calls
+                .push(format!("start {} {}", plan.name, plan.path));
+            if let Some(e) = inner.failing.get(&plan.path) {
+                return Err(e.clone());
+            }
+            Ok(inner.child(plan.tty, plan.open_stdin))
+        }
+
+        fn start_builtin(&mut self, req: &builtin::Request) -> Result<Started, SpawnError> {
+            let mut inner = self.0.borrow_mut();
+            let op = builtin::op_name(&req.op);
+            inner
+                .calls
+                .push(format!("builtin {} {op} hide {:?}", req.name, req.hide));
+            if let Some(e) = inner.failing.get(&format!("builtin {op}")) {
+                return Err(e.clone());
+            }
+            Ok(inner.child(false, builtin::reads_stdin(&req.op)))
         }
 
         fn signal(&mut self, pid: u32, signal: i32, group: bool) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! User and group lookup in the *image's* /etc/passwd and /etc/group (never the host's or the
 //! initramfs's), as docker resolves `--user`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use thiserror::Error;
@@ -39,8 +40,21 @@ fn read(root: &Path, file: &str) -> String {
 }
 
 fn passwd(root: &Path) -> Vec<PasswdEntry> {
-    read(root, "passwd")
-        .lines()
+    parse_passwd(&read(root, "passwd"))
+}
+
+/// Uid to user name, from the text of a passwd file (the first entry of each uid wins, as
+/// getpwuid finds it): the UID column of a process listing.
+pub fn user_names(passwd_text: &str) -> BTreeMap<u32, String> {
+    let mut names = BTreeMap::new();
+    for e in parse_passwd(passwd_text) {
+        names.entry(e.uid).or_insert(e.name);
+    }
+    names
+}
+
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             Some(PasswdEntry {
@@ -171,6 +185,15 @@ mod tests {
             resolve(d.path(), "www", "wheel").unwrap_err(),
             UserError::NoGroup("wheel".into())
         );
+    }
+
+    #[test]
+    fn user_names_take_the_first_entry_of_each_uid() {
+        let names =
+            user_names("root:x:0:0::/:/bin/sh\ntoor:x:0:0::/:/bin/sh\nwww:x:33:33::/:\nbad\n");
+        assert_eq!(names.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(names.get(&33).map(String::as_str), Some("www"));
+        assert_eq!(names.len(), 2);
     }
 
     /// A tiny temporary directory, removed on drop (std has none; not worth a dependency).

@@ -34,8 +34,8 @@ pub use handshake::{
 };
 pub use keepalive::{Keepalive, Liveness};
 pub use message::{
-    decode, encode, BootId, Control, DecodeError, ExecSpec, GuestState, LogLevel, Message, Nonce,
-    Position, RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
+    decode, encode, BootId, BuiltinOp, Control, DecodeError, ExecSpec, GuestState, LogLevel,
+    Message, Nonce, Position, RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
 };
 pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT, WRITE_BATCH};
 pub use stream::{Delivery, InStream, OutStream, StreamError};

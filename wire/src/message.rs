@@ -243,6 +243,38 @@ pub enum Control {
         state: GuestState,
         detail: String,
     },
+    /// Server -> tether: start a session that runs one of tether's built-ins in the container's
+    /// root, so that no program is needed in the image. It is answered as an [`Control::Exec`]
+    /// is: `Started` (pid 0) or `StartFailed`, output on the session's Stdout (errors as text on
+    /// Stderr), input from its Stdin, then `Exited` (0, or 1 with the reason on Stderr).
+    Builtin {
+        session: SessionId,
+        name: String,
+        op: BuiltinOp,
+    },
+}
+
+/// What a [`Control::Builtin`] session does. Paths are absolute in the container (a relative
+/// one is taken from `/`); `..` and symlinks never leave the container's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuiltinOp {
+    /// `docker top`: the container's processes as docker's JSON on Stdout, `{"Titles":[...],
+    /// "Processes":[[...],...]}` in `ps -ef`'s columns. `ps_args` is empty or `-ef`; any other
+    /// value exits 1.
+    Processes { ps_args: String },
+    /// `HEAD /containers/{id}/archive`: the path's lstat as docker's `ContainerPathStat` JSON on
+    /// Stdout, `{"name","size","mode" (Go os.FileMode bits),"mtime" (RFC 3339),"linkTarget"}`.
+    Stat { path: String },
+    /// `GET /containers/{id}/archive`: a tar of the path on Stdout, its top entry named after
+    /// the path's last element, a directory recursively; symlinks are archived, not followed.
+    ArchiveGet { path: String },
+    /// `PUT /containers/{id}/archive`: a tar read from Stdin, extracted into the directory
+    /// `path`. With `no_overwrite_dir_non_dir`, replacing a directory with a non-directory (or
+    /// the reverse) is an error, as in docker.
+    ArchivePut {
+        path: String,
+        no_overwrite_dir_non_dir: bool,
+    },
 }
 
 /// What tether itself is doing, as opposed to any one session.
@@ -419,5 +451,82 @@ mod tests {
             detail: String::new(),
         };
         assert_eq!(encode(&state)[..2], [12, 3]);
+        let builtin = |op| {
+            encode(&Control::Builtin {
+                session: 4096,
+                name: String::new(),
+                op,
+            })
+        };
+        // Tag 13, session 4096 as a two-byte varint, an empty name, then the op's tag.
+        let ops = [
+            BuiltinOp::Processes {
+                ps_args: String::new(),
+            },
+            BuiltinOp::Stat {
+                path: String::new(),
+            },
+            BuiltinOp::ArchiveGet {
+                path: String::new(),
+            },
+            BuiltinOp::ArchivePut {
+                path: String::new(),
+                no_overwrite_dir_non_dir: true,
+            },
+        ];
+        for (tag, op) in (0u8..).zip(ops) {
+            assert_eq!(builtin(op)[..5], [13, 0x80, 0x20, 0, tag]);
+        }
+    }
+
+    #[test]
+    fn builtin_records_round_trip() {
+        let ops = [
+            BuiltinOp::Processes {
+                ps_args: "-ef".into(),
+            },
+            BuiltinOp::Stat {
+                path: "/etc/hosts".into(),
+            },
+            BuiltinOp::ArchiveGet {
+                path: "/srv/ünï côdé/".into(),
+            },
+            BuiltinOp::ArchivePut {
+                path: "/tmp".into(),
+                no_overwrite_dir_non_dir: true,
+            },
+            BuiltinOp::ArchivePut {
+                path: String::new(),
+                no_overwrite_dir_non_dir: false,
+            },
+        ];
+        for op in ops {
+            let record = Control::Builtin {
+                session: u32::MAX,
+                name: "cp-1".into(),
+                op,
+            };
+            assert_eq!(decode::<Control>(&encode(&record)), Ok(record.clone()));
+            let framed = crate::encode_control(&record).unwrap();
+            assert_eq!(
+                crate::ControlDecoder::new().push(&framed).unwrap(),
+                [record]
+            );
+        }
+        // The exact bytes of one record, as another implementation must produce them.
+        let record = Control::Builtin {
+            session: 5,
+            name: "s".into(),
+            op: BuiltinOp::ArchivePut {
+                path: "/d".into(),
+                no_overwrite_dir_non_dir: true,
+            },
+        };
+        assert_eq!(encode(&record), [13, 5, 1, b's', 3, 2, b'/', b'd', 1]);
+        // An op tag past the last is malformed, not a panic.
+        assert!(matches!(
+            decode::<Control>(&[13, 5, 1, b's', 4, 0]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -579,3 +579,5 @@ fn stdin_from_the_appliance_reaches_the_process() {
         assert_eq!(g.procs.stdin(MAIN_PID), b"typed\n");
     });
 }
+
+mod builtins;

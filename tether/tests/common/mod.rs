@@ -83,6 +83,15 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(spec: &ContainerSpec) -> Self {
+        Self::start_with(spec, &[])
+    }
+
+    /// Runs the sessions chrooted into `root` (tether's `--root`).
+    pub fn start_in(spec: &ContainerSpec, root: &std::path::Path) -> Self {
+        Self::start_with(spec, &["--root", root.to_str().unwrap()])
+    }
+
+    fn start_with(spec: &ContainerSpec, extra: &[&str]) -> Self {
         let dir = TempDir::new("h");
         let sock = dir.0.join("channel.sock");
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -93,6 +102,7 @@ impl Harness {
             .args(["--config", config.to_str().unwrap()])
             .args(["--channel", sock.to_str().unwrap()])
             .args(["--drain-timeout", "5"])
+            .args(extra)
             .spawn()
             .unwrap();
         Self {
@@ -174,6 +184,24 @@ impl Seen {
         self.out
             .get(&StreamKey::new(session, StreamKind::Stderr))
             .map_or(&[], |v| v.as_slice())
+    }
+
+    /// The pid a session's Started reported.
+    pub fn started_pid(&self, session: u32) -> Option<u32> {
+        self.control.iter().find_map(|c| match c {
+            Control::Started {
+                session: s, pid, ..
+            } if *s == session => Some(*pid),
+            _ => None,
+        })
+    }
+
+    /// Both output streams of the session have ended and its exit is in.
+    pub fn done(&self, session: u32) -> bool {
+        self.exit(session).is_some()
+            && [StreamKind::Stdout, StreamKind::Stderr]
+                .iter()
+                .all(|&k| self.fins.contains(&StreamKey::new(session, k)))
     }
 
     pub fn exit(&self, session: u32) -> Option<(i32, Option<i32>)> {
