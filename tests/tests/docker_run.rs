@@ -299,3 +299,58 @@ fn detaching_with_ctrl_p_ctrl_q_leaves_an_interactive_container_running() {
     wait_inspect(&app, "dt", "{{.State.ExitCode}}", "4", 30);
     ok(&app, &["rm", "dt"]);
 }
+
+#[test]
+fn docker_cp_both_ways_and_top_work_on_a_running_container() {
+    let (app, image) = appliance_with_image("run-cp");
+    let script = "mkdir -p /data/sub && echo hello > /data/a.txt && echo deep > /data/sub/b && \
+                  ln -s a.txt /data/link && sleep 600";
+    ok(
+        &app,
+        &["run", "-d", "-u", "0", "--name", "files", image, script],
+    );
+    let host = app.home.root().join("cp");
+    std::fs::create_dir_all(&host).unwrap();
+    let h = |p: &str| host.join(p).to_string_lossy().into_owned();
+    // Out of the container: a file, then a directory with its tree and a symlink.
+    ok(&app, &["cp", "files:/data/a.txt", &h("a.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("a.txt")).unwrap(),
+        "hello\n"
+    );
+    ok(&app, &["cp", "files:/data", &h("data")]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/sub/b")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_link(host.join("data/link")).unwrap(),
+        std::path::PathBuf::from("a.txt")
+    );
+    // Into the container: content and mode arrive.
+    let src = host.join("in.txt");
+    std::fs::write(&src, "from host\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    ok(&app, &["cp", &h("in.txt"), "files:/data/"]);
+    assert_eq!(
+        ok(&app, &["exec", "files", "cat", "/data/in.txt"]),
+        "from host\n"
+    );
+    assert_eq!(
+        ok(&app, &["exec", "files", "stat", "-c", "%a", "/data/in.txt"]),
+        "640\n"
+    );
+    // A missing path: docker's message and exit 1.
+    let missing = app.docker(&["cp", "files:/no/such", &h("x")]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("Could not find the file /no/such"),
+        "{}",
+        text(&missing.stderr)
+    );
+    // top: the container's processes, from tether (the image has no ps of its own to trust).
+    let top = ok(&app, &["top", "files"]);
+    assert!(top.contains("UID") && top.contains("sleep 600"), "{top}");
+    ok(&app, &["rm", "-f", "files"]);
+}

@@ -61,7 +61,8 @@ impl From<EngineError> for ApiError {
         let status = match &e {
             EngineError::NoSuchContainer(_)
             | EngineError::NoSuchExec(_)
-            | EngineError::NoSuchImage(_) => StatusCode::NOT_FOUND,
+            | EngineError::NoSuchImage(_)
+            | EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::NotRunning(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::NotModified(..) => StatusCode::NOT_MODIFIED,
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,

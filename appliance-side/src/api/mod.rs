@@ -4,6 +4,7 @@
 //! framing. Errors are docker's: `{"message": ...}` with 404 for an unknown id and 409 for a
 //! container that is not running.
 
+mod archive;
 pub mod attach;
 pub mod body;
 mod containers;

@@ -39,6 +39,11 @@ impl Api {
             (&Method::POST, ["containers", id, "kill"]) => self.kill(id, &query(&req)).await,
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
             (&Method::GET, ["events"]) => self.events(&query(&req)),
+            (&Method::GET, ["containers", id, "top"]) => self.top(id, &query(&req)).await,
+            (&Method::HEAD | &Method::GET | &Method::PUT, ["containers", id, "archive"]) => {
+                let id = id.to_string();
+                self.archive(&id, req).await
+            }
             (&Method::POST, ["containers", id, "resize"]) => {
                 self.resize_container(id, &query(&req))
             }

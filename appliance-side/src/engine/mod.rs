@@ -2,6 +2,7 @@
 //! life: create, start, stop, kill, restart, rm, rename, wait. It joins the store (records,
 //! state, execs), the session server (live channels) and the backend that runs the VMs.
 
+pub mod builtins;
 pub mod create;
 pub mod events;
 pub mod filters;
@@ -40,6 +41,9 @@ pub enum EngineError {
     NoSuchExec(String),
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// 404 with tether's words (a path missing in a container).
+    #[error("{0}")]
+    NotFound(String),
     #[error("container {0} is not running")]
     NotRunning(String),
     /// The container is already in the state asked for (docker answers 304).
