@@ -352,5 +352,25 @@ fn docker_cp_both_ways_and_top_work_on_a_running_container() {
     // top: the container's processes, from tether (the image has no ps of its own to trust).
     let top = ok(&app, &["top", "files"]);
     assert!(top.contains("UID") && top.contains("sleep 600"), "{top}");
+    // stats: the VM's resident memory against its size (256 MiB by default).
+    let stats = ok(
+        &app,
+        &[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.MemUsage}}",
+            "files",
+        ],
+    );
+    assert!(
+        stats.starts_with("files ") && stats.contains("/ 256MiB"),
+        "{stats}"
+    );
+    assert!(
+        !stats.contains(" 0B /"),
+        "a running VM uses memory: {stats}"
+    );
+    assert_eq!(ok(&app, &["port", "files"]), "");
     ok(&app, &["rm", "-f", "files"]);
 }

@@ -94,7 +94,7 @@ impl Api {
                 "Config": config_json(&rec),
                 "HostConfig": host_config_json(&rec),
                 "Mounts": [],
-                "NetworkSettings": {"Networks": {}},
+                "NetworkSettings": {"Networks": {}, "Ports": {}},
                 "ExecIDs": self.running_execs(&rec.id),
                 // Extension: what the serial channel lost and repaired (see docs/protocol.md).
                 "TetherLink": st.link,

@@ -15,6 +15,7 @@ mod images;
 mod lifecycle;
 pub mod logs;
 mod router;
+mod stats;
 pub mod stdcopy;
 mod system;
 pub mod tls;

@@ -40,6 +40,7 @@ impl Api {
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query(&req)),
             (&Method::GET, ["events"]) => self.events(&query(&req)),
             (&Method::GET, ["containers", id, "top"]) => self.top(id, &query(&req)).await,
+            (&Method::GET, ["containers", id, "stats"]) => self.stats(id, &query(&req)).await,
             (&Method::HEAD | &Method::GET | &Method::PUT, ["containers", id, "archive"]) => {
                 let id = id.to_string();
                 self.archive(&id, req).await

@@ -65,6 +65,11 @@ impl Engine {
             .emit(EngineEvent::container(action, &rec.id, attributes));
     }
 
+    /// The pid of the container's VM process, if this engine watches it.
+    pub fn vm_pid(&self, id: &str) -> Option<u32> {
+        self.vms.pid(id)
+    }
+
     /// Whether the container's main process is running (its VM connected and not finished).
     pub fn is_running(&self, id: &str) -> bool {
         self.state(id).status == ContainerStatus::Running

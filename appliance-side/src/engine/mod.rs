@@ -27,7 +27,7 @@ use crate::store::images::ImageStore;
 use crate::store::records::{self, Record, RecordError};
 use crate::store::state::{ContainerStatus, State};
 
-pub use lifecycle::WaitCondition;
+pub use lifecycle::{WaitCondition, DEFAULT_MEMORY_MB};
 
 /// How long a request for a running container waits for its VM's channel to come back.
 pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
