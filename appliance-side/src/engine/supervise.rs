@@ -61,7 +61,9 @@ impl Engine {
                     self.vms
                         .adopt(&rec.id, vm.pid, vm.start_time, self.vm_exits.clone());
                 }
-                _ if st.status == ContainerStatus::Running => {
+                // Only a VM this engine launched (it has a vm.json) is known to be gone; one
+                // started by other means (by hand, an older appliance) reconnects on its own.
+                Some(_) if st.status == ContainerStatus::Running => {
                     let mut st = st;
                     let why = format!(
                         "the containerVM ended while the appliance was down; console: {}",
