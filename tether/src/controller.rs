@@ -244,10 +244,14 @@ impl<P: Processes> Controller<P> {
         });
     }
 
-    /// A held session gets `signal`: it ends, with [`hold_exit`]'s code. Signal 0 (a probe)
-    /// does nothing, as kill(2) would.
+    /// A held session gets `signal`: it ends, with [`hold_exit`]'s code. As with kill(2), signal
+    /// 0 (a probe) does nothing and a number that is no signal is refused (EINVAL).
     fn end_hold(&mut self, id: SessionId, signal: i32) {
-        if signal == 0 {
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            if signal != 0 {
+                let e = std::io::Error::from_raw_os_error(libc::EINVAL);
+                self.report(&format!("signal {signal} to session {id}: {e}"));
+            }
             return;
         }
         let Some(rt) = self.sessions.get_mut(&id) else {

@@ -71,10 +71,19 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         );
         assert_eq!(g.exit_of(MAIN), None, "the hold outlives its execs");
 
-        // Signal 0 only probes; SIGTERM ends it, cleanly, and the container with it.
+        // Signal 0 only probes and a number that is no signal is refused, as by kill(2);
+        // SIGTERM ends it, cleanly, and the container with it.
         g.control(signal(MAIN, 0));
+        g.control(signal(MAIN, i32::MAX));
         g.wait(MOMENT).await;
         assert_eq!(g.exit_of(MAIN), None);
+        assert!(g.sent().contains(&Control::Log {
+            level: wire::LogLevel::Warn,
+            message: format!(
+                "signal {} to session 1: Invalid argument (os error 22)",
+                i32::MAX
+            ),
+        }));
         g.control(signal(MAIN, libc::SIGTERM));
         g.wait(MOMENT).await;
         assert_eq!(g.exit_of(MAIN), Some((0, None)));
