@@ -11,9 +11,12 @@
 //! | `storage/label`, `storage/wait` | image disk label (default containerfs), wait in ms (default 10000) |
 //! | `stop/grace` | ms between the stop signal and SIGKILL at shutdown (default 10000) |
 //! | `network/dns`, `network/search` | lists: nameservers and search domains for /etc/resolv.conf (none: the image's file is kept) |
+//! | `network/hosts` | list of `NAME:ADDR` (docker's `--add-host`, split at the first `:` so IPv6 addresses need no brackets): `ADDR\tNAME` lines appended to /etc/hosts in order |
 //! | `sessions`, `execs` | maps of sessions: the main session's key is the container id |
 //! | `<map>\|ID/common/id`, `.../common/name` | session id and name |
-//! | `.../cmd/Path`, `.../cmd/Args`, `.../cmd/Env`, `.../cmd/Dir` | program, argv (argv\[0\] included), environment, working dir |
+//! | `.../cmd/Path`, `.../cmd/Args`, `.../cmd/Env`, `.../cmd/Dir` | program (required unless `builtin` is set), argv (argv\[0\] included), environment, working dir |
+//! | `.../builtin` | empty: run `cmd`; `hold`: run no program; the session reports `Started` with pid 0 and stays up, without output and ignoring stdin, until any signal ends it: SIGTERM exits 0, another signal 128 + its number (for maintenance boots: `docker cp` on a stopped container) |
+//! | `.../rows`, `.../cols` | the terminal's initial size with `tty` (u16; 0 or absent: 24x80), set on the pty before the program starts |
 //! | `.../user`, `.../group` | user and group, names or numbers, from the image's passwd/group |
 //! | `.../tty`, `.../attach`, `.../openstdin`, `.../restart` | booleans |
 //! | `.../stopSignal` | signal for stopping, name or number (default SIGTERM) |
@@ -85,6 +88,21 @@ pub struct SessionSpec {
     pub stop_signal: String,
     pub rlimits: Vec<Rlimit>,
     pub cap_drop: Vec<String>,
+    /// The terminal's initial size (with `tty`); 0 is unset (24 rows, 80 columns).
+    pub rows: u16,
+    pub cols: u16,
+    /// Empty: run `path`. [`BUILTIN_HOLD`]: run nothing and stay up until signalled.
+    pub builtin: String,
+}
+
+/// The `builtin` value of a session that runs no program and stays up until it gets a signal.
+pub const BUILTIN_HOLD: &str = "hold";
+
+impl SessionSpec {
+    /// The session runs no program: it holds until signalled.
+    pub fn is_hold(&self) -> bool {
+        self.builtin == BUILTIN_HOLD
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +119,35 @@ pub struct ContainerSpec {
     pub stop_grace_ms: u64,
     pub dns: Vec<String>,
     pub dns_search: Vec<String>,
+    /// `NAME:ADDR` entries (docker's ExtraHosts), appended to /etc/hosts in order.
+    pub extra_hosts: Vec<String>,
     /// Sessions started at boot; the one keyed by the container id is the main session.
     pub sessions: BTreeMap<String, SessionSpec>,
     /// Sessions declared as execs (started on request).
     pub execs: BTreeMap<String, SessionSpec>,
+}
+
+/// The documented defaults, no sessions: fill in at least `id`, `secret` and the main session.
+impl Default for ContainerSpec {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            name: String::new(),
+            debug: 1,
+            hostname: None,
+            domainname: None,
+            secret: Vec::new(),
+            channel_device: None,
+            disk_label: DEFAULT_DISK_LABEL.to_string(),
+            disk_wait_ms: DEFAULT_DISK_WAIT_MS,
+            stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            extra_hosts: Vec::new(),
+            sessions: BTreeMap::new(),
+            execs: BTreeMap::new(),
+        }
+    }
 }
 
 impl ContainerSpec {
@@ -167,6 +210,7 @@ pub fn decode(keys: &impl KeySource) -> Result<ContainerSpec, KeyError> {
             .unwrap_or(DEFAULT_STOP_GRACE_MS),
         dns: keys.list(r.field("network").field("dns").as_str())?,
         dns_search: keys.list(r.field("network").field("search").as_str())?,
+        extra_hosts: keys.list(r.field("network").field("hosts").as_str())?,
         sessions,
         execs,
         id,
@@ -191,7 +235,21 @@ fn decode_sessions(
     for id in keys.map_keys(map.as_str()) {
         let p = map.entry(&id);
         let cmd = p.field("cmd");
-        let path = keys.required(cmd.field("Path").as_str())?;
+        let builtin_key = p.field("builtin");
+        let builtin = keys.string(builtin_key.as_str()).unwrap_or_default();
+        if !builtin.is_empty() && builtin != BUILTIN_HOLD {
+            return Err(KeyError {
+                key: builtin_key.to_string(),
+                problem: format!(
+                    "unknown built-in {builtin:?}: the only one is {BUILTIN_HOLD:?} (empty runs cmd/Path)"
+                ),
+            });
+        }
+        let path = if builtin.is_empty() {
+            keys.required(cmd.field("Path").as_str())?
+        } else {
+            keys.string(cmd.field("Path").as_str()).unwrap_or_default()
+        };
         let rlimits_key = p.field("rlimits");
         let rlimits = keys
             .list(rlimits_key.as_str())?
@@ -203,7 +261,7 @@ fn decode_sessions(
                 problem,
             })?;
         let mut args = keys.list(cmd.field("Args").as_str())?;
-        if args.is_empty() {
+        if args.is_empty() && !path.is_empty() {
             args.push(path.clone());
         }
         let session = SessionSpec {
@@ -230,6 +288,9 @@ fn decode_sessions(
                 .unwrap_or_else(|| "SIGTERM".to_string()),
             rlimits,
             cap_drop: keys.list(p.field("capdrop").as_str())?,
+            rows: keys.number(p.field("rows").as_str())?.unwrap_or(0),
+            cols: keys.number(p.field("cols").as_str())?.unwrap_or(0),
+            builtin,
         };
         if session.id != id {
             return Err(KeyError {
@@ -264,6 +325,7 @@ pub fn encode(spec: &ContainerSpec) -> BTreeMap<String, String> {
     w.number(&r.field("stop").field("grace"), spec.stop_grace_ms);
     w.list(&r.field("network").field("dns"), &spec.dns);
     w.list(&r.field("network").field("search"), &spec.dns_search);
+    w.list(&r.field("network").field("hosts"), &spec.extra_hosts);
     encode_sessions(&mut w, &r.field("sessions"), &spec.sessions);
     encode_sessions(&mut w, &r.field("execs"), &spec.execs);
     w.into_pairs()
@@ -291,5 +353,8 @@ fn encode_sessions(w: &mut KeyWriter, map: &KeyPath, sessions: &BTreeMap<String,
         let rl: Vec<String> = s.rlimits.iter().map(Rlimit::render).collect();
         w.list(&p.field("rlimits"), &rl);
         w.list(&p.field("capdrop"), &s.cap_drop);
+        w.number(&p.field("rows"), s.rows);
+        w.number(&p.field("cols"), s.cols);
+        w.string(&p.field("builtin"), &s.builtin);
     }
 }

@@ -101,6 +101,55 @@ fn malformed_key_sets_give_errors_naming_the_key() {
 }
 
 #[test]
+fn extra_hosts_console_size_and_hold_decode() {
+    let text = format!(
+        "{VIC_STYLE}\
+guestinfo.vice./network/hosts = \"2\"
+guestinfo.vice./network/hosts~ = \"db:10.0.0.5|7Cv6:2001:db8::1|7Codd\\|7Cname:1.2.3.4\"
+guestinfo.vice./sessions|0123456789abcdef0123/rows = \"40\"
+guestinfo.vice./sessions|0123456789abcdef0123/cols = \"132\"
+"
+    );
+    let spec = spec_from_vmx(&text).unwrap();
+    assert_eq!(
+        spec.extra_hosts,
+        ["db:10.0.0.5", "v6:2001:db8::1", "odd|name:1.2.3.4"]
+    );
+    let main = spec.main_session().unwrap();
+    assert_eq!((main.rows, main.cols), (40, 132));
+    assert!(!main.is_hold() && main.builtin.is_empty());
+    assert_eq!(spec_from_vmx(&spec_to_vmx(&spec)).unwrap(), spec);
+
+    // Absent: no extra hosts, no size (0), a program.
+    let spec = spec_from_vmx(VIC_STYLE).unwrap();
+    assert!(spec.extra_hosts.is_empty());
+    let main = spec.main_session().unwrap();
+    assert_eq!((main.rows, main.cols, main.builtin.as_str()), (0, 0, ""));
+
+    // A hold session needs no program.
+    let hold: String = VIC_STYLE
+        .lines()
+        .filter(|l| !l.contains("/cmd/"))
+        .chain(["guestinfo.vice./sessions|0123456789abcdef0123/builtin = \"hold\""])
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spec = spec_from_vmx(&hold).unwrap();
+    let main = spec.main_session().unwrap();
+    assert!(main.is_hold());
+    assert_eq!((main.path.as_str(), main.args.len()), ("", 0));
+    assert_eq!(spec_from_vmx(&spec_to_vmx(&spec)).unwrap(), spec);
+
+    let e = err_of(&hold.replace("= \"hold\"", "= \"sleep\""));
+    assert!(
+        e.contains("sessions|0123456789abcdef0123/builtin`")
+            && e.contains("unknown built-in \"sleep\""),
+        "{e}"
+    );
+    let e = err_of(&text.replace("rows = \"40\"", "rows = \"70000\""));
+    assert!(e.contains("/rows`") && e.contains("u16"), "{e}");
+}
+
+#[test]
 fn short_and_empty_ids_never_panic() {
     for id in ["a", "é", "0123456789abcdefXYZ"] {
         let text = VIC_STYLE.replace("0123456789abcdef0123", id);
@@ -139,24 +188,41 @@ fn session(id: String) -> impl Strategy<Value = SessionSpec> {
         vec(text(), 0..4),
         any::<bool>(),
         any::<bool>(),
+        (any::<u16>(), any::<u16>(), any::<bool>()),
     )
-        .prop_map(move |(path, args, env, tty, restart)| SessionSpec {
-            id: id.clone(),
-            name: "n".into(),
-            path: format!("/{path}"),
-            args,
-            env,
-            dir: "/".into(),
-            user: String::new(),
-            group: String::new(),
-            tty,
-            attach: true,
-            open_stdin: tty,
-            restart,
-            stop_signal: "SIGTERM".into(),
-            rlimits: vec![],
-            cap_drop: vec!["NET_RAW".into()],
-        })
+        .prop_map(
+            move |(path, args, env, tty, restart, (rows, cols, hold))| SessionSpec {
+                id: id.clone(),
+                name: "n".into(),
+                path: format!("/{path}"),
+                args,
+                env,
+                dir: "/".into(),
+                user: String::new(),
+                group: String::new(),
+                tty,
+                attach: true,
+                open_stdin: tty,
+                restart,
+                stop_signal: "SIGTERM".into(),
+                rlimits: vec![],
+                cap_drop: vec!["NET_RAW".into()],
+                rows,
+                cols,
+                builtin: if hold { "hold".into() } else { String::new() },
+            },
+        )
+}
+
+/// ExtraHosts entries as docker's `--add-host` gives them (IPv6 unbracketed), and odd text.
+fn extra_host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("db:10.0.0.5".to_string()),
+        Just("v6:2001:db8::1".to_string()),
+        Just("gw:host-gateway".to_string()),
+        Just("a|b:10.0.0.1".to_string()),
+        text(),
+    ]
 }
 
 proptest! {
@@ -166,6 +232,7 @@ proptest! {
         execs in btree_map("[a-z|]{1,6}", session(String::new()), 0..3),
         hostname in proptest::option::of("[a-z]{1,10}"),
         secret in vec(any::<u8>(), 1..40),
+        extra_hosts in vec(extra_host(), 0..4),
     ) {
         let execs = execs
             .into_iter()
@@ -187,6 +254,7 @@ proptest! {
             stop_grace_ms: 3000,
             dns: vec!["10.0.0.2".into()],
             dns_search: vec![],
+            extra_hosts,
             sessions: [("main-id".to_string(), main)].into(),
             execs,
         };

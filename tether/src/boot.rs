@@ -83,6 +83,12 @@ pub enum BootError {
     MoveRoot { root: PathBuf, source: io::Error },
     #[error("chroot: {}", OsText(source))]
     Chroot { source: io::Error },
+    /// An ExtraHosts entry (`network/hosts`) that is not `NAME:ADDR`.
+    #[error("config network/hosts: entry {entry:?} is not NAME:ADDR: {problem}")]
+    ExtraHost {
+        entry: String,
+        problem: &'static str,
+    },
 }
 
 /// An OS error as the console shows it: `ENOENT: No such file or directory`, with the errno's
@@ -258,6 +264,9 @@ const DEVICES: [(&str, u64, u64); 6] = [
 /// a private devpts, shm; never the channel device), /proc, /sys (read-only), hostname, hosts.
 pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<PathBuf, BootError> {
     let root = PathBuf::from(NEW_ROOT);
+    let hostname = spec.effective_hostname();
+    // Checked before anything is mounted: a bad entry is a config error, not a half-built root.
+    let hosts = hosts_file(&hostname, &spec.extra_hosts)?;
     // noinit_itable: no background thread zeroing inode tables; on a TCG guest's one vCPU it
     // delayed the container's start by ~6 ms (`make bench`). The image is one container's, and
     // the kernel handles never-zeroed tables correctly without it.
@@ -335,7 +344,6 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         MS_NOSUID | MS_NODEV | MS_NOEXEC,
         "mode=1777,size=65536k",
     )?;
-    let hostname = spec.effective_hostname();
     os.sethostname(&hostname)
         .map_err(|source| BootError::Hostname {
             hostname: hostname.clone(),
@@ -346,10 +354,6 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         path: PathBuf::from("/etc"),
         source,
     })?;
-    let short = hostname.split('.').next().unwrap_or(&hostname);
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {short}\n"
-    );
     let write = |name: &str, contents: &[u8]| {
         os.write_file(&etc.join(name), contents)
             .map_err(|source| BootError::Write {
@@ -366,6 +370,45 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         crate::log::warn(&format!("loopback interface not brought up: {e}"));
     }
     Ok(root)
+}
+
+/// /etc/hosts: localhost, the container's own name, then the config's ExtraHosts in order.
+fn hosts_file(hostname: &str, extra: &[String]) -> Result<String, BootError> {
+    let short = hostname.split('.').next().unwrap_or(hostname);
+    let mut out = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {short}\n"
+    );
+    for entry in extra {
+        let (name, addr) = extra_host(entry)?;
+        out.push_str(&format!("{addr}\t{name}\n"));
+    }
+    Ok(out)
+}
+
+/// An ExtraHosts entry, docker's `--add-host NAME:ADDR`: split at the first `:`, so an IPv6
+/// address needs no brackets (`[...]` around it is accepted and removed, as docker does). The
+/// address is not checked further (`host-gateway` stays as given), but neither part may be
+/// empty or hold whitespace, which would break the hosts line.
+fn extra_host(entry: &str) -> Result<(&str, &str), BootError> {
+    let bad = |problem| BootError::ExtraHost {
+        entry: entry.to_string(),
+        problem,
+    };
+    let (name, addr) = entry.split_once(':').ok_or(bad("no ':'"))?;
+    let addr = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    if name.is_empty() {
+        return Err(bad("the name is empty"));
+    }
+    if addr.is_empty() {
+        return Err(bad("the address is empty"));
+    }
+    if entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains whitespace or a control character"));
+    }
+    Ok((name, addr))
 }
 
 /// /etc/resolv.conf from the config's nameservers; `None` keeps the image's own file.

@@ -56,6 +56,8 @@ struct SessionRt {
     stop_signal: i32,
     /// A built-in (tether's own code in a child), not a program.
     builtin: bool,
+    /// Started as the `hold` built-in: no process; it runs until a signal ends it.
+    hold: bool,
 }
 
 impl SessionRt {
@@ -70,7 +72,19 @@ impl SessionRt {
             awaiting_release: None,
             stop_signal,
             builtin: false,
+            hold: false,
         }
+    }
+}
+
+/// How a `hold` session ends on `signal`: SIGTERM (the ordinary way to release it, and its stop
+/// signal by default) is a clean exit 0; any other signal is reported as if it had killed a
+/// process, 128 + its number, with the signal.
+pub fn hold_exit(signal: i32) -> (i32, Option<i32>) {
+    if signal == libc::SIGTERM {
+        (0, None)
+    } else {
+        (128 + signal, Some(signal))
     }
 }
 
@@ -114,7 +128,8 @@ impl<P: Processes> Controller<P> {
             sessions: BTreeMap::new(),
             to_start: Vec::new(),
             main_plan: Plan::from_spec(main, &hostname),
-            restart: main.restart,
+            // A hold boot is maintenance: its end powers off, never reboots.
+            restart: main.restart && !main.is_hold(),
             grace: Duration::from_millis(spec.stop_grace_ms),
             drain_timeout,
             stopping: false,
@@ -204,8 +219,50 @@ impl<P: Processes> Controller<P> {
         if id == MAIN_SESSION {
             crate::timing::mark("main_spawn");
         }
+        if plan.hold {
+            return self.hold(id, plan);
+        }
         let result = self.procs.start(&plan);
         self.launched(id, plan.name, plan.open_stdin, result);
+    }
+
+    /// The `hold` built-in: no process. Reported started with pid 0, its output open and empty
+    /// and its stdin discarded, it runs until a signal ends it (`end_hold`).
+    fn hold(&mut self, id: SessionId, plan: Plan) {
+        crate::log::info(&format!(
+            "session {} holds until it gets a signal (no program)",
+            plan.name
+        ));
+        pumps::hold(&self.ctx, id, plan.tty);
+        if let Some(rt) = self.sessions.get_mut(&id) {
+            rt.hold = true;
+        }
+        self.ctx.send_control(Control::Started {
+            session: id,
+            name: plan.name,
+            pid: 0,
+        });
+    }
+
+    /// A held session gets `signal`: it ends, with [`hold_exit`]'s code. As with kill(2), signal
+    /// 0 (a probe) does nothing and a number that is no signal is refused (EINVAL).
+    fn end_hold(&mut self, id: SessionId, signal: i32) {
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            if signal != 0 {
+                let e = std::io::Error::from_raw_os_error(libc::EINVAL);
+                self.report(&format!("signal {signal} to session {id}: {e}"));
+            }
+            return;
+        }
+        let Some(rt) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if !rt.hold || rt.exit.is_some() {
+            return;
+        }
+        rt.exit = Some(hold_exit(signal));
+        pumps::end_hold(&self.ctx, id);
+        self.finish(id);
     }
 
     /// Connects a started session's stdio and reports the start (a built-in's with pid 0: its
@@ -302,6 +359,13 @@ impl<P: Processes> Controller<P> {
                 signal,
                 group,
             } => {
+                if self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.hold && s.exit.is_none())
+                {
+                    return self.end_hold(session, signal);
+                }
                 // A process is signalled only before it is reaped (after, its pid may be
                 // another's); its group while the session runs: Linux reuses no pid that is
                 // still a process group's id.
@@ -325,7 +389,14 @@ impl<P: Processes> Controller<P> {
                 rows,
                 cols,
             } => {
-                let tty = self.sessions.get(&session).and_then(|s| s.tty.as_ref());
+                let Some(rt) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                // Not started yet: it starts at this size.
+                if let Some(plan) = rt.awaiting_release.as_mut() {
+                    (plan.rows, plan.cols) = (rows, cols);
+                }
+                let tty = rt.tty.as_ref();
                 if let Some(tty) = tty {
                     if let Err(e) = self.procs.resize(tty.as_fd(), rows, cols) {
                         crate::log::debug(&format!("resizing session {session}: {e}"));
@@ -472,10 +543,15 @@ impl<P: Processes> Controller<P> {
             state: GuestState::Stopping,
             detail: "the main session ended".into(),
         });
-        for rt in self.sessions.values_mut() {
+        let mut held = Vec::new();
+        for (&id, rt) in self.sessions.iter_mut() {
             if rt.awaiting_release.take().is_some() {
                 rt.exit = Some(NO_EXIT);
                 rt.finished = true;
+                continue;
+            }
+            if rt.hold && rt.exit.is_none() {
+                held.push((id, rt.stop_signal));
                 continue;
             }
             if let (Some(pid), false) = (rt.pid, rt.finished) {
@@ -484,6 +560,9 @@ impl<P: Processes> Controller<P> {
                 }
                 self.kill_after_grace.push(pid);
             }
+        }
+        for (id, signal) in held {
+            self.end_hold(id, signal);
         }
         if self.kill_after_grace.is_empty() {
             return;

@@ -102,6 +102,8 @@ pub mod recording {
         /// Plans (by path, or `builtin OP` for a built-in) whose start fails, and how.
         failing: BTreeMap<String, SpawnError>,
         children: BTreeMap<u32, Child>,
+        /// Every plan started, in order.
+        plans: Vec<Plan>,
     }
 
     /// Clones share one record, so the test keeps one while the controller owns another.
@@ -115,6 +117,11 @@ pub mod recording {
     impl Recording {
         pub fn calls(&self) -> Vec<String> {
             self.0.borrow().calls.clone()
+        }
+
+        /// The plans started so far, in order.
+        pub fn plans(&self) -> Vec<Plan> {
+            self.0.borrow().plans.clone()
         }
 
         /// Starting a plan whose program is `path` fails with `e`.
@@ -205,6 +212,7 @@ pub mod recording {
             inner
                 .calls
                 .push(format!("start {} {}", plan.name, plan.path));
+            inner.plans.push(plan.clone());
             if let Some(e) = inner.failing.get(&plan.path) {
                 return Err(e.clone());
             }

@@ -61,6 +61,38 @@ pub fn attach(ctx: &Ctx, session: SessionId, stdio: ParentStdio, open_stdin: boo
     }
 }
 
+/// A session without a process (the `hold` built-in): its output streams are opened and stay
+/// empty until [`end_hold`]; its stdin is discarded (the queue removed and its bytes' credit
+/// released; later bytes are released as they arrive, as for a session that has ended).
+pub fn hold(ctx: &Ctx, session: SessionId, tty: bool) {
+    let mut sh = ctx.shared.borrow_mut();
+    sh.streams
+        .open_out(StreamKey::new(session, StreamKind::Stdout));
+    if !tty {
+        sh.streams
+            .open_out(StreamKey::new(session, StreamKind::Stderr));
+    }
+    if let Some(q) = sh.stdin.remove(&session) {
+        let left = q.bytes.len() as u64;
+        sh.streams
+            .release(StreamKey::new(session, StreamKind::Stdin), left);
+    }
+    drop(sh);
+    ctx.tx_wake.notify_one();
+}
+
+/// A held session ends: its output streams reach end of file.
+pub fn end_hold(ctx: &Ctx, session: SessionId) {
+    let mut sh = ctx.shared.borrow_mut();
+    for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+        if let Some(s) = sh.streams.out_mut(StreamKey::new(session, kind)) {
+            s.close();
+        }
+    }
+    drop(sh);
+    ctx.tx_wake.notify_one();
+}
+
 /// Copies a session's output fd into its outgoing stream, never holding more than the stream
 /// has room for: when the appliance is slow or absent, the process blocks on its pipe.
 fn spawn_pump(ctx: &Ctx, key: StreamKey, fd: std::io::Result<OwnedFd>) {

@@ -49,10 +49,12 @@ pub struct Plan {
     pub rlimits: Vec<RlimitSpec>,
     pub cap_drop: Vec<String>,
     pub hostname: String,
+    /// Runs no program: the session holds until it gets a signal (the `hold` built-in).
+    pub hold: bool,
 }
 
 impl Plan {
-    /// A session from the container's config, with no terminal size yet.
+    /// A session from the container's config, with its initial terminal size (0: the default).
     pub fn from_spec(s: &SessionSpec, hostname: &str) -> Self {
         Self {
             name: s.id.clone(),
@@ -64,11 +66,12 @@ impl Plan {
             group: s.group.clone(),
             tty: s.tty,
             open_stdin: s.open_stdin,
-            rows: 0,
-            cols: 0,
+            rows: s.rows,
+            cols: s.cols,
             rlimits: s.rlimits.clone(),
             cap_drop: s.cap_drop.clone(),
             hostname: hostname.to_string(),
+            hold: s.is_hold(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Plan {
             rlimits: main.rlimits.clone(),
             cap_drop: main.cap_drop.clone(),
             hostname: main.hostname.clone(),
+            hold: false,
         }
     }
 }

@@ -160,6 +160,61 @@ fn a_failing_mount_is_an_error_naming_it() {
 }
 
 #[test]
+fn extra_hosts_follow_tethers_own_entries_in_order() {
+    let os = Recording::default();
+    let mut spec = sample();
+    spec.hostname = Some("web".into());
+    spec.extra_hosts = vec![
+        "db:10.0.0.5".into(),
+        "v6:2001:db8::1".into(),
+        "br:[fd00::2]".into(),
+        "gw:host-gateway".into(),
+        "db:10.0.0.6".into(),
+    ];
+    prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+    let hosts = os
+        .read_file(Path::new("/mnt/containerfs/etc/hosts"))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(hosts).unwrap(),
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tweb web\n\
+         10.0.0.5\tdb\n2001:db8::1\tv6\nfd00::2\tbr\nhost-gateway\tgw\n10.0.0.6\tdb\n"
+    );
+}
+
+#[test]
+fn a_malformed_extra_host_is_a_boot_error_naming_it_before_any_mount() {
+    for (entry, problem) in [
+        ("db10.0.0.5", "no ':'"),
+        (":10.0.0.5", "the name is empty"),
+        ("db:", "the address is empty"),
+        ("db:[]", "the address is empty"),
+        (
+            "db x:10.0.0.5",
+            "it contains whitespace or a control character",
+        ),
+        (
+            "db:10.0.0.5\n6.6.6.6 evil",
+            "it contains whitespace or a control character",
+        ),
+    ] {
+        let os = Recording::default();
+        let mut spec = sample();
+        spec.extra_hosts = vec!["ok:10.0.0.1".into(), entry.into()];
+        let e = prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap_err();
+        assert!(
+            matches!(&e, BootError::ExtraHost { entry: got, problem: p } if got == entry && *p == problem),
+            "{entry:?}: {e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("config network/hosts: entry {entry:?} is not NAME:ADDR: {problem}")
+        );
+        assert!(os.calls().is_empty(), "nothing done: {:?}", os.calls());
+    }
+}
+
+#[test]
 fn switch_root_moves_the_image_onto_slash() {
     let os = Recording::default();
     switch_root(&os, Path::new(NEW_ROOT)).unwrap();
@@ -196,6 +251,7 @@ fn sample() -> ContainerSpec {
         stop_grace_ms: 100,
         dns: vec![],
         dns_search: vec![],
+        extra_hosts: vec![],
         sessions: [("abc".to_string(), main)].into(),
         execs: Default::default(),
     }

@@ -47,6 +47,7 @@ fn spec(main: SessionSpec, others: Vec<SessionSpec>) -> ContainerSpec {
         stop_grace_ms: GRACE.as_millis() as u64,
         dns: vec![],
         dns_search: vec![],
+        extra_hosts: vec![],
         sessions,
         execs: BTreeMap::new(),
     }
@@ -581,3 +582,5 @@ fn stdin_from_the_appliance_reaches_the_process() {
 }
 
 mod builtins;
+mod console_size;
+mod hold;

@@ -69,6 +69,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         stop_grace_ms: 1000,
         dns: vec![],
         dns_search: vec![],
+        extra_hosts: vec![],
         sessions: [(ID.to_string(), main)].into(),
         execs: BTreeMap::new(),
     }
