@@ -122,6 +122,7 @@ fn session(id: &str, s: Session) -> Result<SessionSpec, Error> {
         stop_signal: s.stop_signal.unwrap_or_else(|| "SIGTERM".into()),
         rlimits,
         cap_drop: s.cap_drop,
+        ..Default::default()
     })
 }
 
@@ -157,6 +158,7 @@ pub fn to_vmx(text: &str, default_id: &str) -> Result<String, Error> {
         sessions,
         execs: BTreeMap::new(),
         id,
+        extra_hosts: Vec::new(),
     };
     Ok(guestinfo::spec_to_vmx(&c))
 }

@@ -29,13 +29,20 @@ fn ok(app: &Appliance, args: &[&str]) -> String {
     let out = app.docker(args);
     assert!(
         out.status.success(),
-        "docker {}: exit {:?}\nstdout: {}\nstderr: {}",
+        "docker {}: exit {:?}\nstdout: {}\nstderr: {}\nserver log (tail):\n{}",
         args.join(" "),
         out.status.code(),
         text(&out.stdout),
-        text(&out.stderr)
+        text(&out.stderr),
+        server_log_tail(app)
     );
     text(&out.stdout)
+}
+
+fn server_log_tail(app: &Appliance) -> String {
+    let log = std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 fn inspect(app: &Appliance, what: &str, format: &str) -> String {
@@ -97,6 +104,16 @@ fn docker_run_applies_the_images_config_and_exits_with_the_process() {
     // A command that does not exist: docker's 127 and its reason.
     let out = app.docker(&["run", "--rm", "--entrypoint", "/no/such", image]);
     assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    // --add-host lands in /etc/hosts.
+    let out = app.docker(&[
+        "run",
+        "--rm",
+        "--add-host",
+        "db:10.1.2.3",
+        image,
+        "grep db /etc/hosts",
+    ]);
+    assert_eq!(text(&out.stdout), "10.1.2.3\tdb\n", "{}", text(&out.stderr));
     // --rm removed every one of them.
     assert_eq!(ok(&app, &["ps", "-aq"]), "");
 }
@@ -304,11 +321,23 @@ fn detaching_with_ctrl_p_ctrl_q_leaves_an_interactive_container_running() {
 fn docker_cp_both_ways_and_top_work_on_a_running_container() {
     let (app, image) = appliance_with_image("run-cp");
     let script = "mkdir -p /data/sub && echo hello > /data/a.txt && echo deep > /data/sub/b && \
-                  ln -s a.txt /data/link && sleep 600";
+                  ln -sf a.txt /data/link && echo ready && sleep 600";
     ok(
         &app,
         &["run", "-d", "-u", "0", "--name", "files", image, script],
     );
+    // run -d returns once the script runs; its files exist once it says so.
+    let ready = |app: &Appliance, times: usize| {
+        let start = Instant::now();
+        while ok(app, &["logs", "files"]) != "ready\n".repeat(times) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the script never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    ready(&app, 1);
     let host = app.home.root().join("cp");
     std::fs::create_dir_all(&host).unwrap();
     let h = |p: &str| host.join(p).to_string_lossy().into_owned();
@@ -372,5 +401,22 @@ fn docker_cp_both_ways_and_top_work_on_a_running_container() {
         "a running VM uses memory: {stats}"
     );
     assert_eq!(ok(&app, &["port", "files"]), "");
+    // A stopped container: its disk is booted for the copy, both ways, and keeps the change.
+    ok(&app, &["stop", "-t", "1", "files"]);
+    ok(&app, &["cp", "files:/data/in.txt", &h("back.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("back.txt")).unwrap(),
+        "from host\n"
+    );
+    std::fs::write(host.join("late.txt"), "while stopped\n").unwrap();
+    ok(&app, &["cp", &h("late.txt"), "files:/data/"]);
+    assert_eq!(inspect(&app, "files", "{{.State.Status}}"), "exited");
+    ok(&app, &["start", "files"]);
+    // (docker logs shows the current boot's output: the restart's `ready` alone.)
+    ready(&app, 1);
+    assert_eq!(
+        ok(&app, &["exec", "files", "cat", "/data/late.txt"]),
+        "while stopped\n"
+    );
     ok(&app, &["rm", "-f", "files"]);
 }

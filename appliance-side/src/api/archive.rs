@@ -48,23 +48,50 @@ impl Api {
         }
     }
 
-    /// HEAD, GET and PUT of `/containers/{id}/archive`.
+    /// HEAD, GET and PUT of `/containers/{id}/archive`; a container that is not running has
+    /// its disk booted in a maintenance VM for the copy (docker copies from stopped ones too).
     pub(crate) async fn archive(&self, reference: &str, req: Request<Incoming>) -> ApiResponse {
+        let rec = match self.resolve(reference) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
+        if self.engine.is_running(&rec.id) {
+            return self.archive_in(&rec, req, None).await;
+        }
+        let m = match self.engine.maintenance(&rec).await {
+            Ok(m) => m,
+            Err(e) => return engine_error(e),
+        };
+        let target = m.record.clone();
+        self.archive_in(&target, req, Some(m)).await
+    }
+
+    /// The copy against `rec`'s running VM; `maintenance` is ended once the copy is done.
+    async fn archive_in(
+        &self,
+        rec: &crate::store::records::Record,
+        req: Request<Incoming>,
+        maintenance: Option<crate::engine::maintenance::Maintenance>,
+    ) -> ApiResponse {
+        let rec = rec.clone();
         let q = query(&req);
         let Some(path) = q.get("path").filter(|p| !p.is_empty()).cloned() else {
+            if let Some(m) = maintenance {
+                m.end().await;
+            }
             return error(
                 StatusCode::BAD_REQUEST,
                 "the archive API needs a path (?path=)",
             );
         };
-        let rec = match self.resolve(reference) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        };
         let method = req.method().clone();
         if method == Method::PUT {
             let no_overwrite = flag(&q, "noOverwriteDirNonDir");
-            return self.archive_put(&rec, path, no_overwrite, req).await;
+            let answer = self.archive_put(&rec, path, no_overwrite, req).await;
+            if let Some(m) = maintenance {
+                m.end().await;
+            }
+            return answer;
         }
         let stat = match self
             .engine
@@ -72,10 +99,18 @@ impl Api {
             .await
         {
             Ok(s) => s,
-            Err(e) => return engine_error(e),
+            Err(e) => {
+                if let Some(m) = maintenance {
+                    m.end().await;
+                }
+                return engine_error(e);
+            }
         };
         let stat = base64::engine::general_purpose::STANDARD.encode(trim_newline(&stat));
         if method == Method::HEAD {
+            if let Some(m) = maintenance {
+                m.end().await;
+            }
             return Response::builder()
                 .status(StatusCode::OK)
                 .header(STAT_HEADER, stat)
@@ -88,14 +123,22 @@ impl Api {
             .await
         {
             Ok(r) => r,
-            Err(e) => return engine_error(e),
+            Err(e) => {
+                if let Some(m) = maintenance {
+                    m.end().await;
+                }
+                return engine_error(e);
+            }
         };
         let (tx, body) = body::channel(8);
         tokio::spawn(async move {
             while let Some(chunk) = run.stdout.recv().await {
                 if tx.send(chunk).await.is_err() {
-                    return;
+                    break;
                 }
+            }
+            if let Some(m) = maintenance {
+                m.end().await;
             }
             // The status is out already; a failure mid-archive can only cut the tar short,
             // which the client's tar reader reports.

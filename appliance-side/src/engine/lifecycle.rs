@@ -235,7 +235,7 @@ impl Engine {
         }
     }
 
-    fn image_disk(&self, rec: &Record) -> Result<std::path::PathBuf, EngineError> {
+    pub(crate) fn image_disk(&self, rec: &Record) -> Result<std::path::PathBuf, EngineError> {
         if !rec.options.image_id.is_empty() {
             return self.image_disk_by_id(&rec.options.image_id);
         }

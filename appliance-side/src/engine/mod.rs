@@ -8,6 +8,7 @@ pub mod events;
 pub mod filters;
 pub mod images;
 mod lifecycle;
+pub mod maintenance;
 mod supervise;
 pub mod vms;
 

@@ -234,6 +234,8 @@ pub fn spec_for(record: &Record, attach: bool) -> Result<ContainerSpec, RecordEr
         },
         rlimits,
         cap_drop: o.cap_drop.clone(),
+        rows: o.console_size.map_or(0, |(rows, _)| rows),
+        cols: o.console_size.map_or(0, |(_, cols)| cols),
         ..Default::default()
     };
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -252,6 +254,7 @@ pub fn spec_for(record: &Record, attach: bool) -> Result<ContainerSpec, RecordEr
         stop_grace_ms: u64::from(record.stop_timeout()) * 1000,
         dns: o.dns.clone(),
         dns_search: o.dns_search.clone(),
+        extra_hosts: o.extra_hosts.clone(),
         sessions: [(record.id.clone(), main)].into(),
         execs: Default::default(),
     })
@@ -319,7 +322,8 @@ pub fn list(home: &Home) -> Vec<Record> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        // Containers only: maintenance identities (`<id>.cp`) and half-removed ones are not.
+        .filter(|e| is_full_id(&e.file_name().to_string_lossy()))
         .filter_map(|e| load(home, &e.file_name().to_string_lossy()))
         .collect();
     out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));

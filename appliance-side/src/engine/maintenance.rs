@@ -1,0 +1,139 @@
+//! `docker cp` on a container that is not running. A containerVM's files live on its disk, and
+//! only tether can read them; so the engine boots the container's own disk in a maintenance VM
+//! whose main session is tether's `hold` (no program of the image runs), runs the copy's
+//! built-ins there, and powers it off. The maintenance VM has an identity of its own, so the
+//! container's state, logs and events are untouched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use guestinfo::contract::MAIN_SESSION;
+use tokio::time::Instant;
+use wire::Control;
+
+use crate::backend::{LaunchRequest, Transport};
+use crate::engine::{Engine, EngineError};
+use crate::store::records::{self, Record};
+use crate::store::state::ContainerStatus;
+
+/// A maintenance VM's boot, to the hold session running.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The maintenance identity of a container: never a listed container (not 64 hex digits).
+pub fn maintenance_id(id: &str) -> String {
+    format!("{id}.cp")
+}
+
+/// A maintenance VM for one stopped container; powered off and forgotten on [`Maintenance::end`].
+pub struct Maintenance {
+    pub record: Record,
+    engine: Arc<Engine>,
+    /// The container's operation lock, held to the end: while its disk is in the maintenance
+    /// VM, the container cannot start (a disk has one writer), and one copy runs at a time.
+    _op: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Engine {
+    /// Boots `rec`'s disk under a maintenance identity and returns once tether holds it.
+    pub async fn maintenance(self: &Arc<Self>, rec: &Record) -> Result<Maintenance, EngineError> {
+        let op = self.op_lock(&rec.id).lock_owned().await;
+        if self.is_running(&rec.id) {
+            return Err(EngineError::Conflict(format!(
+                "container {} was started while the copy waited: copy again",
+                rec.id
+            )));
+        }
+        let backend = self.backend.as_ref().ok_or_else(|| {
+            EngineError::Internal("this appliance has no backend to run VMs".into())
+        })?;
+        let home = self.home();
+        let disk = home.container(&rec.id).join("disk.qcow2");
+        if !disk.exists() {
+            return Err(EngineError::Conflict(format!(
+                "container {} has never been started: its filesystem is the image's; copy from a running container or start it once",
+                rec.id
+            )));
+        }
+        let id = maintenance_id(&rec.id);
+        let _ = records::remove(home, &id);
+        let dir = home.container(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
+        // The container's own writable layer, while the container is stopped (one writer).
+        std::os::unix::fs::symlink(&disk, dir.join("disk.qcow2"))
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut m = rec.clone();
+        m.id = id.clone();
+        m.name = format!("{}-cp", rec.name);
+        m.secret = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            crate::store::atomic::random::<32>(),
+        );
+        records::save(home, &m)?;
+        let mut spec = records::spec_for(&m, false)?;
+        if let Some(main) = spec.sessions.get_mut(&m.id) {
+            main.builtin = "hold".into();
+        }
+        records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let image_disk = self.image_disk(rec)?;
+        let launched = backend
+            .launch(&LaunchRequest {
+                container_dir: dir.clone(),
+                image_disk,
+                config: dir.join("config.vmx"),
+                memory_mb: crate::engine::DEFAULT_MEMORY_MB,
+                cpus: 0,
+                transport: Transport::Virtio(home.channel_socket()),
+            })
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        if let Some(child) = launched.child {
+            self.vms.watch(&id, child, self.vm_exits.clone());
+        }
+        let maintenance = Maintenance {
+            record: m,
+            engine: self.clone(),
+            _op: op,
+        };
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let st = self.state(&id);
+            if st.main().is_some_and(|s| s.pid.is_some()) && st.status == ContainerStatus::Running {
+                return Ok(maintenance);
+            }
+            if st.status.is_finished() || self.vms.pid(&id).is_none() || Instant::now() >= deadline
+            {
+                let why = format!(
+                    "the maintenance VM for docker cp did not come up; its console: {}",
+                    self.console_tail(&id)
+                );
+                maintenance.end().await;
+                return Err(EngineError::Internal(why));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Maintenance {
+    /// Ends the hold session (tether powers the VM off), waits for the VM, forgets it.
+    pub async fn end(self) {
+        let engine = &self.engine;
+        let id = &self.record.id;
+        if let Some(c) = engine.server.container(id) {
+            let _ = c.send_control(Control::Signal {
+                session: MAIN_SESSION,
+                signal: libc::SIGTERM,
+                group: false,
+            });
+        }
+        engine.vms.set_stopping(id);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.vms.pid(id).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        engine.vms.kill(id);
+        engine.server.forget(id);
+        if let Err(e) = records::remove(engine.home(), id) {
+            tracing::warn!(container = %id, "removing the maintenance VM's files: {e}");
+        }
+    }
+}
