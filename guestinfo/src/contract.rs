@@ -22,6 +22,25 @@ pub const DEFAULT_DISK_LABEL: &str = "containerfs";
 /// PATH for a process whose image sets none (docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The capabilities a docker container keeps by default (without the `CAP_` prefix): tether
+/// drops every other one, and the engine refuses a `--cap-add` outside them.
+pub const DOCKER_DEFAULT_CAPS: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
 /// The wire session id of the container's main process; execs and extra sessions follow it.
 /// Session 0 is the control stream.
 pub const MAIN_SESSION: u32 = 1;

@@ -8,29 +8,12 @@ use std::path::Path;
 use std::str::FromStr;
 
 use guestinfo::contract::DEFAULT_PATH;
+use guestinfo::contract::DOCKER_DEFAULT_CAPS;
 use guestinfo::{Rlimit as RlimitSpec, SessionSpec};
 use wire::ExecSpec;
 
 use crate::spawn::{self, ChildStdio, Rlimit, SpawnError, SpawnRequest};
 use crate::users;
-
-/// Capabilities a docker container keeps by default; every other one is dropped.
-const DOCKER_DEFAULT_CAPS: [&str; 14] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
 
 /// What to run, whichever way it was asked for.
 #[derive(Debug, Clone, Default)]

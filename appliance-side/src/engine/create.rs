@@ -5,21 +5,18 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use guestinfo::contract::DOCKER_DEFAULT_CAPS;
+
 use crate::engine::{Engine, EngineError};
+use crate::store::images::ImageConfig;
 use crate::store::records::{self, ContainerOptions, NewContainer, Record};
 
-/// What an image contributes to a container's config.
+/// What an image contributes to a container's config: its id and its config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageDefaults {
-    /// `sha256:...`.
+    /// `sha256:...`; empty for an image given as a path.
     pub id: String,
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-    pub labels: BTreeMap<String, String>,
-    pub stop_signal: Option<String>,
+    pub config: ImageConfig,
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -75,11 +72,11 @@ pub fn new_container(
         Some(e) if !e.is_empty() => (e, user_cmd),
         _ => {
             let cmd = if user_cmd.is_empty() {
-                image.cmd.clone().unwrap_or_default()
+                image.config.cmd.clone().unwrap_or_default()
             } else {
                 user_cmd
             };
-            (image.entrypoint.clone().unwrap_or_default(), cmd)
+            (image.config.entrypoint.clone().unwrap_or_default(), cmd)
         }
     };
     let entrypoint: Vec<String> = if entrypoint.len() == 1 && entrypoint[0].is_empty() {
@@ -97,7 +94,7 @@ pub fn new_container(
             binds.iter().map(text).collect::<Vec<_>>().join(", ")
         )));
     }
-    let mut labels = image.labels.clone();
+    let mut labels = image.config.labels.clone();
     if let Some(l) = c["Labels"].as_object() {
         for (k, v) in l {
             labels.insert(k.clone(), text(v));
@@ -136,14 +133,14 @@ pub fn new_container(
         image_id: image.id.clone(),
         entrypoint,
         cmd,
-        working_dir: or(text(&c["WorkingDir"]), &image.working_dir),
-        user: or(text(&c["User"]), &image.user),
+        working_dir: or(text(&c["WorkingDir"]), &image.config.working_dir),
+        user: or(text(&c["User"]), &image.config.user),
         hostname: text(&c["Hostname"]),
         domainname: text(&c["Domainname"]),
         labels,
         stop_signal: or(
             text(&c["StopSignal"]),
-            image.stop_signal.as_deref().unwrap_or(""),
+            image.config.stop_signal.as_deref().unwrap_or(""),
         ),
         stop_timeout: c["StopTimeout"].as_u64().map(|t| t as u32),
         stdin_once: c["StdinOnce"].as_bool().unwrap_or(false),
@@ -182,7 +179,7 @@ pub fn new_container(
     if let Some(bad_cap) = options
         .cap_add
         .iter()
-        .find(|c| !DEFAULT_CAPS.contains(&normal_cap(c).as_str()))
+        .find(|c| !DOCKER_DEFAULT_CAPS.contains(&normal_cap(c).as_str()))
     {
         return Err(bad(format!(
             "--cap-add {bad_cap}: only docker's default capabilities are available in a containerVM today"
@@ -191,7 +188,7 @@ pub fn new_container(
     Ok(NewContainer {
         name,
         args,
-        env: merge_env(strings(&c["Env"]).unwrap_or_default(), &image.env),
+        env: merge_env(strings(&c["Env"]).unwrap_or_default(), &image.config.env),
         dir: options.working_dir.clone(),
         user: options.user.clone(),
         tty: c["Tty"].as_bool().unwrap_or(false),
@@ -223,16 +220,9 @@ impl Engine {
     /// to an image on disk) nothing.
     fn image_defaults(&self, reference: &str) -> Result<ImageDefaults, EngineError> {
         if let Some(image) = self.images.resolve(reference) {
-            let c = image.config;
             return Ok(ImageDefaults {
                 id: image.id,
-                entrypoint: c.entrypoint,
-                cmd: c.cmd,
-                env: c.env,
-                working_dir: c.working_dir,
-                user: c.user,
-                labels: c.labels,
-                stop_signal: c.stop_signal,
+                config: image.config,
             });
         }
         if reference.starts_with('/') && std::path::Path::new(reference).exists() {
@@ -244,24 +234,6 @@ impl Engine {
 
 /// The smallest VM tether and a kernel fit in.
 pub const MIN_MEMORY_MB: u32 = 64;
-
-/// docker's default capability set (what tether keeps unless told to drop).
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
 
 fn normal_cap(c: &str) -> String {
     let up = c.to_ascii_uppercase();
@@ -276,17 +248,20 @@ mod tests {
     fn image() -> ImageDefaults {
         ImageDefaults {
             id: "sha256:abc".into(),
-            entrypoint: Some(vec!["/bin/entry".into()]),
-            cmd: Some(vec!["serve".into(), "--port=80".into()]),
-            env: vec![
-                "PATH=/opt/bin:/bin".into(),
-                "MODE=image".into(),
-                "KEEP=1".into(),
-            ],
-            working_dir: "/srv".into(),
-            user: "app".into(),
-            labels: [("from".to_string(), "image".to_string())].into(),
-            stop_signal: Some("SIGQUIT".into()),
+            config: ImageConfig {
+                entrypoint: Some(vec!["/bin/entry".into()]),
+                cmd: Some(vec!["serve".into(), "--port=80".into()]),
+                env: vec![
+                    "PATH=/opt/bin:/bin".into(),
+                    "MODE=image".into(),
+                    "KEEP=1".into(),
+                ],
+                working_dir: "/srv".into(),
+                user: "app".into(),
+                labels: [("from".to_string(), "image".to_string())].into(),
+                stop_signal: Some("SIGQUIT".into()),
+                ..Default::default()
+            },
         }
     }
 
