@@ -1,7 +1,6 @@
 //! docker's create request (`POST /containers/create`) to a container record: the request's
 //! Config and HostConfig, with the image's config as the default, merged as dockerd merges them.
 
-
 use serde_json::Value;
 
 use guestinfo::contract::DOCKER_DEFAULT_CAPS;
