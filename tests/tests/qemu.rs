@@ -227,16 +227,23 @@ fn appliance_run_is_docker_run_for_containervms() {
             .unwrap()
     };
     // Foreground: output passes through, the container's exit code is ours.
+    // Every repeated -e arrives, in order.
     let fg = run(&[
         "--name",
         "fg",
+        "-e",
+        "A=1",
+        "-e",
+        "B=2",
+        "-e",
+        "C=3",
         rootfs.to_str().unwrap(),
         "--",
         "sh",
         "-c",
-        "echo out; echo err >&2; exit 3",
+        "echo out $A $B $C; echo err >&2; exit 3",
     ]);
-    assert_eq!(text(&fg.stdout), "out\n");
+    assert_eq!(text(&fg.stdout), "out 1 2 3\n");
     assert!(text(&fg.stderr).ends_with("err\n"), "{}", text(&fg.stderr));
     assert_eq!(fg.status.code(), Some(3));
     // Detached, over the COM port transport: prints the id and returns; docker sees it.
