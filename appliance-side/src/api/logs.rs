@@ -124,18 +124,30 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
     for e in &entries {
         sent[e.stream as usize] = e.offset + e.bytes.len() as u64;
     }
-    let selected: Vec<&Entry> = entries
+    // A restarted container's earlier boots come first, as docker shows every run's output.
+    // Not for a follower (its resume offsets count the current boot's bytes only).
+    let earlier = if follow || q.contains_key("resume") {
+        Vec::new()
+    } else {
+        earlier_boots(dir.parent().unwrap_or(&dir), &st.boot)
+    };
+    let selected: Vec<(bool, &Entry)> = earlier
         .iter()
-        .filter(|e| sel.wants(e.stream) && e.unix_nanos >= since && e.unix_nanos <= until)
+        .map(|e| (false, e))
+        .chain(entries.iter().map(|e| (true, e)))
+        .filter(|(_, e)| sel.wants(e.stream) && e.unix_nanos >= since && e.unix_nanos <= until)
         .collect();
     let skip = tail.map_or(0, |t| selected.len().saturating_sub(t));
     let mut out = Vec::new();
-    // Where each stream's bytes in this response begin; from there they are contiguous.
+    // Where each stream's bytes of the current boot in this response begin; from there they
+    // are contiguous.
     let mut start = sent;
-    for e in selected[skip..].iter().rev() {
-        start[e.stream as usize] = e.offset;
+    for (current, e) in selected[skip..].iter().rev() {
+        if *current {
+            start[e.stream as usize] = e.offset;
+        }
     }
-    for e in &selected[skip..] {
+    for (_, e) in &selected[skip..] {
         out.extend(sel.frame(e.stream, &e.time, &e.bytes));
     }
     let start_header = format!("{},{}", start[0], start[1]);
@@ -174,6 +186,21 @@ pub fn logs(api: &Api, reference: &str, q: &HashMap<String, String>) -> ApiRespo
         .header(START_HEADER, start_header)
         .body(body)
         .expect("static")
+}
+
+/// The main session's entries of every boot but `current`, oldest boot first (by its first
+/// entry's time).
+fn earlier_boots(logs_root: &std::path::Path, current: &str) -> Vec<Entry> {
+    let mut boots: Vec<Vec<Entry>> = std::fs::read_dir(logs_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy() != current)
+        .filter_map(|d| logstore::read_entries(&d.path(), MAIN_SESSION).ok())
+        .filter(|entries| !entries.is_empty())
+        .collect();
+    boots.sort_by_key(|entries| entries[0].unix_nanos);
+    boots.into_iter().flatten().collect()
 }
 
 /// How often a follower looks for a containerVM that has not reconnected yet.
