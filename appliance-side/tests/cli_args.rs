@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance::home::Home;
 use appliance::store::records;
 use appliance::testing::sim::{handshake_as, run_guest, GuestBehaviour};
-use common::{runtime, TempHome};
+use common::{runtime, ServerProcess, TempHome};
 use serde_json::Value;
 
 const VERBS: [&str; 10] = [
@@ -30,38 +30,6 @@ fn appliance(home: &Home, args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// A `appliance serve` in the foreground, killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(home: &Home) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .arg("serve")
-            .env("TETHER_HOME", home.root())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        // The API socket is bound after the channel socket: both are up when it answers.
-        while std::os::unix::net::UnixStream::connect(home.docker_socket()).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `appliance create ARGS`; the new container's id.
@@ -131,7 +99,7 @@ fn exec_with_args(home: &Home, id: &str, args: &[&str]) -> Value {
 fn exec_delivers_every_env_value_in_order() {
     let t = TempHome::new("cli-exec-env");
     let home = t.home();
-    let _server = Server::start(&home);
+    let _server = ServerProcess::start(&home);
     let rt = runtime();
     let id = running_container(&rt, &home, "app");
     let out = appliance(
@@ -158,7 +126,7 @@ fn exec_delivers_every_env_value_in_order() {
 fn the_command_after_the_container_keeps_its_own_flags() {
     let t = TempHome::new("cli-exec-argv");
     let home = t.home();
-    let _server = Server::start(&home);
+    let _server = ServerProcess::start(&home);
     let rt = runtime();
     let id = running_container(&rt, &home, "app");
     // The guest echoes the arguments after the program: `-c` and `-n` arrived as arguments.
@@ -178,7 +146,7 @@ fn the_command_after_the_container_keeps_its_own_flags() {
 fn bundled_short_flags_reach_the_server() {
     let t = TempHome::new("cli-exec-bundle");
     let home = t.home();
-    let _server = Server::start(&home);
+    let _server = ServerProcess::start(&home);
     let rt = runtime();
     let id = running_container(&rt, &home, "app");
     // -d: the exec is started and the command returns at once.
@@ -195,7 +163,7 @@ fn bundled_short_flags_reach_the_server() {
 fn server_errors_exit_1_with_dockers_text() {
     let t = TempHome::new("cli-server-error");
     let home = t.home();
-    let _server = Server::start(&home);
+    let _server = ServerProcess::start(&home);
     for args in [
         &["inspect", "ghost"][..],
         &["exec", "-e", "A=1", "ghost", "env"],

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use appliance::home::Home;
@@ -20,30 +20,12 @@ use wire::{
     StreamKey, StreamKind,
 };
 
-struct ServerProcess(Child);
+/// Resident memory of the server process, in KiB.
+trait Rss {
+    fn rss_kib(&self) -> u64;
+}
 
-impl ServerProcess {
-    fn start(home: &Home) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .arg("serve")
-            .env("TETHER_HOME", home.root())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        // The API socket is bound after the channel socket: both are up when it answers.
-        while std::os::unix::net::UnixStream::connect(home.docker_socket()).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
-    }
-
-    /// Resident memory of the server process, in KiB.
+impl Rss for ServerProcess {
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
         status
@@ -51,13 +33,6 @@ impl ServerProcess {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -37,13 +37,7 @@ impl Vms {
         exits: mpsc::UnboundedSender<VmExit>,
     ) {
         let pid = child.id();
-        self.running.lock().expect("vms lock").insert(
-            id.to_string(),
-            Vm {
-                pid,
-                stopping: false,
-            },
-        );
+        self.track(id, pid);
         let id = id.to_string();
         // A blocking wait reaps the child the moment it ends; one parked thread per VM.
         std::thread::spawn(move || {
@@ -59,13 +53,7 @@ impl Vms {
     /// its pid is polled, and checked against the start time recorded at launch, so a reused
     /// pid is never taken for the VM.
     pub fn adopt(&self, id: &str, pid: u32, start_time: u64, exits: mpsc::UnboundedSender<VmExit>) {
-        self.running.lock().expect("vms lock").insert(
-            id.to_string(),
-            Vm {
-                pid,
-                stopping: false,
-            },
-        );
+        self.track(id, pid);
         let id = id.to_string();
         tokio::spawn(async move {
             while process_start_time(pid) == Some(start_time) {
@@ -78,6 +66,17 @@ impl Vms {
                 how: how.into(),
             });
         });
+    }
+
+    fn track(&self, id: &str, pid: u32) {
+        let vm = Vm {
+            pid,
+            stopping: false,
+        };
+        self.running
+            .lock()
+            .expect("vms lock")
+            .insert(id.to_string(), vm);
     }
 
     /// Forgets the VM once its exit is handled; whether it was being stopped on purpose.

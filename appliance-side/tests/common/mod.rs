@@ -188,3 +188,36 @@ pub async fn simulated_tether_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite
         }
     }
 }
+
+/// `appliance serve` in the foreground (its log in `server.log`), ready when its API answers;
+/// killed on drop.
+pub struct ServerProcess(pub std::process::Child);
+
+impl ServerProcess {
+    pub fn start(home: &Home) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .arg("serve")
+            .env("TETHER_HOME", home.root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        // The API socket is bound after the channel socket: both are up when it answers.
+        while std::os::unix::net::UnixStream::connect(home.docker_socket()).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
