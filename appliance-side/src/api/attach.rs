@@ -86,7 +86,15 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
     let running = api.running_soon(&rec).await;
     let status = api.state(&rec.id).status;
     let source = match running {
-        Ok(c) => Source::Running(c),
+        Ok(c) => {
+            // Subscribed before the release, so none of the output is missed.
+            let events = c.events.subscribe();
+            // A main session configured to wait for its first attach may start now.
+            let _ = c.send_control(Control::Release {
+                session: MAIN_SESSION,
+            });
+            Source::Running(c, events)
+        }
         // `docker run` and `start -a` attach before they start: wait for the VM, then
         // follow from its first byte (start holds the process until this attach listens).
         Err(_) if status == ContainerStatus::Created => Source::Starting {
@@ -105,14 +113,7 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
     tokio::spawn(async move {
         let Ok(io) = on_upgrade.await else { return };
         let (c, events) = match source {
-            Source::Running(c) => {
-                let events = c.events.subscribe();
-                // A main session configured to wait for its first attach may start now.
-                let _ = c.send_control(Control::Release {
-                    session: MAIN_SESSION,
-                });
-                (c, events)
-            }
+            Source::Running(c, events) => (c, events),
             Source::Starting { pending, old_boot } => {
                 let Some(c) = wait_for_boot(&api2, &id, &old_boot).await else {
                     return;
@@ -130,7 +131,7 @@ pub async fn attach(api: Arc<Api>, reference: &str, mut req: Request<Incoming>) 
 
 /// Where an attach's output comes from.
 enum Source {
-    Running(Arc<Container>),
+    Running(Arc<Container>, tokio::sync::broadcast::Receiver<Event>),
     Starting {
         pending: crate::engine::PendingAttach,
         old_boot: String,
