@@ -104,27 +104,14 @@ impl Server {
         self.announce(Lifecycle::Connected {
             id: container.id.clone(),
         });
-        let end = self.run(container, hello, rd, wr, &kick).await;
+        // The loop ends only by an error or a new Hello.
+        let Err(end) = self.run_until_end(container, hello, rd, wr, &kick).await;
         let mut live = self.live.lock().expect("lock");
         if live.get(&container.id).is_some_and(|l| l.conn == conn) {
             live.remove(&container.id);
             container.set_connected(false);
         }
         end
-    }
-
-    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-        &self,
-        c: &Arc<Container>,
-        hello: &Hello,
-        rd: &mut MessageStream<R>,
-        wr: &mut W,
-        kick: &Notify,
-    ) -> End {
-        match self.run_until_end(c, hello, rd, wr, kick).await {
-            Ok(()) => End::Error("closed".into()),
-            Err(end) => end,
-        }
     }
 
     async fn run_until_end<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -134,7 +121,7 @@ impl Server {
         rd: &mut MessageStream<R>,
         wr: &mut W,
         kick: &Notify,
-    ) -> Result<(), End> {
+    ) -> Result<std::convert::Infallible, End> {
         let start = Instant::now();
         let mut keepalive = Keepalive::new(0, PING_INTERVAL_MS, DEAD_AFTER_MS);
         let mut tick = tokio::time::interval(TICK);

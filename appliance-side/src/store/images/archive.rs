@@ -201,17 +201,7 @@ fn root_cause(e: &io::Error) -> String {
 /// The tar reader's message with its causes, its paths relative to the archive, and the bytes
 /// it quotes from a header that is not one left out (they are not text).
 fn printable(e: &io::Error, dest: &Path) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    let text = text.replace(&format!("{}/", dest.display()), "");
+    let text = bootstrap::error::with_causes(e).replace(&format!("{}/", dest.display()), "");
     if text.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return "binary data where a tar header should be".to_string();
     }

@@ -42,28 +42,13 @@ pub(super) fn disk(
         source,
     })?;
     let rootfs = bootstrap::image::materialize(layout, work)
-        .map_err(|e| BuildError::Disk(clean(with_causes(&e))))?;
+        .map_err(|e| BuildError::Disk(clean(bootstrap::error::with_causes(&e))))?;
     let size = content_size(&rootfs);
     let raw = work.join("disk.raw");
     bootstrap::disk::ext4_from_dir(&rootfs, &raw, DEFAULT_DISK_LABEL, 0)
         .and_then(|()| bootstrap::disk::convert(&raw, disk, bootstrap::disk::Format::Qcow2))
-        .map_err(|e| BuildError::Disk(clean(with_causes(&e))))?;
+        .map_err(|e| BuildError::Disk(clean(bootstrap::error::with_causes(&e))))?;
     Ok(size)
-}
-
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        // thiserror's transparent and `{source}` messages often repeat the cause.
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// What docker calls an image's size: the bytes of its files (a hard link counted once,
