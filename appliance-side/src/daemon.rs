@@ -24,6 +24,8 @@ pub struct ServeOptions {
     pub log_format: LogFormat,
     /// `--api-tcp` and its TLS files: the docker API on TCP too (mutual TLS unless insecure).
     pub api_tcp: TcpApiFlags,
+    /// `--unresponsive-after`: no channel for this long makes a running container unhealthy.
+    pub unresponsive_after: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -34,6 +36,7 @@ impl Default for ServeOptions {
             log_level: None,
             log_format: LogFormat::Text,
             api_tcp: TcpApiFlags::default(),
+            unresponsive_after: crate::engine::health::DEFAULT_UNRESPONSIVE_AFTER,
         }
     }
 }
@@ -74,6 +77,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         let server = Server::new(home.clone());
         let backend = QemuBackend::new(home.clone(), None, None);
         let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
+        engine.set_unresponsive_after(opts.unresponsive_after);
         let api = Api::with_engine(engine);
         if let Err(e) = server.listen_unix(&home.channel_socket()).await {
             return fail(format!(
@@ -162,6 +166,8 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
             &opts.tcp,
             "--log-format",
             opts.log_format.as_str(),
+            "--unresponsive-after",
+            &opts.unresponsive_after.as_secs().to_string(),
         ])
         .args(
             opts.log_level

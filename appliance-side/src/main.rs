@@ -63,6 +63,9 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
             ca: a.tls_ca,
             insecure: a.api_insecure_tcp,
         },
+        unresponsive_after: a
+            .unresponsive_after
+            .map_or(defaults.unresponsive_after, std::time::Duration::from_secs),
         log_level,
         log_format: match log_format {
             LogFormat::Text => appliance::logging::LogFormat::Text,

@@ -220,6 +220,19 @@ impl Streams {
         }
     }
 
+    /// The application could not store what `key` delivered from offset `to` on (for the
+    /// control stream, a record boundary it has stored): it is received again later, when the
+    /// peer retransmits. See [`InStream::roll_back`].
+    pub fn roll_back(&mut self, key: StreamKey, to: u64) {
+        if let Some(s) = self.inp.get_mut(&key) {
+            s.roll_back(to);
+            if key == StreamKey::CONTROL {
+                // Bytes of a record not yet complete lie past every stored boundary.
+                self.control_in = ControlDecoder::new();
+            }
+        }
+    }
+
     /// Forgets outgoing streams whose every byte and fin the peer has acknowledged.
     pub fn remove_finished_out(&mut self) -> Vec<StreamKey> {
         let done: Vec<StreamKey> = self

@@ -463,6 +463,22 @@ impl InStream {
         self.granted = self.granted.max(self.released + self.window);
     }
 
+    /// The application could not keep what was delivered from `to` on (its store is full):
+    /// forget it, so it is received again. No rewind is asked for: the sender would resend at
+    /// once, and again, as fast as the line goes. Its retransmission timer brings the bytes back
+    /// once per timeout instead, which is the retry. Nothing from `to` on was acknowledged, so
+    /// the sender still holds it; gaps behind `to` ask for no rewind either.
+    pub fn roll_back(&mut self, to: u64) {
+        let to = to.min(self.next);
+        // The control stream releases whole records before they are stored: it may roll back
+        // below its release point (no ack has gone out for that part yet).
+        self.released = self.released.min(to);
+        self.next = to;
+        self.fin_received = false;
+        self.rewound_at = Some(to);
+        self.pending_rewind = None;
+    }
+
     /// A new connection: forget what was sent on the old one so the ack goes out again.
     pub fn reset_link(&mut self) {
         self.last_ack = None;

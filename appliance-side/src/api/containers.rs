@@ -10,6 +10,7 @@ use guestinfo::contract::MAIN_SESSION;
 
 use crate::api::body;
 use crate::api::http::{error, flag, json_response, ApiError};
+use crate::api::status::{health_json, status_text};
 use crate::api::{Api, ApiResponse};
 use crate::engine::filters::Filters;
 use crate::server::container::Container;
@@ -50,7 +51,7 @@ impl Api {
                 "Command": command_line(&rec),
                 "Created": created_unix(&rec),
                 "State": docker_status(&st),
-                "Status": status_text(&st),
+                "Status": status_text(&st, self.engine.health(&rec.id, &st).as_ref()),
                 "Ports": [],
                 "Labels": rec.options.labels,
                 "HostConfig": {"NetworkMode": "default"},
@@ -69,6 +70,34 @@ impl Api {
         let st = self.state(&rec.id);
         let main = st.main().cloned().unwrap_or_default();
         let running = st.status == ContainerStatus::Running;
+        let health = self.engine.health(&rec.id, &st);
+        // A full log store is what is wrong with a running container now; otherwise what
+        // tether or the engine said of its (last) main process.
+        let error = match health.as_ref().and_then(|h| h.store_error.clone()) {
+            Some(full) => full,
+            None if main.error.is_empty() => st.detail.clone(),
+            None => main.error.clone(),
+        };
+        let mut state = json!({
+            "Status": docker_status(&st),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": self.engine.host_pid(&rec.id, &st),
+            "ExitCode": main.exit_code.unwrap_or(0),
+            "Error": error,
+            "StartedAt": or_zero_time(&main.started_at),
+            "FinishedAt": or_zero_time(&main.finished_at),
+        });
+        if let Some(h) = &health {
+            state["Health"] = health_json(
+                h,
+                self.engine.unresponsive_after(),
+                &crate::store::logs::now_rfc3339().0,
+            );
+        }
         json_response(
             StatusCode::OK,
             &json!({
@@ -78,19 +107,7 @@ impl Api {
                 "Args": rec.args.iter().skip(1).collect::<Vec<_>>(),
                 "Name": format!("/{}", rec.name),
                 "Image": rec.image,
-                "State": {
-                    "Status": docker_status(&st),
-                    "Running": running,
-                    "Paused": false,
-                    "Restarting": false,
-                    "OOMKilled": false,
-                    "Dead": false,
-                    "Pid": if running { main.pid.unwrap_or(0) } else { 0 },
-                    "ExitCode": main.exit_code.unwrap_or(0),
-                    "Error": if main.error.is_empty() { st.detail.clone() } else { main.error.clone() },
-                    "StartedAt": or_zero_time(&main.started_at),
-                    "FinishedAt": or_zero_time(&main.finished_at),
-                },
+                "State": state,
                 "Config": config_json(&rec),
                 "HostConfig": host_config_json(&rec),
                 "Mounts": [],
@@ -139,17 +156,6 @@ pub fn resize(c: &Container, session: SessionId, q: &HashMap<String, String>) ->
 
 fn docker_status(st: &State) -> &'static str {
     st.status.docker_word()
-}
-
-fn status_text(st: &State) -> String {
-    match st.status {
-        ContainerStatus::Running => "Up".into(),
-        ContainerStatus::Exited | ContainerStatus::Failed => format!(
-            "Exited ({})",
-            st.main().and_then(|m| m.exit_code).unwrap_or(0)
-        ),
-        ContainerStatus::Created => "Created".into(),
-    }
 }
 
 /// Whether the ancestor filter value `v` names the container's image (by id or id prefix).

@@ -16,6 +16,7 @@ mod lifecycle;
 pub mod logs;
 mod router;
 mod stats;
+mod status;
 pub mod stdcopy;
 mod system;
 pub mod tls;

@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// Serve --api-tcp without TLS, on a loopback address only: anyone who can connect is root
     #[arg(long)]
     pub api_insecure_tcp: bool,
+    /// Report a running container unhealthy (inspect, ps) once its tether has had no channel
+    /// for this many seconds [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub unresponsive_after: Option<u64>,
 }
 
 /// The process flags `create`, `exec` and `run` share.

@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod create;
 pub mod events;
 pub mod filters;
+pub mod health;
 pub mod images;
 mod lifecycle;
 pub mod maintenance;
@@ -89,6 +90,8 @@ pub struct Engine {
     /// One lifecycle operation at a time per container (start, stop, restart, rm).
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     vm_exits: tokio::sync::mpsc::UnboundedSender<vms::VmExit>,
+    /// See [`health::DEFAULT_UNRESPONSIVE_AFTER`].
+    unresponsive_after_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -111,6 +114,9 @@ impl Engine {
             names: Mutex::new(()),
             ops: Mutex::new(HashMap::new()),
             vm_exits,
+            unresponsive_after_ms: std::sync::atomic::AtomicU64::new(
+                health::DEFAULT_UNRESPONSIVE_AFTER.as_millis() as u64,
+            ),
             server,
         });
         supervise::spawn(&engine, exits_rx);

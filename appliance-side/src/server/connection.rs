@@ -189,9 +189,11 @@ impl Server {
                 return Err(End::Error(format!("protocol violation, disconnected: {e}")));
             }
             match inbound {
-                Ok(Inbound::Data { key, bytes, fin }) => c
-                    .on_output(key, &bytes, fin)
-                    .map_err(|e| End::Error(format!("log store: {e}")))?,
+                // A store that cannot take the output (a full disk) rolled it back: it comes
+                // again with tether's next retransmission. The channel stays up meanwhile.
+                Ok(Inbound::Data { key, bytes, fin }) => {
+                    let _ = c.on_output(key, &bytes, fin);
+                }
                 Ok(Inbound::Control(records)) => {
                     let main_exit = records.iter().find_map(|r| match r {
                         Control::Exited {
@@ -201,8 +203,10 @@ impl Server {
                         } => Some(*exit_code),
                         _ => None,
                     });
-                    c.on_control(records)
-                        .map_err(|e| End::Error(format!("state store: {e}")))?;
+                    // Not stored (a full disk): rolled back, to come again, and announced then.
+                    if c.on_control(records).is_err() {
+                        continue;
+                    }
                     if let Some(exit_code) = main_exit {
                         self.announce(Lifecycle::MainExited {
                             id: c.id.clone(),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use guestinfo::contract::MAIN_SESSION;
 
@@ -25,7 +26,30 @@ pub struct Inner {
     writers: BTreeMap<SessionId, LogWriter>,
     dir: PathBuf,
     rotation: Rotation,
+    /// What is known only while the server runs: reset by a new boot or a server restart.
+    runtime: Runtime,
 }
+
+#[derive(Debug)]
+struct Runtime {
+    /// The log or state store refuses writes (its disk is full): output is held back in the
+    /// guest meanwhile, and taken again on its next retransmission.
+    store_fault: Option<StoreFault>,
+    /// Since when no channel has been up (None while one is).
+    disconnected_since: Option<Instant>,
+    /// The VM is gone: no more output will come.
+    vm_gone: bool,
+}
+
+#[derive(Debug)]
+struct StoreFault {
+    error: String,
+    since: Instant,
+    reported: Instant,
+}
+
+/// How often a store that stays full is logged again.
+const STORE_FAULT_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Shared by the connection task and API handlers; locked briefly, never across an await.
 pub struct Container {
@@ -96,6 +120,11 @@ impl Container {
                 writers,
                 dir,
                 rotation,
+                runtime: Runtime {
+                    store_fault: None,
+                    disconnected_since: Some(Instant::now()),
+                    vm_gone: false,
+                },
             }),
             events: EventHub::default(),
             tx_wake: Notify::new(),
@@ -111,7 +140,28 @@ impl Container {
         self.inner.lock().expect("container lock").state.clone()
     }
 
+    /// Why the store refuses this container's output right now, if it does.
+    pub fn store_error(&self) -> Option<String> {
+        let inner = self.inner.lock().expect("container lock");
+        inner.runtime.store_fault.as_ref().map(|f| {
+            format!(
+                "log store full for {} s: {}; output is held back in the containerVM until space is freed",
+                f.since.elapsed().as_secs(),
+                f.error
+            )
+        })
+    }
+
+    /// How long no channel has been up, if none is.
+    pub fn disconnected_for(&self) -> Option<Duration> {
+        let inner = self.inner.lock().expect("container lock");
+        inner.runtime.disconnected_since.map(|t| t.elapsed())
+    }
+
     /// Persists and fans out one delivery of output. Returns after the bytes are in the log.
+    /// If the store cannot take them (its disk is full), nothing is acknowledged: the delivery
+    /// is rolled back, to come again with tether's next retransmission, and the fault is
+    /// reported (in inspect, and a log record every few seconds) until a write succeeds.
     pub fn on_output(&self, key: StreamKey, bytes: &[u8], fin: bool) -> io::Result<()> {
         let Some(stream) = kind_stream(key.kind) else {
             return Ok(());
@@ -122,13 +172,22 @@ impl Container {
         let w = match inner.writers.entry(key.session) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(LogWriter::open(&dir, key.session, inner.rotation)?)
+                match LogWriter::open(&dir, key.session, inner.rotation) {
+                    Ok(w) => v.insert(w),
+                    Err(e) => {
+                        // Nothing of this stream is stored: it starts over at 0.
+                        inner.streams.roll_back(key, 0);
+                        inner.runtime.store_failed(&self.id, &e);
+                        return Err(e);
+                    }
+                }
             }
         };
         let offset = w.offset(stream);
-        w.append(stream, bytes)?;
-        if fin {
-            w.finish(stream)?;
+        if let Err(e) = w.append(stream, bytes) {
+            inner.streams.roll_back(key, offset);
+            inner.runtime.store_failed(&self.id, &e);
+            return Err(e);
         }
         // Persisted: now it may be acknowledged.
         inner.streams.release(key, bytes.len() as u64);
@@ -140,95 +199,56 @@ impl Container {
                 bytes: Arc::new(bytes.to_vec()),
             });
         }
+        if fin {
+            if let Err(e) = w.finish(stream) {
+                // The bytes are kept; only the end comes again.
+                inner.streams.roll_back(key, offset + bytes.len() as u64);
+                inner.runtime.store_failed(&self.id, &e);
+                return Err(e);
+            }
+        }
+        inner.runtime.store_ok(&self.id);
         Ok(())
     }
 
-    /// Applies control records to the state and persists it (before the ack goes out).
+    /// Applies control records to the state and persists it (before the ack goes out). If the
+    /// state cannot be stored, the records are rolled back whole (state and stream) to come
+    /// again with tether's next retransmission; their events go out only once stored.
     pub fn on_control(&self, records: Vec<Control>) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("container lock");
+        let before = inner.state.clone();
+        let mut events = Vec::new();
+        let mut logs = Vec::new();
         for r in records {
-            let state = &mut inner.state;
-            match r {
-                Control::Started { session, name, pid } => {
-                    let s = state.sessions.entry(session).or_default();
-                    s.name = name;
-                    s.pid = Some(pid);
-                    s.running = true;
-                    s.started_at = now();
-                    if session == MAIN_SESSION {
-                        state.status = ContainerStatus::Running;
-                    }
-                    self.events.send(|| Event::Started { session });
-                }
-                Control::StartFailed {
-                    session, message, ..
-                } => {
-                    let s = state.sessions.entry(session).or_default();
-                    s.error = message.clone();
-                    self.events.send(|| Event::StartFailed {
-                        session,
-                        message: message.clone(),
-                    });
-                    if session == MAIN_SESSION {
-                        state.detail = message;
-                    }
-                }
-                Control::Exited {
-                    session,
-                    exit_code,
-                    signal,
-                } => {
-                    let s = state.sessions.entry(session).or_default();
-                    s.running = false;
-                    s.exit_code = Some(exit_code);
-                    s.signal = signal;
-                    s.finished_at = now();
-                    if session == MAIN_SESSION {
-                        state.status = if s.error.is_empty() {
-                            ContainerStatus::Exited
-                        } else {
-                            ContainerStatus::Failed
-                        };
-                    }
-                    self.events.send(|| Event::Exited { session, exit_code });
-                }
-                Control::State {
-                    state: GuestState::Failed,
-                    detail,
-                } => {
-                    state.status = ContainerStatus::Failed;
-                    state.detail = detail;
-                }
-                Control::Status { state: st, detail }
-                    if GuestState::from_legacy(&st) == Some(GuestState::Failed) =>
-                {
-                    state.status = ContainerStatus::Failed;
-                    state.detail = detail;
-                }
-                Control::Timing {
-                    stage,
-                    monotonic_nanos,
-                } => {
-                    state.timings.insert(stage, monotonic_nanos);
-                }
-                Control::Log { level, message } => {
-                    // Tether's own diagnostics, at the level tether gave them.
-                    let id = &self.id;
-                    match level {
-                        LogLevel::Error => tracing::error!(container = %id, "tether: {message}"),
-                        LogLevel::Warn => tracing::warn!(container = %id, "tether: {message}"),
-                        LogLevel::Info => tracing::info!(container = %id, "tether: {message}"),
-                        LogLevel::Debug => tracing::debug!(container = %id, "tether: {message}"),
-                    }
-                }
-                _ => {}
-            }
+            apply_control(&mut inner.state, r, &mut events, &mut logs);
         }
         inner.state.control_offset = inner
             .streams
             .in_stream(StreamKey::CONTROL)
             .map_or(0, |s| s.released());
-        persist_state(&inner)
+        if let Err(e) = persist_state(&inner) {
+            let stored = before.control_offset;
+            inner.state = before;
+            inner.streams.roll_back(StreamKey::CONTROL, stored);
+            inner.runtime.store_failed(&self.id, &e);
+            return Err(e);
+        }
+        inner.runtime.store_ok(&self.id);
+        drop(inner);
+        for ev in events {
+            self.events.send(|| ev);
+        }
+        // Tether's own diagnostics, at the level tether gave them.
+        let id = &self.id;
+        for (level, message) in logs {
+            match level {
+                LogLevel::Error => tracing::error!(container = %id, "tether: {message}"),
+                LogLevel::Warn => tracing::warn!(container = %id, "tether: {message}"),
+                LogLevel::Info => tracing::info!(container = %id, "tether: {message}"),
+                LogLevel::Debug => tracing::debug!(container = %id, "tether: {message}"),
+            }
+        }
+        Ok(())
     }
 
     /// Tether may speak only of sessions the appliance asked for: the main session (1) and the
@@ -269,6 +289,9 @@ impl Container {
         inner.state.connected = connected;
         if connected {
             inner.state.link.connections += 1;
+            inner.runtime.disconnected_since = None;
+        } else {
+            inner.runtime.disconnected_since = Some(Instant::now());
         }
         // A connected containerVM is running, even while its main process waits for an attach.
         if connected && inner.state.status == ContainerStatus::Created {
@@ -293,35 +316,54 @@ impl Container {
             .sessions
             .get(&session)
             .is_some_and(|s| !s.error.is_empty() && s.pid.is_none());
-        never_started || (done(StreamKind::Stdout) && (tty || done(StreamKind::Stderr)))
+        inner.runtime.vm_gone
+            || never_started
+            || (done(StreamKind::Stdout) && (tty || done(StreamKind::Stderr)))
     }
 
     /// The VM is gone without its main process having reported an exit (QEMU died, or was
     /// killed because tether did not answer): the container has exited with `exit_code`, and
-    /// `why` says what happened. Releases waiters and followers like a real exit. False if the
-    /// main process had already exited.
+    /// `why` says what happened. Every session still running (the main process, execs) ends
+    /// with that code, and no more output is awaited: waiters, attached clients and exec
+    /// clients are released at once. False if the main process had already exited.
     pub fn mark_vm_gone(&self, exit_code: i32, why: &str) -> io::Result<bool> {
         let mut inner = self.inner.lock().expect("container lock");
         inner.state.connected = false;
-        if inner.state.status.is_finished() {
-            persist_state(&inner)?;
-            return Ok(false);
+        inner.runtime.vm_gone = true;
+        let main_done = inner.state.status.is_finished();
+        let finished_at = now();
+        let mut ended = Vec::new();
+        for (session, s) in inner.state.sessions.iter_mut() {
+            if *session == MAIN_SESSION && main_done || s.exit_code.is_some() {
+                continue;
+            }
+            s.running = false;
+            s.exit_code = Some(exit_code);
+            s.finished_at = finished_at.clone();
+            if s.error.is_empty() {
+                s.error = why.to_string();
+            }
+            ended.push(*session);
         }
-        let s = inner.state.sessions.entry(MAIN_SESSION).or_default();
-        s.running = false;
-        s.exit_code = Some(exit_code);
-        s.finished_at = now();
-        if s.error.is_empty() {
-            s.error = why.to_string();
+        if !main_done {
+            if !ended.contains(&MAIN_SESSION) {
+                // Its Started never arrived: the main session is not in the state yet.
+                let s = inner.state.sessions.entry(MAIN_SESSION).or_default();
+                s.exit_code = Some(exit_code);
+                s.finished_at = finished_at;
+                s.error = why.to_string();
+                ended.push(MAIN_SESSION);
+            }
+            inner.state.status = ContainerStatus::Exited;
         }
-        inner.state.status = ContainerStatus::Exited;
-        persist_state(&inner)?;
+        // Released even if the state cannot be stored (a full disk): nobody may hang on a VM
+        // that is gone.
+        let stored = persist_state(&inner);
         drop(inner);
-        self.events.send(|| Event::Exited {
-            session: MAIN_SESSION,
-            exit_code,
-        });
-        Ok(true)
+        for session in ended {
+            self.events.send(|| Event::Exited { session, exit_code });
+        }
+        stored.map(|()| !main_done)
     }
 
     /// Queues a control record for tether.
@@ -368,6 +410,120 @@ fn server_stream_config() -> StreamConfig {
     StreamConfig {
         in_window: cfg.out_capacity as u64,
         ..cfg
+    }
+}
+
+/// One control record applied to the state; the events and tether's log records it makes are
+/// collected, to go out once the state is stored.
+fn apply_control(
+    state: &mut State,
+    record: Control,
+    events: &mut Vec<Event>,
+    logs: &mut Vec<(LogLevel, String)>,
+) {
+    match record {
+        Control::Started { session, name, pid } => {
+            let s = state.sessions.entry(session).or_default();
+            s.name = name;
+            s.pid = Some(pid);
+            s.running = true;
+            s.started_at = now();
+            if session == MAIN_SESSION {
+                state.status = ContainerStatus::Running;
+            }
+            events.push(Event::Started { session });
+        }
+        Control::StartFailed {
+            session, message, ..
+        } => {
+            let s = state.sessions.entry(session).or_default();
+            s.error = message.clone();
+            events.push(Event::StartFailed {
+                session,
+                message: message.clone(),
+            });
+            if session == MAIN_SESSION {
+                state.detail = message;
+            }
+        }
+        Control::Exited {
+            session,
+            exit_code,
+            signal,
+        } => {
+            let s = state.sessions.entry(session).or_default();
+            s.running = false;
+            s.exit_code = Some(exit_code);
+            s.signal = signal;
+            s.finished_at = now();
+            if session == MAIN_SESSION {
+                state.status = if s.error.is_empty() {
+                    ContainerStatus::Exited
+                } else {
+                    ContainerStatus::Failed
+                };
+            }
+            events.push(Event::Exited { session, exit_code });
+        }
+        Control::State {
+            state: GuestState::Failed,
+            detail,
+        } => {
+            state.status = ContainerStatus::Failed;
+            state.detail = detail;
+        }
+        Control::Status { state: st, detail }
+            if GuestState::from_legacy(&st) == Some(GuestState::Failed) =>
+        {
+            state.status = ContainerStatus::Failed;
+            state.detail = detail;
+        }
+        Control::Timing {
+            stage,
+            monotonic_nanos,
+        } => {
+            state.timings.insert(stage, monotonic_nanos);
+        }
+        Control::Log { level, message } => logs.push((level, message)),
+        _ => {}
+    }
+}
+
+impl Runtime {
+    fn store_failed(&mut self, id: &str, e: &io::Error) {
+        let now = Instant::now();
+        match &mut self.store_fault {
+            Some(f) if now.duration_since(f.reported) < STORE_FAULT_REPORT_EVERY => {}
+            Some(f) => {
+                f.reported = now;
+                tracing::warn!(
+                    container = %id,
+                    "the log store still refuses output after {} s ({e}); it is held in the containerVM",
+                    f.since.elapsed().as_secs()
+                );
+            }
+            None => {
+                tracing::warn!(
+                    container = %id,
+                    "the log store refuses output ({e}): it is held in the containerVM, and its process blocks once tether's buffer is full; free space under TETHER_HOME"
+                );
+                self.store_fault = Some(StoreFault {
+                    error: e.to_string(),
+                    since: now,
+                    reported: now,
+                });
+            }
+        }
+    }
+
+    fn store_ok(&mut self, id: &str) {
+        if let Some(f) = self.store_fault.take() {
+            tracing::info!(
+                container = %id,
+                "the log store takes output again, after {} s",
+                f.since.elapsed().as_secs()
+            );
+        }
     }
 }
 

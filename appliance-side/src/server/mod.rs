@@ -61,6 +61,9 @@ pub struct Server {
     pub refused: AtomicU64,
     /// Lifecycle news for the engine: a main process ended, a channel came up.
     lifecycle: broadcast::Sender<Lifecycle>,
+    /// When this server started: a container that has not connected since has had no channel
+    /// for that long.
+    pub started: std::time::Instant,
 }
 
 /// What the server tells the engine about a container's life.
@@ -83,6 +86,7 @@ impl Server {
             pending_handshakes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             lifecycle: broadcast::channel(1024).0,
+            started: std::time::Instant::now(),
         })
     }
 

@@ -111,6 +111,8 @@ pub struct LogWriter {
     size: u64,
     rotation: Rotation,
     state: Checkpoint,
+    /// The current file was rotated into and has no checkpoint line yet.
+    needs_checkpoint: bool,
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -128,27 +130,15 @@ impl LogWriter {
             .read(true)
             .append(true)
             .open(&path)?;
-        let mut state = Checkpoint::default();
-        let mut good_len = 0u64;
-        {
-            let mut reader = BufReader::new(&mut file);
-            reader.seek(SeekFrom::Start(0))?;
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = reader.read_until(b'\n', &mut buf)?;
-                if n == 0 || buf.last() != Some(&b'\n') {
-                    break;
-                }
-                let Ok(line) = serde_json::from_slice::<Line>(&buf) else {
-                    break;
-                };
-                apply(&mut state, &line);
-                good_len += n as u64;
-            }
-        }
+        let (mut state, good_len) = scan(&mut file)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
+        }
+        // Rotated into, and stopped before its first entry (its checkpoint goes with it): the
+        // offsets are where the file before it ended.
+        let needs_checkpoint = good_len == 0 && rotated(&path, 1).exists();
+        if needs_checkpoint {
+            state = scan(&mut File::open(rotated(&path, 1))?)?.0;
         }
         Ok(Self {
             path,
@@ -156,6 +146,7 @@ impl LogWriter {
             size: good_len,
             rotation,
             state,
+            needs_checkpoint,
         })
     }
 
@@ -177,13 +168,34 @@ impl LogWriter {
         self.write_bytes(&out)
     }
 
-    /// Writes whole entry lines, rotating first if they would not fit.
+    /// Writes whole entry lines, rotating first if they would not fit. All or nothing: a write
+    /// that fails part way (the disk is full) is cut off again, so the file never holds a torn
+    /// line that a later entry would be appended to, and the caller may retry the same lines.
     fn write_bytes(&mut self, out: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + out.len() as u64 > self.rotation.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(out)?;
+        let mut whole;
+        let out = if self.needs_checkpoint {
+            // A rotated-into file starts with the offsets it continues from.
+            whole = serde_json::to_vec(&Line {
+                checkpoint: Some(self.state.clone()),
+                ..empty_line()
+            })?;
+            whole.push(b'\n');
+            whole.extend_from_slice(out);
+            &whole[..]
+        } else {
+            out
+        };
+        if let Err(e) = self.file.write_all(out) {
+            if let Err(cut) = self.file.set_len(self.size) {
+                tracing::error!(file = %self.path.display(), "cannot cut off a failed write: {cut}");
+            }
+            return Err(e);
+        }
         self.size += out.len() as u64;
+        self.needs_checkpoint = false;
         Ok(())
     }
 
@@ -207,14 +219,8 @@ impl LogWriter {
             .append(true)
             .open(&self.path)?;
         self.size = 0;
-        let cp = Line {
-            checkpoint: Some(self.state.clone()),
-            ..empty_line()
-        };
-        let mut out = serde_json::to_vec(&cp)?;
-        out.push(b'\n');
-        self.file.write_all(&out)?;
-        self.size = out.len() as u64;
+        // Written with the first entries: one write, cut off whole if it fails.
+        self.needs_checkpoint = true;
         Ok(())
     }
 
@@ -266,6 +272,29 @@ impl LogWriter {
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// The offsets after the file's complete entries, and the length of those entries: where a
+/// torn or garbled line, if any, begins.
+fn scan(file: &mut File) -> io::Result<(Checkpoint, u64)> {
+    let mut state = Checkpoint::default();
+    let mut good_len = 0u64;
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(0))?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        let Ok(line) = serde_json::from_slice::<Line>(&buf) else {
+            break;
+        };
+        apply(&mut state, &line);
+        good_len += n as u64;
+    }
+    Ok((state, good_len))
 }
 
 fn empty_line() -> Line {

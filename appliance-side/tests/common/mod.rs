@@ -195,11 +195,22 @@ pub struct ServerProcess(pub std::process::Child);
 
 impl ServerProcess {
     pub fn start(home: &Home) -> Self {
+        Self::start_with(home, &[], &home.root().join("server.log"))
+    }
+
+    /// `serve` with more flags, its log (appended to) at `log`.
+    pub fn start_with(home: &Home, args: &[&str], log: &std::path::Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
             .arg("serve")
+            .args(args)
             .env("TETHER_HOME", home.root())
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(home.root().join("server.log")).unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();

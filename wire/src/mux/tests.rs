@@ -197,3 +197,81 @@ fn stream_count_is_bounded() {
     }
     assert_eq!(result, Err(MuxError::TooManyStreams(4)));
 }
+
+/// A receiver whose store is full rolls back what it could not keep: nothing is acknowledged,
+/// no rewind makes the sender resend at line speed, and the sender's retransmission timer
+/// delivers the same bytes again once per timeout, until the store takes them.
+#[test]
+fn rolled_back_data_and_control_come_again_on_the_senders_timer() {
+    let cfg = StreamConfig {
+        max_chunk: 4,
+        rto_ms: 100,
+        ..Default::default()
+    };
+    let mut guest = Streams::new(Role::Guest, cfg.clone());
+    let mut server = Streams::new(Role::Appliance, cfg);
+    let out = StreamKey::new(1, StreamKind::Stdout);
+    guest.open_out(out).write(b"abcdefgh");
+    guest.open_out(out).close();
+    let exited = Control::Exited {
+        session: 1,
+        exit_code: 0,
+        signal: None,
+    };
+    guest.send_control(&exited).unwrap();
+
+    // The store is full: everything delivered is rolled back, data to 0 and control to 0.
+    let refused = std::cell::Cell::new(0);
+    let transmit = |guest: &mut Streams, server: &mut Streams, full: bool| {
+        let mut data = Vec::new();
+        let mut records = Vec::new();
+        while let Some(m) = guest.poll_transmit() {
+            match server.on_message(m).unwrap() {
+                Inbound::Data { key, bytes, fin } => {
+                    let at = server.in_stream(key).unwrap().released();
+                    if full {
+                        server.roll_back(key, at);
+                        refused.set(refused.get() + 1);
+                    } else {
+                        data.extend_from_slice(&bytes);
+                        server.release(key, bytes.len() as u64);
+                        if fin {
+                            data.extend_from_slice(b"<fin>");
+                        }
+                    }
+                }
+                Inbound::Control(_) if full => server.roll_back(StreamKey::CONTROL, 0),
+                Inbound::Control(r) => records.extend(r),
+                _ => {}
+            }
+        }
+        while let Some(m) = server.poll_transmit() {
+            assert!(
+                !matches!(m, Message::Rewind { .. }),
+                "a rollback asks for no rewind"
+            );
+            guest.on_message(m).unwrap();
+        }
+        (data, records)
+    };
+    assert_eq!(transmit(&mut guest, &mut server, true), (vec![], vec![]));
+    assert_eq!(
+        refused.get(),
+        1,
+        "only the first chunk reaches the store; the rest are dropped"
+    );
+    assert_eq!(guest.out(out).unwrap().buffered(), 8, "nothing acked");
+    // Nothing is sent again until the timer fires.
+    guest.on_tick(50);
+    assert_eq!(transmit(&mut guest, &mut server, true), (vec![], vec![]));
+    guest.on_tick(150);
+    guest.on_tick(260);
+    assert_eq!(transmit(&mut guest, &mut server, true), (vec![], vec![]));
+    // Space is back: the next retransmission is taken whole, once.
+    guest.on_tick(400);
+    guest.on_tick(520);
+    let (data, records) = transmit(&mut guest, &mut server, false);
+    assert_eq!(data, b"abcdefgh<fin>");
+    assert_eq!(records, vec![exited]);
+    assert!(guest.out(out).unwrap().is_finished());
+}
