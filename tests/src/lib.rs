@@ -479,13 +479,19 @@ impl Appliance {
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", self.home.docker_socket().display()))
-            .args(args)
+        self.docker_command(args)
             .stdin(Stdio::null())
             .output()
             .expect("the docker CLI is installed")
+    }
+
+    /// The docker CLI against this appliance, to spawn (a client that runs for a while).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.home.docker_socket().display()))
+            .args(args);
+        cmd
     }
 
     pub fn state(&self, id: &str) -> serde_json::Value {

@@ -2,6 +2,8 @@
 //! tool (podman) loaded with `docker load` and run as real containerVMs, with docker's
 //! semantics for the lifecycle verbs, names, filters, events and exit codes.
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::{busybox_image_archive, text, Appliance};
@@ -266,19 +268,79 @@ fn containers_and_images_survive_an_appliance_restart() {
     assert_eq!(ok(&app, &["exec", "keep", "echo", "still"]), "still\n");
     let out = app.docker(&["start", "-a", "later"]);
     assert_eq!(text(&out.stdout), "later\n", "{}", text(&out.stderr));
-    // The VM dies under its running container (re-adopted after the restart): the container
-    // is exited with 137 and says why, and a waiter is released.
+    // The VM dies under its running container (re-adopted after the restart) while an exec
+    // streams, a client is attached and another waits: the container is exited with 137 and
+    // says why, and every one of them is released at once with docker's code.
     let vm: serde_json::Value =
         serde_json::from_slice(&std::fs::read(app.home.container(&id).join("vm.json")).unwrap())
             .unwrap();
     let pid = vm["pid"].as_i64().unwrap() as i32;
+    assert_eq!(inspect(&app, "keep", "{{.State.Pid}}"), pid.to_string());
+    let mut exec = app
+        .docker_command(&["exec", "keep", "sh", "-c", "echo exec-up; sleep 600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(exec.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "exec-up\n");
+    let mut clients = [
+        (
+            "attach",
+            app.docker_command(&["attach", "keep"]).spawn().unwrap(),
+        ),
+        (
+            "wait",
+            app.docker_command(&["wait", "keep"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
     // SAFETY: kill(2) on the process group of the VM this test's server launched.
     assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
-    assert_eq!(ok(&app, &["wait", "keep"]).trim(), "137");
+    let killed = Instant::now();
+    assert_eq!(exit_within(&mut exec, 15, "exec"), 137);
+    assert_eq!(exit_within(&mut clients[0].1, 15, "attach"), 137);
+    assert_eq!(exit_within(&mut clients[1].1, 15, "wait"), 0);
+    let mut waited = String::new();
+    std::io::Read::read_to_string(&mut clients[1].1.stdout.take().unwrap(), &mut waited).unwrap();
+    assert_eq!(waited.trim(), "137");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "released after {:?}",
+        killed.elapsed()
+    );
     let error = inspect(&app, "keep", "{{.State.Error}}");
     assert!(error.contains("containerVM ended"), "{error}");
     assert_eq!(inspect(&app, "keep", "{{.State.Status}}"), "exited");
+    // An exec now fails at once, saying why.
+    let late = app.docker(&["exec", "keep", "true"]);
+    assert_ne!(late.status.code(), Some(0));
+    assert!(
+        text(&late.stderr).contains("is not running"),
+        "{}",
+        text(&late.stderr)
+    );
     ok(&app, &["rm", &id]);
+}
+
+/// The process's exit code, waiting at most `secs` (killed and failed after that).
+fn exit_within(child: &mut std::process::Child, secs: u64, what: &str) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("docker {what} still runs {secs} s after its VM was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Unix seconds now, as `docker events --since/--until` take them.
