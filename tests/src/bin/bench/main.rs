@@ -5,10 +5,11 @@
 //! on a number.
 //!
 //! `BENCH_RUNS=N` changes the number of repeated runs (default 5); `BENCH_ONLY=a,b` runs only
-//! those sections (boot, stream, interactive, footprint, scale, disk) and writes
+//! those sections (boot, stream, interactive, footprint, scale, disk, churn) and writes
 //! target/bench/benchmarks-partial.md instead.
 
 mod baseline;
+mod churn;
 mod disk;
 mod footprint;
 mod guest;
@@ -31,6 +32,8 @@ const COM_STREAM_BYTES: u64 = 1 << 20;
 const STDIN_BYTES: u64 = 16 << 20;
 /// One-byte round trips in each echo run.
 const ECHOES: usize = 200;
+/// Containers through the churn soak (`BENCH_CHURN` overrides).
+const CHURN_CONTAINERS: usize = 200;
 
 fn selected(section: &str) -> bool {
     match std::env::var("BENCH_ONLY") {
@@ -166,6 +169,14 @@ fn main() {
             fmt(stats(&d.by_hand), "s")
         );
         r.disk(&d);
+    }
+
+    if selected("churn") {
+        let n = std::env::var("BENCH_CHURN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CHURN_CONTAINERS);
+        r.churn(&churn::churn(n));
     }
 
     let partial = std::env::var("BENCH_ONLY").is_ok_and(|v| !v.is_empty());

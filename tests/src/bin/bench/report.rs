@@ -1,5 +1,6 @@
 //! docs/benchmarks.md: each section's method and numbers, in the order they were measured.
 
+use crate::churn::ChurnRun;
 use crate::disk::DiskRun;
 use crate::scale::{rows, ScaleRun};
 use crate::util::{fmt, machine, percentile, ratio, stats};
@@ -262,6 +263,28 @@ the toolchain to VMDK. Medians of {} runs; rates are rootfs bytes per second of 
             ratio(&d.toolchain_raw, &d.by_hand),
             fmt(stats(&d.toolchain_vmdk), "s"),
             rate(&d.toolchain_vmdk),
+        ));
+    }
+
+    pub fn churn(&mut self, run: &ChurnRun) {
+        self.text.push_str(&format!(
+            "
+## Churn soak
+
+{} containers one after another through one `appliance serve` process (debug build, as the
+QEMU tier runs it): each `docker run -d` of the busybox image (a real containerVM under TCG),
+its first output seen in `docker logs`, `docker stop -t 5`, `docker rm`. The server's RSS
+(/proc VmRSS), its open file descriptors, and TETHER_HOME's disk use (the loaded image and its
+cached disk included) sampled before the first, after 10, every 50 and after the last. Cycles
+that failed: {}. Seconds per cycle: {}.
+
+| containers done | server RSS (KiB) | open fds | TETHER_HOME (KiB) | container dirs |
+|---|---|---|---|---|
+{}",
+            run.cycle_s.len(),
+            run.failures,
+            fmt(stats(&run.cycle_s), "s"),
+            crate::churn::rows(run)
         ));
     }
 
