@@ -199,8 +199,9 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
         Err(e) => return fail(format!("cannot start the server: {e}")),
     };
     for _ in 0..200 {
-        // Ready when the API answers and the lock is the child's (not a racing server's).
-        if claim::holder(home) == Some(child.id())
+        // Ready when the API answers and the lock is the child's (not a racing server's):
+        // the child writes its pid there once it holds it, and it is still running.
+        if claim::recorded_pid(home) == Some(child.id())
             && std::os::unix::net::UnixStream::connect(home.docker_socket()).is_ok()
         {
             let _ = std::fs::write(home.pid_file(), format!("{}\n", child.id()));
