@@ -69,12 +69,6 @@ impl Api {
         let st = self.state(&rec.id);
         let main = st.main().cloned().unwrap_or_default();
         let running = st.status == ContainerStatus::Running;
-        // A host pid, as docker's: the VM's process (QEMU); without one (a tether run by hand
-        // in host mode) the pid tether reported, which is then the host's too.
-        let pid = match running {
-            true => self.engine.vm_pid(&rec.id).or(main.pid).unwrap_or(0),
-            false => 0,
-        };
         json_response(
             StatusCode::OK,
             &json!({
@@ -91,7 +85,7 @@ impl Api {
                     "Restarting": false,
                     "OOMKilled": false,
                     "Dead": false,
-                    "Pid": pid,
+                    "Pid": if running { main.pid.unwrap_or(0) } else { 0 },
                     "ExitCode": main.exit_code.unwrap_or(0),
                     "Error": if main.error.is_empty() { st.detail.clone() } else { main.error.clone() },
                     "StartedAt": or_zero_time(&main.started_at),
