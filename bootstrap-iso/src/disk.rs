@@ -2,7 +2,8 @@
 //! [`DEFAULT_DISK_LABEL`](guestinfo::contract::DEFAULT_DISK_LABEL) unless told otherwise, then
 //! raw, qcow2 or VMDK. Builds are reproducible: the UUID and directory hash seed derive from the
 //! content, mke2fs runs with `E2FSPROGS_FAKE_TIME`, and one debugfs pass sets the times mke2fs
-//! copies from the host (ctime, atime) to zero.
+//! copies from the host (ctime, atime) to zero and removes the `lost+found` mke2fs adds (unless
+//! the root filesystem has its own).
 //!
 //! The public functions return [`io::Result`], so callers can chain them with `std::fs` calls;
 //! what went wrong is an [`Error`] inside the [`io::Error`] (`e.get_ref()` and `downcast_ref`),
@@ -197,8 +198,15 @@ fn ext4(rootfs: &Path, out: &Path, label: &str, size_mb: u64) -> Result<(), Erro
         "mkfs.ext4",
         " (if the disk is full, give a larger size, or 0 to size it from the content)",
     )?;
+    // mke2fs -d adds an empty /lost+found that the root filesystem did not have: a container
+    // would see a directory its image lacks (docker shows none), so it goes unless the rootfs
+    // has one of its own. e2fsck makes one again when it needs it.
+    let mut script = String::new();
+    if std::fs::symlink_metadata(rootfs.join("lost+found")).is_err() {
+        script.push_str("rmdir /lost+found\n");
+    }
     // mke2fs copies ctime and atime from the host's files; pin them.
-    let mut script = String::from("sif / ctime 0\nsif / atime 0\n");
+    script.push_str("sif / ctime 0\nsif / atime 0\n");
     for p in &paths {
         script.push_str(&format!("sif \"{p}\" ctime 0\nsif \"{p}\" atime 0\n"));
     }

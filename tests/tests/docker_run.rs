@@ -116,6 +116,23 @@ fn docker_run_applies_the_images_config_and_exits_with_the_process() {
         "grep db /etc/hosts",
     ]);
     assert_eq!(text(&out.stdout), "10.1.2.3\tdb\n", "{}", text(&out.stderr));
+    // The files tether writes are 0644 (here as user 65534, under tether's umask), and the
+    // root holds what the image holds: no lost+found from mkfs.
+    let out = app.docker(&[
+        "run",
+        "--rm",
+        "--dns",
+        "10.0.0.53",
+        image,
+        "stat -c '%a %n' /etc/hosts /etc/hostname /etc/resolv.conf; ls -a /",
+    ]);
+    let listing = text(&out.stdout);
+    assert!(
+        listing.starts_with("644 /etc/hosts\n644 /etc/hostname\n644 /etc/resolv.conf\n"),
+        "{listing}{}",
+        text(&out.stderr)
+    );
+    assert!(!listing.contains("lost+found"), "{listing}");
     // --rm removed every one of them.
     assert_eq!(ok(&app, &["ps", "-aq"]), "");
 }
@@ -142,6 +159,25 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     // The process runs when run -d returns: an exec right after it works.
     assert_eq!(ok(&app, &["exec", "svc", "echo", "in", "svc"]), "in svc\n");
     assert_eq!(inspect(&app, "svc", "{{.State.Status}}"), "running");
+    // State.Pid is a host pid, as docker's: the VM's QEMU process.
+    let pid = inspect(&app, "svc", "{{.State.Pid}}");
+    let qemu_pid = std::fs::read_to_string(app.home.container(&id).join("qemu.pid")).unwrap();
+    assert_eq!(pid, qemu_pid.trim());
+    // The tests run every VM under `timeout` (a time limit): then QEMU is its child.
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    let qemu = match comm(&pid).trim() {
+        "timeout" => std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .map(comm)
+            .find(|c| c.starts_with("qemu")),
+        c => Some(c.to_string()),
+    };
+    assert!(
+        qemu.as_deref().is_some_and(|c| c.starts_with("qemu")),
+        "pid {pid} is {:?}, not QEMU",
+        comm(&pid)
+    );
     // Names are unique: the daemon's 409, which `docker create` reports with exit 1 and
     // `docker run` with 125.
     let dup = app.docker(&["create", "--name", "svc", image]);

@@ -29,6 +29,8 @@ pub trait Os {
     /// A character device node.
     fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()>;
     fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    /// Replaces whatever non-directory is at `path` (a symlink is removed, not followed) with a
+    /// new file of `contents`, mode 0644 whatever the umask or the old file's mode.
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()>;
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Reads `len` bytes at `offset` (superblocks of block devices).
@@ -125,7 +127,22 @@ impl Os for Real {
     }
 
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
-        std::fs::write(path, contents)
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // The image's own file may be a symlink: before switch_root an absolute one would
+        // resolve in the initramfs, so it is replaced, as docker's bind mount hides it.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(path)?,
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?;
+        f.write_all(contents)?;
+        // The umask narrowed the mode the file was created with; fchmod does not consult it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
     }
 
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -329,5 +346,78 @@ pub mod recording {
                 self.file(&path, &data);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TestDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn etc_files_replace_the_images_file_or_symlink_and_are_0644() {
+        let dir = TestDir::new("etc-files");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let hosts = etc.join("hosts");
+        std::fs::write(&hosts, "old\n").unwrap();
+        std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "not the container's\n").unwrap();
+        let hostname = etc.join("hostname");
+        std::os::unix::fs::symlink(&outside, &hostname).unwrap();
+        Real.write_file(&hosts, b"127.0.0.1\tlocalhost\n").unwrap();
+        Real.write_file(&hostname, b"box\n").unwrap();
+        Real.write_file(&etc.join("resolv.conf"), b"nameserver 10.0.0.1\n")
+            .unwrap();
+        for (p, want) in [
+            (&hosts, &b"127.0.0.1\tlocalhost\n"[..]),
+            (&hostname, b"box\n"),
+            (&etc.join("resolv.conf"), b"nameserver 10.0.0.1\n"),
+        ] {
+            assert!(std::fs::symlink_metadata(p).unwrap().is_file());
+            assert_eq!(mode(p), 0o644, "{}", p.display());
+            assert_eq!(std::fs::read(p).unwrap(), want);
+        }
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"not the container's\n",
+            "the symlink was not followed"
+        );
+        // A directory in the file's place is an error, not removed.
+        std::fs::create_dir(etc.join("dir")).unwrap();
+        assert!(Real.write_file(&etc.join("dir"), b"x").is_err());
+        assert!(etc.join("dir").is_dir());
+    }
+
+    /// Run by the next test in a child process of its own, since the umask is per process.
+    #[test]
+    #[ignore = "run by etc_files_are_0644_under_any_umask"]
+    fn write_under_umask_0777() {
+        let Some(dir) = std::env::var_os("TETHER_UMASK_TEST_DIR") else {
+            return;
+        };
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o777));
+        Real.write_file(&Path::new(&dir).join("hosts"), b"x\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn etc_files_are_0644_under_any_umask() {
+        let dir = TestDir::new("umask");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "os::tests::write_under_umask_0777", "--ignored"])
+            .env("TETHER_UMASK_TEST_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let hosts = dir.path().join("hosts");
+        assert_eq!(mode(&hosts), 0o644);
+        assert_eq!(std::fs::read(&hosts).unwrap(), b"x\n");
     }
 }

@@ -66,10 +66,14 @@ impl Api {
     }
 }
 
-/// Serves the API on a Unix socket until the process ends.
+/// Serves the API on a Unix socket until the process ends. The socket is made 0600 before the
+/// first connection is accepted (`appliance serve`'s umask of 0077 has it owner-only from the
+/// bind on: see docs/security.md).
 pub async fn serve_api(api: Arc<Api>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -183,7 +184,11 @@ pub fn create(home: &Home, new: &NewContainer) -> Result<(Record, ContainerSpec)
     };
     let spec = spec_for(&record, new.attach)?;
     let dir = home.container(&id);
-    std::fs::create_dir_all(&dir)?;
+    // Owner-only whatever the caller's umask (`appliance create` runs with the user's).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
     save(home, &record)?;
     write_config(&dir, &spec)?;
     Ok((record, spec))

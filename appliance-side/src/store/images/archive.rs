@@ -18,8 +18,9 @@ use thiserror::Error;
 use super::record::{ImageConfig, ImageFile};
 use super::reference::{is_hex64, parse_normalized, Reference, ReferenceError};
 
-/// What to give instead, for the messages about input that is no image archive.
-const GIVE: &str = "give the output of `docker save` or an OCI archive";
+/// What was expected, for the messages about input that is no image archive.
+const GIVE: &str =
+    "expected a tar archive, optionally gzipped: the output of `docker save` or an OCI archive";
 
 /// Manifests, indexes and configs are small; a bigger one is not an image's.
 const MAX_JSON: u64 = 16 << 20;

@@ -1,6 +1,10 @@
 //! `appliance serve`: wires the session server, the engine and the docker API together and runs
-//! them until SIGTERM or ctrl-c, in the foreground or detached into the background.
+//! them until SIGTERM or ctrl-c, in the foreground or detached into the background. The home
+//! is claimed first (`claim`): one server per home, owner-only files and sockets.
 
+mod claim;
+
+use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,17 +57,31 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
+    if let Err(e) = logging::filter(opts.log_level.as_deref()) {
+        return fail(e);
+    }
+    // Before any thread: the umask it sets is the process's.
+    if let Err(e) = claim::prepare_home(home) {
+        return fail(e);
+    }
+    if opts.detach {
+        // Refused here, before anything of the running server's is touched; the child
+        // takes the lock itself.
+        if let Err(e) = claim::check_free(home) {
+            return fail(e);
+        }
+        return detach_server(home, opts);
+    }
+    // Held until the process ends. Stale sockets are removed only once it is held.
+    let _lock = match claim::claim(home) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = std::fs::create_dir_all(home.containers()) {
         return fail(format!(
             "cannot create {}: {e}",
             home.containers().display()
         ));
-    }
-    if let Err(e) = logging::filter(opts.log_level.as_deref()) {
-        return fail(e);
-    }
-    if opts.detach {
-        return detach_server(home, opts);
     }
     if let Err(e) = logging::init(opts.log_level.as_deref(), opts.log_format) {
         return fail(e);
@@ -79,11 +97,12 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
         engine.set_unresponsive_after(opts.unresponsive_after);
         let api = Api::with_engine(engine);
-        if let Err(e) = server.listen_unix(&home.channel_socket()).await {
-            return fail(format!(
-                "channel socket {}: {e}",
-                home.channel_socket().display()
-            ));
+        // Owner-only from the bind on (the umask), 0600 exactly before the API answers.
+        let channel = home.channel_socket();
+        if let Err(e) = server.listen_unix(&channel).await.and_then(|()| {
+            std::fs::set_permissions(&channel, std::fs::Permissions::from_mode(0o600))
+        }) {
+            return fail(format!("channel socket {}: {e}", channel.display()));
         }
         let addr = match server.listen_tcp(&tcp).await {
             Ok(a) => a,
@@ -157,8 +176,8 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    let _ = std::fs::remove_file(home.docker_socket());
-    let _ = std::fs::remove_file(home.root().join("api.tcp"));
+    // The child removes a dead server's sockets once it holds the lock; nothing is removed
+    // here, where a racing server could own them.
     let child = std::process::Command::new(exe)
         .args([
             "serve",
@@ -186,7 +205,11 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
         Err(e) => return fail(format!("cannot start the server: {e}")),
     };
     for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(home.docker_socket()).is_ok() {
+        // Ready when the API answers and the lock is the child's (not a racing server's):
+        // the child writes its pid there once it holds it, and it is still running.
+        if claim::recorded_pid(home) == Some(child.id())
+            && std::os::unix::net::UnixStream::connect(home.docker_socket()).is_ok()
+        {
             let _ = std::fs::write(home.pid_file(), format!("{}\n", child.id()));
             println!("{}", child.id());
             return ExitCode::SUCCESS;
