@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{session, spec, Conn, Harness, TempDir};
+use common::testing::tar_entries;
+use common::{session, spec, Conn, Harness, TestDir};
 use tar::{EntryType, Header};
 use wire::{BuiltinOp, Control, ExecSpec};
 
@@ -26,13 +25,13 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A container root: busybox as sh, sleep and cat, an /etc of its own, an empty /target, and
 /// `/evil`, an absolute symlink to `/etc` (the container's, never the host's).
-fn image() -> TempDir {
+fn image() -> TestDir {
     assert!(
         Path::new(BUSYBOX).exists(),
         "these tests need a static busybox at {BUSYBOX} (scripts/install-deps.sh system)"
     );
-    let root = TempDir::new("root");
-    let p = |rel: &str| root.0.join(rel);
+    let root = TestDir::new("root");
+    let p = |rel: &str| root.path().join(rel);
     for dir in ["bin", "etc", "target", "tmp"] {
         std::fs::create_dir_all(p(dir)).unwrap();
     }
@@ -101,40 +100,6 @@ fn tree() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// (type, mode, mtime, link target, bytes) by name, and the names in order.
-type Entries = (
-    Vec<String>,
-    BTreeMap<String, (u8, u32, u64, String, Vec<u8>)>,
-);
-
-fn entries(tar: &[u8]) -> Entries {
-    let mut a = tar::Archive::new(tar);
-    let (mut order, mut map) = (Vec::new(), BTreeMap::new());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
-        let h = e.header().clone();
-        let link = e
-            .link_name_bytes()
-            .map(|l| String::from_utf8(l.into_owned()).unwrap())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        order.push(name.clone());
-        map.insert(
-            name,
-            (
-                h.entry_type().as_byte(),
-                h.mode().unwrap(),
-                h.mtime().unwrap(),
-                link,
-                bytes,
-            ),
-        );
-    }
-    (order, map)
-}
-
 async fn run_builtin(c: &mut Conn, session: u32, op: BuiltinOp, stdin: Option<&[u8]>) {
     c.control(Control::Builtin {
         session,
@@ -162,7 +127,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
     let root = image();
     let mut main = session(&["/bin/sh", "-c", "read x"]);
     main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let mut h = Harness::start_in(&spec(main), root.path());
     let sent = tree();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
@@ -248,7 +213,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         (seen.exit(4096), text(seen.stderr(4096))),
         (Some((0, None)), String::new())
     );
-    let t = root.0.join("target");
+    let t = root.path().join("target");
     let meta = |p: &str| std::fs::symlink_metadata(t.join(p)).unwrap();
     assert_eq!(
         std::fs::read(t.join("file.txt")).unwrap(),
@@ -279,7 +244,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         "{}",
         text(seen.stderr(4097))
     );
-    let (order, got) = entries(seen.stdout(4097));
+    let (order, got) = tar_entries(seen.stdout(4097));
     assert_eq!(
         order,
         [
@@ -291,7 +256,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
             "target/nested/deep/data.bin"
         ]
     );
-    let (_, want) = entries(&sent);
+    let (_, want) = tar_entries(&sent);
     for name in [
         "file.txt",
         "link",
@@ -302,10 +267,10 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         assert_eq!(got[&format!("target/{name}")], want[name], "{name}");
     }
     // A file by itself is named after its last element.
-    let (order, got) = entries(seen.stdout(4098));
+    let (order, got) = tar_entries(seen.stdout(4098));
     assert_eq!(order, ["data.bin"]);
     assert_eq!(got["data.bin"].4, blob());
-    let (_, got) = entries(seen.stdout(4099));
+    let (_, got) = tar_entries(seen.stdout(4099));
     assert_eq!(got["hostname"].4, b"inside-the-container\n");
 
     // Stat: docker's JSON; a missing path is exit 1 with docker's message.
@@ -347,7 +312,7 @@ fn processes_lists_an_exec_and_refuses_other_ps_args() {
     let root = image();
     let mut main = session(&["/bin/sh", "-c", "read x"]);
     main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let mut h = Harness::start_in(&spec(main), root.path());
     let tether_pid = h.child.id();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
@@ -454,7 +419,7 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
     let root = image();
     let mut main = session(&["/bin/sh", "-c", "read x"]);
     main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let mut h = Harness::start_in(&spec(main), root.path());
     // 6 MiB: past the 1 MiB stream buffers and the 64 KiB pipes, in both directions.
     let big: Vec<u8> = (0..6u32 << 20)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
@@ -519,7 +484,7 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
         "{}",
         text(seen.stderr(4096))
     );
-    let on_disk = std::fs::read(root.0.join("tmp/big.bin")).unwrap();
+    let on_disk = std::fs::read(root.path().join("tmp/big.bin")).unwrap();
     assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&big));
     assert_eq!(
         seen.exit(4097),

@@ -1,8 +1,6 @@
 //! The archive built-ins against real files in a temporary root, without the fork: a put and a
 //! get back, escapes, docker's overwrite rules and its error messages.
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -11,7 +9,7 @@ use tar::{EntryType, Header};
 use super::archive_get::archive;
 use super::archive_put::Extract;
 use super::scope::Scope;
-use crate::testdir::TestDir;
+use crate::testing::{tar_entries, TestDir};
 
 const MTIME: u64 = 1_600_000_000;
 const LONG: &str = "a-directory-name-that-is-long-enough/to-need-a-gnu-long-name-entry/in-a-tar-header-of-100-bytes";
@@ -97,33 +95,6 @@ fn get(scope: &Scope, path: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// (name, type, mode, mtime, link target, contents) of every entry.
-type Listed = BTreeMap<String, (u8, u32, u64, String, Vec<u8>)>;
-
-fn list(tar: &[u8]) -> (Vec<String>, Listed) {
-    let mut a = tar::Archive::new(tar);
-    let mut order = Vec::new();
-    let mut map = BTreeMap::new();
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
-        let h = e.header().clone();
-        let link = e
-            .link_name_bytes()
-            .map(|l| String::from_utf8(l.into_owned()).unwrap())
-            .unwrap_or_default();
-        let mut body = Vec::new();
-        e.read_to_end(&mut body).unwrap();
-        order.push(name.clone());
-        let kind = h.entry_type().as_byte();
-        map.insert(
-            name,
-            (kind, h.mode().unwrap(), h.mtime().unwrap(), link, body),
-        );
-    }
-    (order, map)
-}
-
 #[test]
 fn a_put_tree_comes_back_from_a_get() {
     let (d, scope) = root_with_target();
@@ -150,7 +121,7 @@ fn a_put_tree_comes_back_from_a_get() {
     }
 
     let back = get(&scope, "/target/d").unwrap();
-    let (order, got) = list(&back);
+    let (order, got) = tar_entries(&back);
     let long_dir = format!("d/{LONG}/");
     let long_a = format!("d/{}/", LONG.split('/').next().unwrap());
     let long_b = format!("d/{}/", LONG.rsplit_once('/').unwrap().0);
@@ -171,7 +142,7 @@ fn a_put_tree_comes_back_from_a_get() {
         order, want_order,
         "the basename first, then depth first in name order"
     );
-    let (_, sent) = list(&sample());
+    let (_, sent) = tar_entries(&sample());
     for name in [
         "d/",
         "d/f",
@@ -194,7 +165,7 @@ fn a_put_tree_comes_back_from_a_get() {
     assert_eq!(got["d/hard"].3, "d/f");
 
     // A file by itself is named after its last element; the root is ".".
-    let (order, got) = list(&get(&scope, "/target/d/link").unwrap());
+    let (order, got) = tar_entries(&get(&scope, "/target/d/link").unwrap());
     assert_eq!(
         (order, got["link"].3.as_str()),
         (vec!["link".to_string()], "f")
@@ -204,7 +175,7 @@ fn a_put_tree_comes_back_from_a_get() {
         get(&scope, "/target/d/link/").unwrap_err(),
         "/target/d/link/: not a directory"
     );
-    let (order, _) = list(&get(&scope, "/target/d/ro/.").unwrap());
+    let (order, _) = tar_entries(&get(&scope, "/target/d/ro/.").unwrap());
     assert_eq!(order, ["./", "in"]);
 }
 
@@ -287,7 +258,7 @@ fn a_symlink_in_the_archive_cannot_lead_out_of_the_root() {
     assert_eq!(std::fs::read(d.path().join("tmp/escaped")).unwrap(), b"x");
     assert!(!Path::new("/tmp/escaped").exists());
     // And a get through the symlink reads the container's file.
-    let (order, got) = list(&get(&scope, "/target/etc/hostname").unwrap());
+    let (order, got) = tar_entries(&get(&scope, "/target/etc/hostname").unwrap());
     assert_eq!(
         (order[0].as_str(), got["hostname"].4.as_slice()),
         ("hostname", &b"x"[..])
@@ -353,7 +324,7 @@ fn missing_paths_and_non_directories_get_dockers_messages() {
         "Could not find the file /nope/x in container"
     );
     // The root of the container is archived as ".".
-    let (order, _) = list(&get(&scope, "/").unwrap());
+    let (order, _) = tar_entries(&get(&scope, "/").unwrap());
     assert_eq!(order[..2], ["./", "file"]);
     // Trailing bytes after the archive's end are read, not left for the sender to block on.
     let mut padded = tar.clone();

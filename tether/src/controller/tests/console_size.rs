@@ -18,7 +18,10 @@ fn the_main_session_starts_at_the_configured_size() {
         let mut g = Guest::boot(&spec(tty_main(40, 132), vec![session("side", "/bin/s")]));
         g.wait(MOMENT).await;
         let plans = g.procs.plans();
-        let sizes: Vec<_> = plans.iter().map(|p| (p.tty, p.rows, p.cols)).collect();
+        let sizes: Vec<_> = plans
+            .iter()
+            .map(|p| (p.process.tty, p.process.rows, p.process.cols))
+            .collect();
         assert_eq!(sizes, [(true, 40, 132), (false, 0, 0)]);
         assert!(
             !g.procs.calls().iter().any(|c| c.starts_with("resize")),
@@ -43,7 +46,10 @@ fn a_resize_before_the_first_attach_is_the_size_it_starts_at() {
         g.wait(MOMENT).await;
         let plans = g.procs.plans();
         assert_eq!(
-            plans.iter().map(|p| (p.rows, p.cols)).collect::<Vec<_>>(),
+            plans
+                .iter()
+                .map(|p| (p.process.rows, p.process.cols))
+                .collect::<Vec<_>>(),
             [(50, 200)]
         );
     });
