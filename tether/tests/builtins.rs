@@ -8,9 +8,8 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::testing::tar_entries;
+use common::testing::{tar_entries, TarWriter};
 use common::{session, spec, Conn, Harness, TestDir};
-use tar::{EntryType, Header};
 use wire::{BuiltinOp, Control, ExecSpec};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -45,15 +44,8 @@ fn image() -> TestDir {
     root
 }
 
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(MTIME);
-    h.set_uid(1000);
-    h.set_gid(1000);
-    h
+fn tar() -> TarWriter {
+    TarWriter::new(MTIME, (1000, 1000))
 }
 
 fn blob() -> Vec<u8> {
@@ -64,49 +56,25 @@ fn blob() -> Vec<u8> {
 
 /// What `docker cp ./tree c:/target` sends: a file, a symlink, nested directories.
 fn tree() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let hello = b"hello from the host\n";
-    b.append_data(
-        &mut header(EntryType::Regular, 0o640, hello.len() as u64),
-        "file.txt",
-        &hello[..],
-    )
-    .unwrap();
-    b.append_link(
-        &mut header(EntryType::Symlink, 0o777, 0),
-        "link",
-        "file.txt",
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Directory, 0o750, 0),
-        "nested/",
-        std::io::empty(),
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Directory, 0o700, 0),
-        "nested/deep/",
-        std::io::empty(),
-    )
-    .unwrap();
-    let data = blob();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o600, data.len() as u64),
-        "nested/deep/data.bin",
-        &data[..],
-    )
-    .unwrap();
-    b.into_inner().unwrap()
+    tar()
+        .file("file.txt", 0o640, b"hello from the host\n")
+        .symlink("link", "file.txt")
+        .dir("nested/", 0o750)
+        .dir("nested/deep/", 0o700)
+        .file("nested/deep/data.bin", 0o600, &blob())
+        .finish()
+}
+
+/// A `docker cp` into the container: an archive extracted at `path`.
+fn put(path: &str, no_overwrite_dir_non_dir: bool) -> BuiltinOp {
+    BuiltinOp::ArchivePut {
+        path: path.into(),
+        no_overwrite_dir_non_dir,
+    }
 }
 
 async fn run_builtin(c: &mut Conn, session: u32, op: BuiltinOp, stdin: Option<&[u8]>) {
-    c.control(Control::Builtin {
-        session,
-        name: format!("builtin-{session}"),
-        op,
-    })
-    .await;
+    c.builtin(session, &format!("builtin-{session}"), op).await;
     if let Some(bytes) = stdin {
         c.stdin(session, bytes, true).await;
     }
@@ -132,11 +100,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.started_pid(1).is_some()).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: true,
-        };
-        run_builtin(&mut c, 4096, put, Some(&sent)).await;
+        run_builtin(&mut c, 4096, put("/target", true), Some(&sent)).await;
         run_builtin(
             &mut c,
             4097,
@@ -184,24 +148,15 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         )
         .await;
         // The same tree again, now that it exists: a file may not replace a directory.
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_data(
-            &mut header(EntryType::Regular, 0o644, 1),
-            "nested",
-            &b"x"[..],
+        let file_over_dir = tar().file("nested", 0o644, b"x").finish();
+        run_builtin(&mut c, 4102, put("/target", true), Some(&file_over_dir)).await;
+        run_builtin(
+            &mut c,
+            4103,
+            put("/target/file.txt", false),
+            Some(&file_over_dir),
         )
-        .unwrap();
-        let file_over_dir = b.into_inner().unwrap();
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: true,
-        };
-        run_builtin(&mut c, 4102, put, Some(&file_over_dir)).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/target/file.txt".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        run_builtin(&mut c, 4103, put, Some(&file_over_dir)).await;
+        .await;
         c.stdin(1, b"\n", true).await;
         c.until(10, |s| s.exit(1).is_some()).await;
         c.seen
@@ -424,28 +379,11 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
     let big: Vec<u8> = (0..6u32 << 20)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
         .collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let size = big.len() as u64;
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, size),
-        "big.bin",
-        &big[..],
-    )
-    .unwrap();
-    let sent = b.into_inner().unwrap();
+    let sent = tar().file("big.bin", 0o644, &big).finish();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.started_pid(1).is_some()).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/tmp".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        c.control(Control::Builtin {
-            session: 4096,
-            name: "put".into(),
-            op: put,
-        })
-        .await;
+        c.builtin(4096, "put", put("/tmp", false)).await;
         stdin_streamed(&mut c, 4096, &sent).await;
         c.until(30, |s| s.done(4096)).await;
         let get = BuiltinOp::ArchiveGet {
@@ -454,24 +392,10 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
         run_builtin(&mut c, 4097, get, None).await;
         // A put that waits for more of its archive, cancelled as the appliance cancels a cp
         // (into another directory: it may have replaced big.bin by then).
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        c.control(Control::Builtin {
-            session: 4098,
-            name: "cancelled".into(),
-            op: put,
-        })
-        .await;
+        c.builtin(4098, "cancelled", put("/target", false)).await;
         c.stdin(4098, &sent[..10_000], false).await;
         c.until(10, |s| s.started_pid(4098).is_some()).await;
-        c.control(Control::Signal {
-            session: 4098,
-            signal: libc::SIGKILL,
-            group: false,
-        })
-        .await;
+        c.signal(4098, libc::SIGKILL).await;
         c.until(10, |s| s.done(4098)).await;
         c.stdin(1, b"\n", true).await;
         c.until(10, |s| s.exit(1).is_some()).await;

@@ -6,7 +6,7 @@ mod common;
 
 use common::{spec, Harness, TestDir, ID};
 use guestinfo::SessionSpec;
-use wire::{BuiltinOp, Control};
+use wire::BuiltinOp;
 
 #[test]
 fn a_hold_main_session_serves_an_archive_get_then_ends_on_its_signal() {
@@ -35,22 +35,17 @@ fn a_hold_main_session_serves_an_archive_get_then_ends_on_its_signal() {
         c.until(10, |s| s.started_pid(1).is_some()).await;
         // Its stdin goes nowhere, and does not hold anything up.
         c.stdin(1, b"ignored\n", true).await;
-        c.control(Control::Builtin {
-            session: 4096,
-            name: "cp".into(),
-            op: BuiltinOp::ArchiveGet {
+        c.builtin(
+            4096,
+            "cp",
+            BuiltinOp::ArchiveGet {
                 path: "/data/kept.txt".into(),
             },
-        })
+        )
         .await;
         c.until(20, |s| s.done(4096)).await;
         assert_eq!(c.seen.exit(1), None, "the hold outlives the built-in");
-        c.control(Control::Signal {
-            session: 1,
-            signal: libc::SIGTERM,
-            group: false,
-        })
-        .await;
+        c.signal(1, libc::SIGTERM).await;
         c.until(10, |s| s.done(1)).await;
         c.seen
     });

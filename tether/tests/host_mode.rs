@@ -230,12 +230,7 @@ fn signal_is_trapped_by_a_shell_script() {
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.stdout(1) == b"ready\n").await;
-        c.control(Control::Signal {
-            session: 1,
-            signal: libc::SIGUSR1,
-            group: false,
-        })
-        .await;
+        c.signal(1, libc::SIGUSR1).await;
         c.until(10, |s| s.exit(1).is_some()).await;
         c.seen
     });

@@ -4,71 +4,35 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use tar::{EntryType, Header};
+use tar::EntryType;
 
 use super::archive_get::archive;
 use super::archive_put::Extract;
 use super::scope::Scope;
-use crate::testing::{tar_entries, TestDir};
+use crate::testing::{tar_entries, TarWriter, TestDir};
 
 const MTIME: u64 = 1_600_000_000;
 const LONG: &str = "a-directory-name-that-is-long-enough/to-need-a-gnu-long-name-entry/in-a-tar-header-of-100-bytes";
 
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(MTIME);
-    h.set_uid(1234);
-    h.set_gid(4321);
-    h
+/// The owner every sample entry has, restored when the tests run as root.
+const OWNER: (u64, u64) = (1234, 4321);
+
+fn tar() -> TarWriter {
+    TarWriter::new(MTIME, OWNER)
 }
 
 /// A tar as `docker cp DIR c:/target` sends it.
 fn sample() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode| {
-        b.append_data(
-            &mut header(EntryType::Directory, mode, 0),
-            name,
-            std::io::empty(),
-        )
-        .unwrap();
-    };
-    dir(&mut b, "d/", 0o750);
-    let body = b"hello, world\n";
-    b.append_data(
-        &mut header(EntryType::Regular, 0o4755, 13),
-        "d/f",
-        &body[..],
-    )
-    .unwrap();
-    b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "d/link", "f")
-        .unwrap();
-    b.append_link(&mut header(EntryType::Link, 0o644, 0), "d/hard", "d/f")
-        .unwrap();
-    b.append_data(
-        &mut header(EntryType::Fifo, 0o600, 0),
-        "d/pipe",
-        std::io::empty(),
-    )
-    .unwrap();
-    dir(&mut b, "d/ro/", 0o555);
-    b.append_data(
-        &mut header(EntryType::Regular, 0o444, 2),
-        "d/ro/in",
-        &b"ro"[..],
-    )
-    .unwrap();
-    let long = format!("d/{LONG}/file");
-    b.append_data(
-        &mut header(EntryType::Regular, 0o600, 4),
-        &long,
-        &b"deep"[..],
-    )
-    .unwrap();
-    b.into_inner().unwrap()
+    tar()
+        .dir("d/", 0o750)
+        .file("d/f", 0o4755, b"hello, world\n")
+        .symlink("d/link", "f")
+        .link(EntryType::Link, "d/hard", 0o644, "d/f")
+        .empty(EntryType::Fifo, "d/pipe", 0o600)
+        .dir("d/ro/", 0o555)
+        .file("d/ro/in", 0o444, b"ro")
+        .file(&format!("d/{LONG}/file"), 0o600, b"deep")
+        .finish()
 }
 
 fn root_with_target() -> (TestDir, Scope) {
@@ -116,8 +80,9 @@ fn a_put_tree_comes_back_from_a_get() {
     assert!(meta("pipe").file_type().is_fifo());
     assert_eq!(std::fs::read(t.join(LONG).join("file")).unwrap(), b"deep");
     if nix::unistd::geteuid().is_root() {
-        assert_eq!((meta("f").uid(), meta("f").gid()), (1234, 4321));
-        assert_eq!((meta("link").uid(), meta("link").gid()), (1234, 4321));
+        let owner = |p: &str| (u64::from(meta(p).uid()), u64::from(meta(p).gid()));
+        assert_eq!(owner("f"), OWNER);
+        assert_eq!(owner("link"), OWNER);
     }
 
     let back = get(&scope, "/target/d").unwrap();
@@ -181,18 +146,17 @@ fn a_put_tree_comes_back_from_a_get() {
 
 /// A tar with one file entry whose raw name is `name` (tar::Builder refuses `..`).
 fn raw_entry(name: &[u8], kind: EntryType, link: &[u8]) -> Vec<u8> {
-    let mut h = header(kind, 0o644, if kind == EntryType::Regular { 1 } else { 0 });
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    h.set_cksum();
-    let mut b = tar::Builder::new(Vec::new());
     let body: &[u8] = if kind == EntryType::Regular {
         b"x"
     } else {
         b""
     };
-    b.append(&h, body).unwrap();
-    b.into_inner().unwrap()
+    let w = tar();
+    let mut h = w.header(kind, 0o644, body.len() as u64);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    w.raw(&h, body).finish()
 }
 
 #[test]
@@ -231,28 +195,13 @@ fn entries_that_leave_the_directory_are_refused() {
 #[test]
 fn a_symlink_in_the_archive_cannot_lead_out_of_the_root() {
     let (d, scope) = root_with_target();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "etc", "/etc")
-        .unwrap();
-    b.append_link(
-        &mut header(EntryType::Symlink, 0o777, 0),
-        "up",
-        "../../../../..",
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 1),
-        "etc/hostname",
-        &b"x"[..],
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 1),
-        "up/tmp/escaped",
-        &b"x"[..],
-    )
-    .unwrap();
-    put(&scope, "/target", false, &b.into_inner().unwrap()).unwrap();
+    let escapes = tar()
+        .symlink("etc", "/etc")
+        .symlink("up", "../../../../..")
+        .file("etc/hostname", 0o644, b"x")
+        .file("up/tmp/escaped", 0o644, b"x")
+        .finish();
+    put(&scope, "/target", false, &escapes).unwrap();
     // Through the container's own /etc and /, never the host's.
     assert_eq!(std::fs::read(d.path().join("etc/hostname")).unwrap(), b"x");
     assert_eq!(std::fs::read(d.path().join("tmp/escaped")).unwrap(), b"x");
@@ -271,22 +220,8 @@ fn dirs_and_non_dirs_replace_each_other_only_when_allowed() {
     let t = d.path().join("target");
     std::fs::create_dir_all(t.join("was-dir/inside")).unwrap();
     std::fs::write(t.join("was-file"), "old").unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 3),
-        "was-dir",
-        &b"new"[..],
-    )
-    .unwrap();
-    let file_over_dir = b.into_inner().unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut header(EntryType::Directory, 0o755, 0),
-        "was-file/",
-        std::io::empty(),
-    )
-    .unwrap();
-    let dir_over_file = b.into_inner().unwrap();
+    let file_over_dir = tar().file("was-dir", 0o644, b"new").finish();
+    let dir_over_file = tar().dir("was-file/", 0o755).finish();
 
     let e = put(&scope, "/target", true, &file_over_dir).unwrap_err();
     assert_eq!(

@@ -170,14 +170,14 @@ impl Guest {
     }
 
     fn exit_of(&self, session: SessionId) -> Option<(i32, Option<i32>)> {
-        self.peer.control.iter().find_map(|c| match c {
-            Control::Exited {
-                session: s,
-                exit_code,
-                signal,
-            } if *s == session => Some((*exit_code, *signal)),
-            _ => None,
-        })
+        crate::testing::exit_in(&self.peer.control, session)
+    }
+
+    /// The appliance sends `bytes` on the session's stdin.
+    fn stdin(&self, session: SessionId, bytes: &[u8]) {
+        let mut shared = self.ctx.shared.borrow_mut();
+        shared.stdin.entry(session).or_default().bytes.extend(bytes);
+        self.ctx.stdin_wake.notify_waiters();
     }
 
     fn stdout(&self, session: SessionId) -> &[u8] {
@@ -219,6 +219,38 @@ fn state(state: GuestState, detail: &str) -> Control {
     }
 }
 
+fn exec(session: SessionId, name: &str, path: &str) -> Control {
+    Control::Exec {
+        session,
+        name: name.into(),
+        spec: ExecSpec {
+            path: path.into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A session that could not start, as the appliance sees it: why, then its exit with the code.
+fn failed_start(session: SessionId, exit_code: i32, errno: i32, message: &str) -> [Control; 2] {
+    [
+        Control::StartFailed {
+            session,
+            exit_code,
+            errno,
+            message: message.into(),
+        },
+        exited(session, exit_code, None),
+    ]
+}
+
+/// A container that ended with its main session's 0, powering off.
+const POWER_OFF: Outcome = Outcome {
+    exit_code: 0,
+    signal: None,
+    restart: false,
+    undelivered: 0,
+};
+
 #[test]
 fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
     paused(async {
@@ -247,16 +279,7 @@ fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
             g.wait(MOMENT).await;
             g.sent()
         };
-        let outcome = g.outcome().await;
-        assert_eq!(
-            outcome,
-            Outcome {
-                exit_code: 0,
-                signal: None,
-                restart: false,
-                undelivered: 0
-            }
-        );
+        assert_eq!(g.outcome().await, POWER_OFF);
         assert_eq!(
             sent,
             [
@@ -359,27 +382,16 @@ fn a_start_failure_is_reported_with_its_code_then_as_the_exit() {
             },
         );
         g.wait(MOMENT).await;
-        let exec = |path: &str| Control::Exec {
-            session: 7,
-            name: "e".into(),
-            spec: ExecSpec {
-                path: path.into(),
-                ..Default::default()
-            },
-        };
-        g.control(exec("/etc/passwd"));
+        g.control(exec(7, "e", "/etc/passwd"));
         g.wait(MOMENT).await;
         assert_eq!(
             g.sent()[2..],
-            [
-                Control::StartFailed {
-                    session: 7,
-                    exit_code: 126,
-                    errno: libc::EACCES,
-                    message: "exec \"/etc/passwd\": permission denied".into(),
-                },
-                exited(7, 126, None),
-            ]
+            failed_start(
+                7,
+                126,
+                libc::EACCES,
+                "exec \"/etc/passwd\": permission denied"
+            )
         );
         assert!(
             !g.run.is_finished(),
@@ -494,26 +506,8 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
             vec![session("side", "/bin/side")],
         ));
         g.wait(MOMENT).await;
-        let exec = |session| Control::Exec {
-            session,
-            name: "e".into(),
-            spec: ExecSpec {
-                path: "/bin/e".into(),
-                ..Default::default()
-            },
-        };
-        let refused = |session, why: &str| {
-            [
-                Control::StartFailed {
-                    session,
-                    exit_code: 126,
-                    errno: libc::EBUSY,
-                    message: why.into(),
-                },
-                exited(session, 126, None),
-            ]
-        };
-        g.control(exec(2));
+        let refused = |session, why: &str| failed_start(session, 126, libc::EBUSY, why);
+        g.control(exec(2, "e", "/bin/e"));
         g.wait(MOMENT).await;
         assert_eq!(g.sent()[3..], refused(2, "session id 2 is already in use"));
 
@@ -521,7 +515,7 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
         let before = g.sent().len();
-        g.control(exec(5));
+        g.control(exec(5, "e", "/bin/e"));
         g.wait(MOMENT).await;
         assert_eq!(g.sent()[before..], refused(5, "the container is stopping"));
         assert_eq!(g.procs.calls().len(), 3, "two starts and the stop signal");
@@ -533,15 +527,7 @@ fn an_exit_goes_to_the_session_that_has_the_pid_now() {
     paused(async {
         let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
         g.wait(MOMENT).await;
-        let exec = |session| Control::Exec {
-            session,
-            name: format!("e{session}"),
-            spec: ExecSpec {
-                path: "/bin/e".into(),
-                ..Default::default()
-            },
-        };
-        g.control(exec(5));
+        g.control(exec(5, "e5", "/bin/e"));
         g.wait(MOMENT).await;
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 0, None);
@@ -550,7 +536,7 @@ fn an_exit_goes_to_the_session_that_has_the_pid_now() {
 
         // The kernel gives the pid to the next exec.
         g.procs.reuse_pid(SIDE_PID);
-        g.control(exec(6));
+        g.control(exec(6, "e6", "/bin/e"));
         g.wait(MOMENT).await;
         assert!(g.sent().contains(&started(6, "e6", SIDE_PID)));
         g.procs.close_output(SIDE_PID);
@@ -567,15 +553,7 @@ fn stdin_from_the_appliance_reaches_the_process() {
         main.open_stdin = true;
         let mut g = Guest::boot(&spec(main, vec![]));
         g.wait(MOMENT).await;
-        g.ctx
-            .shared
-            .borrow_mut()
-            .stdin
-            .get_mut(&MAIN)
-            .unwrap()
-            .bytes
-            .extend(b"typed\n");
-        g.ctx.stdin_wake.notify_waiters();
+        g.stdin(MAIN, b"typed\n");
         g.wait(MOMENT).await;
         assert_eq!(g.procs.stdin(MAIN_PID), b"typed\n");
     });

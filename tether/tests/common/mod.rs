@@ -11,8 +11,8 @@ use guestinfo::{ContainerSpec, SessionSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use wire::{
-    decode, write_message, Control, FrameDecoder, Inbound, Message, Role, Secret, ServerHandshake,
-    StreamConfig, StreamKey, StreamKind, Streams, Welcome,
+    decode, write_message, BuiltinOp, Control, FrameDecoder, Inbound, Message, Role, Secret,
+    ServerHandshake, StreamConfig, StreamKey, StreamKind, Streams, Welcome,
 };
 
 // The unit tests' helpers, shared: a temporary directory and a tar archive read back.
@@ -187,14 +187,7 @@ impl Seen {
     }
 
     pub fn exit(&self, session: u32) -> Option<(i32, Option<i32>)> {
-        self.control.iter().find_map(|c| match c {
-            Control::Exited {
-                session: s,
-                exit_code,
-                signal,
-            } if *s == session => Some((*exit_code, *signal)),
-            _ => None,
-        })
+        testing::exit_in(&self.control, session)
     }
 }
 
@@ -328,6 +321,26 @@ impl Conn {
     pub async fn control(&mut self, record: Control) {
         self.streams.send_control(&record).unwrap();
         self.flush().await;
+    }
+
+    /// Asks for the built-in `op` as session `session`.
+    pub async fn builtin(&mut self, session: u32, name: &str, op: BuiltinOp) {
+        self.control(Control::Builtin {
+            session,
+            name: name.into(),
+            op,
+        })
+        .await;
+    }
+
+    /// Sends `signal` to the session's process (not its group).
+    pub async fn signal(&mut self, session: u32, signal: i32) {
+        self.control(Control::Signal {
+            session,
+            signal,
+            group: false,
+        })
+        .await;
     }
 
     pub async fn stdin(&mut self, session: u32, bytes: &[u8], fin: bool) {

@@ -51,14 +51,8 @@ fn only_the_archive_put_reads_its_stdin() {
         g.control(builtin(4097, "stat", stat("/")));
         g.wait(MOMENT).await;
         for session in [4096, 4097] {
-            let mut sh = g.ctx.shared.borrow_mut();
-            sh.stdin
-                .entry(session)
-                .or_default()
-                .bytes
-                .extend(b"tar bytes");
+            g.stdin(session, b"tar bytes");
         }
-        g.ctx.stdin_wake.notify_waiters();
         g.wait(MOMENT).await;
         assert_eq!(g.procs.stdin(SIDE_PID), b"tar bytes");
         assert_eq!(
@@ -121,13 +115,10 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         let before = g.sent().len();
         g.control(builtin(4096, "again", stat("/")));
         g.wait(MOMENT).await;
-        let busy = Control::StartFailed {
-            session: 4096,
-            exit_code: 126,
-            errno: libc::EBUSY,
-            message: "session id 4096 is already in use".into(),
-        };
-        assert_eq!(g.sent()[before..], [busy, exited(4096, 126, None)]);
+        assert_eq!(
+            g.sent()[before..],
+            failed_start(4096, 126, libc::EBUSY, "session id 4096 is already in use")
+        );
 
         let fork_failed = SpawnError {
             exit_code: 126,
@@ -138,13 +129,15 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         let before = g.sent().len();
         g.control(builtin(4097, "cp2", stat("/")));
         g.wait(MOMENT).await;
-        let failed = Control::StartFailed {
-            session: 4097,
-            exit_code: 126,
-            errno: libc::EAGAIN,
-            message: "starting the built-in: fork failed: EAGAIN".into(),
-        };
-        assert_eq!(g.sent()[before..], [failed, exited(4097, 126, None)]);
+        assert_eq!(
+            g.sent()[before..],
+            failed_start(
+                4097,
+                126,
+                libc::EAGAIN,
+                "starting the built-in: fork failed: EAGAIN"
+            )
+        );
 
         // Once the main session has ended, no new built-in starts.
         g.procs.close_output(MAIN_PID);

@@ -40,14 +40,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         );
 
         // An exec and a built-in run as beside any main session (the first pid goes to the exec).
-        g.control(Control::Exec {
-            session: 4096,
-            name: "e1".into(),
-            spec: ExecSpec {
-                path: "/bin/sh".into(),
-                ..Default::default()
-            },
-        });
+        g.control(exec(4096, "e1", "/bin/sh"));
         g.control(Control::Builtin {
             session: 4097,
             name: "get".into(),
@@ -96,15 +89,9 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         assert!(g
             .sent()
             .contains(&state(GuestState::Stopping, "the main session ended")));
-        let outcome = g.outcome().await;
         assert_eq!(
-            outcome,
-            Outcome {
-                exit_code: 0,
-                signal: None,
-                restart: false,
-                undelivered: 0
-            },
+            g.outcome().await,
+            POWER_OFF,
             "a hold boot powers off, whatever its restart flag"
         );
     });
@@ -116,14 +103,7 @@ fn another_signal_ends_a_hold_with_128_plus_it_and_stops_the_execs() {
         let outcome = paused(async {
             let mut g = Guest::boot(&spec(hold("m"), vec![]));
             g.wait(MOMENT).await;
-            g.control(Control::Exec {
-                session: 4096,
-                name: "e1".into(),
-                spec: ExecSpec {
-                    path: "/bin/sleep".into(),
-                    ..Default::default()
-                },
-            });
+            g.control(exec(4096, "e1", "/bin/sleep"));
             g.wait(MOMENT).await;
             g.control(signal(MAIN, sig));
             g.wait(MOMENT).await;
