@@ -106,8 +106,7 @@ fn assert_victim_intact(home: &Home, id: &str, child: &mut Child) {
 
 #[test]
 fn another_containers_id_and_a_replayed_handshake_are_refused() {
-    let t = TempHome::new("hostile-id");
-    let home = t.home();
+    let home = TempHome::new("hostile-id");
     let server = ServerProcess::start(&home);
     let (victim, mut victim_tether) = start_victim(&home);
     // The attacker is a real container with its own real secret.
@@ -184,8 +183,7 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
 
 #[test]
 fn protocol_abuse_disconnects_only_the_abuser_and_memory_stays_bounded() {
-    let t = TempHome::new("hostile-abuse");
-    let home = t.home();
+    let home = TempHome::new("hostile-abuse");
     let server = ServerProcess::start(&home);
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = server.rss_kib();
