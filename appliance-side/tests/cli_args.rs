@@ -114,9 +114,8 @@ fn exec_with_args(home: &Home, id: &str, args: &[&str]) -> Value {
 #[test]
 fn exec_delivers_every_env_value_in_order() {
     let app = running_app("cli-exec-env");
-    let (home, id) = (&app.home, &app.id);
     let out = appliance(
-        &home,
+        &app.home,
         &[
             "exec", "-e", "A=1", "-e", "B=2", "--env", "C=3", "app", "env",
         ],
@@ -127,7 +126,7 @@ fn exec_delivers_every_env_value_in_order() {
         "\n",
         "the simulated guest echoes no arguments"
     );
-    let exec = exec_with_args(&home, &id, &["env"]);
+    let exec = exec_with_args(&app.home, &app.id, &["env"]);
     // The container's own environment first, then the exec's, each value as given.
     assert_eq!(
         exec["spec"]["env"],
@@ -138,28 +137,26 @@ fn exec_delivers_every_env_value_in_order() {
 #[test]
 fn the_command_after_the_container_keeps_its_own_flags() {
     let app = running_app("cli-exec-argv");
-    let (home, id) = (&app.home, &app.id);
     // The guest echoes the arguments after the program: `-c` and `-n` arrived as arguments.
-    let sh = appliance(&home, &["exec", "app", "sh", "-c", "echo -n x"]);
+    let sh = appliance(&app.home, &["exec", "app", "sh", "-c", "echo -n x"]);
     assert_eq!(sh.status.code(), Some(0), "{}", text(&sh.stderr));
     assert_eq!(text(&sh.stdout), "-c echo -n x\n");
-    exec_with_args(&home, &id, &["sh", "-c", "echo -n x"]);
-    let ls = appliance(&home, &["exec", "app", "ls", "-la", "--help"]);
+    exec_with_args(&app.home, &app.id, &["sh", "-c", "echo -n x"]);
+    let ls = appliance(&app.home, &["exec", "app", "ls", "-la", "--help"]);
     assert_eq!(text(&ls.stdout), "-la --help\n");
     // A `--` before the command is optional; one after it belongs to the command.
-    let dashed = appliance(&home, &["exec", "app", "--", "ls", "--", "-x"]);
+    let dashed = appliance(&app.home, &["exec", "app", "--", "ls", "--", "-x"]);
     assert_eq!(text(&dashed.stdout), "-- -x\n");
-    exec_with_args(&home, &id, &["ls", "--", "-x"]);
+    exec_with_args(&app.home, &app.id, &["ls", "--", "-x"]);
 }
 
 #[test]
 fn bundled_short_flags_reach_the_server() {
     let app = running_app("cli-exec-bundle");
-    let (home, id) = (&app.home, &app.id);
     // -d: the exec is started and the command returns at once.
-    let out = appliance(&home, &["exec", "-dit", "-eK=V", "app", "ls", "-la"]);
+    let out = appliance(&app.home, &["exec", "-dit", "-eK=V", "app", "ls", "-la"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let exec = exec_with_args(&home, &id, &["ls", "-la"]);
+    let exec = exec_with_args(&app.home, &app.id, &["ls", "-la"]);
     assert_eq!(exec["spec"]["tty"], true);
     assert_eq!(exec["spec"]["open_stdin"], true);
     assert_eq!(exec["attach_stdin"], true);
