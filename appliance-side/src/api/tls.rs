@@ -469,6 +469,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
 
     fn flags(addr: Option<&str>, insecure: bool) -> TcpApiFlags {
         TcpApiFlags {
@@ -548,8 +549,8 @@ mod tests {
 
     #[test]
     fn file_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let d = TestDir::new("tls");
+        let dir = d.path();
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
         let e = certificates("--tls-cert", &garbage).unwrap_err();
@@ -573,6 +574,5 @@ mod tests {
             certificates("--tls-cert", &broken).unwrap_err(),
             TlsError::Pem { .. }
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

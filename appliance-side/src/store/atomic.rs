@@ -58,12 +58,13 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn owner_files_are_not_readable_by_others_and_replace_atomically() {
-        let dir = std::env::temp_dir().join(format!("atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let d = TestDir::new("atomic");
+        let dir = d.path();
         let path = dir.join("record.json");
         write_atomic_with(&path, b"one", Access::Owner).unwrap();
         write_atomic_with(&path, b"two", Access::Owner).unwrap();
@@ -78,7 +79,6 @@ mod tests {
             & 0o777;
         assert_eq!(mode & 0o600, 0o600);
         assert!(!dir.join("record.tmp").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
