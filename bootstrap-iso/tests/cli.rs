@@ -1,7 +1,10 @@
 //! The `bootstrap-iso` binary: every command has `--help`, mistakes on the command line are
 //! named, and the flags the Makefile, the benchmarks and the docs use still work.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::scratch;
+use std::path::Path;
 use std::process::{Command, Output};
 
 const VERBS: [&str; 4] = ["initramfs", "iso", "guestinfo", "disk"];
@@ -19,13 +22,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn s(p: &Path) -> &str {
@@ -126,7 +122,6 @@ fn an_empty_file_given_as_an_image_is_refused_naming_it() {
         );
         assert!(!out.exists(), "{flag}: no disk built");
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -148,7 +143,6 @@ fn initramfs_writes_the_archive_and_prints_its_sha256() {
     let o = bootstrap_iso(&["initramfs", "--tether", s(&d.join("nope")), "-o", s(&out)]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("make tether"), "{}", stderr(&o));
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -177,7 +171,6 @@ fn guestinfo_takes_id_and_the_long_and_equals_forms_of_output() {
         "{}",
         stderr(&o)
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// `--append` may be repeated; its words make up the kernel command line in order.
@@ -203,7 +196,6 @@ fn iso_joins_repeated_append_flags_into_the_command_line() {
     let iso = std::fs::read(&out).unwrap();
     let want = b"APPEND initrd=/boot/initramfs.gz console=ttyS0 quiet\n";
     assert!(iso.windows(want.len()).any(|w| w == want));
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -230,5 +222,4 @@ fn disk_builds_a_labelled_ext4_from_a_rootfs_directory() {
     }
     let size = std::fs::metadata(d.join("other.raw")).unwrap().len();
     assert_eq!(size, 40 * 1024 * 1024);
-    let _ = std::fs::remove_dir_all(&d);
 }
