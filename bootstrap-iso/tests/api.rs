@@ -36,9 +36,7 @@ fn image_disk(images: &Path, image: &Path) -> Result<PathBuf, String> {
 #[test]
 fn the_appliances_image_cache_builds_a_qcow2_and_names_a_bad_image() {
     let d = scratch("appliance");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+    let root = d.rootfs();
     let disk = image_disk(&d, &root).unwrap();
     assert!(disk.exists());
     let accel_digest =

@@ -201,9 +201,7 @@ fn iso_joins_repeated_append_flags_into_the_command_line() {
 #[test]
 fn disk_builds_a_labelled_ext4_from_a_rootfs_directory() {
     let d = scratch("disk");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+    let root = d.rootfs();
     for (label, args) in [
         ("containerfs", vec![]),
         ("other", vec!["--label", "other", "--size", "40"]),

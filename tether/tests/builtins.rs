@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::testing::{tar_entries, TarWriter};
-use common::{session, spec, Conn, Harness, TestDir};
+use common::{session, spec, Conn, Harness, Seen, TestDir};
 use wire::{BuiltinOp, Control, ExecSpec};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -84,6 +84,12 @@ async fn run_builtin(c: &mut Conn, session: u32, op: BuiltinOp, stdin: Option<&[
         Some(0),
         "a built-in reports pid 0"
     );
+}
+
+/// The session exited 0; if not, its stderr says why.
+fn assert_succeeded(seen: &Seen, session: u32) {
+    let why = text(seen.stderr(session));
+    assert_eq!(seen.exit(session), Some((0, None)), "{why}");
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -193,12 +199,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
     }
 
     // The get of the directory: `target/` first, then the tree, byte for byte and mode for mode.
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
+    assert_succeeded(&seen, 4097);
     let (order, got) = tar_entries(seen.stdout(4097));
     assert_eq!(
         order,
@@ -309,12 +310,7 @@ fn processes_lists_an_exec_and_refuses_other_ps_args() {
         c.seen
     });
     assert_eq!(h.wait(), 0);
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
+    assert_succeeded(&seen, 4097);
     let top: serde_json::Value = serde_json::from_slice(seen.stdout(4097)).unwrap();
     assert_eq!(
         top["Titles"],
@@ -402,20 +398,10 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
         c.seen
     });
     assert_eq!(h.wait(), 0);
-    assert_eq!(
-        seen.exit(4096),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4096))
-    );
+    assert_succeeded(&seen, 4096);
     let on_disk = std::fs::read(root.path().join("tmp/big.bin")).unwrap();
     assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&big));
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
+    assert_succeeded(&seen, 4097);
     assert_eq!(
         Sha256::digest(seen.stdout(4097)),
         Sha256::digest(&sent),

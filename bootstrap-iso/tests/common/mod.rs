@@ -1,5 +1,7 @@
-//! What the integration tests share: a scratch directory, fresh when made and removed on drop,
-//! also when the test fails.
+//! What the integration tests share: a scratch directory, fresh when made and removed on drop
+//! (also when the test fails), and the smallest image directory.
+
+#![allow(dead_code)]
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,16 @@ pub fn scratch(tag: &str) -> Scratch {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     Scratch(d)
+}
+
+impl Scratch {
+    /// `rootfs/` here: an image directory holding only `/etc/hostname`.
+    pub fn rootfs(&self) -> PathBuf {
+        let root = self.0.join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+        root
+    }
 }
 
 impl Deref for Scratch {

@@ -139,6 +139,13 @@ impl Guest {
         }
     }
 
+    /// Boots, and lets the first moment pass: the sessions that start at boot have started.
+    async fn started(spec: &ContainerSpec) -> Self {
+        let mut g = Self::boot(spec);
+        g.wait(MOMENT).await;
+        g
+    }
+
     fn control(&self, c: Control) {
         self.ctx.events.send(Event::Control(c)).unwrap();
     }
@@ -256,8 +263,7 @@ fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
     paused(async {
         let mut side = session("side", "/bin/side");
         side.stop_signal = "SIGINT".into();
-        let mut g = Guest::boot(&spec(session("web", "/bin/web"), vec![side]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("web", "/bin/web"), vec![side])).await;
         assert_eq!(
             g.procs.calls(),
             ["start web /bin/web", "start side /bin/side"]
@@ -298,8 +304,7 @@ fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
 fn the_exit_code_is_the_code_or_128_plus_the_killing_signal() {
     for (code, signal) in [(3, None), (128 + libc::SIGKILL, Some(libc::SIGKILL))] {
         let outcome = paused(async {
-            let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-            g.wait(MOMENT).await;
+            let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
             g.procs.close_output(MAIN_PID);
             g.reaped(MAIN_PID, code, signal);
             g.wait(MOMENT).await;
@@ -314,8 +319,7 @@ fn the_exit_code_is_the_code_or_128_plus_the_killing_signal() {
 #[test]
 fn an_exit_is_reported_only_after_the_sessions_output_ends() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.procs.print(MAIN_PID, b"hello");
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
@@ -337,8 +341,7 @@ fn an_exit_is_reported_only_after_the_sessions_output_ends() {
 #[test]
 fn output_held_open_delays_the_exit_report_by_the_drain_wait_only() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.reaped(MAIN_PID, 5, None);
         g.wait(OUTPUT_DRAIN_AFTER_EXIT - Duration::from_millis(100))
             .await;
@@ -354,8 +357,7 @@ fn a_session_waiting_for_its_attach_starts_on_release() {
     paused(async {
         let mut main = session("m", "/bin/m");
         main.attach = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         assert!(g.procs.calls().is_empty());
         assert_eq!(g.sent(), [state(GuestState::Running, "")]);
 
@@ -436,8 +438,7 @@ fn the_restart_policy_is_the_main_sessions() {
             main.restart = restart;
             let mut side = session("side", "/bin/side");
             side.restart = !restart;
-            let mut g = Guest::boot(&spec(main, vec![side]));
-            g.wait(MOMENT).await;
+            let g = Guest::started(&spec(main, vec![side])).await;
             for pid in [MAIN_PID, SIDE_PID] {
                 g.procs.close_output(pid);
                 g.reaped(pid, 0, None);
@@ -453,8 +454,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
     paused(async {
         let mut main = session("m", "/bin/m");
         main.tty = true;
-        let mut g = Guest::boot(&spec(main, vec![session("side", "/bin/side")]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![session("side", "/bin/side")])).await;
         let signal = |session, signal, group| Control::Signal {
             session,
             signal,
@@ -501,11 +501,11 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
 #[test]
 fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
     paused(async {
-        let mut g = Guest::boot(&spec(
+        let mut g = Guest::started(&spec(
             session("m", "/bin/m"),
             vec![session("side", "/bin/side")],
-        ));
-        g.wait(MOMENT).await;
+        ))
+        .await;
         let refused = |session, why: &str| failed_start(session, 126, libc::EBUSY, why);
         g.control(exec(2, "e", "/bin/e"));
         g.wait(MOMENT).await;
@@ -525,8 +525,7 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
 #[test]
 fn an_exit_goes_to_the_session_that_has_the_pid_now() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.control(exec(5, "e5", "/bin/e"));
         g.wait(MOMENT).await;
         g.procs.close_output(SIDE_PID);
@@ -551,8 +550,7 @@ fn stdin_from_the_appliance_reaches_the_process() {
     paused(async {
         let mut main = session("m", "/bin/cat");
         main.open_stdin = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         g.stdin(MAIN, b"typed\n");
         g.wait(MOMENT).await;
         assert_eq!(g.procs.stdin(MAIN_PID), b"typed\n");

@@ -19,8 +19,7 @@ fn stat(path: &str) -> BuiltinOp {
 #[test]
 fn a_builtin_is_a_session_reported_with_pid_0_and_exits_after_its_output() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.control(builtin(4096, "stat-1", stat("/etc/hosts")));
         g.wait(MOMENT).await;
         assert_eq!(g.procs.calls()[1..], ["builtin stat-1 stat hide []"]);
@@ -41,8 +40,7 @@ fn a_builtin_is_a_session_reported_with_pid_0_and_exits_after_its_output() {
 #[test]
 fn only_the_archive_put_reads_its_stdin() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         let put = BuiltinOp::ArchivePut {
             path: "/tmp".into(),
             no_overwrite_dir_non_dir: true,
@@ -66,8 +64,7 @@ fn only_the_archive_put_reads_its_stdin() {
 #[test]
 fn a_process_listing_leaves_out_the_builtins_running() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         let ps = || BuiltinOp::Processes {
             ps_args: String::new(),
         };
@@ -97,8 +94,7 @@ fn a_process_listing_leaves_out_the_builtins_running() {
 #[test]
 fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.control(builtin(4096, "cp", stat("/")));
         g.wait(MOMENT).await;
         g.control(Control::Signal {

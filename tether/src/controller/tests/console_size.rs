@@ -15,8 +15,7 @@ fn tty_main(rows: u16, cols: u16) -> SessionSpec {
 #[test]
 fn the_main_session_starts_at_the_configured_size() {
     paused(async {
-        let mut g = Guest::boot(&spec(tty_main(40, 132), vec![session("side", "/bin/s")]));
-        g.wait(MOMENT).await;
+        let g = Guest::started(&spec(tty_main(40, 132), vec![session("side", "/bin/s")])).await;
         let plans = g.procs.plans();
         let sizes: Vec<_> = plans
             .iter()
@@ -35,8 +34,7 @@ fn a_resize_before_the_first_attach_is_the_size_it_starts_at() {
     paused(async {
         let mut main = tty_main(40, 132);
         main.attach = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         g.control(Control::Resize {
             session: MAIN,
             rows: 50,

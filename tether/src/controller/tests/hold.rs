@@ -27,8 +27,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         let mut main = hold("m");
         main.open_stdin = true;
         main.restart = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         assert!(g.procs.calls().is_empty(), "no process for a hold");
         assert_eq!(
             g.sent(),
@@ -101,8 +100,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
 fn another_signal_ends_a_hold_with_128_plus_it_and_stops_the_execs() {
     for sig in [libc::SIGKILL, libc::SIGINT, libc::SIGUSR1] {
         let outcome = paused(async {
-            let mut g = Guest::boot(&spec(hold("m"), vec![]));
-            g.wait(MOMENT).await;
+            let mut g = Guest::started(&spec(hold("m"), vec![])).await;
             g.control(exec(4096, "e1", "/bin/sleep"));
             g.wait(MOMENT).await;
             g.control(signal(MAIN, sig));
@@ -133,8 +131,7 @@ fn a_hold_beside_the_main_session_ends_at_its_stop_signal() {
     paused(async {
         let mut side = hold("side");
         side.stop_signal = "SIGINT".into();
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![side]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![side])).await;
         assert_eq!(g.procs.calls(), ["start m /bin/m"]);
         assert_eq!(
             g.sent()[..2],
