@@ -150,6 +150,12 @@ impl Guest {
         self.ctx.events.send(Event::Control(c)).unwrap();
     }
 
+    /// The appliance sends `c`, and the moment it takes to handle passes.
+    async fn send(&mut self, c: Control) {
+        self.control(c);
+        self.wait(MOMENT).await;
+    }
+
     /// The reaper saw `pid` exit.
     fn reaped(&self, pid: u32, exit_code: i32, signal: Option<i32>) {
         let ev = Event::ChildExited {
@@ -362,8 +368,7 @@ fn a_session_waiting_for_its_attach_starts_on_release() {
         assert_eq!(g.sent(), [state(GuestState::Running, "")]);
 
         g.control(Control::Release { session: MAIN });
-        g.control(Control::Release { session: MAIN });
-        g.wait(MOMENT).await;
+        g.send(Control::Release { session: MAIN }).await;
         assert_eq!(g.procs.calls(), ["start m /bin/m"], "started once");
         assert_eq!(g.sent()[1..], [started(MAIN, "m", MAIN_PID)]);
     });
@@ -384,8 +389,7 @@ fn a_start_failure_is_reported_with_its_code_then_as_the_exit() {
             },
         );
         g.wait(MOMENT).await;
-        g.control(exec(7, "e", "/etc/passwd"));
-        g.wait(MOMENT).await;
+        g.send(exec(7, "e", "/etc/passwd")).await;
         assert_eq!(
             g.sent()[2..],
             failed_start(
@@ -473,8 +477,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
             rows: 1,
             cols: 1,
         });
-        g.control(signal(9, libc::SIGTERM, false));
-        g.wait(MOMENT).await;
+        g.send(signal(9, libc::SIGTERM, false)).await;
         assert_eq!(
             g.procs.calls()[2..],
             [
@@ -492,8 +495,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
         g.control(signal(2, libc::SIGTERM, false));
-        g.control(signal(2, libc::SIGTERM, true));
-        g.wait(MOMENT).await;
+        g.send(signal(2, libc::SIGTERM, true)).await;
         assert_eq!(g.procs.calls()[5..], ["signal group 101 SIGTERM"]);
     });
 }
@@ -507,16 +509,14 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
         ))
         .await;
         let refused = |session, why: &str| failed_start(session, 126, libc::EBUSY, why);
-        g.control(exec(2, "e", "/bin/e"));
-        g.wait(MOMENT).await;
+        g.send(exec(2, "e", "/bin/e")).await;
         assert_eq!(g.sent()[3..], refused(2, "session id 2 is already in use"));
 
         g.procs.close_output(MAIN_PID);
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
         let before = g.sent().len();
-        g.control(exec(5, "e", "/bin/e"));
-        g.wait(MOMENT).await;
+        g.send(exec(5, "e", "/bin/e")).await;
         assert_eq!(g.sent()[before..], refused(5, "the container is stopping"));
         assert_eq!(g.procs.calls().len(), 3, "two starts and the stop signal");
     });
@@ -526,8 +526,7 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
 fn an_exit_goes_to_the_session_that_has_the_pid_now() {
     paused(async {
         let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
-        g.control(exec(5, "e5", "/bin/e"));
-        g.wait(MOMENT).await;
+        g.send(exec(5, "e5", "/bin/e")).await;
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
@@ -535,8 +534,7 @@ fn an_exit_goes_to_the_session_that_has_the_pid_now() {
 
         // The kernel gives the pid to the next exec.
         g.procs.reuse_pid(SIDE_PID);
-        g.control(exec(6, "e6", "/bin/e"));
-        g.wait(MOMENT).await;
+        g.send(exec(6, "e6", "/bin/e")).await;
         assert!(g.sent().contains(&started(6, "e6", SIDE_PID)));
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 3, None);

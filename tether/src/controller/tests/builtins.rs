@@ -20,8 +20,7 @@ fn stat(path: &str) -> BuiltinOp {
 fn a_builtin_is_a_session_reported_with_pid_0_and_exits_after_its_output() {
     paused(async {
         let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
-        g.control(builtin(4096, "stat-1", stat("/etc/hosts")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4096, "stat-1", stat("/etc/hosts"))).await;
         assert_eq!(g.procs.calls()[1..], ["builtin stat-1 stat hide []"]);
         assert_eq!(g.sent().last(), Some(&started(4096, "stat-1", 0)));
         g.procs.print(SIDE_PID, b"{\"name\":\"hosts\"}\n");
@@ -46,8 +45,7 @@ fn only_the_archive_put_reads_its_stdin() {
             no_overwrite_dir_non_dir: true,
         };
         g.control(builtin(4096, "put", put));
-        g.control(builtin(4097, "stat", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4097, "stat", stat("/"))).await;
         for session in [4096, 4097] {
             g.stdin(session, b"tar bytes");
         }
@@ -73,13 +71,11 @@ fn a_process_listing_leaves_out_the_builtins_running() {
             "get",
             BuiltinOp::ArchiveGet { path: "/".into() },
         ));
-        g.control(builtin(4097, "top", ps()));
-        g.wait(MOMENT).await;
+        g.send(builtin(4097, "top", ps())).await;
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
-        g.control(builtin(4098, "top", ps()));
-        g.wait(MOMENT).await;
+        g.send(builtin(4098, "top", ps())).await;
         assert_eq!(
             g.procs.calls()[1..],
             [
@@ -95,8 +91,7 @@ fn a_process_listing_leaves_out_the_builtins_running() {
 fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
     paused(async {
         let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
-        g.control(builtin(4096, "cp", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4096, "cp", stat("/"))).await;
         g.control(Control::Signal {
             session: 4096,
             signal: libc::SIGKILL,
@@ -109,8 +104,7 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         );
 
         let before = g.sent().len();
-        g.control(builtin(4096, "again", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4096, "again", stat("/"))).await;
         assert_eq!(
             g.sent()[before..],
             failed_start(4096, 126, libc::EBUSY, "session id 4096 is already in use")
@@ -123,8 +117,7 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         };
         g.procs.fail_start("builtin stat", fork_failed);
         let before = g.sent().len();
-        g.control(builtin(4097, "cp2", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4097, "cp2", stat("/"))).await;
         assert_eq!(
             g.sent()[before..],
             failed_start(
@@ -140,8 +133,7 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
         let before = g.sent().len();
-        g.control(builtin(4098, "late", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4098, "late", stat("/"))).await;
         assert!(matches!(
             &g.sent()[before..],
             [Control::StartFailed { message, .. }, Control::Exited { .. }]

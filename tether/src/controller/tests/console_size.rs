@@ -40,8 +40,7 @@ fn a_resize_before_the_first_attach_is_the_size_it_starts_at() {
             rows: 50,
             cols: 200,
         });
-        g.control(Control::Release { session: MAIN });
-        g.wait(MOMENT).await;
+        g.send(Control::Release { session: MAIN }).await;
         let plans = g.procs.plans();
         assert_eq!(
             plans
