@@ -44,6 +44,15 @@ fn image() -> TestDir {
     root
 }
 
+/// A tether in a fresh [`image`], its main session waiting for a line on its stdin.
+fn start_in_image() -> (TestDir, Harness) {
+    let root = image();
+    let mut main = session(&["/bin/sh", "-c", "read x"]);
+    main.open_stdin = true;
+    let h = Harness::start_in(&spec(main), root.path());
+    (root, h)
+}
+
 fn tar() -> TarWriter {
     TarWriter::new(MTIME, (1000, 1000))
 }
@@ -98,10 +107,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), root.path());
+    let (root, mut h) = start_in_image();
     let sent = tree();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
@@ -265,10 +271,7 @@ fn nix_is_root() -> bool {
 
 #[test]
 fn processes_lists_an_exec_and_refuses_other_ps_args() {
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), root.path());
+    let (_root, mut h) = start_in_image();
     let tether_pid = h.child.id();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
@@ -367,10 +370,7 @@ async fn stdin_streamed(c: &mut Conn, session: u32, bytes: &[u8]) {
 #[test]
 fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
     use sha2::{Digest, Sha256};
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), root.path());
+    let (root, mut h) = start_in_image();
     // 6 MiB: past the 1 MiB stream buffers and the 64 KiB pipes, in both directions.
     let big: Vec<u8> = (0..6u32 << 20)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
