@@ -80,6 +80,13 @@ async fn authenticated(home: &Home, id: &str, secret: &[u8]) -> UnixStream {
     s
 }
 
+/// Whether the server closes an authenticated channel that sends `abuse`.
+async fn disconnected_by(home: &Home, id: &str, secret: &[u8], abuse: &Message) -> bool {
+    let mut s = authenticated(home, id, secret).await;
+    s.write_all(&frame(abuse)).await.unwrap();
+    closed_by_server(&mut s).await
+}
+
 fn victim_expected() -> Vec<u8> {
     (1..=60_000)
         .flat_map(|i| format!("{i}\n").into_bytes())
@@ -217,32 +224,25 @@ fn protocol_abuse_disconnects_only_the_abuser_and_memory_stays_bounded() {
         drop(s);
 
         // Acks for data never sent.
-        let mut s = authenticated(&home, &id, &secret).await;
-        s.write_all(&frame(&Message::Ack {
+        let ack = Message::Ack {
             key: control,
             upto: 1 << 40,
             limit: 1 << 41,
-        }))
-        .await
-        .unwrap();
+        };
         assert!(
-            closed_by_server(&mut s).await,
+            disconnected_by(&home, &id, &secret, &ack).await,
             "an ack beyond what was sent disconnects"
         );
 
         // Data beyond the credit the server granted.
-        let mut s = authenticated(&home, &id, &secret).await;
-        let key = StreamKey::new(1, StreamKind::Stdout);
-        s.write_all(&frame(&Message::Data {
-            key,
+        let data = Message::Data {
+            key: StreamKey::new(1, StreamKind::Stdout),
             seq: 1 << 30,
             fin: false,
             bytes: vec![1; 100],
-        }))
-        .await
-        .unwrap();
+        };
         assert!(
-            closed_by_server(&mut s).await,
+            disconnected_by(&home, &id, &secret, &data).await,
             "data beyond the credit disconnects"
         );
 
