@@ -291,6 +291,16 @@ fn the_docker_cli_with_a_client_certificate_gets_in_over_tls() {
         .success());
 }
 
+/// The server refused the docker client `out`: it failed saying `client_says`, and the server
+/// logged `server_logs`.
+fn assert_refused(env: &Env, out: &Output, client_says: &str, server_logs: &str) {
+    assert_ne!(out.status.code(), Some(0), "refused");
+    let err = text(&out.stderr);
+    assert!(err.contains(client_says), "the server refused: {err}");
+    let log = env.log();
+    assert!(log.contains(server_logs), "the server's log:\n{log}");
+}
+
 #[test]
 fn clients_without_a_certificate_from_our_ca_are_refused() {
     let env = Env::new("refuse");
@@ -300,36 +310,27 @@ fn clients_without_a_certificate_from_our_ca_are_refused() {
 
     let ca = env.pki.ca().display().to_string();
     let anonymous = env.docker(&addr, &["--tls", "--tlscacert", &ca], &["version"], None);
-    assert_ne!(anonymous.status.code(), Some(0), "no client certificate");
+    assert_refused(
+        &env,
+        &anonymous,
+        "certificate required",
+        "peer sent no certificates",
+    );
     assert!(
         !text(&anonymous.stdout).contains("Server:"),
         "{}",
         text(&anonymous.stdout)
     );
-    assert!(
-        text(&anonymous.stderr).contains("certificate required"),
-        "the server refused: {}",
-        text(&anonymous.stderr)
-    );
-    assert!(
-        env.log().contains("peer sent no certificates"),
-        "{}",
-        env.log()
-    );
 
     let rogue = Env::verified(&env.pki.rogue());
     let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
     let other_ca = env.docker(&addr, &rogue, &["ps", "-a"], None);
-    assert_ne!(other_ca.status.code(), Some(0), "another CA's client");
-    assert!(
-        text(&other_ca.stderr).contains("remote error: tls"),
-        "the server refused: {}",
-        text(&other_ca.stderr)
-    );
-    assert!(
-        env.log().contains("invalid peer certificate"),
-        "the client's certificate was checked and refused:\n{}",
-        env.log()
+    // The client's certificate was checked and refused.
+    assert_refused(
+        &env,
+        &other_ca,
+        "remote error: tls",
+        "invalid peer certificate",
     );
 
     // Plain HTTP on the TLS port: dockerd's 400, and the CLI without --tls fails.
