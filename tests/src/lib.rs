@@ -445,6 +445,16 @@ impl Appliance {
         );
     }
 
+    /// Waits until the container's main session (session 1) has exited with `code`.
+    pub fn wait_exit(&self, id: &str, secs: u64, code: i64) {
+        self.wait_for(id, secs, |s| s["sessions"]["1"]["exit_code"] == code);
+    }
+
+    /// `docker logs NAME`'s stdout, as text.
+    pub fn logs(&self, name: &str) -> String {
+        text(&self.docker(&["logs", name]).stdout)
+    }
+
     pub fn console(&self, id: &str) -> String {
         String::from_utf8_lossy(
             &std::fs::read(self.home.container(id).join("console.log")).unwrap_or_default(),

@@ -14,12 +14,9 @@ fn a_main_process_that_forks_a_thousand_children_and_exits_is_reaped_and_reporte
             "i=0; while [ $i -lt 1000 ]; do sleep 1000 & i=$((i+1)); done; echo forked $i; exit 4",
         ),
     );
-    app.wait_for(&id, 180, |s| s["sessions"]["1"]["exit_code"] == 4);
+    app.wait_exit(&id, 180, 4);
     let console = app.powered_off_console(&id, 120);
-    assert_eq!(
-        text(&app.docker(&["logs", "forker"]).stdout),
-        "forked 1000\n"
-    );
+    assert_eq!(app.logs("forker"), "forked 1000\n");
     assert!(
         console.contains("reboot: Power down"),
         "a clean power-off:\n{console}"
@@ -33,7 +30,7 @@ fn a_session_that_closes_its_stdout_early_keeps_running() {
         "closer",
         "echo before; exec 1>&-; sleep 2; echo still-running >&2; exit 6",
     ));
-    app.wait_for(&id, 120, |s| s["sessions"]["1"]["exit_code"] == 6);
+    app.wait_exit(&id, 120, 6);
     let logs = app.docker(&["logs", "closer"]);
     assert_eq!(text(&logs.stdout), "before\n");
     assert_eq!(text(&logs.stderr), "still-running\n");

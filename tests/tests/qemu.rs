@@ -14,13 +14,8 @@ fn a_containervm_over_virtio_serial_behaves_like_a_container() {
                   while :; do sleep 0.2; done",
     ));
     app.wait_for(&id, 60, |s| s["status"] == "running");
-    app.wait_for(&id, 30, |_| {
-        text(&app.docker(&["logs", "vm"]).stdout).contains("Linux")
-    });
-    assert_eq!(
-        text(&app.docker(&["logs", "vm"]).stdout),
-        "hello from the containerVM\nLinux\n"
-    );
+    app.wait_for(&id, 30, |_| app.logs("vm").contains("Linux"));
+    assert_eq!(app.logs("vm"), "hello from the containerVM\nLinux\n");
     // exec exit codes, through the stock docker CLI.
     for (cmd, code) in [("true", 0), ("false", 1)] {
         assert_eq!(
@@ -51,7 +46,7 @@ fn a_containervm_over_virtio_serial_behaves_like_a_container() {
     // A trapped signal decides the exit code; wait returns it; the VM powers off by itself.
     assert!(app.docker(&["kill", "-s", "USR1", "vm"]).status.success());
     assert_eq!(text(&app.docker(&["wait", "vm"]).stdout).trim(), "42");
-    assert!(text(&app.docker(&["logs", "vm"]).stdout).ends_with("got-usr1\n"));
+    assert!(app.logs("vm").ends_with("got-usr1\n"));
     let inspect = app.docker(&["inspect", "-f", "{{.State.ExitCode}}", "vm"]);
     assert_eq!(text(&inspect.stdout).trim(), "42");
     app.powered_off_console(&id, 60);
@@ -65,11 +60,8 @@ fn a_containervm_over_a_com_port_on_tcp_works_too() {
         Transport::SerialTcp,
         "containerfs",
     );
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 3);
-    assert_eq!(
-        text(&app.docker(&["logs", "com"]).stdout),
-        "over the serial line\n"
-    );
+    app.wait_exit(&id, 60, 3);
+    assert_eq!(app.logs("com"), "over the serial line\n");
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
 
@@ -100,7 +92,7 @@ fn a_nonexistent_main_command_is_127_with_the_reason_at_the_engine() {
         args: vec!["/no/such/program".into()],
         ..Default::default()
     });
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 127);
+    app.wait_exit(&id, 60, 127);
     let inspect = app.docker(&[
         "inspect",
         "-f",
@@ -166,11 +158,8 @@ fn an_interactive_tty_session_follows_resizes() {
 fn a_containervm_boots_from_the_bootstrap_iso() {
     let mut app = Appliance::start("iso");
     let id = app.run_from_iso(named_sh("fromiso", "echo booted from the ISO; exit 0"));
-    app.wait_for(&id, 90, |s| s["sessions"]["1"]["exit_code"] == 0);
-    assert_eq!(
-        text(&app.docker(&["logs", "fromiso"]).stdout),
-        "booted from the ISO\n"
-    );
+    app.wait_exit(&id, 90, 0);
+    assert_eq!(app.logs("fromiso"), "booted from the ISO\n");
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
 
@@ -224,8 +213,8 @@ fn appliance_run_is_docker_run_for_containervms() {
     assert!(bg.status.success(), "{}", text(&bg.stderr));
     let id = text(&bg.stdout).trim().to_string();
     assert_eq!(id.len(), 64);
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 0);
-    assert_eq!(text(&app.docker(&["logs", "bg"]).stdout), "detached\n");
+    app.wait_exit(&id, 60, 0);
+    assert_eq!(app.logs("bg"), "detached\n");
     let ps = app.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     let ps = text(&ps.stdout);
     assert!(

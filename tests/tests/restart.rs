@@ -216,7 +216,7 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
         .docker(&["exec", "stream", "touch", "/tmp/finish"])
         .status
         .success());
-    app.wait_for(&id, 120, |s| s["sessions"]["1"]["exit_code"] == 0);
+    app.wait_exit(&id, 120, 0);
     let start = Instant::now();
     while follower.try_wait().unwrap().is_none() {
         assert!(
