@@ -450,6 +450,11 @@ impl Appliance {
         self.wait_for(id, secs, |s| s["sessions"]["1"]["exit_code"] == code);
     }
 
+    /// `docker inspect -f FORMAT NAME`'s stdout, as text.
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        text(&self.docker(&["inspect", "-f", format, name]).stdout)
+    }
+
     /// `docker logs NAME`'s stdout, as text.
     pub fn logs(&self, name: &str) -> String {
         text(&self.docker(&["logs", name]).stdout)

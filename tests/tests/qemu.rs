@@ -47,8 +47,7 @@ fn a_containervm_over_virtio_serial_behaves_like_a_container() {
     assert!(app.docker(&["kill", "-s", "USR1", "vm"]).status.success());
     assert_eq!(text(&app.docker(&["wait", "vm"]).stdout).trim(), "42");
     assert!(app.logs("vm").ends_with("got-usr1\n"));
-    let inspect = app.docker(&["inspect", "-f", "{{.State.ExitCode}}", "vm"]);
-    assert_eq!(text(&inspect.stdout).trim(), "42");
+    assert_eq!(app.inspect("vm", "{{.State.ExitCode}}").trim(), "42");
     app.powered_off_console(&id, 60);
 }
 
@@ -70,8 +69,7 @@ fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
     let mut app = Appliance::start("nolabel");
     let id = app.run_on(named_sh("nodisk", "true"), Transport::Virtio, "wronglabel");
     app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let inspect = app.docker(&["inspect", "-f", "{{.State.Error}}", "nodisk"]);
-    let error = text(&inspect.stdout);
+    let error = app.inspect("nodisk", "{{.State.Error}}");
     assert!(
         error.contains("no disk labelled \"containerfs\""),
         "{error}"
@@ -93,13 +91,7 @@ fn a_nonexistent_main_command_is_127_with_the_reason_at_the_engine() {
         ..Default::default()
     });
     app.wait_exit(&id, 60, 127);
-    let inspect = app.docker(&[
-        "inspect",
-        "-f",
-        "{{.State.ExitCode}} {{.State.Error}}",
-        "nocmd",
-    ]);
-    let out = text(&inspect.stdout);
+    let out = app.inspect("nocmd", "{{.State.ExitCode}} {{.State.Error}}");
     assert!(out.starts_with("127 "), "{out}");
     assert!(out.contains("/no/such/program"), "{out}");
     assert_eq!(app.wait_vms_off(60), vec![0]);
@@ -115,10 +107,7 @@ fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
         |vmx| vmx.replace("/tty = \"false\"", "/tty = \"perhaps\""),
     );
     app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let error = text(
-        &app.docker(&["inspect", "-f", "{{.State.Error}}", "badcfg"])
-            .stdout,
-    );
+    let error = app.inspect("badcfg", "{{.State.Error}}");
     assert!(
         error.contains("/tty") && error.contains("perhaps"),
         "{error}"
