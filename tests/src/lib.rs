@@ -445,6 +445,11 @@ impl Appliance {
         );
     }
 
+    /// Waits until the container's status is `status`.
+    pub fn wait_status(&self, id: &str, secs: u64, status: &str) {
+        self.wait_for(id, secs, |s| s["status"] == status);
+    }
+
     /// Waits until the container's main session (session 1) has exited with `code`.
     pub fn wait_exit(&self, id: &str, secs: u64, code: i64) {
         self.wait_for(id, secs, |s| s["sessions"]["1"]["exit_code"] == code);

@@ -13,7 +13,7 @@ fn a_containervm_over_virtio_serial_behaves_like_a_container() {
         "echo hello from the containerVM; uname -s; trap 'echo got-usr1; exit 42' USR1; \
                   while :; do sleep 0.2; done",
     ));
-    app.wait_for(&id, 60, |s| s["status"] == "running");
+    app.wait_status(&id, 60, "running");
     app.wait_for(&id, 30, |_| app.logs("vm").contains("Linux"));
     assert_eq!(app.logs("vm"), "hello from the containerVM\nLinux\n");
     // exec exit codes, through the stock docker CLI.
@@ -64,12 +64,19 @@ fn a_containervm_over_a_com_port_on_tcp_works_too() {
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
 
+/// A boot that failed before the main session ran: the error the engine was told, and the
+/// console of the VM, which has powered off cleanly.
+fn failed_boot(app: &mut Appliance, id: &str, name: &str) -> (String, String) {
+    app.wait_status(id, 60, "failed");
+    let error = app.inspect(name, "{{.State.Error}}");
+    (error, app.powered_off_console(id, 60))
+}
+
 #[test]
 fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
     let mut app = Appliance::start("nolabel");
     let id = app.run_on(named_sh("nodisk", "true"), Transport::Virtio, "wronglabel");
-    app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let error = app.inspect("nodisk", "{{.State.Error}}");
+    let (error, console) = failed_boot(&mut app, &id, "nodisk");
     assert!(
         error.contains("no disk labelled \"containerfs\""),
         "{error}"
@@ -78,7 +85,6 @@ fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
         error.contains("wronglabel"),
         "the error names what was seen: {error}"
     );
-    let console = app.powered_off_console(&id, 60);
     assert!(console.contains("no disk labelled"), "console: {console}");
 }
 
@@ -106,13 +112,11 @@ fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
         // A boolean that is not one: the id and secret still decode, so the engine hears of it.
         |vmx| vmx.replace("/tty = \"false\"", "/tty = \"perhaps\""),
     );
-    app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let error = app.inspect("badcfg", "{{.State.Error}}");
+    let (error, console) = failed_boot(&mut app, &id, "badcfg");
     assert!(
         error.contains("/tty") && error.contains("perhaps"),
         "{error}"
     );
-    let console = app.powered_off_console(&id, 60);
     assert!(console.contains("config does not decode"), "{console}");
 }
 
@@ -120,7 +124,7 @@ fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
 fn an_interactive_tty_session_follows_resizes() {
     let mut app = Appliance::start("tty");
     let id = app.run(named_sh("tty", "while :; do sleep 0.2; done"));
-    app.wait_for(&id, 60, |s| s["status"] == "running");
+    app.wait_status(&id, 60, "running");
     let rc_file = app.home.root().join("exec.rc");
     let command = format!(
         "docker -H unix://{} exec -it tty sh; echo $? > {}",
@@ -222,7 +226,7 @@ fn docker_attach_to_a_containervm_carries_stdin_output_and_the_exit_code() {
         attach: true,
         ..sh("echo started; read line; echo \"got: $line\"; echo to-stderr >&2; exit 5")
     });
-    app.wait_for(&id, 60, |s| s["status"] == "running");
+    app.wait_status(&id, 60, "running");
     let mut child = std::process::Command::new("docker")
         .arg("-H")
         .arg(format!("unix://{}", app.home.docker_socket().display()))

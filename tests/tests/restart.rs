@@ -169,7 +169,7 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
         env: vec!["PATH=/bin".into()],
         ..Default::default()
     });
-    app.wait_for(&id, 90, |s| s["status"] == "running");
+    app.wait_status(&id, 90, "running");
     let follower_out = app.home.root().join("follower.out");
     let follower_err = app.home.root().join("follower.err");
     let mut follower = app
