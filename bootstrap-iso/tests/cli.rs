@@ -24,6 +24,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `bootstrap-iso ARGS` fails, and its stderr says `what`.
+fn fails_saying(args: &[&str], what: &str) {
+    let o = bootstrap_iso(args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(stderr(&o).contains(what), "{}", stderr(&o));
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -42,13 +49,7 @@ fn the_top_level_help_lists_exactly_the_commands_tested_here() {
         .filter(|c| *c != "help")
         .collect();
     assert_eq!(commands, VERBS, "{help}");
-    let none = bootstrap_iso(&[]);
-    assert!(!none.status.success());
-    assert!(
-        stderr(&none).contains("Usage: bootstrap-iso"),
-        "{}",
-        stderr(&none)
-    );
+    fails_saying(&[], "Usage: bootstrap-iso");
 }
 
 #[test]
@@ -79,29 +80,30 @@ fn an_unknown_flag_is_an_error_that_names_it() {
         );
         assert!(stdout(&o).is_empty(), "{verb}: nothing built, no checksum");
     }
-    let o = bootstrap_iso(&["dsik", "--image", "x"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'dsik'"), "{}", stderr(&o));
+    fails_saying(&["dsik", "--image", "x"], "'dsik'");
 }
 
 #[test]
 fn a_missing_flag_and_a_stray_argument_are_named() {
-    let o = bootstrap_iso(&["initramfs", "-o", "/dev/null"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--tether <PATH>"), "{}", stderr(&o));
-    let o = bootstrap_iso(&["guestinfo", "--spec", "s.toml"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--output <OUT>"), "{}", stderr(&o));
-    // `--` ends the flags; no command takes arguments after it.
-    let o = bootstrap_iso(&["disk", "--image", "x", "-o", "y", "--", "--label"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'--label'"), "{}", stderr(&o));
-    let o = bootstrap_iso(&["disk", "--image", "x", "--format", "vhd", "-o", "y"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("\"vhd\""), "{}", stderr(&o));
-    let o = bootstrap_iso(&["disk", "--image", "x", "--size", "big", "-o", "y"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'big'"), "{}", stderr(&o));
+    for (args, named) in [
+        (&["initramfs", "-o", "/dev/null"][..], "--tether <PATH>"),
+        (&["guestinfo", "--spec", "s.toml"], "--output <OUT>"),
+        // `--` ends the flags; no command takes arguments after it.
+        (
+            &["disk", "--image", "x", "-o", "y", "--", "--label"],
+            "'--label'",
+        ),
+        (
+            &["disk", "--image", "x", "--format", "vhd", "-o", "y"],
+            "\"vhd\"",
+        ),
+        (
+            &["disk", "--image", "x", "--size", "big", "-o", "y"],
+            "'big'",
+        ),
+    ] {
+        fails_saying(args, named);
+    }
 }
 
 /// An empty file is not an empty image: it is refused, naming the file. `--rootfs` and `--tar`
@@ -140,9 +142,10 @@ fn initramfs_writes_the_archive_and_prints_its_sha256() {
     let sum = bootstrap::disk::sha256_file(&out).unwrap();
     assert_eq!(stdout(&o), format!("{sum}  {}\n", out.display()));
 
-    let o = bootstrap_iso(&["initramfs", "--tether", s(&d.join("nope")), "-o", s(&out)]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("make tether"), "{}", stderr(&o));
+    fails_saying(
+        &["initramfs", "--tether", s(&d.join("nope")), "-o", s(&out)],
+        "make tether",
+    );
 }
 
 #[test]
@@ -164,12 +167,9 @@ fn guestinfo_takes_id_and_the_long_and_equals_forms_of_output() {
     assert_eq!(parsed.disk_label, guestinfo::contract::DEFAULT_DISK_LABEL);
 
     std::fs::write(&spec, "secret = \"c2VjcmV0\"\n[main]\ncmd = []\n").unwrap();
-    let o = bootstrap_iso(&["guestinfo", "--spec", s(&spec), "-o", s(&out)]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("cmd must name a program"),
-        "{}",
-        stderr(&o)
+    fails_saying(
+        &["guestinfo", "--spec", s(&spec), "-o", s(&out)],
+        "cmd must name a program",
     );
 }
 
