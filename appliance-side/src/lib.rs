@@ -12,5 +12,7 @@ pub mod home;
 pub mod logging;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testdir;
 #[cfg(feature = "testing")]
 pub mod testing;

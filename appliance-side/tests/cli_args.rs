@@ -39,29 +39,45 @@ fn create(home: &Home, args: &[&str]) -> String {
     text(&out.stdout).trim().to_string()
 }
 
-/// A running container named `name` (record env `X=0`) played by the simulated guest, which
-/// answers every exec as `echo` would: its arguments as one line.
-fn running_container(rt: &tokio::runtime::Runtime, home: &Home, name: &str) -> String {
-    let id = create(home, &["--name", name, "-e", "X=0", "--", "/bin/sh"]);
-    let secret = records::load(home, &id).unwrap().secret_bytes();
+/// A server process with one running container, `app` (record env `X=0`), played by the
+/// simulated guest, which answers every exec as `echo` would: its arguments as one line.
+/// Dropped in field order: the guest, then the server, then the home.
+struct RunningApp {
+    id: String,
+    _guest: tokio::runtime::Runtime,
+    _server: ServerProcess,
+    home: TempHome,
+}
+
+fn running_app(tag: &str) -> RunningApp {
+    let home = TempHome::new(tag);
+    let server = ServerProcess::start(&home);
+    let guest = runtime();
+    let id = create(&home, &["--name", "app", "-e", "X=0", "--", "/bin/sh"]);
+    let secret = records::load(&home, &id).unwrap().secret_bytes();
     let (sock, guest_id) = (home.channel_socket(), id.clone());
-    rt.spawn(async move {
+    guest.spawn(async move {
         let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
         let (reader, streams) = handshake_as(&mut s, guest_id, secret).await;
         run_guest(s, reader, streams, GuestBehaviour::default()).await;
     });
     let start = Instant::now();
     loop {
-        let out = appliance(home, &["inspect", name]);
+        let out = appliance(&home, &["inspect", "app"]);
         let running = serde_json::from_slice::<Value>(&out.stdout)
             .ok()
             .and_then(|v| v[0]["State"]["Running"].as_bool());
         if running == Some(true) {
-            return id;
+            return RunningApp {
+                id,
+                _guest: guest,
+                _server: server,
+                home,
+            };
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "{name} never ran: {}",
+            "app never ran: {}",
             text(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -97,13 +113,9 @@ fn exec_with_args(home: &Home, id: &str, args: &[&str]) -> Value {
 
 #[test]
 fn exec_delivers_every_env_value_in_order() {
-    let t = TempHome::new("cli-exec-env");
-    let home = t.home();
-    let _server = ServerProcess::start(&home);
-    let rt = runtime();
-    let id = running_container(&rt, &home, "app");
+    let app = running_app("cli-exec-env");
     let out = appliance(
-        &home,
+        &app.home,
         &[
             "exec", "-e", "A=1", "-e", "B=2", "--env", "C=3", "app", "env",
         ],
@@ -114,7 +126,7 @@ fn exec_delivers_every_env_value_in_order() {
         "\n",
         "the simulated guest echoes no arguments"
     );
-    let exec = exec_with_args(&home, &id, &["env"]);
+    let exec = exec_with_args(&app.home, &app.id, &["env"]);
     // The container's own environment first, then the exec's, each value as given.
     assert_eq!(
         exec["spec"]["env"],
@@ -124,35 +136,27 @@ fn exec_delivers_every_env_value_in_order() {
 
 #[test]
 fn the_command_after_the_container_keeps_its_own_flags() {
-    let t = TempHome::new("cli-exec-argv");
-    let home = t.home();
-    let _server = ServerProcess::start(&home);
-    let rt = runtime();
-    let id = running_container(&rt, &home, "app");
+    let app = running_app("cli-exec-argv");
     // The guest echoes the arguments after the program: `-c` and `-n` arrived as arguments.
-    let sh = appliance(&home, &["exec", "app", "sh", "-c", "echo -n x"]);
+    let sh = appliance(&app.home, &["exec", "app", "sh", "-c", "echo -n x"]);
     assert_eq!(sh.status.code(), Some(0), "{}", text(&sh.stderr));
     assert_eq!(text(&sh.stdout), "-c echo -n x\n");
-    exec_with_args(&home, &id, &["sh", "-c", "echo -n x"]);
-    let ls = appliance(&home, &["exec", "app", "ls", "-la", "--help"]);
+    exec_with_args(&app.home, &app.id, &["sh", "-c", "echo -n x"]);
+    let ls = appliance(&app.home, &["exec", "app", "ls", "-la", "--help"]);
     assert_eq!(text(&ls.stdout), "-la --help\n");
     // A `--` before the command is optional; one after it belongs to the command.
-    let dashed = appliance(&home, &["exec", "app", "--", "ls", "--", "-x"]);
+    let dashed = appliance(&app.home, &["exec", "app", "--", "ls", "--", "-x"]);
     assert_eq!(text(&dashed.stdout), "-- -x\n");
-    exec_with_args(&home, &id, &["ls", "--", "-x"]);
+    exec_with_args(&app.home, &app.id, &["ls", "--", "-x"]);
 }
 
 #[test]
 fn bundled_short_flags_reach_the_server() {
-    let t = TempHome::new("cli-exec-bundle");
-    let home = t.home();
-    let _server = ServerProcess::start(&home);
-    let rt = runtime();
-    let id = running_container(&rt, &home, "app");
+    let app = running_app("cli-exec-bundle");
     // -d: the exec is started and the command returns at once.
-    let out = appliance(&home, &["exec", "-dit", "-eK=V", "app", "ls", "-la"]);
+    let out = appliance(&app.home, &["exec", "-dit", "-eK=V", "app", "ls", "-la"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let exec = exec_with_args(&home, &id, &["ls", "-la"]);
+    let exec = exec_with_args(&app.home, &app.id, &["ls", "-la"]);
     assert_eq!(exec["spec"]["tty"], true);
     assert_eq!(exec["spec"]["open_stdin"], true);
     assert_eq!(exec["attach_stdin"], true);
@@ -161,8 +165,7 @@ fn bundled_short_flags_reach_the_server() {
 
 #[test]
 fn server_errors_exit_1_with_dockers_text() {
-    let t = TempHome::new("cli-server-error");
-    let home = t.home();
+    let home = TempHome::new("cli-server-error");
     let _server = ServerProcess::start(&home);
     for args in [
         &["inspect", "ghost"][..],
@@ -181,8 +184,8 @@ fn server_errors_exit_1_with_dockers_text() {
 
 #[test]
 fn no_server_exits_1_saying_how_to_start_one() {
-    let t = TempHome::new("cli-no-server");
-    let out = appliance(&t.home(), &["ps", "-a"]);
+    let home = TempHome::new("cli-no-server");
+    let out = appliance(&home, &["ps", "-a"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -194,8 +197,7 @@ fn no_server_exits_1_saying_how_to_start_one() {
 
 #[test]
 fn create_records_every_env_value_and_the_command_as_given() {
-    let t = TempHome::new("cli-create");
-    let home = t.home();
+    let home = TempHome::new("cli-create");
     let id = create(
         &home,
         &[
@@ -241,8 +243,7 @@ fn create_records_every_env_value_and_the_command_as_given() {
 
 #[test]
 fn unknown_flags_exit_125_naming_the_flag() {
-    let t = TempHome::new("cli-unknown");
-    let home = t.home();
+    let home = TempHome::new("cli-unknown");
     for verb in VERBS {
         let out = appliance(&home, &[verb, "--no-such-flag", "c", "sh"]);
         assert_eq!(out.status.code(), Some(125), "{verb}");
@@ -264,8 +265,7 @@ fn unknown_flags_exit_125_naming_the_flag() {
 
 #[test]
 fn bad_values_and_missing_arguments_exit_125() {
-    let t = TempHome::new("cli-values");
-    let home = t.home();
+    let home = TempHome::new("cli-values");
     for (args, says) in [
         (&["run", "--transport", "usb", "img", "sh"][..], "'usb'"),
         (&["run", "-m", "lots", "img", "sh"], "give MiB"),
@@ -293,8 +293,7 @@ fn bad_values_and_missing_arguments_exit_125() {
 
 #[test]
 fn help_works_on_every_verb() {
-    let t = TempHome::new("cli-help");
-    let home = t.home();
+    let home = TempHome::new("cli-help");
     for verb in VERBS {
         for args in [[verb, "--help"], [verb, "-h"], ["help", verb]] {
             let out = appliance(&home, &args);

@@ -1,140 +1,26 @@
 //! The stock docker CLI (`docker -H unix://…`) against `appliance serve`, with real host-mode
 //! tether processes as the containers.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-struct Env {
-    home: PathBuf,
-    tethers: Vec<Child>,
+mod common;
+
+use common::detached::{text, Detached};
+
+fn env(tag: &str) -> Detached {
+    Detached::started(&format!("docker-cli-{tag}"))
 }
 
-fn tether_bin() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_BIN_EXE_appliance"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = target.join("tether");
-    if !bin.exists() {
-        assert!(Command::new(env!("CARGO"))
-            .args(["build", "-p", "tether"])
-            .status()
-            .unwrap()
-            .success());
-    }
-    bin
-}
-
-impl Env {
-    fn start(tag: &str) -> Self {
-        let home = std::env::temp_dir().join(format!("docker-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(["serve", "--detach"])
-            .env("TETHER_HOME", &home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "serve --detach: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(home.join("appliance.pid").exists());
-        Self {
-            home,
-            tethers: Vec::new(),
-        }
-    }
-
-    /// Creates a container and boots its tether (host mode); returns the id.
-    fn run(&mut self, create_args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .arg("create")
-            .args(create_args)
-            .env("TETHER_HOME", &self.home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let child = Command::new(tether_bin())
-            .arg("--config")
-            .arg(self.home.join("containers").join(&id).join("config.vmx"))
-            .arg("--channel")
-            .arg(self.home.join("channel.sock"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.tethers.push(child);
-        id
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        self.docker_stdin(args, None)
-    }
-
-    fn docker_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut cmd = Command::new("docker");
-        cmd.arg("-H")
-            .arg(format!(
-                "unix://{}",
-                self.home.join("docker.sock").display()
-            ))
-            .args(args);
-        output_with_stdin(cmd, stdin)
-    }
-
-    fn wait_state(&self, name: &str, want: &str) {
-        for _ in 0..200 {
-            let out = self.docker(&["inspect", "-f", "{{.State.Status}}", name]);
-            if String::from_utf8_lossy(&out.stdout).trim() == want {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{name} never reached state {want}");
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for t in &mut self.tethers {
-            let _ = t.kill();
-            let _ = t.wait();
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("appliance.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-/// Runs `cmd` with `stdin` written to it (or /dev/null) and collects its output.
-fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the command is installed");
-    if let Some(data) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(data).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// Runs `script` under `sh -c` in a container named `name`, created with `flags`; returns its
+/// id once it is running.
+fn start_sh(env: &mut Detached, name: &str, flags: &[&str], script: &str) -> String {
+    let mut args = vec!["--name", name];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    let id = env.run(&args);
+    env.wait_state(name, "running");
+    id
 }
 
 const TRAP: &str = "trap 'echo got-usr1; exit 42' USR1; echo hello; echo oops >&2; \
@@ -142,9 +28,8 @@ const TRAP: &str = "trap 'echo got-usr1; exit 42' USR1; echo hello; echo oops >&
 
 #[test]
 fn ps_exec_logs_kill_wait_inspect() {
-    let mut env = Env::start("basic");
-    let id = env.run(&["--name", "web", "--", "/bin/sh", "-c", TRAP]);
-    env.wait_state("web", "running");
+    let mut env = env("basic");
+    let id = start_sh(&mut env, "web", &[], TRAP);
 
     let ps = env.docker(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
     // dockerd's words: "Up Less than a second", "Up 2 seconds".
@@ -180,10 +65,8 @@ fn ps_exec_logs_kill_wait_inspect() {
     assert_eq!(text(&piped.stdout), "through stdin\n");
 
     // wait, started before the kill, returns the exit code of the trapped signal.
-    let waiter = Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", env.home.join("docker.sock").display()))
-        .args(["wait", "web"])
+    let waiter = env
+        .docker_command(&["wait", "web"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -224,16 +107,8 @@ fn ps_exec_logs_kill_wait_inspect() {
 
 #[test]
 fn logs_tail_since_and_follow() {
-    let mut env = Env::start("logs");
-    env.run(&[
-        "--name",
-        "ticker",
-        "--",
-        "/bin/sh",
-        "-c",
-        "for i in 1 2 3 4 5; do echo early $i; done; sleep 1.2; for i in 1 2 3; do echo late $i; sleep 0.2; done",
-    ]);
-    env.wait_state("ticker", "running");
+    let mut env = env("logs");
+    start_sh(&mut env, "ticker", &[], "for i in 1 2 3 4 5; do echo early $i; done; sleep 1.2; for i in 1 2 3; do echo late $i; sleep 0.2; done");
     // Follow from the start: returns when the container exits, with everything.
     let follow = env.docker(&["logs", "-f", "ticker"]);
     let all = "early 1\nearly 2\nearly 3\nearly 4\nearly 5\nlate 1\nlate 2\nlate 3\n";
@@ -259,17 +134,13 @@ fn logs_tail_since_and_follow() {
 
 #[test]
 fn attach_gets_all_output_and_the_exit_code() {
-    let mut env = Env::start("attach");
-    let id = env.run(&[
-        "--name",
+    let mut env = env("attach");
+    let id = start_sh(
+        &mut env,
         "gated",
-        "-a",
-        "--",
-        "/bin/sh",
-        "-c",
+        &["-a"],
         "echo first; echo second >&2; exit 9",
-    ]);
-    env.wait_state("gated", "running");
+    );
     let attach = env.docker(&["attach", "--no-stdin", "gated"]);
     assert_eq!(
         text(&attach.stdout),
@@ -285,27 +156,15 @@ fn attach_gets_all_output_and_the_exit_code() {
     assert_eq!(attach.status.code(), Some(9));
 }
 
-impl Env {
-    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance"));
-        cmd.args(args).env("TETHER_HOME", &self.home);
-        output_with_stdin(cmd, stdin)
-    }
-}
-
 #[test]
 fn the_appliance_cli_speaks_the_same_verbs() {
-    let mut env = Env::start("cli");
-    env.run(&[
-        "--name",
+    let mut env = env("cli");
+    start_sh(
+        &mut env,
         "app",
-        "-i",
-        "--",
-        "/bin/sh",
-        "-c",
+        &["-i"],
         "echo hello; echo oops >&2; cat; exit 4",
-    ]);
-    env.wait_state("app", "running");
+    );
     let ps = env.cli(&["ps"], None);
     assert!(
         text(&ps.stdout).lines().nth(1).unwrap().contains("app"),
@@ -346,18 +205,9 @@ fn the_appliance_cli_speaks_the_same_verbs() {
 fn a_client_that_never_reads_stalls_neither_the_container_nor_other_clients() {
     use sha2::{Digest, Sha256};
     use std::io::Write;
-    let mut env = Env::start("slow");
+    let mut env = env("slow");
     // Gated: the output starts only once the stuck client has attached.
-    let id = env.run(&[
-        "--name",
-        "flood",
-        "-a",
-        "--",
-        "/bin/sh",
-        "-c",
-        "seq 1 2000000",
-    ]);
-    env.wait_state("flood", "running");
+    let id = start_sh(&mut env, "flood", &["-a"], "seq 1 2000000");
     let mut stuck = std::os::unix::net::UnixStream::connect(env.home.join("docker.sock")).unwrap();
     write!(
         stuck,
@@ -395,17 +245,8 @@ fn a_client_that_never_reads_stalls_neither_the_container_nor_other_clients() {
 
 #[test]
 fn detach_keys_leave_the_container_running() {
-    let mut env = Env::start("detach");
-    env.run(&[
-        "--name",
-        "svc",
-        "-i",
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat; echo stdin-closed",
-    ]);
-    env.wait_state("svc", "running");
+    let mut env = env("detach");
+    start_sh(&mut env, "svc", &["-i"], "cat; echo stdin-closed");
     // Bytes before ctrl-p ctrl-q reach the process; the sequence detaches the client.
     let attach = env.cli(&["attach", "svc"], Some(b"before\n\x10\x11after\n"));
     assert_eq!(attach.status.code(), Some(0), "detached, not exited");

@@ -241,8 +241,7 @@ fn a_server_killed_while_the_store_is_full_recovers_its_torn_log_and_loses_nothi
 
 #[test]
 fn a_tether_that_stops_answering_is_unhealthy_until_it_answers_again() {
-    let t = common::TempHome::new("unresponsive");
-    let home = t.home();
+    let home = common::TempHome::new("unresponsive");
     let log = server_log("unresponsive");
     let _server = ServerProcess::start_with(&home, &["--unresponsive-after", "1"], &log);
     let id = new_container(&home, "echo up; exec sleep 600");

@@ -89,7 +89,7 @@ impl Drop for Detached {
 #[test]
 fn a_second_serve_is_refused_naming_the_first_which_keeps_serving() {
     let t = TempHome::new("second-serve");
-    let home = t.0.clone();
+    let home = t.root().to_path_buf();
     let _first = Detached::start(&home);
     let pid: u32 = std::fs::read_to_string(home.join("appliance.pid"))
         .unwrap()
@@ -147,7 +147,7 @@ fn a_second_serve_is_refused_naming_the_first_which_keeps_serving() {
 #[test]
 fn a_server_killed_with_sigkill_leaves_sockets_that_the_next_start_replaces() {
     let t = TempHome::new("sigkill");
-    let home = t.home();
+    let home = (*t).clone();
     let mut first = ServerProcess::start(&home);
     let first_pid = first.0.id();
     first.0.kill().unwrap(); // SIGKILL: no cleanup runs.
@@ -159,7 +159,7 @@ fn a_server_killed_with_sigkill_leaves_sockets_that_the_next_start_replaces() {
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
     assert_eq!(
-        lock_pid(&t.0),
+        lock_pid(t.root()),
         first_pid,
         "the dead server's pid is still written"
     );
@@ -167,22 +167,22 @@ fn a_server_killed_with_sigkill_leaves_sockets_that_the_next_start_replaces() {
     // The lock died with the process: the next server takes it and listens where the dead
     // one's sockets were.
     let second = ServerProcess::start(&home);
-    assert_eq!(lock_pid(&t.0), second.0.id());
+    assert_eq!(lock_pid(t.root()), second.0.id());
     for s in &stale {
         UnixStream::connect(s).unwrap_or_else(|e| panic!("{}: {e}", s.display()));
     }
-    assert!(server_answers(&t.0));
+    assert!(server_answers(t.root()));
 }
 
 #[test]
 fn the_home_its_secrets_and_its_sockets_are_owner_only() {
     let t = TempHome::new("modes");
     // A home that exists with looser bits is tightened.
-    std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let home = t.home();
+    std::fs::set_permissions(t.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = (*t).clone();
     let mut server = ServerProcess::start(&home);
-    assert!(server_answers(&t.0));
-    assert_eq!(mode(&t.0), 0o700, "TETHER_HOME");
+    assert!(server_answers(t.root()));
+    assert_eq!(mode(t.root()), 0o700, "TETHER_HOME");
     for s in [home.docker_socket(), home.channel_socket()] {
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::symlink_metadata(&s)
@@ -192,7 +192,7 @@ fn the_home_its_secrets_and_its_sockets_are_owner_only() {
         assert_eq!(mode(&s), 0o600, "{}", s.display());
     }
     for f in ["appliance.lock", "channel.tcp"] {
-        assert_eq!(mode(&t.0.join(f)), 0o600, "{f}");
+        assert_eq!(mode(&t.root().join(f)), 0o600, "{f}");
     }
     // A container's record and config (its channel secret) and everything the server writes
     // for it while it runs: state, logs.
@@ -224,7 +224,7 @@ fn the_home_its_secrets_and_its_sockets_are_owner_only() {
     server.0.wait().unwrap();
 
     // A home that serve makes itself is 0700 from the start, and so is what it makes in it.
-    let fresh = t.0.join("nested/fresh-home");
+    let fresh = t.root().join("nested/fresh-home");
     let _again = Detached::start(&fresh);
     assert!(server_answers(&fresh));
     assert_eq!(mode(&fresh), 0o700);
@@ -267,10 +267,10 @@ fn work_dirs(images: &Path) -> Vec<String> {
 #[test]
 fn work_directories_of_a_killed_server_are_swept_at_the_next_start() {
     let t = TempHome::new("sweep");
-    let home = t.home();
-    let images = t.0.join("images");
+    let home = (*t).clone();
+    let images = t.root().join("images");
     let mut server = ServerProcess::start(&home);
-    let _upload = start_slow_load(&t.0);
+    let _upload = start_slow_load(t.root());
     // The load's work directory fills with the archive as it arrives.
     let start = Instant::now();
     let archive = loop {
@@ -292,9 +292,9 @@ fn work_directories_of_a_killed_server_are_swept_at_the_next_start() {
     let build = images.join("0123456789abcdef0123456789abcdef.work");
     std::fs::create_dir_all(build.join("rootfs/etc")).unwrap();
     std::fs::write(build.join("disk.raw"), [0u8; 4096]).unwrap();
-    let removing = t.0.join("containers/.removing-0123abcd");
+    let removing = t.root().join("containers/.removing-0123abcd");
     std::fs::create_dir_all(removing.join("logs")).unwrap();
-    let kept = t.0.join("containers/0123abcd");
+    let kept = t.root().join("containers/0123abcd");
     std::fs::create_dir_all(&kept).unwrap();
 
     let _next = ServerProcess::start(&home);
@@ -310,16 +310,16 @@ fn work_directories_of_a_killed_server_are_swept_at_the_next_start() {
 #[test]
 fn an_image_disk_build_that_fails_leaves_no_work_directory() {
     let t = TempHome::new("build-fails");
-    let home = t.home();
+    let home = (*t).clone();
     let _server = ServerProcess::start(&home);
-    let images = t.0.join("images");
+    let images = t.root().join("images");
     for (name, bytes, says) in [
         ("empty.tar", &b""[..], "is an empty file, not an image"),
         ("garbage.tar", &[0x5au8; 3000][..], "not a tar archive"),
     ] {
-        let input = t.0.join(name);
+        let input = t.root().join(name);
         std::fs::write(&input, bytes).unwrap();
-        let out = appliance(&t.0, &["run", "-d", input.to_str().unwrap(), "true"]);
+        let out = appliance(t.root(), &["run", "-d", input.to_str().unwrap(), "true"]);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{name}: {err}");
         assert!(err.contains(says), "{name}: {err:?} should say {says:?}");
@@ -338,7 +338,7 @@ fn an_image_disk_build_that_fails_leaves_no_work_directory() {
 #[test]
 fn an_empty_or_non_archive_load_is_refused_saying_what_is_expected_and_leaves_nothing() {
     let t = TempHome::new("bad-load");
-    let home = t.home();
+    let home = (*t).clone();
     let _server = ServerProcess::start(&home);
     let gzip_of_text = gzip(b"just some text, not a tar archive\n");
     for (name, bytes, says) in [
@@ -351,9 +351,9 @@ fn an_empty_or_non_archive_load_is_refused_saying_what_is_expected_and_leaves_no
         ("garbage", vec![0xa5u8; 10_000], "not a tar archive"),
         ("gzip-of-text", gzip_of_text, "not a tar archive"),
     ] {
-        let input = t.0.join(name);
+        let input = t.root().join(name);
         std::fs::write(&input, &bytes).unwrap();
-        let out = docker(&t.0, &["load", "-i", input.to_str().unwrap()]);
+        let out = docker(t.root(), &["load", "-i", input.to_str().unwrap()]);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{name}: {}", text(&out.stdout));
         assert!(err.contains(says), "{name}: {err:?} should say {says:?}");
@@ -361,14 +361,14 @@ fn an_empty_or_non_archive_load_is_refused_saying_what_is_expected_and_leaves_no
             err.contains("a tar archive, optionally gzipped"),
             "{name}: {err:?} says what is expected"
         );
-        let left: Vec<String> = std::fs::read_dir(t.0.join("images"))
+        let left: Vec<String> = std::fs::read_dir(t.root().join("images"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert!(left.is_empty(), "{name} left {left:?} in images/");
     }
-    let out = docker(&t.0, &["images", "-q"]);
+    let out = docker(t.root(), &["images", "-q"]);
     assert_eq!(text(&out.stdout), "", "no image appeared");
 }
 

@@ -80,6 +80,13 @@ async fn authenticated(home: &Home, id: &str, secret: &[u8]) -> UnixStream {
     s
 }
 
+/// Whether the server closes an authenticated channel that sends `abuse`.
+async fn disconnected_by(home: &Home, id: &str, secret: &[u8], abuse: &Message) -> bool {
+    let mut s = authenticated(home, id, secret).await;
+    s.write_all(&frame(abuse)).await.unwrap();
+    closed_by_server(&mut s).await
+}
+
 fn victim_expected() -> Vec<u8> {
     (1..=60_000)
         .flat_map(|i| format!("{i}\n").into_bytes())
@@ -106,8 +113,7 @@ fn assert_victim_intact(home: &Home, id: &str, child: &mut Child) {
 
 #[test]
 fn another_containers_id_and_a_replayed_handshake_are_refused() {
-    let t = TempHome::new("hostile-id");
-    let home = t.home();
+    let home = TempHome::new("hostile-id");
     let server = ServerProcess::start(&home);
     let (victim, mut victim_tether) = start_victim(&home);
     // The attacker is a real container with its own real secret.
@@ -184,8 +190,7 @@ fn another_containers_id_and_a_replayed_handshake_are_refused() {
 
 #[test]
 fn protocol_abuse_disconnects_only_the_abuser_and_memory_stays_bounded() {
-    let t = TempHome::new("hostile-abuse");
-    let home = t.home();
+    let home = TempHome::new("hostile-abuse");
     let server = ServerProcess::start(&home);
     std::thread::sleep(Duration::from_millis(300));
     let rss_before = server.rss_kib();
@@ -219,32 +224,25 @@ fn protocol_abuse_disconnects_only_the_abuser_and_memory_stays_bounded() {
         drop(s);
 
         // Acks for data never sent.
-        let mut s = authenticated(&home, &id, &secret).await;
-        s.write_all(&frame(&Message::Ack {
+        let ack = Message::Ack {
             key: control,
             upto: 1 << 40,
             limit: 1 << 41,
-        }))
-        .await
-        .unwrap();
+        };
         assert!(
-            closed_by_server(&mut s).await,
+            disconnected_by(&home, &id, &secret, &ack).await,
             "an ack beyond what was sent disconnects"
         );
 
         // Data beyond the credit the server granted.
-        let mut s = authenticated(&home, &id, &secret).await;
-        let key = StreamKey::new(1, StreamKind::Stdout);
-        s.write_all(&frame(&Message::Data {
-            key,
+        let data = Message::Data {
+            key: StreamKey::new(1, StreamKind::Stdout),
             seq: 1 << 30,
             fin: false,
             bytes: vec![1; 100],
-        }))
-        .await
-        .unwrap();
+        };
         assert!(
-            closed_by_server(&mut s).await,
+            disconnected_by(&home, &id, &secret, &data).await,
             "data beyond the credit disconnects"
         );
 

@@ -3,6 +3,7 @@
 //! holding the static busybox (`podman build --isolation=chroot`, then `podman save` as
 //! docker-archive and oci-archive), in a podman store of its own under the test's directory.
 
+mod common;
 mod image_support;
 
 use std::collections::BTreeSet;
@@ -407,7 +408,7 @@ fn images_survive_a_server_restart() {
         ])
     );
     s.stop();
-    s.serve();
+    s.serve_ok();
     assert_eq!(s.images(&[]), before);
     assert_eq!(s.inspect("kept:1")["Id"], id.as_str());
     assert_eq!(s.inspect(TAG)["Id"], other.as_str());

@@ -117,8 +117,7 @@ async fn proxy(listen: &Path, upstream: std::path::PathBuf, damage: &Damage) {
 
 #[test]
 fn megabytes_of_line_noise_both_ways_lose_nothing() {
-    let t = TempHome::new("noise");
-    let home = t.home();
+    let home = TempHome::new("noise");
     let rt = runtime();
     let server = start_server(&rt, &home);
     // Stdin (server -> guest) comes back on stdout (guest -> server): both directions carry data.
@@ -137,7 +136,7 @@ fn megabytes_of_line_noise_both_ways_lose_nothing() {
         garbage: [Arc::default(), Arc::default()],
         hits: [Arc::default(), Arc::default()],
     };
-    let proxy_sock = t.0.join("proxy.sock");
+    let proxy_sock = home.root().join("proxy.sock");
     rt.block_on(proxy(&proxy_sock, home.channel_socket(), &damage));
     let mut child = spawn_tether_on(&home, &id, &proxy_sock);
     let input: Vec<u8> = {

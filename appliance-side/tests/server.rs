@@ -7,7 +7,6 @@ use std::process::Child;
 use std::time::Duration;
 
 use appliance::store::logs::Stream;
-use appliance::store::records::{self, NewContainer};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,8 +14,7 @@ use wire::{write_message, ClientHandshake, Message, MessageReader, Secret};
 
 #[test]
 fn several_tethers_stream_into_the_log_store() {
-    let t = TempHome::new("several");
-    let home = t.home();
+    let home = TempHome::new("several");
     let rt = runtime();
     let _server = start_server(&rt, &home);
     let ids: Vec<String> = (0..3)
@@ -48,8 +46,7 @@ fn several_tethers_stream_into_the_log_store() {
 
 #[test]
 fn server_restart_keeps_logs_and_loses_nothing() {
-    let t = TempHome::new("restart");
-    let home = t.home();
+    let home = TempHome::new("restart");
     let id = new_container(
         &home,
         "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); [ $((i % 100)) = 0 ] && sleep 0.1; done; exit 5",
@@ -87,31 +84,18 @@ fn server_restart_keeps_logs_and_loses_nothing() {
 
 #[test]
 fn two_hundred_concurrent_channels_every_byte_checked() {
-    let t = TempHome::new("scale");
-    let home = t.home();
+    let home = TempHome::new("scale");
     let rt = runtime();
     let server = start_server(&rt, &home);
     let mut jobs = Vec::new();
     let mut expected = Vec::new();
     for n in 0..200u32 {
-        let (record, spec) = records::create(
-            &home,
-            &NewContainer {
-                args: vec!["/bin/true".into()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (id, secret) = simulated_container(&home);
         let data: Vec<u8> = (0..40_000u32 + n * 97)
             .map(|i| (i.wrapping_mul(31).wrapping_add(n) % 251) as u8)
             .collect();
-        expected.push((record.id.clone(), Sha256::digest(&data)));
-        jobs.push(simulated_tether(
-            home.channel_socket(),
-            record.id,
-            spec.secret,
-            data,
-        ));
+        expected.push((id.clone(), Sha256::digest(&data)));
+        jobs.push(simulated_tether(home.channel_socket(), id, secret, data));
     }
     rt.block_on(async {
         let handles: Vec<_> = jobs.into_iter().map(tokio::spawn).collect();
@@ -135,8 +119,7 @@ fn two_hundred_concurrent_channels_every_byte_checked() {
 
 #[test]
 fn a_forged_id_is_refused_and_others_are_unaffected() {
-    let t = TempHome::new("forged");
-    let home = t.home();
+    let home = TempHome::new("forged");
     let rt = runtime();
     let server = start_server(&rt, &home);
     let victim = new_container(&home, "seq 1 1000");
@@ -193,31 +176,23 @@ fn a_forged_id_is_refused_and_others_are_unaffected() {
 
 #[test]
 fn the_tcp_transport_carries_a_channel_like_the_unix_one() {
-    let t = TempHome::new("tcp");
-    let home = t.home();
+    let home = TempHome::new("tcp");
     let rt = runtime();
     let server = start_server(&rt, &home);
     let addr = rt.block_on(server.listen_tcp("127.0.0.1:0")).unwrap();
-    let (record, spec) = records::create(
-        &home,
-        &NewContainer {
-            args: vec!["/bin/true".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (id, secret) = simulated_container(&home);
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     rt.block_on(async {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(60),
-            simulated_tether_on(s, record.id.clone(), spec.secret, data.clone()),
+            simulated_tether_on(s, id.clone(), secret, data.clone()),
         )
         .await
         .expect("the channel finishes");
     });
     assert_eq!(
-        Sha256::digest(main_log(&home, &record.id, Stream::Stdout)),
+        Sha256::digest(main_log(&home, &id, Stream::Stdout)),
         Sha256::digest(&data)
     );
 }

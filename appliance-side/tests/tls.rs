@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use rcgen::{
 };
 
 mod common;
+
+use common::detached::{output_with_stdin, text, Detached};
 
 /// A CA, the server's certificate (SAN 127.0.0.1 and localhost) and a client certificate, as
 /// PEM files in `dir`; `rogue/` holds a client certificate from a CA the server does not trust.
@@ -128,22 +130,16 @@ fn make_pki(dir: &Path) -> Pki {
 /// A temporary TETHER_HOME with its certificates; stops the server it started and the tethers
 /// it booted when dropped, also when the test fails.
 struct Env {
-    home: PathBuf,
+    app: Detached,
     pki: Pki,
-    tethers: Vec<Child>,
 }
 
 impl Env {
     fn new(tag: &str) -> Self {
-        let home = std::env::temp_dir().join(format!("tls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(home.join("docker-config")).unwrap();
-        let pki = make_pki(&home.join("pki"));
-        Self {
-            home,
-            pki,
-            tethers: Vec::new(),
-        }
+        let app = Detached::new(&format!("tls-{tag}"));
+        std::fs::create_dir_all(app.home.join("docker-config")).unwrap();
+        let pki = make_pki(&app.home.join("pki"));
+        Self { app, pki }
     }
 
     fn tls_args(&self) -> Vec<String> {
@@ -158,14 +154,8 @@ impl Env {
         ]
     }
 
-    /// `appliance serve --detach ARGS`.
     fn serve(&self, args: &[String]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(["serve", "--detach"])
-            .args(args)
-            .env("TETHER_HOME", &self.home)
-            .output()
-            .unwrap()
+        self.app.serve(args)
     }
 
     /// Starts a server with the API on a TLS port; returns that port's address.
@@ -178,21 +168,21 @@ impl Env {
     }
 
     fn api_addr(&self) -> String {
-        std::fs::read_to_string(self.home.join("api.tcp"))
+        std::fs::read_to_string(self.app.home.join("api.tcp"))
             .expect("the server writes api.tcp")
             .trim()
             .to_string()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("appliance.log")).unwrap_or_default()
+        std::fs::read_to_string(self.app.home.join("appliance.log")).unwrap_or_default()
     }
 
     /// The stock docker CLI against `tcp://addr` with `tls` flags, isolated from the user's
     /// docker configuration and environment.
     fn docker(&self, addr: &str, tls: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_CONFIG", self.home.join("docker-config"))
+        cmd.env("DOCKER_CONFIG", self.app.home.join("docker-config"))
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_CERT_PATH")
@@ -200,19 +190,8 @@ impl Env {
             .args(tls)
             .arg("-H")
             .arg(format!("tcp://{addr}"))
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("docker is installed");
-        if let Some(data) = stdin {
-            child.stdin.take().unwrap().write_all(data).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .args(args);
+        output_with_stdin(cmd, stdin)
     }
 
     /// docker's client flags for a certificate directory (ca.pem, cert.pem, key.pem).
@@ -234,45 +213,6 @@ impl Env {
         let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
         self.docker(addr, &tls, args, stdin)
     }
-
-    /// Creates a container and boots its tether (host mode) on the channel socket.
-    fn run(&mut self, create_args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .arg("create")
-            .args(create_args)
-            .env("TETHER_HOME", &self.home)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let id = text(&out.stdout).trim().to_string();
-        let child = Command::new(common::tether_bin())
-            .arg("--config")
-            .arg(self.home.join("containers").join(&id).join("config.vmx"))
-            .arg("--channel")
-            .arg(self.home.join("channel.sock"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.tethers.push(child);
-        id
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for t in &mut self.tethers {
-            let _ = t.kill();
-            let _ = t.wait();
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("appliance.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -295,7 +235,7 @@ fn the_docker_cli_with_a_client_certificate_gets_in_over_tls() {
     let server = env.docker_tls(&addr, &["version", "--format", "{{.Server.Version}}"], None);
     assert_eq!(text(&server.stdout).trim(), env!("CARGO_PKG_VERSION"));
 
-    env.run(&[
+    env.app.run(&[
         "--name",
         "web",
         "--",
@@ -351,6 +291,16 @@ fn the_docker_cli_with_a_client_certificate_gets_in_over_tls() {
         .success());
 }
 
+/// The server refused the docker client `out`: it failed saying `client_says`, and the server
+/// logged `server_logs`.
+fn assert_refused(env: &Env, out: &Output, client_says: &str, server_logs: &str) {
+    assert_ne!(out.status.code(), Some(0), "refused");
+    let err = text(&out.stderr);
+    assert!(err.contains(client_says), "the server refused: {err}");
+    let log = env.log();
+    assert!(log.contains(server_logs), "the server's log:\n{log}");
+}
+
 #[test]
 fn clients_without_a_certificate_from_our_ca_are_refused() {
     let env = Env::new("refuse");
@@ -360,36 +310,27 @@ fn clients_without_a_certificate_from_our_ca_are_refused() {
 
     let ca = env.pki.ca().display().to_string();
     let anonymous = env.docker(&addr, &["--tls", "--tlscacert", &ca], &["version"], None);
-    assert_ne!(anonymous.status.code(), Some(0), "no client certificate");
+    assert_refused(
+        &env,
+        &anonymous,
+        "certificate required",
+        "peer sent no certificates",
+    );
     assert!(
         !text(&anonymous.stdout).contains("Server:"),
         "{}",
         text(&anonymous.stdout)
     );
-    assert!(
-        text(&anonymous.stderr).contains("certificate required"),
-        "the server refused: {}",
-        text(&anonymous.stderr)
-    );
-    assert!(
-        env.log().contains("peer sent no certificates"),
-        "{}",
-        env.log()
-    );
 
     let rogue = Env::verified(&env.pki.rogue());
     let rogue: Vec<&str> = rogue.iter().map(String::as_str).collect();
     let other_ca = env.docker(&addr, &rogue, &["ps", "-a"], None);
-    assert_ne!(other_ca.status.code(), Some(0), "another CA's client");
-    assert!(
-        text(&other_ca.stderr).contains("remote error: tls"),
-        "the server refused: {}",
-        text(&other_ca.stderr)
-    );
-    assert!(
-        env.log().contains("invalid peer certificate"),
-        "the client's certificate was checked and refused:\n{}",
-        env.log()
+    // The client's certificate was checked and refused.
+    assert_refused(
+        &env,
+        &other_ca,
+        "remote error: tls",
+        "invalid peer certificate",
     );
 
     // Plain HTTP on the TLS port: dockerd's 400, and the CLI without --tls fails.
@@ -479,8 +420,11 @@ fn bad_tls_files_stop_serve_before_it_listens() {
         for w in wants {
             assert!(err.contains(w), "{args:?}: {err:?} should say {w:?}");
         }
-        assert!(!env.home.join("docker.sock").exists(), "nothing listens");
-        assert!(!env.home.join("appliance.pid").exists());
+        assert!(
+            !env.app.home.join("docker.sock").exists(),
+            "nothing listens"
+        );
+        assert!(!env.app.home.join("appliance.pid").exists());
     };
     let with = |replace: &str, file: &Path| {
         let mut args = vec!["--api-tcp".to_string(), "127.0.0.1:0".into()];
@@ -503,13 +447,13 @@ fn bad_tls_files_stop_serve_before_it_listens() {
     refused(with("--tls-key", &key), &[&key_name, "chmod 600"]);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let missing = env.home.join("no-such.pem");
+    let missing = env.app.home.join("no-such.pem");
     let missing_name = missing.display().to_string();
     refused(
         with("--tls-cert", &missing),
         &["--tls-cert", &missing_name, "cannot read it"],
     );
-    let garbage = env.home.join("garbage.pem");
+    let garbage = env.app.home.join("garbage.pem");
     std::fs::write(&garbage, "this is not PEM\n").unwrap();
     let garbage_name = garbage.display().to_string();
     refused(
@@ -543,8 +487,8 @@ fn bad_tls_files_stop_serve_before_it_listens() {
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("the server exited"));
     assert!(env.log().contains("docker API port"), "{}", env.log());
-    assert!(!env.home.join("appliance.pid").exists());
-    assert!(!env.home.join("api.tcp").exists());
+    assert!(!env.app.home.join("appliance.pid").exists());
+    assert!(!env.app.home.join("api.tcp").exists());
 
     // TCP without TLS: refused, unless asked for explicitly on loopback.
     refused(

@@ -2,14 +2,10 @@
 //! the QEMU harness in tests/ (`Artifacts`). The calls are written here as they are written there,
 //! so a change to the library that would break those crates fails to compile in this one.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("api-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::scratch;
+use std::path::{Path, PathBuf};
 
 /// appliance-side's `image_disk`, with its error type reduced to a String.
 fn image_disk(images: &Path, image: &Path) -> Result<PathBuf, String> {
@@ -40,9 +36,7 @@ fn image_disk(images: &Path, image: &Path) -> Result<PathBuf, String> {
 #[test]
 fn the_appliances_image_cache_builds_a_qcow2_and_names_a_bad_image() {
     let d = scratch("appliance");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+    let root = d.rootfs();
     let disk = image_disk(&d, &root).unwrap();
     assert!(disk.exists());
     let accel_digest =
@@ -56,7 +50,6 @@ fn the_appliances_image_cache_builds_a_qcow2_and_names_a_bad_image() {
         e.contains("empty file") && e.contains(&*empty.to_string_lossy()),
         "{e}"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The harness's `Artifacts` and the benchmarks: initramfs, a disk labelled by name, the ISO.
@@ -77,5 +70,4 @@ fn the_harness_builds_initramfs_disk_and_iso() {
     let mut push = |s: &str| args.push(s.to_string());
     push(bootstrap::iso::DEFAULT_APPEND);
     assert_eq!(args, ["console=ttyS0 panic=-1 quiet"]);
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,7 +1,10 @@
 //! The `bootstrap-iso` binary: every command has `--help`, mistakes on the command line are
 //! named, and the flags the Makefile, the benchmarks and the docs use still work.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::scratch;
+use std::path::Path;
 use std::process::{Command, Output};
 
 const VERBS: [&str; 4] = ["initramfs", "iso", "guestinfo", "disk"];
@@ -21,11 +24,11 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// `bootstrap-iso ARGS` fails, and its stderr says `what`.
+fn fails_saying(args: &[&str], what: &str) {
+    let o = bootstrap_iso(args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(stderr(&o).contains(what), "{}", stderr(&o));
 }
 
 fn s(p: &Path) -> &str {
@@ -46,13 +49,7 @@ fn the_top_level_help_lists_exactly_the_commands_tested_here() {
         .filter(|c| *c != "help")
         .collect();
     assert_eq!(commands, VERBS, "{help}");
-    let none = bootstrap_iso(&[]);
-    assert!(!none.status.success());
-    assert!(
-        stderr(&none).contains("Usage: bootstrap-iso"),
-        "{}",
-        stderr(&none)
-    );
+    fails_saying(&[], "Usage: bootstrap-iso");
 }
 
 #[test]
@@ -83,29 +80,30 @@ fn an_unknown_flag_is_an_error_that_names_it() {
         );
         assert!(stdout(&o).is_empty(), "{verb}: nothing built, no checksum");
     }
-    let o = bootstrap_iso(&["dsik", "--image", "x"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'dsik'"), "{}", stderr(&o));
+    fails_saying(&["dsik", "--image", "x"], "'dsik'");
 }
 
 #[test]
 fn a_missing_flag_and_a_stray_argument_are_named() {
-    let o = bootstrap_iso(&["initramfs", "-o", "/dev/null"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--tether <PATH>"), "{}", stderr(&o));
-    let o = bootstrap_iso(&["guestinfo", "--spec", "s.toml"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--output <OUT>"), "{}", stderr(&o));
-    // `--` ends the flags; no command takes arguments after it.
-    let o = bootstrap_iso(&["disk", "--image", "x", "-o", "y", "--", "--label"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'--label'"), "{}", stderr(&o));
-    let o = bootstrap_iso(&["disk", "--image", "x", "--format", "vhd", "-o", "y"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("\"vhd\""), "{}", stderr(&o));
-    let o = bootstrap_iso(&["disk", "--image", "x", "--size", "big", "-o", "y"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("'big'"), "{}", stderr(&o));
+    for (args, named) in [
+        (&["initramfs", "-o", "/dev/null"][..], "--tether <PATH>"),
+        (&["guestinfo", "--spec", "s.toml"], "--output <OUT>"),
+        // `--` ends the flags; no command takes arguments after it.
+        (
+            &["disk", "--image", "x", "-o", "y", "--", "--label"],
+            "'--label'",
+        ),
+        (
+            &["disk", "--image", "x", "--format", "vhd", "-o", "y"],
+            "\"vhd\"",
+        ),
+        (
+            &["disk", "--image", "x", "--size", "big", "-o", "y"],
+            "'big'",
+        ),
+    ] {
+        fails_saying(args, named);
+    }
 }
 
 /// An empty file is not an empty image: it is refused, naming the file. `--rootfs` and `--tar`
@@ -126,7 +124,6 @@ fn an_empty_file_given_as_an_image_is_refused_naming_it() {
         );
         assert!(!out.exists(), "{flag}: no disk built");
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -145,10 +142,10 @@ fn initramfs_writes_the_archive_and_prints_its_sha256() {
     let sum = bootstrap::disk::sha256_file(&out).unwrap();
     assert_eq!(stdout(&o), format!("{sum}  {}\n", out.display()));
 
-    let o = bootstrap_iso(&["initramfs", "--tether", s(&d.join("nope")), "-o", s(&out)]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("make tether"), "{}", stderr(&o));
-    let _ = std::fs::remove_dir_all(&d);
+    fails_saying(
+        &["initramfs", "--tether", s(&d.join("nope")), "-o", s(&out)],
+        "make tether",
+    );
 }
 
 #[test]
@@ -170,14 +167,10 @@ fn guestinfo_takes_id_and_the_long_and_equals_forms_of_output() {
     assert_eq!(parsed.disk_label, guestinfo::contract::DEFAULT_DISK_LABEL);
 
     std::fs::write(&spec, "secret = \"c2VjcmV0\"\n[main]\ncmd = []\n").unwrap();
-    let o = bootstrap_iso(&["guestinfo", "--spec", s(&spec), "-o", s(&out)]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("cmd must name a program"),
-        "{}",
-        stderr(&o)
+    fails_saying(
+        &["guestinfo", "--spec", s(&spec), "-o", s(&out)],
+        "cmd must name a program",
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// `--append` may be repeated; its words make up the kernel command line in order.
@@ -203,15 +196,12 @@ fn iso_joins_repeated_append_flags_into_the_command_line() {
     let iso = std::fs::read(&out).unwrap();
     let want = b"APPEND initrd=/boot/initramfs.gz console=ttyS0 quiet\n";
     assert!(iso.windows(want.len()).any(|w| w == want));
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn disk_builds_a_labelled_ext4_from_a_rootfs_directory() {
     let d = scratch("disk");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+    let root = d.rootfs();
     for (label, args) in [
         ("containerfs", vec![]),
         ("other", vec!["--label", "other", "--size", "40"]),
@@ -230,5 +220,4 @@ fn disk_builds_a_labelled_ext4_from_a_rootfs_directory() {
     }
     let size = std::fs::metadata(d.join("other.raw")).unwrap().len();
     assert_eq!(size, 40 * 1024 * 1024);
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,17 +1,13 @@
 //! docker save and OCI images to a root filesystem: layers in order, whiteouts, digests verified.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bootstrap::image::{detect, materialize, Error, Kind};
+use common::scratch;
 use sha2::{Digest, Sha256};
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("images-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn hex(b: &[u8]) -> String {
     Sha256::digest(b)
@@ -164,7 +160,6 @@ fn docker_save_tarball_layers_apply_with_whiteouts() {
     assert_eq!(detect(&d.join("image.tar")).unwrap(), Kind::ImageTar);
     let root = materialize(&d.join("image.tar"), &d.join("work")).unwrap();
     check_rootfs(&root);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -175,7 +170,6 @@ fn oci_layouts_as_directory_and_tar_apply_with_whiteouts() {
     check_rootfs(&materialize(&d.join("layout"), &d.join("w1")).unwrap());
     tar_dir(&d.join("layout"), &d.join("layout.tar"));
     check_rootfs(&materialize(&d.join("layout.tar"), &d.join("w2")).unwrap());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -205,8 +199,6 @@ fn a_tampered_layer_is_refused_naming_the_digest() {
         err.contains("layer 2") && err.contains("does not match its digest"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&d);
-    let _ = std::fs::remove_dir_all(&d2);
 }
 
 #[test]
@@ -220,7 +212,6 @@ fn a_plain_rootfs_tar_is_taken_as_it_is() {
         "a from layer 1\n"
     );
     assert_dir_mtimes_recorded(&root, &["etc", "data"]);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// The tar format reads an empty file as an empty archive; taken as an image it would make an
@@ -237,7 +228,6 @@ fn an_empty_file_is_refused_naming_it_not_taken_as_an_empty_image() {
     );
     assert!(err.to_string().contains(&*empty.to_string_lossy()), "{err}");
     assert!(!d.join("w/rootfs").exists());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -251,5 +241,4 @@ fn a_file_that_is_not_a_tar_is_refused_naming_it() {
         "{err:?}"
     );
     assert!(err.to_string().contains("not a tar archive"), "{err}");
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,16 +1,12 @@
 //! Same inputs, same bytes: the initramfs and image disks are reproducible.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use bootstrap::disk::{self, Format};
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("repro-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::scratch;
 
 fn tree(root: &Path) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -67,7 +63,6 @@ fn disks_from_the_same_content_are_byte_identical_raw_qcow2_and_vmdk() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "containerfs");
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A rootfs tarball unpacked twice, a second apart, gives the same disk, and the same disk as
@@ -105,7 +100,6 @@ fn disks_from_the_same_rootfs_tarball_are_byte_identical() {
         disk::sha256_file(&from_dir).unwrap(),
         "tarball vs its directory"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -137,5 +131,4 @@ fn the_bootstrap_iso_is_byte_identical_across_builds() {
         &iso[17 * 2048 + 7..17 * 2048 + 30],
         b"EL TORITO SPECIFICATION"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -3,7 +3,10 @@
 //! containerVMs under qemu-system-x86_64 (TCG: the /dev/kvm here is a nested PVM device that hangs
 //! ordinary guests) with a hard timeout.
 
+mod image;
 pub mod tmux;
+
+pub use image::{busybox_image_archive, busybox_rootfs};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -103,6 +106,14 @@ pub fn sh(script: &str) -> NewContainer {
     }
 }
 
+/// [`sh`] in a container named `name`.
+pub fn named_sh(name: &str, script: &str) -> NewContainer {
+    NewContainer {
+        name: Some(name.into()),
+        ..sh(script)
+    }
+}
+
 /// Command output as text, for assertions and messages.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -119,89 +130,6 @@ pub fn qcow2_overlay(base: &Path, overlay: &Path) {
             .arg(overlay),
         "qemu-img create",
     );
-}
-
-/// A minimal image: Debian's static busybox and its applets, passwd and group.
-pub fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    let list = must(Command::new("/bin/busybox").arg("--list"), "busybox --list");
-    for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-}
-
-/// A docker-archive of the busybox image made by a peer tool (podman import + save) with an
-/// image config: ENTRYPOINT, CMD, ENV, WORKDIR, USER, LABEL and STOPSIGNAL. Built once per test
-/// process; returns the archive and its tag.
-pub fn busybox_image_archive() -> (PathBuf, &'static str) {
-    const TAG: &str = "localhost/tether-busybox:e2e";
-    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
-    let path = ARCHIVE.get_or_init(|| {
-        let dir = workspace().join("target/e2e/podman");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let rootfs_tar = dir.join("rootfs.tar");
-        must(
-            Command::new("tar")
-                .arg("-C")
-                .arg(artifacts_rootfs_built())
-                .args(["-cf"])
-                .arg(&rootfs_tar)
-                .arg("."),
-            "tar of the busybox rootfs",
-        );
-        let podman = |args: &[&str]| {
-            let mut c = Command::new("podman");
-            c.arg("--root")
-                .arg(dir.join("root"))
-                .arg("--runroot")
-                .arg(dir.join("run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "none"])
-                .args(args)
-                .env("HOME", &dir);
-            must(&mut c, &format!("podman {}", args.join(" ")))
-        };
-        let rootfs = rootfs_tar.to_string_lossy().into_owned();
-        podman(&[
-            "import",
-            "--change",
-            r#"ENTRYPOINT ["/bin/sh", "-c"]"#,
-            "--change",
-            r#"CMD ["echo $GREETING from $(pwd) as $(id -u)"]"#,
-            "--change",
-            "ENV GREETING=hello",
-            "--change",
-            "WORKDIR /tmp",
-            "--change",
-            "USER 65534",
-            "--change",
-            "LABEL tier=e2e",
-            "--change",
-            "STOPSIGNAL SIGTERM",
-            &rootfs,
-            TAG,
-        ]);
-        let archive = dir.join("busybox-image.tar");
-        let out = archive.to_string_lossy().into_owned();
-        podman(&["save", "--format", "docker-archive", "-o", &out, TAG]);
-        archive
-    });
-    (path.clone(), TAG)
-}
-
-/// The busybox rootfs of [`artifacts`], built.
-fn artifacts_rootfs_built() -> PathBuf {
-    artifacts();
-    artifacts_rootfs()
 }
 
 /// The channel transport a VM uses.
@@ -379,8 +307,14 @@ impl Appliance {
         c
     }
 
-    /// Creates a container and boots its containerVM; returns the id.
-    pub fn run(&mut self, new: NewContainer, transport: Transport, disk_label: &str) -> String {
+    /// Creates a container and boots its containerVM over virtio-serial from the image disk;
+    /// returns the id.
+    pub fn run(&mut self, new: NewContainer) -> String {
+        self.run_on(new, Transport::Virtio, "containerfs")
+    }
+
+    /// Like `run`, over `transport`, looking for the image disk labelled `disk_label`.
+    pub fn run_on(&mut self, new: NewContainer, transport: Transport, disk_label: &str) -> String {
         self.boot(new, transport, disk_label, Boot::Direct, |vmx| vmx)
     }
 
@@ -517,11 +451,40 @@ impl Appliance {
         );
     }
 
+    /// Waits until the container's status is `status`.
+    pub fn wait_status(&self, id: &str, secs: u64, status: &str) {
+        self.wait_for(id, secs, |s| s["status"] == status);
+    }
+
+    /// Waits until the container's main session (session 1) has exited with `code`.
+    pub fn wait_exit(&self, id: &str, secs: u64, code: i64) {
+        self.wait_for(id, secs, |s| s["sessions"]["1"]["exit_code"] == code);
+    }
+
+    /// `docker inspect -f FORMAT NAME`'s stdout, as text.
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        text(&self.docker(&["inspect", "-f", format, name]).stdout)
+    }
+
+    /// `docker logs NAME`'s stdout, as text.
+    pub fn logs(&self, name: &str) -> String {
+        text(&self.docker(&["logs", name]).stdout)
+    }
+
     pub fn console(&self, id: &str) -> String {
         String::from_utf8_lossy(
             &std::fs::read(self.home.container(id).join("console.log")).unwrap_or_default(),
         )
         .into_owned()
+    }
+
+    /// Waits for every VM to power off cleanly (exit 0) within `secs`; the container's console,
+    /// which must show no kernel panic.
+    pub fn powered_off_console(&mut self, id: &str, secs: u64) -> String {
+        assert_eq!(self.wait_vms_off(secs), vec![0], "a clean power-off");
+        let console = self.console(id);
+        assert!(!console.contains("Kernel panic"), "{console}");
+        console
     }
 
     /// Waits for every VM started so far to power off; panics if one is still up after `secs`.

@@ -67,55 +67,61 @@ fn wait_inspect(app: &Appliance, what: &str, format: &str, want: &str, secs: u64
     }
 }
 
+/// A `docker run --rm`: the flags before the image, the command after it, and what it must give:
+/// the exit code, and stdout and stderr where they matter.
+type Run<'a> = (
+    &'a [&'a str],
+    &'a [&'a str],
+    i32,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 #[test]
 fn docker_run_applies_the_images_config_and_exits_with_the_process() {
     let (app, image) = appliance_with_image("run-config");
-    // ENTRYPOINT sh -c, CMD echo $GREETING..., ENV, WORKDIR /tmp, USER 65534 from the image.
-    let out = app.docker(&["run", "--rm", image]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hello from /tmp as 65534\n");
-    // A Cmd replaces the image's, keeping its entrypoint; the process's code is docker's.
-    let out = app.docker(&[
-        "run",
-        "--rm",
-        "-e",
-        "GREETING=hi",
-        image,
-        "echo $GREETING; exit 3",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hi\n");
-    // `--entrypoint ''` clears the image's entrypoint and Cmd; -w and -u override.
-    let out = app.docker(&[
-        "run",
-        "--rm",
-        "--entrypoint",
-        "",
-        "-w",
-        "/",
-        "-u",
-        "0",
-        image,
-        "/bin/sh",
-        "-c",
-        "pwd; id -u; echo err >&2",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "/\n0\n");
-    assert_eq!(text(&out.stderr), "err\n");
-    // A command that does not exist: docker's 127 and its reason.
-    let out = app.docker(&["run", "--rm", "--entrypoint", "/no/such", image]);
-    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
-    // --add-host lands in /etc/hosts.
-    let out = app.docker(&[
-        "run",
-        "--rm",
-        "--add-host",
-        "db:10.1.2.3",
-        image,
-        "grep db /etc/hosts",
-    ]);
-    assert_eq!(text(&out.stdout), "10.1.2.3\tdb\n", "{}", text(&out.stderr));
+    let runs: [Run; 5] = [
+        // ENTRYPOINT sh -c, CMD echo $GREETING..., ENV, WORKDIR /tmp, USER 65534 from the image.
+        (&[], &[], 0, Some("hello from /tmp as 65534\n"), None),
+        // A Cmd replaces the image's, keeping its entrypoint; the process's code is docker's.
+        (
+            &["-e", "GREETING=hi"],
+            &["echo $GREETING; exit 3"],
+            3,
+            Some("hi\n"),
+            None,
+        ),
+        // `--entrypoint ''` clears the image's entrypoint and Cmd; -w and -u override.
+        (
+            &["--entrypoint", "", "-w", "/", "-u", "0"],
+            &["/bin/sh", "-c", "pwd; id -u; echo err >&2"],
+            0,
+            Some("/\n0\n"),
+            Some("err\n"),
+        ),
+        // A command that does not exist: docker's 127.
+        (&["--entrypoint", "/no/such"], &[], 127, None, None),
+        // --add-host lands in /etc/hosts.
+        (
+            &["--add-host", "db:10.1.2.3"],
+            &["grep db /etc/hosts"],
+            0,
+            Some("10.1.2.3\tdb\n"),
+            None,
+        ),
+    ];
+    for (flags, cmd, code, stdout, stderr) in runs {
+        let args = [&["run", "--rm"][..], flags, &[image], cmd].concat();
+        let out = app.docker(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        if let Some(want) = stdout {
+            assert_eq!(text(&out.stdout), want, "{args:?}: {err}");
+        }
+        if let Some(want) = stderr {
+            assert_eq!(err, want, "{args:?}");
+        }
+    }
     // The files tether writes are 0644 (here as user 65534, under tether's umask), and the
     // root holds what the image holds: no lost+found from mkfs.
     let out = app.docker(&[

@@ -3,30 +3,19 @@
 
 use appliance::store::records::NewContainer;
 use e2e::tmux::Tmux;
-use e2e::{sh, text, Appliance, Transport};
+use e2e::{named_sh, sh, text, Appliance, Transport};
 
 #[test]
 fn a_containervm_over_virtio_serial_behaves_like_a_container() {
     let mut app = Appliance::start("virtio");
-    let id = app.run(
-        NewContainer {
-            name: Some("vm".into()),
-            ..sh(
-                "echo hello from the containerVM; uname -s; trap 'echo got-usr1; exit 42' USR1; \
+    let id = app.run(named_sh(
+        "vm",
+        "echo hello from the containerVM; uname -s; trap 'echo got-usr1; exit 42' USR1; \
                   while :; do sleep 0.2; done",
-            )
-        },
-        Transport::Virtio,
-        "containerfs",
-    );
-    app.wait_for(&id, 60, |s| s["status"] == "running");
-    app.wait_for(&id, 30, |_| {
-        text(&app.docker(&["logs", "vm"]).stdout).contains("Linux")
-    });
-    assert_eq!(
-        text(&app.docker(&["logs", "vm"]).stdout),
-        "hello from the containerVM\nLinux\n"
-    );
+    ));
+    app.wait_status(&id, 60, "running");
+    app.wait_for(&id, 30, |_| app.logs("vm").contains("Linux"));
+    assert_eq!(app.logs("vm"), "hello from the containerVM\nLinux\n");
     // exec exit codes, through the stock docker CLI.
     for (cmd, code) in [("true", 0), ("false", 1)] {
         assert_eq!(
@@ -57,46 +46,37 @@ fn a_containervm_over_virtio_serial_behaves_like_a_container() {
     // A trapped signal decides the exit code; wait returns it; the VM powers off by itself.
     assert!(app.docker(&["kill", "-s", "USR1", "vm"]).status.success());
     assert_eq!(text(&app.docker(&["wait", "vm"]).stdout).trim(), "42");
-    assert!(text(&app.docker(&["logs", "vm"]).stdout).ends_with("got-usr1\n"));
-    let inspect = app.docker(&["inspect", "-f", "{{.State.ExitCode}}", "vm"]);
-    assert_eq!(text(&inspect.stdout).trim(), "42");
-    assert_eq!(app.wait_vms_off(60), vec![0], "clean power-off");
-    assert!(!app.console(&id).contains("Kernel panic"));
+    assert!(app.logs("vm").ends_with("got-usr1\n"));
+    assert_eq!(app.inspect("vm", "{{.State.ExitCode}}").trim(), "42");
+    app.powered_off_console(&id, 60);
 }
 
 #[test]
 fn a_containervm_over_a_com_port_on_tcp_works_too() {
     let mut app = Appliance::start("serial");
-    let id = app.run(
-        NewContainer {
-            name: Some("com".into()),
-            ..sh("echo over the serial line; exit 3")
-        },
+    let id = app.run_on(
+        named_sh("com", "echo over the serial line; exit 3"),
         Transport::SerialTcp,
         "containerfs",
     );
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 3);
-    assert_eq!(
-        text(&app.docker(&["logs", "com"]).stdout),
-        "over the serial line\n"
-    );
+    app.wait_exit(&id, 60, 3);
+    assert_eq!(app.logs("com"), "over the serial line\n");
     assert_eq!(app.wait_vms_off(60), vec![0]);
+}
+
+/// A boot that failed before the main session ran: the error the engine was told, and the
+/// console of the VM, which has powered off cleanly.
+fn failed_boot(app: &mut Appliance, id: &str, name: &str) -> (String, String) {
+    app.wait_status(id, 60, "failed");
+    let error = app.inspect(name, "{{.State.Error}}");
+    (error, app.powered_off_console(id, 60))
 }
 
 #[test]
 fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
     let mut app = Appliance::start("nolabel");
-    let id = app.run(
-        NewContainer {
-            name: Some("nodisk".into()),
-            ..sh("true")
-        },
-        Transport::Virtio,
-        "wronglabel",
-    );
-    app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let inspect = app.docker(&["inspect", "-f", "{{.State.Error}}", "nodisk"]);
-    let error = text(&inspect.stdout);
+    let id = app.run_on(named_sh("nodisk", "true"), Transport::Virtio, "wronglabel");
+    let (error, console) = failed_boot(&mut app, &id, "nodisk");
     assert!(
         error.contains("no disk labelled \"containerfs\""),
         "{error}"
@@ -105,32 +85,19 @@ fn a_missing_disk_label_is_reported_to_the_engine_and_the_vm_powers_off() {
         error.contains("wronglabel"),
         "the error names what was seen: {error}"
     );
-    assert_eq!(app.wait_vms_off(60), vec![0]);
-    let console = app.console(&id);
     assert!(console.contains("no disk labelled"), "console: {console}");
-    assert!(!console.contains("Kernel panic"));
 }
 
 #[test]
 fn a_nonexistent_main_command_is_127_with_the_reason_at_the_engine() {
     let mut app = Appliance::start("nocmd");
-    let id = app.run(
-        NewContainer {
-            name: Some("nocmd".into()),
-            args: vec!["/no/such/program".into()],
-            ..Default::default()
-        },
-        Transport::Virtio,
-        "containerfs",
-    );
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 127);
-    let inspect = app.docker(&[
-        "inspect",
-        "-f",
-        "{{.State.ExitCode}} {{.State.Error}}",
-        "nocmd",
-    ]);
-    let out = text(&inspect.stdout);
+    let id = app.run(NewContainer {
+        name: Some("nocmd".into()),
+        args: vec!["/no/such/program".into()],
+        ..Default::default()
+    });
+    app.wait_exit(&id, 60, 127);
+    let out = app.inspect("nocmd", "{{.State.ExitCode}} {{.State.Error}}");
     assert!(out.starts_with("127 "), "{out}");
     assert!(out.contains("/no/such/program"), "{out}");
     assert_eq!(app.wait_vms_off(60), vec![0]);
@@ -141,40 +108,23 @@ fn a_nonexistent_main_command_is_127_with_the_reason_at_the_engine() {
 fn a_corrupt_config_is_reported_and_the_vm_powers_off_without_a_panic() {
     let mut app = Appliance::start("badcfg");
     let id = app.run_with_config_edit(
-        NewContainer {
-            name: Some("badcfg".into()),
-            ..sh("true")
-        },
+        named_sh("badcfg", "true"),
         // A boolean that is not one: the id and secret still decode, so the engine hears of it.
         |vmx| vmx.replace("/tty = \"false\"", "/tty = \"perhaps\""),
     );
-    app.wait_for(&id, 60, |s| s["status"] == "failed");
-    let error = text(
-        &app.docker(&["inspect", "-f", "{{.State.Error}}", "badcfg"])
-            .stdout,
-    );
+    let (error, console) = failed_boot(&mut app, &id, "badcfg");
     assert!(
         error.contains("/tty") && error.contains("perhaps"),
         "{error}"
     );
-    assert_eq!(app.wait_vms_off(60), vec![0]);
-    let console = app.console(&id);
     assert!(console.contains("config does not decode"), "{console}");
-    assert!(!console.contains("Kernel panic"));
 }
 
 #[test]
 fn an_interactive_tty_session_follows_resizes() {
     let mut app = Appliance::start("tty");
-    let id = app.run(
-        NewContainer {
-            name: Some("tty".into()),
-            ..sh("while :; do sleep 0.2; done")
-        },
-        Transport::Virtio,
-        "containerfs",
-    );
-    app.wait_for(&id, 60, |s| s["status"] == "running");
+    let id = app.run(named_sh("tty", "while :; do sleep 0.2; done"));
+    app.wait_status(&id, 60, "running");
     let rc_file = app.home.root().join("exec.rc");
     let command = format!(
         "docker -H unix://{} exec -it tty sh; echo $? > {}",
@@ -200,15 +150,9 @@ fn an_interactive_tty_session_follows_resizes() {
 #[test]
 fn a_containervm_boots_from_the_bootstrap_iso() {
     let mut app = Appliance::start("iso");
-    let id = app.run_from_iso(NewContainer {
-        name: Some("fromiso".into()),
-        ..sh("echo booted from the ISO; exit 0")
-    });
-    app.wait_for(&id, 90, |s| s["sessions"]["1"]["exit_code"] == 0);
-    assert_eq!(
-        text(&app.docker(&["logs", "fromiso"]).stdout),
-        "booted from the ISO\n"
-    );
+    let id = app.run_from_iso(named_sh("fromiso", "echo booted from the ISO; exit 0"));
+    app.wait_exit(&id, 90, 0);
+    assert_eq!(app.logs("fromiso"), "booted from the ISO\n");
     assert_eq!(app.wait_vms_off(60), vec![0]);
 }
 
@@ -262,8 +206,8 @@ fn appliance_run_is_docker_run_for_containervms() {
     assert!(bg.status.success(), "{}", text(&bg.stderr));
     let id = text(&bg.stdout).trim().to_string();
     assert_eq!(id.len(), 64);
-    app.wait_for(&id, 60, |s| s["sessions"]["1"]["exit_code"] == 0);
-    assert_eq!(text(&app.docker(&["logs", "bg"]).stdout), "detached\n");
+    app.wait_exit(&id, 60, 0);
+    assert_eq!(app.logs("bg"), "detached\n");
     let ps = app.docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     let ps = text(&ps.stdout);
     assert!(
@@ -275,18 +219,14 @@ fn appliance_run_is_docker_run_for_containervms() {
 #[test]
 fn docker_attach_to_a_containervm_carries_stdin_output_and_the_exit_code() {
     let mut app = Appliance::start("attach");
-    let id = app.run(
-        NewContainer {
-            name: Some("att".into()),
-            open_stdin: true,
-            // The main process starts at the first attach: none of its output is missed.
-            attach: true,
-            ..sh("echo started; read line; echo \"got: $line\"; echo to-stderr >&2; exit 5")
-        },
-        Transport::Virtio,
-        "containerfs",
-    );
-    app.wait_for(&id, 60, |s| s["status"] == "running");
+    let id = app.run(NewContainer {
+        name: Some("att".into()),
+        open_stdin: true,
+        // The main process starts at the first attach: none of its output is missed.
+        attach: true,
+        ..sh("echo started; read line; echo \"got: $line\"; echo to-stderr >&2; exit 5")
+    });
+    app.wait_status(&id, 60, "running");
     let mut child = std::process::Command::new("docker")
         .arg("-H")
         .arg(format!("unix://{}", app.home.docker_socket().display()))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use appliance::store::logs::{self as logstore, Stream};
 use appliance::store::records::NewContainer;
-use e2e::{Appliance, Transport};
+use e2e::Appliance;
 use sha2::{Digest, Sha256};
 
 /// 40 chunks of 66,000 numbers: `seq 1 2640000`, 20,011,112 bytes.
@@ -163,17 +163,13 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
         "i=0; while [ $i -lt {CHUNKS} ]; do seq $((i*{PER_CHUNK}+1)) $((i*{PER_CHUNK}+{PER_CHUNK})); \
          i=$((i+1)); sleep 1; done; while [ ! -e /tmp/finish ]; do sleep 0.2; done"
     );
-    let id = app.run(
-        NewContainer {
-            name: Some("stream".into()),
-            args: vec!["/bin/sh".into(), "-c".into(), script],
-            env: vec!["PATH=/bin".into()],
-            ..Default::default()
-        },
-        Transport::Virtio,
-        "containerfs",
-    );
-    app.wait_for(&id, 90, |s| s["status"] == "running");
+    let id = app.run(NewContainer {
+        name: Some("stream".into()),
+        args: vec!["/bin/sh".into(), "-c".into(), script],
+        env: vec!["PATH=/bin".into()],
+        ..Default::default()
+    });
+    app.wait_status(&id, 90, "running");
     let follower_out = app.home.root().join("follower.out");
     let follower_err = app.home.root().join("follower.err");
     let mut follower = app
@@ -220,7 +216,7 @@ fn sigkilled_ten_times_the_appliance_loses_and_duplicates_nothing() {
         .docker(&["exec", "stream", "touch", "/tmp/finish"])
         .status
         .success());
-    app.wait_for(&id, 120, |s| s["sessions"]["1"]["exit_code"] == 0);
+    app.wait_exit(&id, 120, 0);
     let start = Instant::now();
     while follower.try_wait().unwrap().is_none() {
         assert!(

@@ -123,15 +123,15 @@ pub async fn report_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDir;
     use tokio::io::AsyncWriteExt;
     use wire::io::MessageStream;
     use wire::{Inbound, Message, Role, Secret, ServerHandshake, StreamConfig, Streams, Welcome};
 
     #[test]
     fn a_failure_is_reported_as_failed_then_as_the_main_sessions_start_failure() {
-        let dir = std::env::temp_dir().join(format!("tether-agent-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("ch.sock");
+        let dir = TestDir::new("agent");
+        let sock = dir.path().join("ch.sock");
         let _ = std::fs::remove_file(&sock);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -198,7 +198,6 @@ mod tests {
             let ((), records) = tokio::join!(report, appliance);
             records
         });
-        let _ = std::fs::remove_dir_all(&dir);
         let message = "no disk labelled \"containerfs\"".to_string();
         assert_eq!(
             records,

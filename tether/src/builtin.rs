@@ -25,7 +25,7 @@ use std::path::Path;
 use wire::BuiltinOp;
 
 use crate::session::{ParentStdio, Started};
-use crate::spawn::SpawnError;
+use crate::spawn::{self, SpawnError};
 use error::BuiltinError;
 use scope::Scope;
 
@@ -149,24 +149,8 @@ fn child(req: &Request, root: &Path, stdio: [OwnedFd; 3]) -> ! {
 /// Signals as a new process has them, its own session, stdio on 0-2 and no other descriptor
 /// of tether's (the channel's among them).
 fn child_setup(stdio: [OwnedFd; 3]) -> Result<(), nix::errno::Errno> {
-    // SAFETY: sigprocmask reads a sigset local to this frame and signal(2) takes integers; in a
-    // single-threaded child, changing dispositions affects only this process. SIGPIPE stays
-    // ignored, so a write to a closed pipe is an EPIPE error the built-in reports.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                let action = if sig == libc::SIGPIPE {
-                    libc::SIG_IGN
-                } else {
-                    libc::SIG_DFL
-                };
-                libc::signal(sig, action);
-            }
-        }
-    }
+    // SIGPIPE stays ignored, so a write to a closed pipe is an EPIPE error the built-in reports.
+    spawn::reset_signals(true);
     nix::unistd::setsid()?;
     // If tether goes (host mode), so does the built-in.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;

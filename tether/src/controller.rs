@@ -223,7 +223,7 @@ impl<P: Processes> Controller<P> {
             return self.hold(id, plan);
         }
         let result = self.procs.start(&plan);
-        self.launched(id, plan.name, plan.open_stdin, result);
+        self.launched(id, plan.name, plan.process.open_stdin, result);
     }
 
     /// The `hold` built-in: no process. Reported started with pid 0, its output open and empty
@@ -233,7 +233,7 @@ impl<P: Processes> Controller<P> {
             "session {} holds until it gets a signal (no program)",
             plan.name
         ));
-        pumps::hold(&self.ctx, id, plan.tty);
+        pumps::hold(&self.ctx, id, plan.process.tty);
         if let Some(rt) = self.sessions.get_mut(&id) {
             rt.hold = true;
         }
@@ -394,7 +394,7 @@ impl<P: Processes> Controller<P> {
                 };
                 // Not started yet: it starts at this size.
                 if let Some(plan) = rt.awaiting_release.as_mut() {
-                    (plan.rows, plan.cols) = (rows, cols);
+                    (plan.process.rows, plan.process.cols) = (rows, cols);
                 }
                 let tty = rt.tty.as_ref();
                 if let Some(tty) = tty {

@@ -37,7 +37,7 @@ mod session;
 mod spawn;
 mod state;
 #[cfg(test)]
-mod testdir;
+mod testing;
 mod timing;
 mod users;
 mod vmware;

@@ -352,7 +352,7 @@ pub mod recording {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdir::TestDir;
+    use crate::testing::TestDir;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {

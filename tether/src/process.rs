@@ -211,12 +211,12 @@ pub mod recording {
             let mut inner = self.0.borrow_mut();
             inner
                 .calls
-                .push(format!("start {} {}", plan.name, plan.path));
+                .push(format!("start {} {}", plan.name, plan.process.path));
             inner.plans.push(plan.clone());
-            if let Some(e) = inner.failing.get(&plan.path) {
+            if let Some(e) = inner.failing.get(&plan.process.path) {
                 return Err(e.clone());
             }
-            Ok(inner.child(plan.tty, plan.open_stdin))
+            Ok(inner.child(plan.process.tty, plan.process.open_stdin))
         }
 
         fn start_builtin(&mut self, req: &builtin::Request) -> Result<Started, SpawnError> {

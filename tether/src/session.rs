@@ -15,20 +15,12 @@ use wire::ExecSpec;
 use crate::spawn::{self, ChildStdio, Rlimit, SpawnError, SpawnRequest};
 use crate::users;
 
-/// What to run, whichever way it was asked for.
+/// What to run, whichever way it was asked for: the process as an exec describes it, and what
+/// the container adds to it.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub name: String,
-    pub path: String,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub dir: String,
-    pub user: String,
-    pub group: String,
-    pub tty: bool,
-    pub open_stdin: bool,
-    pub rows: u16,
-    pub cols: u16,
+    pub process: ExecSpec,
     pub rlimits: Vec<RlimitSpec>,
     pub cap_drop: Vec<String>,
     pub hostname: String,
@@ -41,16 +33,18 @@ impl Plan {
     pub fn from_spec(s: &SessionSpec, hostname: &str) -> Self {
         Self {
             name: s.id.clone(),
-            path: s.path.clone(),
-            args: s.args.clone(),
-            env: s.env.clone(),
-            dir: s.dir.clone(),
-            user: s.user.clone(),
-            group: s.group.clone(),
-            tty: s.tty,
-            open_stdin: s.open_stdin,
-            rows: s.rows,
-            cols: s.cols,
+            process: ExecSpec {
+                path: s.path.clone(),
+                args: s.args.clone(),
+                env: s.env.clone(),
+                dir: s.dir.clone(),
+                user: s.user.clone(),
+                group: s.group.clone(),
+                tty: s.tty,
+                open_stdin: s.open_stdin,
+                rows: s.rows,
+                cols: s.cols,
+            },
             rlimits: s.rlimits.clone(),
             cap_drop: s.cap_drop.clone(),
             hostname: hostname.to_string(),
@@ -60,19 +54,10 @@ impl Plan {
 
     /// An exec from the appliance: its own command, user and stdio; the rlimits, capability
     /// drops and hostname of `main`, as docker exec inherits them from the container.
-    pub fn for_exec(name: String, spec: ExecSpec, main: &Plan) -> Self {
+    pub fn for_exec(name: String, process: ExecSpec, main: &Plan) -> Self {
         Self {
             name,
-            path: spec.path,
-            args: spec.args,
-            env: spec.env,
-            dir: spec.dir,
-            user: spec.user,
-            group: spec.group,
-            tty: spec.tty,
-            open_stdin: spec.open_stdin,
-            rows: spec.rows,
-            cols: spec.cols,
+            process,
             rlimits: main.rlimits.clone(),
             cap_drop: main.cap_drop.clone(),
             hostname: main.hostname.clone(),
@@ -119,7 +104,7 @@ fn env_get<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
 /// The environment the process gets: the session's, plus PATH, HOME, HOSTNAME and (with a tty)
 /// TERM where the session does not set them, as docker does.
 pub fn effective_env(plan: &Plan, home: &str) -> Vec<String> {
-    let mut env = plan.env.clone();
+    let mut env = plan.process.env.clone();
     let mut add = |k: &str, v: &str| {
         if env_get(&env, k).is_none() {
             env.push(format!("{k}={v}"));
@@ -129,7 +114,7 @@ pub fn effective_env(plan: &Plan, home: &str) -> Vec<String> {
     if !plan.hostname.is_empty() {
         add("HOSTNAME", &plan.hostname);
     }
-    if plan.tty {
+    if plan.process.tty {
         add("TERM", "xterm");
     }
     add("HOME", home);
@@ -215,18 +200,19 @@ fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), SpawnError> {
 
 /// Prepares and starts the session's process inside `root` (chrooted unless `root` is `/`).
 pub fn start(plan: &Plan, root: &Path) -> Result<Started, SpawnError> {
-    let identity =
-        users::resolve(root, &plan.user, &plan.group).map_err(|e| setup_error(e.to_string()))?;
+    let process = &plan.process;
+    let identity = users::resolve(root, &process.user, &process.group)
+        .map_err(|e| setup_error(e.to_string()))?;
     let env = effective_env(plan, &identity.home);
     let search_path = env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
-    let candidates = spawn::candidates(&plan.path, &search_path)
+    let candidates = spawn::candidates(&process.path, &search_path)
         .iter()
         .map(|c| cstring("program path", c))
         .collect::<Result<Vec<_>, _>>()?;
-    let args = if plan.args.is_empty() {
-        vec![plan.path.clone()]
+    let args = if process.args.is_empty() {
+        vec![process.path.clone()]
     } else {
-        plan.args.clone()
+        process.args.clone()
     };
     let rlimits = plan
         .rlimits
@@ -241,8 +227,8 @@ pub fn start(plan: &Plan, root: &Path) -> Result<Started, SpawnError> {
             })
         })
         .collect::<Result<Vec<_>, SpawnError>>()?;
-    let (child_stdio, parent) = if plan.tty {
-        let (master, tty) = open_pty(plan.rows, plan.cols)?;
+    let (child_stdio, parent) = if process.tty {
+        let (master, tty) = open_pty(process.rows, process.cols)?;
         (ChildStdio::Pty { tty }, ParentStdio::Pty { master })
     } else {
         let (in_r, in_w) = pipe()?;
@@ -256,7 +242,7 @@ pub fn start(plan: &Plan, root: &Path) -> Result<Started, SpawnError> {
             },
             ParentStdio::Pipes {
                 // Without open stdin the writer is dropped now: the process reads end of file.
-                stdin: plan.open_stdin.then_some(in_w),
+                stdin: process.open_stdin.then_some(in_w),
                 stdout: out_r,
                 stderr: err_r,
             },
@@ -269,7 +255,7 @@ pub fn start(plan: &Plan, root: &Path) -> Result<Started, SpawnError> {
         } else {
             None
         },
-        program: plan.path.clone(),
+        program: process.path.clone(),
         candidates,
         search_path,
         argv: args
@@ -282,7 +268,11 @@ pub fn start(plan: &Plan, root: &Path) -> Result<Started, SpawnError> {
             .collect::<Result<_, _>>()?,
         dir: cstring(
             "working directory",
-            if plan.dir.is_empty() { "/" } else { &plan.dir },
+            if process.dir.is_empty() {
+                "/"
+            } else {
+                &process.dir
+            },
         )?,
         uid: identity.uid,
         gid: identity.gid,
@@ -303,8 +293,11 @@ mod tests {
     #[test]
     fn env_defaults_do_not_override_the_session() {
         let plan = Plan {
-            env: vec!["PATH=/custom".into(), "A=b|c".into()],
-            tty: true,
+            process: ExecSpec {
+                env: vec!["PATH=/custom".into(), "A=b|c".into()],
+                tty: true,
+                ..Default::default()
+            },
             hostname: "box".into(),
             ..Default::default()
         };
@@ -339,7 +332,7 @@ mod tests {
             "box",
         );
         assert_eq!(
-            (main.name.as_str(), main.tty, main.hostname.as_str()),
+            (main.name.as_str(), main.process.tty, main.hostname.as_str()),
             ("main", true, "box")
         );
         let exec = Plan::for_exec(
@@ -354,10 +347,17 @@ mod tests {
             &main,
         );
         assert_eq!(
-            (exec.name.as_str(), exec.path.as_str(), exec.user.as_str()),
+            (
+                exec.name.as_str(),
+                exec.process.path.as_str(),
+                exec.process.user.as_str()
+            ),
             ("e1", "/bin/sh", "nobody")
         );
-        assert_eq!((exec.tty, exec.rows, exec.cols), (false, 30, 90));
+        assert_eq!(
+            (exec.process.tty, exec.process.rows, exec.process.cols),
+            (false, 30, 90)
+        );
         assert_eq!(exec.rlimits, main.rlimits);
         assert_eq!(exec.cap_drop, ["NET_RAW"]);
         assert_eq!(exec.hostname, "box");

@@ -126,6 +126,39 @@ pub fn candidates(program: &str, path_var: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pointers of `strings` and a null after them: an argv or envp for execve.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Signals as a new process has them: an empty mask and every disposition at its default, but
+/// SIGPIPE stays ignored with `ignore_sigpipe`. Only system calls on a local set, so a forked
+/// child may call it.
+pub fn reset_signals(ignore_sigpipe: bool) {
+    // SAFETY: sigprocmask reads a sigset local to this frame and signal(2) takes integers. Tether
+    // calls this only in a forked child of its single thread, where changing dispositions
+    // affects that process alone.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                let action = if ignore_sigpipe && sig == libc::SIGPIPE {
+                    libc::SIG_IGN
+                } else {
+                    libc::SIG_DFL
+                };
+                libc::signal(sig, action);
+            }
+        }
+    }
+}
+
 /// Forks and execs. Returns the child's pid once it has successfully exec'd.
 pub fn spawn(req: &SpawnRequest) -> Result<u32, SpawnError> {
     let (err_read, err_write) =
@@ -134,18 +167,8 @@ pub fn spawn(req: &SpawnRequest) -> Result<u32, SpawnError> {
             errno: e as i32,
             message: format!("cannot create the exec status pipe: {e}"),
         })?;
-    let argv: Vec<*const libc::c_char> = req
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = req
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = null_terminated(&req.argv);
+    let envp = null_terminated(&req.env);
 
     // SAFETY: tether's runtime is single-threaded, so the child is a copy of the only thread and
     // no lock can be held by a thread that no longer exists. The child runs `child_main`, which
@@ -254,14 +277,7 @@ fn child_main(
     // function never returns: it ends in execve or, through `fail`, in _exit.
     unsafe {
         // Default signal dispositions and an empty mask: the parent's handlers are not ours.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
+        reset_signals(false);
         check(libc::setsid(), err, Step::Setsid);
         match &req.stdio {
             ChildStdio::Pty { tty } => {

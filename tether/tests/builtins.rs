@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{session, spec, Conn, Harness, TempDir};
-use tar::{EntryType, Header};
+use common::testing::{tar_entries, TarWriter};
+use common::{session, spec, Conn, Harness, Seen, TestDir};
 use wire::{BuiltinOp, Control, ExecSpec};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -26,13 +24,13 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A container root: busybox as sh, sleep and cat, an /etc of its own, an empty /target, and
 /// `/evil`, an absolute symlink to `/etc` (the container's, never the host's).
-fn image() -> TempDir {
+fn image() -> TestDir {
     assert!(
         Path::new(BUSYBOX).exists(),
         "these tests need a static busybox at {BUSYBOX} (scripts/install-deps.sh system)"
     );
-    let root = TempDir::new("root");
-    let p = |rel: &str| root.0.join(rel);
+    let root = TestDir::new("root");
+    let p = |rel: &str| root.path().join(rel);
     for dir in ["bin", "etc", "target", "tmp"] {
         std::fs::create_dir_all(p(dir)).unwrap();
     }
@@ -46,15 +44,17 @@ fn image() -> TempDir {
     root
 }
 
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(MTIME);
-    h.set_uid(1000);
-    h.set_gid(1000);
-    h
+/// A tether in a fresh [`image`], its main session waiting for a line on its stdin.
+fn start_in_image() -> (TestDir, Harness) {
+    let root = image();
+    let mut main = session(&["/bin/sh", "-c", "read x"]);
+    main.open_stdin = true;
+    let h = Harness::start_in(&spec(main), root.path());
+    (root, h)
+}
+
+fn tar() -> TarWriter {
+    TarWriter::new(MTIME, (1000, 1000))
 }
 
 fn blob() -> Vec<u8> {
@@ -65,83 +65,25 @@ fn blob() -> Vec<u8> {
 
 /// What `docker cp ./tree c:/target` sends: a file, a symlink, nested directories.
 fn tree() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let hello = b"hello from the host\n";
-    b.append_data(
-        &mut header(EntryType::Regular, 0o640, hello.len() as u64),
-        "file.txt",
-        &hello[..],
-    )
-    .unwrap();
-    b.append_link(
-        &mut header(EntryType::Symlink, 0o777, 0),
-        "link",
-        "file.txt",
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Directory, 0o750, 0),
-        "nested/",
-        std::io::empty(),
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Directory, 0o700, 0),
-        "nested/deep/",
-        std::io::empty(),
-    )
-    .unwrap();
-    let data = blob();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o600, data.len() as u64),
-        "nested/deep/data.bin",
-        &data[..],
-    )
-    .unwrap();
-    b.into_inner().unwrap()
+    tar()
+        .file("file.txt", 0o640, b"hello from the host\n")
+        .symlink("link", "file.txt")
+        .dir("nested/", 0o750)
+        .dir("nested/deep/", 0o700)
+        .file("nested/deep/data.bin", 0o600, &blob())
+        .finish()
 }
 
-/// (type, mode, mtime, link target, bytes) by name, and the names in order.
-type Entries = (
-    Vec<String>,
-    BTreeMap<String, (u8, u32, u64, String, Vec<u8>)>,
-);
-
-fn entries(tar: &[u8]) -> Entries {
-    let mut a = tar::Archive::new(tar);
-    let (mut order, mut map) = (Vec::new(), BTreeMap::new());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
-        let h = e.header().clone();
-        let link = e
-            .link_name_bytes()
-            .map(|l| String::from_utf8(l.into_owned()).unwrap())
-            .unwrap_or_default();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        order.push(name.clone());
-        map.insert(
-            name,
-            (
-                h.entry_type().as_byte(),
-                h.mode().unwrap(),
-                h.mtime().unwrap(),
-                link,
-                bytes,
-            ),
-        );
+/// A `docker cp` into the container: an archive extracted at `path`.
+fn put(path: &str, no_overwrite_dir_non_dir: bool) -> BuiltinOp {
+    BuiltinOp::ArchivePut {
+        path: path.into(),
+        no_overwrite_dir_non_dir,
     }
-    (order, map)
 }
 
 async fn run_builtin(c: &mut Conn, session: u32, op: BuiltinOp, stdin: Option<&[u8]>) {
-    c.control(Control::Builtin {
-        session,
-        name: format!("builtin-{session}"),
-        op,
-    })
-    .await;
+    c.builtin(session, &format!("builtin-{session}"), op).await;
     if let Some(bytes) = stdin {
         c.stdin(session, bytes, true).await;
     }
@@ -153,25 +95,24 @@ async fn run_builtin(c: &mut Conn, session: u32, op: BuiltinOp, stdin: Option<&[
     );
 }
 
+/// The session exited 0; if not, its stderr says why.
+fn assert_succeeded(seen: &Seen, session: u32) {
+    let why = text(seen.stderr(session));
+    assert_eq!(seen.exit(session), Some((0, None)), "{why}");
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
 fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let (root, mut h) = start_in_image();
     let sent = tree();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.started_pid(1).is_some()).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: true,
-        };
-        run_builtin(&mut c, 4096, put, Some(&sent)).await;
+        run_builtin(&mut c, 4096, put("/target", true), Some(&sent)).await;
         run_builtin(
             &mut c,
             4097,
@@ -219,24 +160,15 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         )
         .await;
         // The same tree again, now that it exists: a file may not replace a directory.
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_data(
-            &mut header(EntryType::Regular, 0o644, 1),
-            "nested",
-            &b"x"[..],
+        let file_over_dir = tar().file("nested", 0o644, b"x").finish();
+        run_builtin(&mut c, 4102, put("/target", true), Some(&file_over_dir)).await;
+        run_builtin(
+            &mut c,
+            4103,
+            put("/target/file.txt", false),
+            Some(&file_over_dir),
         )
-        .unwrap();
-        let file_over_dir = b.into_inner().unwrap();
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: true,
-        };
-        run_builtin(&mut c, 4102, put, Some(&file_over_dir)).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/target/file.txt".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        run_builtin(&mut c, 4103, put, Some(&file_over_dir)).await;
+        .await;
         c.stdin(1, b"\n", true).await;
         c.until(10, |s| s.exit(1).is_some()).await;
         c.seen
@@ -248,7 +180,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         (seen.exit(4096), text(seen.stderr(4096))),
         (Some((0, None)), String::new())
     );
-    let t = root.0.join("target");
+    let t = root.path().join("target");
     let meta = |p: &str| std::fs::symlink_metadata(t.join(p)).unwrap();
     assert_eq!(
         std::fs::read(t.join("file.txt")).unwrap(),
@@ -273,13 +205,8 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
     }
 
     // The get of the directory: `target/` first, then the tree, byte for byte and mode for mode.
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
-    let (order, got) = entries(seen.stdout(4097));
+    assert_succeeded(&seen, 4097);
+    let (order, got) = tar_entries(seen.stdout(4097));
     assert_eq!(
         order,
         [
@@ -291,7 +218,7 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
             "target/nested/deep/data.bin"
         ]
     );
-    let (_, want) = entries(&sent);
+    let (_, want) = tar_entries(&sent);
     for name in [
         "file.txt",
         "link",
@@ -302,10 +229,10 @@ fn archive_put_then_get_round_trips_a_tree_inside_the_root() {
         assert_eq!(got[&format!("target/{name}")], want[name], "{name}");
     }
     // A file by itself is named after its last element.
-    let (order, got) = entries(seen.stdout(4098));
+    let (order, got) = tar_entries(seen.stdout(4098));
     assert_eq!(order, ["data.bin"]);
     assert_eq!(got["data.bin"].4, blob());
-    let (_, got) = entries(seen.stdout(4099));
+    let (_, got) = tar_entries(seen.stdout(4099));
     assert_eq!(got["hostname"].4, b"inside-the-container\n");
 
     // Stat: docker's JSON; a missing path is exit 1 with docker's message.
@@ -344,10 +271,7 @@ fn nix_is_root() -> bool {
 
 #[test]
 fn processes_lists_an_exec_and_refuses_other_ps_args() {
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let (_root, mut h) = start_in_image();
     let tether_pid = h.child.id();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
@@ -389,12 +313,7 @@ fn processes_lists_an_exec_and_refuses_other_ps_args() {
         c.seen
     });
     assert_eq!(h.wait(), 0);
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
+    assert_succeeded(&seen, 4097);
     let top: serde_json::Value = serde_json::from_slice(seen.stdout(4097)).unwrap();
     assert_eq!(
         top["Titles"],
@@ -451,36 +370,16 @@ async fn stdin_streamed(c: &mut Conn, session: u32, bytes: &[u8]) {
 #[test]
 fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
     use sha2::{Digest, Sha256};
-    let root = image();
-    let mut main = session(&["/bin/sh", "-c", "read x"]);
-    main.open_stdin = true;
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let (root, mut h) = start_in_image();
     // 6 MiB: past the 1 MiB stream buffers and the 64 KiB pipes, in both directions.
     let big: Vec<u8> = (0..6u32 << 20)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
         .collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let size = big.len() as u64;
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, size),
-        "big.bin",
-        &big[..],
-    )
-    .unwrap();
-    let sent = b.into_inner().unwrap();
+    let sent = tar().file("big.bin", 0o644, &big).finish();
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.started_pid(1).is_some()).await;
-        let put = BuiltinOp::ArchivePut {
-            path: "/tmp".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        c.control(Control::Builtin {
-            session: 4096,
-            name: "put".into(),
-            op: put,
-        })
-        .await;
+        c.builtin(4096, "put", put("/tmp", false)).await;
         stdin_streamed(&mut c, 4096, &sent).await;
         c.until(30, |s| s.done(4096)).await;
         let get = BuiltinOp::ArchiveGet {
@@ -489,44 +388,20 @@ fn archives_larger_than_every_buffer_stream_both_ways_and_a_signal_cancels() {
         run_builtin(&mut c, 4097, get, None).await;
         // A put that waits for more of its archive, cancelled as the appliance cancels a cp
         // (into another directory: it may have replaced big.bin by then).
-        let put = BuiltinOp::ArchivePut {
-            path: "/target".into(),
-            no_overwrite_dir_non_dir: false,
-        };
-        c.control(Control::Builtin {
-            session: 4098,
-            name: "cancelled".into(),
-            op: put,
-        })
-        .await;
+        c.builtin(4098, "cancelled", put("/target", false)).await;
         c.stdin(4098, &sent[..10_000], false).await;
         c.until(10, |s| s.started_pid(4098).is_some()).await;
-        c.control(Control::Signal {
-            session: 4098,
-            signal: libc::SIGKILL,
-            group: false,
-        })
-        .await;
+        c.signal(4098, libc::SIGKILL).await;
         c.until(10, |s| s.done(4098)).await;
         c.stdin(1, b"\n", true).await;
         c.until(10, |s| s.exit(1).is_some()).await;
         c.seen
     });
     assert_eq!(h.wait(), 0);
-    assert_eq!(
-        seen.exit(4096),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4096))
-    );
-    let on_disk = std::fs::read(root.0.join("tmp/big.bin")).unwrap();
+    assert_succeeded(&seen, 4096);
+    let on_disk = std::fs::read(root.path().join("tmp/big.bin")).unwrap();
     assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&big));
-    assert_eq!(
-        seen.exit(4097),
-        Some((0, None)),
-        "{}",
-        text(seen.stderr(4097))
-    );
+    assert_succeeded(&seen, 4097);
     assert_eq!(
         Sha256::digest(seen.stdout(4097)),
         Sha256::digest(&sent),

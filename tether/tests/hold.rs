@@ -4,15 +4,19 @@
 
 mod common;
 
-use common::{spec, Harness, TempDir, ID};
+use common::{spec, Harness, TestDir, ID};
 use guestinfo::SessionSpec;
-use wire::{BuiltinOp, Control};
+use wire::BuiltinOp;
 
 #[test]
 fn a_hold_main_session_serves_an_archive_get_then_ends_on_its_signal() {
-    let root = TempDir::new("hold-root");
-    std::fs::create_dir_all(root.0.join("data")).unwrap();
-    std::fs::write(root.0.join("data/kept.txt"), b"left by the container\n").unwrap();
+    let root = TestDir::new("hold-root");
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::write(
+        root.path().join("data/kept.txt"),
+        b"left by the container\n",
+    )
+    .unwrap();
     let main = SessionSpec {
         id: ID.into(),
         name: "main".into(),
@@ -21,7 +25,7 @@ fn a_hold_main_session_serves_an_archive_get_then_ends_on_its_signal() {
         builtin: guestinfo::spec::BUILTIN_HOLD.into(),
         ..Default::default()
     };
-    let mut h = Harness::start_in(&spec(main), &root.0);
+    let mut h = Harness::start_in(&spec(main), root.path());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,22 +35,17 @@ fn a_hold_main_session_serves_an_archive_get_then_ends_on_its_signal() {
         c.until(10, |s| s.started_pid(1).is_some()).await;
         // Its stdin goes nowhere, and does not hold anything up.
         c.stdin(1, b"ignored\n", true).await;
-        c.control(Control::Builtin {
-            session: 4096,
-            name: "cp".into(),
-            op: BuiltinOp::ArchiveGet {
+        c.builtin(
+            4096,
+            "cp",
+            BuiltinOp::ArchiveGet {
                 path: "/data/kept.txt".into(),
             },
-        })
+        )
         .await;
         c.until(20, |s| s.done(4096)).await;
         assert_eq!(c.seen.exit(1), None, "the hold outlives the built-in");
-        c.control(Control::Signal {
-            session: 1,
-            signal: libc::SIGTERM,
-            group: false,
-        })
-        .await;
+        c.signal(1, libc::SIGTERM).await;
         c.until(10, |s| s.done(1)).await;
         c.seen
     });

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{session, spec, Harness, TempDir, ID};
+use common::{session, spec, Harness, TestDir, ID};
 use sha2::{Digest, Sha256};
 use wire::{Control, ExecSpec};
 
@@ -122,11 +122,11 @@ fn args_and_env_with_pipes_quotes_and_unicode_arrive_intact() {
 
 #[test]
 fn ten_megabytes_of_binary_stdout_are_byte_identical() {
-    let dir = common::TempDir::new("blob");
+    let dir = common::TestDir::new("blob");
     let blob: Vec<u8> = (0..10_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let path = dir.0.join("blob");
+    let path = dir.path().join("blob");
     std::fs::write(&path, &blob).unwrap();
     let (out, err, exit, _) = run_main(&["/bin/cat", path.to_str().unwrap()]);
     assert_eq!(exit, (0, None));
@@ -230,12 +230,7 @@ fn signal_is_trapped_by_a_shell_script() {
     let seen = rt().block_on(async {
         let mut c = h.accept().await;
         c.until(10, |s| s.stdout(1) == b"ready\n").await;
-        c.control(Control::Signal {
-            session: 1,
-            signal: libc::SIGUSR1,
-            group: false,
-        })
-        .await;
+        c.signal(1, libc::SIGUSR1).await;
         c.until(10, |s| s.exit(1).is_some()).await;
         c.seen
     });
@@ -299,8 +294,8 @@ fn without_an_appliance_output_is_buffered_to_the_bound_then_the_process_waits()
     // 4 MiB in 4 KiB blocks, counting the blocks written. With nobody connected, tether holds
     // at most its 1 MiB per-stream buffer; the pipe (64 KiB) fills behind it and the writer
     // blocks: memory stays bounded and nothing is dropped.
-    let dir = TempDir::new("bound");
-    let count = dir.0.join("count");
+    let dir = TestDir::new("bound");
+    let count = dir.path().join("count");
     let script = format!(
         "i=0; while [ $i -lt 1024 ]; do head -c 4096 /dev/zero; i=$((i+1)); echo $i > {}; done",
         count.display()

@@ -65,6 +65,26 @@ fn apply_inbound(
     }
 }
 
+/// The messages in `bytes` a receiver decodes; frames the line corrupted are dropped, as the
+/// CRC check drops them.
+fn decoded(dec: &mut FrameDecoder, bytes: &[u8]) -> Vec<Message> {
+    let mut msgs = Vec::new();
+    dec.feed(bytes, |r| {
+        if let Ok(p) = r {
+            msgs.push(decode::<Message>(p).unwrap());
+        }
+    });
+    msgs
+}
+
+/// A line fault: one byte of `bytes` (if any) flipped, chosen by `at`.
+fn flip(bytes: &mut [u8], at: usize) {
+    if !bytes.is_empty() {
+        let i = at % bytes.len();
+        bytes[i] ^= 0x41;
+    }
+}
+
 struct Sim {
     guest: Streams,
     server: Streams,
@@ -114,22 +134,10 @@ impl Sim {
         let mut g: Vec<u8> = self.g2s.drain(..g_upto).collect();
         let mut s: Vec<u8> = self.s2g.drain(..s_upto).collect();
         if let Some(at) = corrupt {
-            if !g.is_empty() {
-                let i = at % g.len();
-                g[i] ^= 0x41;
-            }
-            if !s.is_empty() {
-                let i = at % s.len();
-                s[i] ^= 0x41;
-            }
+            flip(&mut g, at);
+            flip(&mut s, at);
         }
-        let mut msgs = Vec::new();
-        self.sdec.feed(&g, |r| {
-            if let Ok(p) = r {
-                msgs.push(decode::<Message>(p).unwrap());
-            }
-        });
-        for m in msgs {
+        for m in decoded(&mut self.sdec, &g) {
             let inbound = self
                 .server
                 .on_message(m)
@@ -148,13 +156,7 @@ impl Sim {
             .in_stream(StreamKey::CONTROL)
             .unwrap()
             .released();
-        let mut msgs = Vec::new();
-        self.gdec.feed(&s, |r| {
-            if let Ok(p) = r {
-                msgs.push(decode::<Message>(p).unwrap());
-            }
-        });
-        for m in msgs {
+        for m in decoded(&mut self.gdec, &s) {
             let inbound = self
                 .guest
                 .on_message(m)

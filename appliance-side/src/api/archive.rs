@@ -71,14 +71,25 @@ impl Api {
         &self,
         rec: &crate::store::records::Record,
         req: Request<Incoming>,
-        maintenance: Option<crate::engine::maintenance::Maintenance>,
+        mut maintenance: Option<crate::engine::maintenance::Maintenance>,
+    ) -> ApiResponse {
+        let answer = self.archive_with(rec, req, &mut maintenance).await;
+        // Unless a streaming body took it on, the copy is done here.
+        if let Some(m) = maintenance {
+            m.end().await;
+        }
+        answer
+    }
+
+    async fn archive_with(
+        &self,
+        rec: &crate::store::records::Record,
+        req: Request<Incoming>,
+        maintenance: &mut Option<crate::engine::maintenance::Maintenance>,
     ) -> ApiResponse {
         let rec = rec.clone();
         let q = query(&req);
         let Some(path) = q.get("path").filter(|p| !p.is_empty()).cloned() else {
-            if let Some(m) = maintenance {
-                m.end().await;
-            }
             return error(
                 StatusCode::BAD_REQUEST,
                 "the archive API needs a path (?path=)",
@@ -87,11 +98,7 @@ impl Api {
         let method = req.method().clone();
         if method == Method::PUT {
             let no_overwrite = flag(&q, "noOverwriteDirNonDir");
-            let answer = self.archive_put(&rec, path, no_overwrite, req).await;
-            if let Some(m) = maintenance {
-                m.end().await;
-            }
-            return answer;
+            return self.archive_put(&rec, path, no_overwrite, req).await;
         }
         let stat = match self
             .engine
@@ -99,18 +106,10 @@ impl Api {
             .await
         {
             Ok(s) => s,
-            Err(e) => {
-                if let Some(m) = maintenance {
-                    m.end().await;
-                }
-                return engine_error(e);
-            }
+            Err(e) => return engine_error(e),
         };
         let stat = base64::engine::general_purpose::STANDARD.encode(trim_newline(&stat));
         if method == Method::HEAD {
-            if let Some(m) = maintenance {
-                m.end().await;
-            }
             return Response::builder()
                 .status(StatusCode::OK)
                 .header(STAT_HEADER, stat)
@@ -123,13 +122,10 @@ impl Api {
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                if let Some(m) = maintenance {
-                    m.end().await;
-                }
-                return engine_error(e);
-            }
+            Err(e) => return engine_error(e),
         };
+        // The body streams on after this returns: the task ends the maintenance.
+        let maintenance = maintenance.take();
         let (tx, body) = body::channel(8);
         tokio::spawn(async move {
             while let Some(chunk) = run.stdout.recv().await {

@@ -469,6 +469,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
 
     fn flags(addr: Option<&str>, insecure: bool) -> TcpApiFlags {
         TcpApiFlags {
@@ -548,14 +549,13 @@ mod tests {
 
     #[test]
     fn file_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let garbage = dir.join("garbage.pem");
+        let dir = TestDir::new("tls");
+        let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
         let e = certificates("--tls-cert", &garbage).unwrap_err();
         assert!(matches!(e, TlsError::NoCertificate { .. }));
         assert!(e.to_string().contains("garbage.pem"), "{e}");
-        let e = certificates("--tls-ca", &dir.join("missing.pem")).unwrap_err();
+        let e = certificates("--tls-ca", &dir.path().join("missing.pem")).unwrap_err();
         assert!(e.to_string().starts_with("--tls-ca "), "{e}");
         assert!(e.to_string().contains("missing.pem: cannot read it"), "{e}");
         std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -567,12 +567,11 @@ mod tests {
             private_key(&garbage).unwrap_err(),
             TlsError::NoKey { .. }
         ));
-        let broken = dir.join("broken.pem");
+        let broken = dir.path().join("broken.pem");
         std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!!\n").unwrap();
         assert!(matches!(
             certificates("--tls-cert", &broken).unwrap_err(),
             TlsError::Pem { .. }
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

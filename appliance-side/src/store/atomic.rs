@@ -58,27 +58,26 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn owner_files_are_not_readable_by_others_and_replace_atomically() {
-        let dir = std::env::temp_dir().join(format!("atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("record.json");
+        let dir = TestDir::new("atomic");
+        let path = dir.path().join("record.json");
         write_atomic_with(&path, b"one", Access::Owner).unwrap();
         write_atomic_with(&path, b"two", Access::Owner).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        write_atomic(&dir.join("state.json"), b"{}").unwrap();
-        let mode = std::fs::metadata(dir.join("state.json"))
+        write_atomic(&dir.path().join("state.json"), b"{}").unwrap();
+        let mode = std::fs::metadata(dir.path().join("state.json"))
             .unwrap()
             .permissions()
             .mode()
             & 0o777;
         assert_eq!(mode & 0o600, 0o600);
-        assert!(!dir.join("record.tmp").exists());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!dir.path().join("record.tmp").exists());
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl ExecStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
 
     fn exec(id: &str) -> Exec {
         Exec {
@@ -142,9 +143,8 @@ mod tests {
 
     #[test]
     fn an_exec_outlives_the_store_that_created_it() {
-        let root = std::env::temp_dir().join(format!("execs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let home = Home::at(&root);
+        let dir = TestDir::new("execs");
+        let home = Home::at(dir.path());
         let id = "ab".repeat(32);
         ExecStore::new(home.clone()).put(&exec(&id)).unwrap();
         // A new store (a restarted appliance) finds it on disk.
@@ -154,6 +154,5 @@ mod tests {
         assert_eq!(again.of_container("c1").len(), 1);
         // Ids that are not exec ids never touch the filesystem.
         assert!(again.get("../../etc/passwd").is_none());
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -363,13 +363,12 @@ pub fn resolve(home: &Home, reference: &str) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
 
     #[test]
     fn resolves_full_id_name_and_unique_prefix_as_docker_does() {
-        let root = std::env::temp_dir().join(format!("records-resolve-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let home = Home::at(&root);
-        std::fs::create_dir_all(home.containers()).unwrap();
+        let dir = TestDir::new("records-resolve");
+        let home = dir.home();
         let made: Vec<Record> = (0..20)
             .map(|i| {
                 let new = NewContainer {
@@ -399,6 +398,5 @@ mod tests {
         assert!(resolve(&home, &shared).is_none(), "ambiguous prefix");
         assert!(resolve(&home, &"f".repeat(64)).is_none());
         assert!(resolve(&home, "nope").is_none());
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

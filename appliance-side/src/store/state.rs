@@ -128,21 +128,20 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TestDir;
 
     #[test]
     fn status_is_stored_as_the_lowercase_word() {
-        let dir = std::env::temp_dir().join(format!("state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("state");
         let mut st = State::for_boot("ab");
         st.status = ContainerStatus::Failed;
-        st.save(&dir).unwrap();
+        st.save(dir.path()).unwrap();
         let raw: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!(raw["status"], "failed");
         assert_eq!(raw["next_exec"], FIRST_EXEC_SESSION);
-        assert_eq!(State::load(&dir), st);
-        assert_eq!(State::load(&dir.join("missing")), State::default());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(State::load(dir.path()), st);
+        assert_eq!(State::load(&dir.path().join("missing")), State::default());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod detached;
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -15,23 +17,29 @@ use appliance::store::records::{self, NewContainer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{write_message, Control, StreamKey, StreamKind};
 
-pub struct TempHome(pub PathBuf);
+/// A fresh `$TETHER_HOME` in the temporary directory, removed on drop; it derefs to its [`Home`].
+pub struct TempHome(Home);
 
 impl TempHome {
     pub fn new(tag: &str) -> Self {
         let p = std::env::temp_dir().join(format!("appliance-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
-        Self(p)
+        Self(Home::at(&p))
     }
-    pub fn home(&self) -> Home {
-        Home::at(&self.0)
+}
+
+impl std::ops::Deref for TempHome {
+    type Target = Home;
+
+    fn deref(&self) -> &Home {
+        &self.0
     }
 }
 
 impl Drop for TempHome {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(self.0.root());
     }
 }
 
@@ -105,6 +113,19 @@ pub fn new_container_with_secret(home: &Home, script: &str) -> (String, Vec<u8>)
         &NewContainer {
             args: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec!["PATH=/usr/bin:/bin".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (record.id, spec.secret)
+}
+
+/// A container for a simulated tether (its program never runs): its id and its channel secret.
+pub fn simulated_container(home: &Home) -> (String, Vec<u8>) {
+    let (record, spec) = records::create(
+        home,
+        &NewContainer {
+            args: vec!["/bin/true".into()],
             ..Default::default()
         },
     )

@@ -4,12 +4,13 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::common::detached::Detached;
 
 const CONTAINERFILE: &str = r#"FROM scratch
 ADD busybox /bin/busybox
@@ -39,9 +40,7 @@ pub struct Fixtures {
     pub other: PathBuf,
 }
 
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+pub use crate::common::detached::text;
 
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
@@ -196,62 +195,12 @@ pub fn oci_id(archive: &Path) -> String {
     )
 }
 
-pub struct Server {
-    pub home: PathBuf,
-}
+/// A detached server in a home of its own, with the image verbs the tests use.
+pub struct Server(Detached);
 
 impl Server {
     pub fn start(tag: &str) -> Self {
-        let home = std::env::temp_dir().join(format!("images-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home).unwrap();
-        let s = Self { home };
-        s.serve();
-        s
-    }
-
-    pub fn serve(&self) {
-        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(["serve", "--detach"])
-            .env("TETHER_HOME", &self.home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "serve --detach: {}",
-            text(&out.stderr)
-        );
-    }
-
-    /// Stops the server by its pid file and waits until the process is gone.
-    pub fn stop(&self) {
-        let Ok(pid) = std::fs::read_to_string(self.home.join("appliance.pid")) else {
-            return;
-        };
-        let pid = pid.trim().to_string();
-        let _ = Command::new("kill").arg(&pid).status();
-        for _ in 0..200 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Gone, or a zombie its new parent has not reaped yet.
-            if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server (pid {pid}) did not stop");
-    }
-
-    pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(format!(
-                "unix://{}",
-                self.home.join("docker.sock").display()
-            ))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("the docker CLI is installed")
+        Self(Detached::started(&format!("images-{tag}")))
     }
 
     /// Runs docker, which must succeed; its stdout.
@@ -310,10 +259,11 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.home);
+impl std::ops::Deref for Server {
+    type Target = Detached;
+
+    fn deref(&self) -> &Detached {
+        &self.0
     }
 }
 

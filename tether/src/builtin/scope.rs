@@ -141,7 +141,7 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdir::TestDir;
+    use crate::testing::TestDir;
     use std::os::unix::fs::symlink;
 
     fn image() -> (TestDir, Scope) {

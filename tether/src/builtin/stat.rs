@@ -94,7 +94,7 @@ pub fn stat(scope: &Scope, path: &str) -> Result<String, BuiltinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdir::TestDir;
+    use crate::testing::TestDir;
 
     #[test]
     fn file_modes_are_gos() {

@@ -1,76 +1,38 @@
 //! The archive built-ins against real files in a temporary root, without the fork: a put and a
 //! get back, escapes, docker's overwrite rules and its error messages.
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use tar::{EntryType, Header};
+use tar::EntryType;
 
 use super::archive_get::archive;
 use super::archive_put::Extract;
 use super::scope::Scope;
-use crate::testdir::TestDir;
+use crate::testing::{tar_entries, TarWriter, TestDir};
 
 const MTIME: u64 = 1_600_000_000;
 const LONG: &str = "a-directory-name-that-is-long-enough/to-need-a-gnu-long-name-entry/in-a-tar-header-of-100-bytes";
 
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(MTIME);
-    h.set_uid(1234);
-    h.set_gid(4321);
-    h
+/// The owner every sample entry has, restored when the tests run as root.
+const OWNER: (u64, u64) = (1234, 4321);
+
+fn tar() -> TarWriter {
+    TarWriter::new(MTIME, OWNER)
 }
 
 /// A tar as `docker cp DIR c:/target` sends it.
 fn sample() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode| {
-        b.append_data(
-            &mut header(EntryType::Directory, mode, 0),
-            name,
-            std::io::empty(),
-        )
-        .unwrap();
-    };
-    dir(&mut b, "d/", 0o750);
-    let body = b"hello, world\n";
-    b.append_data(
-        &mut header(EntryType::Regular, 0o4755, 13),
-        "d/f",
-        &body[..],
-    )
-    .unwrap();
-    b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "d/link", "f")
-        .unwrap();
-    b.append_link(&mut header(EntryType::Link, 0o644, 0), "d/hard", "d/f")
-        .unwrap();
-    b.append_data(
-        &mut header(EntryType::Fifo, 0o600, 0),
-        "d/pipe",
-        std::io::empty(),
-    )
-    .unwrap();
-    dir(&mut b, "d/ro/", 0o555);
-    b.append_data(
-        &mut header(EntryType::Regular, 0o444, 2),
-        "d/ro/in",
-        &b"ro"[..],
-    )
-    .unwrap();
-    let long = format!("d/{LONG}/file");
-    b.append_data(
-        &mut header(EntryType::Regular, 0o600, 4),
-        &long,
-        &b"deep"[..],
-    )
-    .unwrap();
-    b.into_inner().unwrap()
+    tar()
+        .dir("d/", 0o750)
+        .file("d/f", 0o4755, b"hello, world\n")
+        .symlink("d/link", "f")
+        .link(EntryType::Link, "d/hard", 0o644, "d/f")
+        .empty(EntryType::Fifo, "d/pipe", 0o600)
+        .dir("d/ro/", 0o555)
+        .file("d/ro/in", 0o444, b"ro")
+        .file(&format!("d/{LONG}/file"), 0o600, b"deep")
+        .finish()
 }
 
 fn root_with_target() -> (TestDir, Scope) {
@@ -97,33 +59,6 @@ fn get(scope: &Scope, path: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// (name, type, mode, mtime, link target, contents) of every entry.
-type Listed = BTreeMap<String, (u8, u32, u64, String, Vec<u8>)>;
-
-fn list(tar: &[u8]) -> (Vec<String>, Listed) {
-    let mut a = tar::Archive::new(tar);
-    let mut order = Vec::new();
-    let mut map = BTreeMap::new();
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
-        let h = e.header().clone();
-        let link = e
-            .link_name_bytes()
-            .map(|l| String::from_utf8(l.into_owned()).unwrap())
-            .unwrap_or_default();
-        let mut body = Vec::new();
-        e.read_to_end(&mut body).unwrap();
-        order.push(name.clone());
-        let kind = h.entry_type().as_byte();
-        map.insert(
-            name,
-            (kind, h.mode().unwrap(), h.mtime().unwrap(), link, body),
-        );
-    }
-    (order, map)
-}
-
 #[test]
 fn a_put_tree_comes_back_from_a_get() {
     let (d, scope) = root_with_target();
@@ -145,12 +80,13 @@ fn a_put_tree_comes_back_from_a_get() {
     assert!(meta("pipe").file_type().is_fifo());
     assert_eq!(std::fs::read(t.join(LONG).join("file")).unwrap(), b"deep");
     if nix::unistd::geteuid().is_root() {
-        assert_eq!((meta("f").uid(), meta("f").gid()), (1234, 4321));
-        assert_eq!((meta("link").uid(), meta("link").gid()), (1234, 4321));
+        let owner = |p: &str| (u64::from(meta(p).uid()), u64::from(meta(p).gid()));
+        assert_eq!(owner("f"), OWNER);
+        assert_eq!(owner("link"), OWNER);
     }
 
     let back = get(&scope, "/target/d").unwrap();
-    let (order, got) = list(&back);
+    let (order, got) = tar_entries(&back);
     let long_dir = format!("d/{LONG}/");
     let long_a = format!("d/{}/", LONG.split('/').next().unwrap());
     let long_b = format!("d/{}/", LONG.rsplit_once('/').unwrap().0);
@@ -171,7 +107,7 @@ fn a_put_tree_comes_back_from_a_get() {
         order, want_order,
         "the basename first, then depth first in name order"
     );
-    let (_, sent) = list(&sample());
+    let (_, sent) = tar_entries(&sample());
     for name in [
         "d/",
         "d/f",
@@ -194,7 +130,7 @@ fn a_put_tree_comes_back_from_a_get() {
     assert_eq!(got["d/hard"].3, "d/f");
 
     // A file by itself is named after its last element; the root is ".".
-    let (order, got) = list(&get(&scope, "/target/d/link").unwrap());
+    let (order, got) = tar_entries(&get(&scope, "/target/d/link").unwrap());
     assert_eq!(
         (order, got["link"].3.as_str()),
         (vec!["link".to_string()], "f")
@@ -204,24 +140,23 @@ fn a_put_tree_comes_back_from_a_get() {
         get(&scope, "/target/d/link/").unwrap_err(),
         "/target/d/link/: not a directory"
     );
-    let (order, _) = list(&get(&scope, "/target/d/ro/.").unwrap());
+    let (order, _) = tar_entries(&get(&scope, "/target/d/ro/.").unwrap());
     assert_eq!(order, ["./", "in"]);
 }
 
 /// A tar with one file entry whose raw name is `name` (tar::Builder refuses `..`).
 fn raw_entry(name: &[u8], kind: EntryType, link: &[u8]) -> Vec<u8> {
-    let mut h = header(kind, 0o644, if kind == EntryType::Regular { 1 } else { 0 });
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    h.set_cksum();
-    let mut b = tar::Builder::new(Vec::new());
     let body: &[u8] = if kind == EntryType::Regular {
         b"x"
     } else {
         b""
     };
-    b.append(&h, body).unwrap();
-    b.into_inner().unwrap()
+    let w = tar();
+    let mut h = w.header(kind, 0o644, body.len() as u64);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    w.raw(&h, body).finish()
 }
 
 #[test]
@@ -260,34 +195,19 @@ fn entries_that_leave_the_directory_are_refused() {
 #[test]
 fn a_symlink_in_the_archive_cannot_lead_out_of_the_root() {
     let (d, scope) = root_with_target();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_link(&mut header(EntryType::Symlink, 0o777, 0), "etc", "/etc")
-        .unwrap();
-    b.append_link(
-        &mut header(EntryType::Symlink, 0o777, 0),
-        "up",
-        "../../../../..",
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 1),
-        "etc/hostname",
-        &b"x"[..],
-    )
-    .unwrap();
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 1),
-        "up/tmp/escaped",
-        &b"x"[..],
-    )
-    .unwrap();
-    put(&scope, "/target", false, &b.into_inner().unwrap()).unwrap();
+    let escapes = tar()
+        .symlink("etc", "/etc")
+        .symlink("up", "../../../../..")
+        .file("etc/hostname", 0o644, b"x")
+        .file("up/tmp/escaped", 0o644, b"x")
+        .finish();
+    put(&scope, "/target", false, &escapes).unwrap();
     // Through the container's own /etc and /, never the host's.
     assert_eq!(std::fs::read(d.path().join("etc/hostname")).unwrap(), b"x");
     assert_eq!(std::fs::read(d.path().join("tmp/escaped")).unwrap(), b"x");
     assert!(!Path::new("/tmp/escaped").exists());
     // And a get through the symlink reads the container's file.
-    let (order, got) = list(&get(&scope, "/target/etc/hostname").unwrap());
+    let (order, got) = tar_entries(&get(&scope, "/target/etc/hostname").unwrap());
     assert_eq!(
         (order[0].as_str(), got["hostname"].4.as_slice()),
         ("hostname", &b"x"[..])
@@ -300,22 +220,8 @@ fn dirs_and_non_dirs_replace_each_other_only_when_allowed() {
     let t = d.path().join("target");
     std::fs::create_dir_all(t.join("was-dir/inside")).unwrap();
     std::fs::write(t.join("was-file"), "old").unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut header(EntryType::Regular, 0o644, 3),
-        "was-dir",
-        &b"new"[..],
-    )
-    .unwrap();
-    let file_over_dir = b.into_inner().unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(
-        &mut header(EntryType::Directory, 0o755, 0),
-        "was-file/",
-        std::io::empty(),
-    )
-    .unwrap();
-    let dir_over_file = b.into_inner().unwrap();
+    let file_over_dir = tar().file("was-dir", 0o644, b"new").finish();
+    let dir_over_file = tar().dir("was-file/", 0o755).finish();
 
     let e = put(&scope, "/target", true, &file_over_dir).unwrap_err();
     assert_eq!(
@@ -353,7 +259,7 @@ fn missing_paths_and_non_directories_get_dockers_messages() {
         "Could not find the file /nope/x in container"
     );
     // The root of the container is archived as ".".
-    let (order, _) = list(&get(&scope, "/").unwrap());
+    let (order, _) = tar_entries(&get(&scope, "/").unwrap());
     assert_eq!(order[..2], ["./", "file"]);
     // Trailing bytes after the archive's end are read, not left for the sender to block on.
     let mut padded = tar.clone();

@@ -139,8 +139,21 @@ impl Guest {
         }
     }
 
+    /// Boots, and lets the first moment pass: the sessions that start at boot have started.
+    async fn started(spec: &ContainerSpec) -> Self {
+        let mut g = Self::boot(spec);
+        g.wait(MOMENT).await;
+        g
+    }
+
     fn control(&self, c: Control) {
         self.ctx.events.send(Event::Control(c)).unwrap();
+    }
+
+    /// The appliance sends `c`, and the moment it takes to handle passes.
+    async fn send(&mut self, c: Control) {
+        self.control(c);
+        self.wait(MOMENT).await;
     }
 
     /// The reaper saw `pid` exit.
@@ -170,14 +183,14 @@ impl Guest {
     }
 
     fn exit_of(&self, session: SessionId) -> Option<(i32, Option<i32>)> {
-        self.peer.control.iter().find_map(|c| match c {
-            Control::Exited {
-                session: s,
-                exit_code,
-                signal,
-            } if *s == session => Some((*exit_code, *signal)),
-            _ => None,
-        })
+        crate::testing::exit_in(&self.peer.control, session)
+    }
+
+    /// The appliance sends `bytes` on the session's stdin.
+    fn stdin(&self, session: SessionId, bytes: &[u8]) {
+        let mut shared = self.ctx.shared.borrow_mut();
+        shared.stdin.entry(session).or_default().bytes.extend(bytes);
+        self.ctx.stdin_wake.notify_waiters();
     }
 
     fn stdout(&self, session: SessionId) -> &[u8] {
@@ -219,13 +232,44 @@ fn state(state: GuestState, detail: &str) -> Control {
     }
 }
 
+fn exec(session: SessionId, name: &str, path: &str) -> Control {
+    Control::Exec {
+        session,
+        name: name.into(),
+        spec: ExecSpec {
+            path: path.into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A session that could not start, as the appliance sees it: why, then its exit with the code.
+fn failed_start(session: SessionId, exit_code: i32, errno: i32, message: &str) -> [Control; 2] {
+    [
+        Control::StartFailed {
+            session,
+            exit_code,
+            errno,
+            message: message.into(),
+        },
+        exited(session, exit_code, None),
+    ]
+}
+
+/// A container that ended with its main session's 0, powering off.
+const POWER_OFF: Outcome = Outcome {
+    exit_code: 0,
+    signal: None,
+    restart: false,
+    undelivered: 0,
+};
+
 #[test]
 fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
     paused(async {
         let mut side = session("side", "/bin/side");
         side.stop_signal = "SIGINT".into();
-        let mut g = Guest::boot(&spec(session("web", "/bin/web"), vec![side]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("web", "/bin/web"), vec![side])).await;
         assert_eq!(
             g.procs.calls(),
             ["start web /bin/web", "start side /bin/side"]
@@ -247,16 +291,7 @@ fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
             g.wait(MOMENT).await;
             g.sent()
         };
-        let outcome = g.outcome().await;
-        assert_eq!(
-            outcome,
-            Outcome {
-                exit_code: 0,
-                signal: None,
-                restart: false,
-                undelivered: 0
-            }
-        );
+        assert_eq!(g.outcome().await, POWER_OFF);
         assert_eq!(
             sent,
             [
@@ -275,8 +310,7 @@ fn the_main_exit_stops_the_others_then_kills_them_after_the_grace() {
 fn the_exit_code_is_the_code_or_128_plus_the_killing_signal() {
     for (code, signal) in [(3, None), (128 + libc::SIGKILL, Some(libc::SIGKILL))] {
         let outcome = paused(async {
-            let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-            g.wait(MOMENT).await;
+            let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
             g.procs.close_output(MAIN_PID);
             g.reaped(MAIN_PID, code, signal);
             g.wait(MOMENT).await;
@@ -291,8 +325,7 @@ fn the_exit_code_is_the_code_or_128_plus_the_killing_signal() {
 #[test]
 fn an_exit_is_reported_only_after_the_sessions_output_ends() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.procs.print(MAIN_PID, b"hello");
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
@@ -314,8 +347,7 @@ fn an_exit_is_reported_only_after_the_sessions_output_ends() {
 #[test]
 fn output_held_open_delays_the_exit_report_by_the_drain_wait_only() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         g.reaped(MAIN_PID, 5, None);
         g.wait(OUTPUT_DRAIN_AFTER_EXIT - Duration::from_millis(100))
             .await;
@@ -331,14 +363,12 @@ fn a_session_waiting_for_its_attach_starts_on_release() {
     paused(async {
         let mut main = session("m", "/bin/m");
         main.attach = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         assert!(g.procs.calls().is_empty());
         assert_eq!(g.sent(), [state(GuestState::Running, "")]);
 
         g.control(Control::Release { session: MAIN });
-        g.control(Control::Release { session: MAIN });
-        g.wait(MOMENT).await;
+        g.send(Control::Release { session: MAIN }).await;
         assert_eq!(g.procs.calls(), ["start m /bin/m"], "started once");
         assert_eq!(g.sent()[1..], [started(MAIN, "m", MAIN_PID)]);
     });
@@ -359,27 +389,15 @@ fn a_start_failure_is_reported_with_its_code_then_as_the_exit() {
             },
         );
         g.wait(MOMENT).await;
-        let exec = |path: &str| Control::Exec {
-            session: 7,
-            name: "e".into(),
-            spec: ExecSpec {
-                path: path.into(),
-                ..Default::default()
-            },
-        };
-        g.control(exec("/etc/passwd"));
-        g.wait(MOMENT).await;
+        g.send(exec(7, "e", "/etc/passwd")).await;
         assert_eq!(
             g.sent()[2..],
-            [
-                Control::StartFailed {
-                    session: 7,
-                    exit_code: 126,
-                    errno: libc::EACCES,
-                    message: "exec \"/etc/passwd\": permission denied".into(),
-                },
-                exited(7, 126, None),
-            ]
+            failed_start(
+                7,
+                126,
+                libc::EACCES,
+                "exec \"/etc/passwd\": permission denied"
+            )
         );
         assert!(
             !g.run.is_finished(),
@@ -424,8 +442,7 @@ fn the_restart_policy_is_the_main_sessions() {
             main.restart = restart;
             let mut side = session("side", "/bin/side");
             side.restart = !restart;
-            let mut g = Guest::boot(&spec(main, vec![side]));
-            g.wait(MOMENT).await;
+            let g = Guest::started(&spec(main, vec![side])).await;
             for pid in [MAIN_PID, SIDE_PID] {
                 g.procs.close_output(pid);
                 g.reaped(pid, 0, None);
@@ -441,8 +458,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
     paused(async {
         let mut main = session("m", "/bin/m");
         main.tty = true;
-        let mut g = Guest::boot(&spec(main, vec![session("side", "/bin/side")]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![session("side", "/bin/side")])).await;
         let signal = |session, signal, group| Control::Signal {
             session,
             signal,
@@ -461,8 +477,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
             rows: 1,
             cols: 1,
         });
-        g.control(signal(9, libc::SIGTERM, false));
-        g.wait(MOMENT).await;
+        g.send(signal(9, libc::SIGTERM, false)).await;
         assert_eq!(
             g.procs.calls()[2..],
             [
@@ -480,8 +495,7 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
         g.control(signal(2, libc::SIGTERM, false));
-        g.control(signal(2, libc::SIGTERM, true));
-        g.wait(MOMENT).await;
+        g.send(signal(2, libc::SIGTERM, true)).await;
         assert_eq!(g.procs.calls()[5..], ["signal group 101 SIGTERM"]);
     });
 }
@@ -489,40 +503,20 @@ fn signals_reach_the_process_or_its_group_and_resizes_its_tty() {
 #[test]
 fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
     paused(async {
-        let mut g = Guest::boot(&spec(
+        let mut g = Guest::started(&spec(
             session("m", "/bin/m"),
             vec![session("side", "/bin/side")],
-        ));
-        g.wait(MOMENT).await;
-        let exec = |session| Control::Exec {
-            session,
-            name: "e".into(),
-            spec: ExecSpec {
-                path: "/bin/e".into(),
-                ..Default::default()
-            },
-        };
-        let refused = |session, why: &str| {
-            [
-                Control::StartFailed {
-                    session,
-                    exit_code: 126,
-                    errno: libc::EBUSY,
-                    message: why.into(),
-                },
-                exited(session, 126, None),
-            ]
-        };
-        g.control(exec(2));
-        g.wait(MOMENT).await;
+        ))
+        .await;
+        let refused = |session, why: &str| failed_start(session, 126, libc::EBUSY, why);
+        g.send(exec(2, "e", "/bin/e")).await;
         assert_eq!(g.sent()[3..], refused(2, "session id 2 is already in use"));
 
         g.procs.close_output(MAIN_PID);
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
         let before = g.sent().len();
-        g.control(exec(5));
-        g.wait(MOMENT).await;
+        g.send(exec(5, "e", "/bin/e")).await;
         assert_eq!(g.sent()[before..], refused(5, "the container is stopping"));
         assert_eq!(g.procs.calls().len(), 3, "two starts and the stop signal");
     });
@@ -531,18 +525,8 @@ fn an_exec_on_a_used_id_or_while_stopping_is_refused() {
 #[test]
 fn an_exit_goes_to_the_session_that_has_the_pid_now() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
-        let exec = |session| Control::Exec {
-            session,
-            name: format!("e{session}"),
-            spec: ExecSpec {
-                path: "/bin/e".into(),
-                ..Default::default()
-            },
-        };
-        g.control(exec(5));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
+        g.send(exec(5, "e5", "/bin/e")).await;
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
@@ -550,8 +534,7 @@ fn an_exit_goes_to_the_session_that_has_the_pid_now() {
 
         // The kernel gives the pid to the next exec.
         g.procs.reuse_pid(SIDE_PID);
-        g.control(exec(6));
-        g.wait(MOMENT).await;
+        g.send(exec(6, "e6", "/bin/e")).await;
         assert!(g.sent().contains(&started(6, "e6", SIDE_PID)));
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 3, None);
@@ -565,17 +548,8 @@ fn stdin_from_the_appliance_reaches_the_process() {
     paused(async {
         let mut main = session("m", "/bin/cat");
         main.open_stdin = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
-        g.ctx
-            .shared
-            .borrow_mut()
-            .stdin
-            .get_mut(&MAIN)
-            .unwrap()
-            .bytes
-            .extend(b"typed\n");
-        g.ctx.stdin_wake.notify_waiters();
+        let mut g = Guest::started(&spec(main, vec![])).await;
+        g.stdin(MAIN, b"typed\n");
         g.wait(MOMENT).await;
         assert_eq!(g.procs.stdin(MAIN_PID), b"typed\n");
     });

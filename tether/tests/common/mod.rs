@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -12,35 +11,17 @@ use guestinfo::{ContainerSpec, SessionSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use wire::{
-    decode, write_message, Control, FrameDecoder, Inbound, Message, Role, Secret, ServerHandshake,
-    StreamConfig, StreamKey, StreamKind, Streams, Welcome,
+    decode, write_message, BuiltinOp, Control, FrameDecoder, Inbound, Message, Role, Secret,
+    ServerHandshake, StreamConfig, StreamKey, StreamKind, Streams, Welcome,
 };
+
+// The unit tests' helpers, shared: a temporary directory and a tar archive read back.
+#[path = "../../src/testing.rs"]
+pub mod testing;
+pub use testing::TestDir;
 
 pub const SECRET: &[u8] = b"test-secret";
 pub const ID: &str = "c0ffee00c0ffee00";
-
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "tether-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn session(args: &[&str]) -> SessionSpec {
     SessionSpec {
@@ -77,7 +58,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
 
 /// The appliance side of one tether process.
 pub struct Harness {
-    pub dir: TempDir,
+    pub dir: TestDir,
     listener: std::os::unix::net::UnixListener,
     pub child: Child,
 }
@@ -93,11 +74,11 @@ impl Harness {
     }
 
     fn start_with(spec: &ContainerSpec, extra: &[&str]) -> Self {
-        let dir = TempDir::new("h");
-        let sock = dir.0.join("channel.sock");
+        let dir = TestDir::new("h");
+        let sock = dir.path().join("channel.sock");
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let config = dir.0.join("config.vmx");
+        let config = dir.path().join("config.vmx");
         std::fs::write(&config, guestinfo::spec_to_vmx(spec)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["--config", config.to_str().unwrap()])
@@ -206,14 +187,7 @@ impl Seen {
     }
 
     pub fn exit(&self, session: u32) -> Option<(i32, Option<i32>)> {
-        self.control.iter().find_map(|c| match c {
-            Control::Exited {
-                session: s,
-                exit_code,
-                signal,
-            } if *s == session => Some((*exit_code, *signal)),
-            _ => None,
-        })
+        testing::exit_in(&self.control, session)
     }
 }
 
@@ -347,6 +321,26 @@ impl Conn {
     pub async fn control(&mut self, record: Control) {
         self.streams.send_control(&record).unwrap();
         self.flush().await;
+    }
+
+    /// Asks for the built-in `op` as session `session`.
+    pub async fn builtin(&mut self, session: u32, name: &str, op: BuiltinOp) {
+        self.control(Control::Builtin {
+            session,
+            name: name.into(),
+            op,
+        })
+        .await;
+    }
+
+    /// Sends `signal` to the session's process (not its group).
+    pub async fn signal(&mut self, session: u32, signal: i32) {
+        self.control(Control::Signal {
+            session,
+            signal,
+            group: false,
+        })
+        .await;
     }
 
     pub async fn stdin(&mut self, session: u32, bytes: &[u8], fin: bool) {

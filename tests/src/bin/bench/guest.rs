@@ -20,7 +20,7 @@ struct Guest {
 impl Guest {
     fn start(new: NewContainer, transport: Transport) -> Self {
         let mut app = Appliance::start("bench");
-        let id = app.run(new, transport, "containerfs");
+        let id = app.run_on(new, transport, "containerfs");
         let launch = app.last_launch().expect("a VM was launched");
         let server = app.server().expect("in-process server").clone();
         let deadline = Instant::now() + Duration::from_secs(120);

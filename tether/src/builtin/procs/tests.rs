@@ -1,5 +1,5 @@
 use super::*;
-use crate::testdir::TestDir;
+use crate::testing::TestDir;
 
 const BOOT: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
 const HZ: u64 = 100;

@@ -19,10 +19,8 @@ fn stat(path: &str) -> BuiltinOp {
 #[test]
 fn a_builtin_is_a_session_reported_with_pid_0_and_exits_after_its_output() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
-        g.control(builtin(4096, "stat-1", stat("/etc/hosts")));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
+        g.send(builtin(4096, "stat-1", stat("/etc/hosts"))).await;
         assert_eq!(g.procs.calls()[1..], ["builtin stat-1 stat hide []"]);
         assert_eq!(g.sent().last(), Some(&started(4096, "stat-1", 0)));
         g.procs.print(SIDE_PID, b"{\"name\":\"hosts\"}\n");
@@ -41,24 +39,16 @@ fn a_builtin_is_a_session_reported_with_pid_0_and_exits_after_its_output() {
 #[test]
 fn only_the_archive_put_reads_its_stdin() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         let put = BuiltinOp::ArchivePut {
             path: "/tmp".into(),
             no_overwrite_dir_non_dir: true,
         };
         g.control(builtin(4096, "put", put));
-        g.control(builtin(4097, "stat", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4097, "stat", stat("/"))).await;
         for session in [4096, 4097] {
-            let mut sh = g.ctx.shared.borrow_mut();
-            sh.stdin
-                .entry(session)
-                .or_default()
-                .bytes
-                .extend(b"tar bytes");
+            g.stdin(session, b"tar bytes");
         }
-        g.ctx.stdin_wake.notify_waiters();
         g.wait(MOMENT).await;
         assert_eq!(g.procs.stdin(SIDE_PID), b"tar bytes");
         assert_eq!(
@@ -72,8 +62,7 @@ fn only_the_archive_put_reads_its_stdin() {
 #[test]
 fn a_process_listing_leaves_out_the_builtins_running() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
         let ps = || BuiltinOp::Processes {
             ps_args: String::new(),
         };
@@ -82,13 +71,11 @@ fn a_process_listing_leaves_out_the_builtins_running() {
             "get",
             BuiltinOp::ArchiveGet { path: "/".into() },
         ));
-        g.control(builtin(4097, "top", ps()));
-        g.wait(MOMENT).await;
+        g.send(builtin(4097, "top", ps())).await;
         g.procs.close_output(SIDE_PID);
         g.reaped(SIDE_PID, 0, None);
         g.wait(MOMENT).await;
-        g.control(builtin(4098, "top", ps()));
-        g.wait(MOMENT).await;
+        g.send(builtin(4098, "top", ps())).await;
         assert_eq!(
             g.procs.calls()[1..],
             [
@@ -103,10 +90,8 @@ fn a_process_listing_leaves_out_the_builtins_running() {
 #[test]
 fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
     paused(async {
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![]));
-        g.wait(MOMENT).await;
-        g.control(builtin(4096, "cp", stat("/")));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![])).await;
+        g.send(builtin(4096, "cp", stat("/"))).await;
         g.control(Control::Signal {
             session: 4096,
             signal: libc::SIGKILL,
@@ -119,15 +104,11 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         );
 
         let before = g.sent().len();
-        g.control(builtin(4096, "again", stat("/")));
-        g.wait(MOMENT).await;
-        let busy = Control::StartFailed {
-            session: 4096,
-            exit_code: 126,
-            errno: libc::EBUSY,
-            message: "session id 4096 is already in use".into(),
-        };
-        assert_eq!(g.sent()[before..], [busy, exited(4096, 126, None)]);
+        g.send(builtin(4096, "again", stat("/"))).await;
+        assert_eq!(
+            g.sent()[before..],
+            failed_start(4096, 126, libc::EBUSY, "session id 4096 is already in use")
+        );
 
         let fork_failed = SpawnError {
             exit_code: 126,
@@ -136,23 +117,23 @@ fn a_builtin_can_be_signalled_refused_or_fail_to_start() {
         };
         g.procs.fail_start("builtin stat", fork_failed);
         let before = g.sent().len();
-        g.control(builtin(4097, "cp2", stat("/")));
-        g.wait(MOMENT).await;
-        let failed = Control::StartFailed {
-            session: 4097,
-            exit_code: 126,
-            errno: libc::EAGAIN,
-            message: "starting the built-in: fork failed: EAGAIN".into(),
-        };
-        assert_eq!(g.sent()[before..], [failed, exited(4097, 126, None)]);
+        g.send(builtin(4097, "cp2", stat("/"))).await;
+        assert_eq!(
+            g.sent()[before..],
+            failed_start(
+                4097,
+                126,
+                libc::EAGAIN,
+                "starting the built-in: fork failed: EAGAIN"
+            )
+        );
 
         // Once the main session has ended, no new built-in starts.
         g.procs.close_output(MAIN_PID);
         g.reaped(MAIN_PID, 0, None);
         g.wait(MOMENT).await;
         let before = g.sent().len();
-        g.control(builtin(4098, "late", stat("/")));
-        g.wait(MOMENT).await;
+        g.send(builtin(4098, "late", stat("/"))).await;
         assert!(matches!(
             &g.sent()[before..],
             [Control::StartFailed { message, .. }, Control::Exited { .. }]

@@ -27,8 +27,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         let mut main = hold("m");
         main.open_stdin = true;
         main.restart = true;
-        let mut g = Guest::boot(&spec(main, vec![]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(main, vec![])).await;
         assert!(g.procs.calls().is_empty(), "no process for a hold");
         assert_eq!(
             g.sent(),
@@ -40,20 +39,13 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         );
 
         // An exec and a built-in run as beside any main session (the first pid goes to the exec).
-        g.control(Control::Exec {
-            session: 4096,
-            name: "e1".into(),
-            spec: ExecSpec {
-                path: "/bin/sh".into(),
-                ..Default::default()
-            },
-        });
-        g.control(Control::Builtin {
+        g.control(exec(4096, "e1", "/bin/sh"));
+        g.send(Control::Builtin {
             session: 4097,
             name: "get".into(),
             op: BuiltinOp::ArchiveGet { path: "/".into() },
-        });
-        g.wait(MOMENT).await;
+        })
+        .await;
         assert_eq!(
             g.procs.calls(),
             ["start e1 /bin/sh", "builtin get archive-get hide []"]
@@ -74,8 +66,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         // Signal 0 only probes and a number that is no signal is refused, as by kill(2);
         // SIGTERM ends it, cleanly, and the container with it.
         g.control(signal(MAIN, 0));
-        g.control(signal(MAIN, i32::MAX));
-        g.wait(MOMENT).await;
+        g.send(signal(MAIN, i32::MAX)).await;
         assert_eq!(g.exit_of(MAIN), None);
         assert!(g.sent().contains(&Control::Log {
             level: wire::LogLevel::Warn,
@@ -84,8 +75,7 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
                 i32::MAX
             ),
         }));
-        g.control(signal(MAIN, libc::SIGTERM));
-        g.wait(MOMENT).await;
+        g.send(signal(MAIN, libc::SIGTERM)).await;
         assert_eq!(g.exit_of(MAIN), Some((0, None)));
         assert_eq!(g.stdout(MAIN), b"", "no output");
         let fins = [StreamKind::Stdout, StreamKind::Stderr].map(|k| StreamKey::new(MAIN, k));
@@ -96,15 +86,9 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
         assert!(g
             .sent()
             .contains(&state(GuestState::Stopping, "the main session ended")));
-        let outcome = g.outcome().await;
         assert_eq!(
-            outcome,
-            Outcome {
-                exit_code: 0,
-                signal: None,
-                restart: false,
-                undelivered: 0
-            },
+            g.outcome().await,
+            POWER_OFF,
             "a hold boot powers off, whatever its restart flag"
         );
     });
@@ -114,25 +98,15 @@ fn a_hold_main_session_runs_execs_and_ends_on_sigterm_with_0() {
 fn another_signal_ends_a_hold_with_128_plus_it_and_stops_the_execs() {
     for sig in [libc::SIGKILL, libc::SIGINT, libc::SIGUSR1] {
         let outcome = paused(async {
-            let mut g = Guest::boot(&spec(hold("m"), vec![]));
-            g.wait(MOMENT).await;
-            g.control(Control::Exec {
-                session: 4096,
-                name: "e1".into(),
-                spec: ExecSpec {
-                    path: "/bin/sleep".into(),
-                    ..Default::default()
-                },
-            });
-            g.wait(MOMENT).await;
+            let mut g = Guest::started(&spec(hold("m"), vec![])).await;
+            g.send(exec(4096, "e1", "/bin/sleep")).await;
             g.control(signal(MAIN, sig));
             g.wait(MOMENT).await;
             assert_eq!(g.exit_of(MAIN), Some((128 + sig, Some(sig))));
             // The exec still running gets the stop signal, as after any main session.
             assert_eq!(g.procs.calls()[1..], ["signal group 100 SIGTERM"]);
             let before = g.sent().len();
-            g.control(signal(MAIN, libc::SIGTERM));
-            g.wait(MOMENT).await;
+            g.send(signal(MAIN, libc::SIGTERM)).await;
             assert!(
                 g.sent()[before..].contains(&Control::Log {
                     level: wire::LogLevel::Warn,
@@ -153,8 +127,7 @@ fn a_hold_beside_the_main_session_ends_at_its_stop_signal() {
     paused(async {
         let mut side = hold("side");
         side.stop_signal = "SIGINT".into();
-        let mut g = Guest::boot(&spec(session("m", "/bin/m"), vec![side]));
-        g.wait(MOMENT).await;
+        let mut g = Guest::started(&spec(session("m", "/bin/m"), vec![side])).await;
         assert_eq!(g.procs.calls(), ["start m /bin/m"]);
         assert_eq!(
             g.sent()[..2],
