@@ -180,16 +180,46 @@ fn see_it_complete(home: &Home, id: &str, tether: &mut Child) {
     assert_eq!(inspect(home, id, "{{.State.Error}}"), "");
 }
 
-#[test]
-fn a_full_log_store_holds_output_back_and_takes_it_all_when_space_returns() {
-    let disk = SmallDisk::mount("full", 32);
+/// A container streaming into a server whose home is a small disk, filled until the stream is
+/// held back.
+struct Stalled {
+    disk: SmallDisk,
+    home: Home,
+    log: PathBuf,
+    server: ServerProcess,
+    id: String,
+    tether: Child,
+}
+
+fn stalled(tag: &str) -> Stalled {
+    let disk = SmallDisk::mount(tag, 32);
     let home = disk.home();
-    let log = server_log("full");
-    let _server = ServerProcess::start_with(&home, &[], &log);
+    let log = server_log(tag);
+    let server = ServerProcess::start_with(&home, &[], &log);
     let id = new_container(&home, SCRIPT);
     disk.fill_leaving(2 << 20);
     let mut tether = spawn_tether(&home, &id);
     see_it_stall(&home, &id, &mut tether);
+    Stalled {
+        disk,
+        home,
+        log,
+        server,
+        id,
+        tether,
+    }
+}
+
+#[test]
+fn a_full_log_store_holds_output_back_and_takes_it_all_when_space_returns() {
+    let Stalled {
+        disk,
+        home,
+        log,
+        server: _server,
+        id,
+        mut tether,
+    } = stalled("full");
     disk.free_all();
     see_it_complete(&home, &id, &mut tether);
     let log = std::fs::read_to_string(&log).unwrap();
@@ -215,14 +245,14 @@ fn append_torn_line(file: &Path) {
 
 #[test]
 fn a_server_killed_while_the_store_is_full_recovers_its_torn_log_and_loses_nothing() {
-    let disk = SmallDisk::mount("restart", 32);
-    let home = disk.home();
-    let log = server_log("restart");
-    let server = ServerProcess::start_with(&home, &[], &log);
-    let id = new_container(&home, SCRIPT);
-    disk.fill_leaving(2 << 20);
-    let mut tether = spawn_tether(&home, &id);
-    see_it_stall(&home, &id, &mut tether);
+    let Stalled {
+        disk,
+        home,
+        log,
+        server,
+        id,
+        mut tether,
+    } = stalled("restart");
     // The server dies as if mid-write: the log ends in half an entry (room for it is made and
     // taken again), and the disk is still full when the server comes back.
     drop(server);

@@ -44,30 +44,33 @@ fn fsck_clean(raw: &Path) {
     );
 }
 
-#[test]
-fn mkfs_lost_and_found_is_not_in_the_containers_root_and_the_disk_checks_clean() {
-    let d = scratch("none");
+/// The disk of a root holding one file at `dir/name`: its root and that directory listed, and
+/// checked clean.
+fn disk_with_one_file(tag: &str, dir: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let d = scratch(tag);
     let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::create_dir_all(root.join(dir)).unwrap();
+    std::fs::write(root.join(dir).join(name), "content\n").unwrap();
     let raw = d.join("disk.raw");
     disk::ext4_from_dir(&root, &raw, "containerfs", 0).unwrap();
-    assert_eq!(ls(&raw, "/"), ["etc"]);
-    assert_eq!(ls(&raw, "/etc"), ["passwd"]);
+    let listed = (ls(&raw, "/"), ls(&raw, &format!("/{dir}")));
     fsck_clean(&raw);
     let _ = std::fs::remove_dir_all(&d);
+    listed
+}
+
+#[test]
+fn mkfs_lost_and_found_is_not_in_the_containers_root_and_the_disk_checks_clean() {
+    assert_eq!(
+        disk_with_one_file("none", "etc", "passwd"),
+        (vec!["etc".to_string()], vec!["passwd".to_string()])
+    );
 }
 
 #[test]
 fn an_images_own_lost_and_found_is_kept_with_its_content() {
-    let d = scratch("own");
-    let root = d.join("rootfs");
-    std::fs::create_dir_all(root.join("lost+found")).unwrap();
-    std::fs::write(root.join("lost+found/kept"), "mine\n").unwrap();
-    let raw = d.join("disk.raw");
-    disk::ext4_from_dir(&root, &raw, "containerfs", 0).unwrap();
-    assert_eq!(ls(&raw, "/"), ["lost+found"]);
-    assert_eq!(ls(&raw, "/lost+found"), ["kept"]);
-    fsck_clean(&raw);
-    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(
+        disk_with_one_file("own", "lost+found", "kept"),
+        (vec!["lost+found".to_string()], vec!["kept".to_string()])
+    );
 }

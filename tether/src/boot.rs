@@ -127,57 +127,73 @@ fn mount(
     }
 }
 
-/// The kernel gives PID 1 nothing: mount what tether itself needs.
-pub fn mount_base(os: &dyn Os) -> Result<(), BootError> {
-    mount(
-        os,
-        "proc",
-        Path::new("/proc"),
-        "proc",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "",
-    )?;
-    mount(
-        os,
+/// One filesystem to mount: source, target (under a root), type, flags, data.
+type KernelMount = (&'static str, &'static str, &'static str, u64, &'static str);
+
+/// What tether itself needs, where the kernel gives PID 1 nothing.
+const BASE_MOUNTS: [KernelMount; 6] = [
+    ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    (
         "sysfs",
-        Path::new("/sys"),
+        "sys",
         "sysfs",
         MS_NOSUID | MS_NODEV | MS_NOEXEC,
         "",
-    )?;
-    mount(
-        os,
-        "devtmpfs",
-        Path::new("/dev"),
-        "devtmpfs",
-        MS_NOSUID,
-        "mode=0755",
-    )?;
-    mount(
-        os,
+    ),
+    ("devtmpfs", "dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    (
         "devpts",
-        Path::new("/dev/pts"),
+        "dev/pts",
         "devpts",
         MS_NOSUID | MS_NOEXEC,
         "gid=5,mode=620,ptmxmode=666",
-    )?;
-    mount(
-        os,
+    ),
+    ("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    ("run", "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+];
+
+/// The container's kernel filesystems, before its /dev is populated: /sys read-only, and a
+/// /dev of its own (a small tmpfs, not the host's devtmpfs).
+const ROOT_MOUNTS: [KernelMount; 3] = [
+    ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    (
+        "sysfs",
+        "sys",
+        "sysfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+        "",
+    ),
+    ("tmpfs", "dev", "tmpfs", MS_NOSUID, "mode=755,size=65536k"),
+];
+
+/// The container's /dev/pts (its own instance) and /dev/shm, once /dev holds its nodes.
+const DEV_MOUNTS: [KernelMount; 2] = [
+    (
+        "devpts",
+        "dev/pts",
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,gid=5,mode=620,ptmxmode=666",
+    ),
+    (
         "shm",
-        Path::new("/dev/shm"),
+        "dev/shm",
         "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        "mode=1777",
-    )?;
-    mount(
-        os,
-        "run",
-        Path::new("/run"),
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        "mode=0755",
-    )?;
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777,size=65536k",
+    ),
+];
+
+fn mount_all(os: &dyn Os, root: &Path, table: &[KernelMount]) -> Result<(), BootError> {
+    for &(source, target, fstype, flags, data) in table {
+        mount(os, source, &root.join(target), fstype, flags, data)?;
+    }
     Ok(())
+}
+
+/// The kernel gives PID 1 nothing: mount what tether itself needs.
+pub fn mount_base(os: &dyn Os) -> Result<(), BootError> {
+    mount_all(os, Path::new("/"), &BASE_MOUNTS)
 }
 
 /// The config text: fw_cfg (QEMU), else the file named by `tether.config=` on the kernel command
@@ -283,31 +299,8 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         source: Box::new(e),
     })?;
     crate::timing::mark("disk_mounted");
-    mount(
-        os,
-        "proc",
-        &root.join("proc"),
-        "proc",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "",
-    )?;
-    mount(
-        os,
-        "sysfs",
-        &root.join("sys"),
-        "sysfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-        "",
-    )?;
+    mount_all(os, &root, &ROOT_MOUNTS)?;
     let dev = root.join("dev");
-    mount(
-        os,
-        "tmpfs",
-        &dev,
-        "tmpfs",
-        MS_NOSUID,
-        "mode=755,size=65536k",
-    )?;
     for (name, major, minor) in DEVICES {
         os.mknod_char(&dev.join(name), 0o666, major, minor)
             .map_err(|source| BootError::Mknod {
@@ -328,22 +321,7 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
                 source,
             })?;
     }
-    mount(
-        os,
-        "devpts",
-        &dev.join("pts"),
-        "devpts",
-        MS_NOSUID | MS_NOEXEC,
-        "newinstance,gid=5,mode=620,ptmxmode=666",
-    )?;
-    mount(
-        os,
-        "shm",
-        &dev.join("shm"),
-        "tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "mode=1777,size=65536k",
-    )?;
+    mount_all(os, &root, &DEV_MOUNTS)?;
     os.sethostname(&hostname)
         .map_err(|source| BootError::Hostname {
             hostname: hostname.clone(),
