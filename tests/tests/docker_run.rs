@@ -244,6 +244,43 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
         !app.home.container(&id).exists(),
         "rm removes the container's files"
     );
+    // on-failure:2 restarts a failing container twice, then leaves it exited with its code.
+    ok(
+        &app,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure:2",
+            image,
+            "echo run; exit 3",
+        ],
+    );
+    let start = Instant::now();
+    while ok(&app, &["logs", "flaky"]) != "run\nrun\nrun\n"
+        || inspect(&app, "flaky", "{{.State.Status}}") != "exited"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "on-failure:2: logs {:?}",
+            ok(&app, &["logs", "flaky"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(inspect(&app, "flaky", "{{.RestartCount}}"), "2");
+    assert_eq!(inspect(&app, "flaky", "{{.State.ExitCode}}"), "3");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ok(&app, &["logs", "flaky"]),
+        "run\nrun\nrun\n",
+        "no third retry"
+    );
+    // Started by hand, its retries count from zero again.
+    ok(&app, &["start", "flaky"]);
+    assert_eq!(inspect(&app, "flaky", "{{.RestartCount}}"), "0");
+    ok(&app, &["rm", "-f", "flaky"]);
 }
 
 #[test]

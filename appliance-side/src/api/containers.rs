@@ -106,6 +106,7 @@ impl Api {
                 "Path": rec.path,
                 "Args": rec.args.iter().skip(1).collect::<Vec<_>>(),
                 "Name": format!("/{}", rec.name),
+                "RestartCount": rec.restart_count,
                 "Image": rec.image,
                 "State": state,
                 "Config": config_json(&rec),

@@ -126,6 +126,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             },
+            restart_count: 0,
         }
     }
 

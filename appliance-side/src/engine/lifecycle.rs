@@ -78,10 +78,56 @@ impl Engine {
     /// Boots the container's VM and returns once its main process runs; with an attach
     /// waiting, once the VM is connected (the process starts at that attach).
     pub async fn start(self: &Arc<Self>, reference: &str) -> Result<(), EngineError> {
-        let rec = self.resolve(reference)?;
+        let mut rec = self.resolve(reference)?;
         let lock = self.op_lock(&rec.id);
         let _op = lock.lock().await;
+        // Started by hand: the restart policy's retries count from here.
+        if rec.restart_count != 0 {
+            rec.restart_count = 0;
+            records::save(self.home(), &rec)?;
+        }
         self.start_locked(&rec).await
+    }
+
+    /// Starts a container again by its restart policy, if it still wants one: it may have been
+    /// removed or started by hand meanwhile, and on-failure stops after MaximumRetryCount.
+    pub(super) async fn restart_by_policy(self: &Arc<Self>, id: &str, code: i32) {
+        let Ok(mut rec) = self.resolve(id) else {
+            return;
+        };
+        let lock = self.op_lock(&rec.id);
+        let _op = lock.lock().await;
+        let Ok(fresh) = self.resolve(&rec.id) else {
+            return;
+        };
+        rec = fresh;
+        if self.is_running(&rec.id) {
+            return;
+        }
+        let o = &rec.options;
+        if !super::supervise::restart_wanted(
+            &o.restart_policy,
+            o.restart_max,
+            rec.restart_count,
+            code,
+        ) {
+            tracing::info!(
+                container = %rec.id,
+                policy = %o.restart_policy,
+                retries = rec.restart_count,
+                "not restarting: the policy's retries are used up"
+            );
+            return;
+        }
+        rec.restart_count += 1;
+        if let Err(e) = records::save(self.home(), &rec) {
+            tracing::warn!(container = %rec.id, "restart policy: {e}");
+            return;
+        }
+        tracing::info!(container = %rec.id, policy = %rec.options.restart_policy, count = rec.restart_count, "restarting");
+        if let Err(e) = self.start_locked(&rec).await {
+            tracing::warn!(container = %rec.id, "restart policy: {e}");
+        }
     }
 
     async fn start_locked(self: &Arc<Self>, rec: &Record) -> Result<(), EngineError> {

@@ -123,23 +123,19 @@ impl Engine {
             }
             return;
         }
-        if !on_purpose && restart_wanted(&rec.options.restart_policy, code) {
-            tracing::info!(container = %rec.id, policy = %rec.options.restart_policy, "restarting");
+        if !on_purpose && !rec.options.restart_policy.is_empty() {
             let engine = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = engine.start(&rec.id).await {
-                    tracing::warn!(container = %rec.id, "restart policy: {e}");
-                }
-            });
+            tokio::spawn(async move { engine.restart_by_policy(&rec.id, code).await });
         }
     }
 }
 
-/// Whether docker's restart policy restarts a container that exited with `code` on its own.
-fn restart_wanted(policy: &str, code: i32) -> bool {
+/// Whether docker's restart policy restarts a container that exited with `code` on its own,
+/// after `restarts` restarts by the policy; on-failure's `max_retries` 0 is unlimited.
+pub(super) fn restart_wanted(policy: &str, max_retries: u32, restarts: u32, code: i32) -> bool {
     match policy {
         "always" | "unless-stopped" => true,
-        "on-failure" => code != 0,
+        "on-failure" => code != 0 && (max_retries == 0 || restarts < max_retries),
         _ => false,
     }
 }
@@ -150,11 +146,16 @@ mod tests {
 
     #[test]
     fn restart_policies_as_docker() {
-        assert!(restart_wanted("always", 0));
-        assert!(restart_wanted("unless-stopped", 3));
-        assert!(restart_wanted("on-failure", 1));
-        assert!(!restart_wanted("on-failure", 0));
-        assert!(!restart_wanted("no", 1));
-        assert!(!restart_wanted("", 1));
+        assert!(restart_wanted("always", 0, 7, 0));
+        assert!(restart_wanted("unless-stopped", 0, 7, 3));
+        assert!(restart_wanted("on-failure", 0, 7, 1), "0 retries: no limit");
+        assert!(!restart_wanted("on-failure", 0, 0, 0));
+        assert!(restart_wanted("on-failure", 2, 1, 1));
+        assert!(
+            !restart_wanted("on-failure", 2, 2, 1),
+            "MaximumRetryCount reached"
+        );
+        assert!(!restart_wanted("no", 0, 0, 1));
+        assert!(!restart_wanted("", 0, 0, 1));
     }
 }

@@ -33,6 +33,10 @@ pub struct Record {
     /// Everything else docker's create carries (older records have the defaults).
     #[serde(default)]
     pub options: ContainerOptions,
+    /// Restarts by its restart policy since it was last started by hand (docker's
+    /// RestartCount; on-failure's MaximumRetryCount counts these).
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 /// A container's configuration beyond its command: what docker's create request carries, with the
@@ -181,6 +185,7 @@ pub fn create(home: &Home, new: &NewContainer) -> Result<(Record, ContainerSpec)
         open_stdin: new.open_stdin,
         image: new.image.clone(),
         options,
+        restart_count: 0,
     };
     let spec = spec_for(&record, new.attach)?;
     let dir = home.container(&id);
