@@ -61,6 +61,7 @@ impl Engine {
             BuiltinOp::Stat { .. } => "stat",
             BuiltinOp::ArchiveGet { .. } => "archive-get",
             BuiltinOp::ArchivePut { .. } => "archive-put",
+            BuiltinOp::ApplyLayer { .. } => "apply-layer",
         };
         c.send_control(Control::Builtin {
             session,
