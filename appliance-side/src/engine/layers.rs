@@ -124,3 +124,78 @@ impl Engine {
         Ok(())
     }
 }
+
+/// `docker system df`'s figures, in bytes on disk (the blocks each qcow2 takes), every layer
+/// counted once however many images share it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Every layer's disk and every flattened image disk, once each.
+    pub layers_size: u64,
+    pub images: Vec<ImageUsage>,
+    /// `(container id, bytes of its writable layer)`.
+    pub containers: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUsage {
+    pub image: crate::store::images::Image,
+    /// Its whole chain (or its flattened disk).
+    pub size: u64,
+    /// The part of `size` in layers another image has too.
+    pub shared_size: u64,
+    /// Containers made from it.
+    pub containers: usize,
+}
+
+impl Engine {
+    /// What the images, their layers and the containers take on disk.
+    pub fn disk_usage(&self) -> DiskUsage {
+        use crate::engine::images::ImageUsers;
+        use crate::store::images::allocated;
+        use std::collections::HashMap;
+        let layers = self.images.layers();
+        let images = self.images.list();
+        let mut users: HashMap<String, usize> = HashMap::new();
+        for i in &images {
+            for c in self.images.chain(i) {
+                *users.entry(c).or_default() += 1;
+            }
+        }
+        let layer_size = |c: &str| allocated(&layers.disk(c));
+        let mut out = DiskUsage {
+            layers_size: layers.list().iter().map(|l| layer_size(&l.chain_id)).sum(),
+            ..Default::default()
+        };
+        for image in images {
+            let chain = self.images.chain(&image);
+            let (size, shared_size) = if chain.is_empty() {
+                let own = allocated(&self.images.disk(&image));
+                out.layers_size += own;
+                (own, 0)
+            } else {
+                let size = chain.iter().map(|c| layer_size(c)).sum();
+                let shared = chain
+                    .iter()
+                    .filter(|c| users.get(*c).copied().unwrap_or(0) > 1)
+                    .map(|c| layer_size(c))
+                    .sum();
+                (size, shared)
+            };
+            out.images.push(ImageUsage {
+                containers: self.containers_using(&image.id).len(),
+                image,
+                size,
+                shared_size,
+            });
+        }
+        out.containers = self
+            .containers()
+            .into_iter()
+            .map(|r| {
+                let size = allocated(&self.home().container(&r.id).join("disk.qcow2"));
+                (r.id, size)
+            })
+            .collect();
+        out
+    }
+}
