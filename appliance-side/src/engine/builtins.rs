@@ -163,7 +163,10 @@ async fn feed_stdin(c: Arc<Container>, session: SessionId, mut input: mpsc::Rece
             if sent < chunk.len() {
                 // A built-in that ended (a bad archive) reads no more: stop feeding it.
                 let st = c.state();
-                let ended = st.sessions.get(&session).is_some_and(|s| s.exit_code.is_some());
+                let ended = st
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.exit_code.is_some());
                 if ended || st.status.is_finished() {
                     return;
                 }

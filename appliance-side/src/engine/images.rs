@@ -229,7 +229,10 @@ impl Engine {
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<Vec<Image>, ImageError> {
-        let vm = match (self.can_apply_layers(), tokio::runtime::Handle::try_current()) {
+        let vm = match (
+            self.can_apply_layers(),
+            tokio::runtime::Handle::try_current(),
+        ) {
             (true, Ok(runtime)) => Some(VmLayers {
                 engine: self.clone(),
                 runtime,

@@ -321,7 +321,11 @@ impl ImageStore {
     /// one kept for its containers included) or pinned by a live load.
     fn collect_layers_locked(&self) -> Vec<String> {
         let mut referenced = std::collections::HashSet::new();
-        for e in std::fs::read_dir(self.root()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.root())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Ok(f) = read_file(&e.path().join(IMAGE_FILE)) {
                 if f.layered {
@@ -475,7 +479,11 @@ impl ImageStore {
         let store = self.layers();
         let short = c.file.id.get(7..19).unwrap_or_default().to_string();
         let mut size = 0;
-        for (i, (id, (diff, blob))) in chain.iter().zip(c.file.layers.iter().zip(&blobs)).enumerate() {
+        for (i, (id, (diff, blob))) in chain
+            .iter()
+            .zip(c.file.layers.iter().zip(&blobs))
+            .enumerate()
+        {
             if store.get(id).is_none() {
                 events(LoadEvent::Status {
                     id: short.clone(),

@@ -118,7 +118,10 @@ impl Extract<'_> {
         for d in pass.dirs.iter().rev() {
             self.apply(&d.host, &d.meta, false)
                 .and_then(|()| layer::set_xattrs(&d.host, &d.xattrs))
-                .map_err(BuiltinError::io(format!("setting the metadata of {}", d.name)))?;
+                .map_err(BuiltinError::io(format!(
+                    "setting the metadata of {}",
+                    d.name
+                )))?;
         }
         // What follows the end-of-archive blocks is read and dropped, so the sender finishes.
         io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(reading())?;

@@ -166,12 +166,17 @@ pub fn set_xattrs(host: &Path, attrs: &Xattrs) -> io::Result<()> {
         };
         if r != 0 {
             let e = io::Error::last_os_error();
+            let name = name.to_string_lossy();
+            // ext4 takes security.* attributes only with the kernel's CONFIG_EXT4_FS_SECURITY.
+            let hint = match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) if name.starts_with("security.") => {
+                    " (the containerVM kernel needs CONFIG_EXT4_FS_SECURITY=y)"
+                }
+                _ => "",
+            };
             return Err(io::Error::new(
                 e.kind(),
-                format!(
-                    "setting the extended attribute {}: {e}",
-                    name.to_string_lossy()
-                ),
+                format!("setting the extended attribute {name}: {e}{hint}"),
             ));
         }
     }

@@ -59,7 +59,9 @@ impl Tar {
         self
     }
     fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        self.0.append_pax_extensions(records.iter().copied()).unwrap();
+        self.0
+            .append_pax_extensions(records.iter().copied())
+            .unwrap();
         self
     }
     fn device(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
@@ -90,7 +92,14 @@ fn apply(scope: &Scope, tar: &[u8]) -> Result<(), String> {
 
 /// A lower layer on disk: what the layer's whiteouts and replacements act on.
 fn lower(r: &Path) {
-    for d in ["etc", "gone-dir/deep", "opq/oldsub", "opq2/sub", "swap-dir/x", "keep"] {
+    for d in [
+        "etc",
+        "gone-dir/deep",
+        "opq/oldsub",
+        "opq2/sub",
+        "swap-dir/x",
+        "keep",
+    ] {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     for f in [
@@ -211,18 +220,22 @@ fn every_entry_kind_keeps_its_metadata() {
     apply(&Scope::new(r), &tar).unwrap();
     let m = |p: &str| std::fs::symlink_metadata(r.join(p)).unwrap();
     assert_eq!(m("d").permissions().mode() & 0o7777, 0o751);
-    assert_eq!(m("d").mtime(), MTIME as i64, "a directory's mtime is set last");
+    assert_eq!(
+        m("d").mtime(),
+        MTIME as i64,
+        "a directory's mtime is set last"
+    );
     assert_eq!(m("d/f").permissions().mode() & 0o7777, 0o640);
     assert_eq!(m("d/f").mtime(), MTIME as i64);
     assert_eq!(m("d/f").ino(), m("d/hard").ino());
     assert_eq!(m("d/f").nlink(), 2);
-    assert_eq!(
-        std::fs::read_link(r.join("d/sym")).unwrap(),
-        Path::new("f")
-    );
+    assert_eq!(std::fs::read_link(r.join("d/sym")).unwrap(), Path::new("f"));
     assert_eq!(std::fs::read(r.join(&long)).unwrap(), b"gnu");
     assert_eq!(std::fs::read(r.join(&pax_long)).unwrap(), b"pax");
-    assert!(!exists(&r.join("pax/short")), "the PAX path names the entry");
+    assert!(
+        !exists(&r.join("pax/short")),
+        "the PAX path names the entry"
+    );
     if !root() {
         eprintln!("not root: owners, device nodes and file capabilities not checked");
         return;

@@ -219,11 +219,7 @@ impl LayerStore {
 
     /// Removes every layer not in `referenced`, each renamed out of the way (`gone` gives a
     /// work path) before its removal; returns the chain ids removed.
-    pub fn collect(
-        &self,
-        referenced: &HashSet<String>,
-        gone: &dyn Fn() -> PathBuf,
-    ) -> Vec<String> {
+    pub fn collect(&self, referenced: &HashSet<String>, gone: &dyn Fn() -> PathBuf) -> Vec<String> {
         let mut removed = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return removed;
