@@ -327,6 +327,12 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
             hostname: hostname.clone(),
             source,
         })?;
+    // A maintenance boot (main session `hold`: docker cp on a stopped container, an image
+    // layer applied) runs only tether's built-ins on the disk and must leave its files as they
+    // were: a layer built in one must hold the layer's files and nothing of this boot's.
+    if spec.main_session().is_some_and(|s| s.is_hold()) {
+        return loopback(os, root);
+    }
     let etc = root.join("etc");
     os.mkdir_all(&etc).map_err(|source| BootError::Mkdir {
         path: PathBuf::from("/etc"),
@@ -344,6 +350,10 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     if let Some(resolv) = resolv_conf(spec) {
         write("resolv.conf", resolv.as_bytes())?;
     }
+    loopback(os, root)
+}
+
+fn loopback(os: &dyn Os, root: PathBuf) -> Result<PathBuf, BootError> {
     if let Err(e) = os.loopback_up() {
         crate::log::warn(&format!("loopback interface not brought up: {e}"));
     }

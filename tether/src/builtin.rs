@@ -13,6 +13,7 @@ mod archive_get;
 mod archive_put;
 mod error;
 mod fmt;
+mod layer;
 mod procs;
 mod scope;
 mod stat;
@@ -48,7 +49,10 @@ pub struct Request {
 
 /// Whether the built-in reads its stdin (the others get end of file at once).
 pub fn reads_stdin(op: &BuiltinOp) -> bool {
-    matches!(op, BuiltinOp::ArchivePut { .. })
+    matches!(
+        op,
+        BuiltinOp::ArchivePut { .. } | BuiltinOp::ApplyLayer { .. }
+    )
 }
 
 /// A short name of the op, for logs.
@@ -58,6 +62,7 @@ pub fn op_name(op: &BuiltinOp) -> &'static str {
         BuiltinOp::Stat { .. } => "stat",
         BuiltinOp::ArchiveGet { .. } => "archive-get",
         BuiltinOp::ArchivePut { .. } => "archive-put",
+        BuiltinOp::ApplyLayer { .. } => "apply-layer",
     }
 }
 
@@ -203,14 +208,24 @@ const KEEP: [caps::Capability; 6] = [
     caps::Capability::CAP_MKNOD,
 ];
 
-fn keep_only_needed_capabilities() -> Result<(), BuiltinError> {
+/// A layer's files may carry file capabilities (`security.capability`), which only
+/// CAP_SETFCAP may set.
+const KEEP_LAYER: [caps::Capability; 1] = [caps::Capability::CAP_SETFCAP];
+
+fn keep_only_needed_capabilities(layer: bool) -> Result<(), BuiltinError> {
     let dropping = |e: caps::errors::CapsError| BuiltinError::Io {
         what: "dropping capabilities".into(),
         source: std::io::Error::other(e.to_string()),
     };
     // Of those, the ones tether has (a host-mode tether in a container may lack some).
     let have = caps::read(None, caps::CapSet::Permitted).map_err(dropping)?;
-    let keep: caps::CapsHashSet = KEEP.into_iter().filter(|c| have.contains(c)).collect();
+    let extra = if layer { &KEEP_LAYER[..] } else { &[] };
+    let keep: caps::CapsHashSet = KEEP
+        .iter()
+        .chain(extra)
+        .copied()
+        .filter(|c| have.contains(c))
+        .collect();
     // Inheritable first, permitted last: effective must stay within permitted throughout. The
     // bounding set matters only across an exec, which a built-in never does.
     for (set, caps) in [
@@ -251,7 +266,7 @@ fn run(req: &Request, root: &Path) -> Result<(), BuiltinError> {
         _ => enter_root(root, as_root)?,
     };
     if as_root {
-        keep_only_needed_capabilities()?;
+        keep_only_needed_capabilities(matches!(req.op, BuiltinOp::ApplyLayer { .. }))?;
     }
     match &req.op {
         BuiltinOp::Processes { ps_args } => {
@@ -295,10 +310,21 @@ fn run(req: &Request, root: &Path) -> Result<(), BuiltinError> {
             path,
             no_overwrite_dir_non_dir: *no_overwrite_dir_non_dir,
             owners: as_root,
+            layer: false,
+        }
+        .run(BufReader::with_capacity(BUFFER, stdio_file(0))),
+        BuiltinOp::ApplyLayer { path } => archive_put::Extract {
+            scope: &scope,
+            path,
+            no_overwrite_dir_non_dir: false,
+            owners: as_root,
+            layer: true,
         }
         .run(BufReader::with_capacity(BUFFER, stdio_file(0))),
     }
 }
 
+#[cfg(test)]
+mod layer_tests;
 #[cfg(test)]
 mod tests;

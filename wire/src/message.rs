@@ -275,6 +275,14 @@ pub enum BuiltinOp {
         path: String,
         no_overwrite_dir_non_dir: bool,
     },
+    /// Image builds: an OCI image layer (an uncompressed tar) read from Stdin, applied over the
+    /// directory `path` as a layer is applied to the layers below it. As [`BuiltinOp::ArchivePut`],
+    /// plus: `.wh.NAME` deletes NAME of a lower layer, `.wh..wh..opq` empties its directory of
+    /// lower layers' content (entries of this layer stay, whatever their order in the tar),
+    /// other `.wh..wh.` names are ignored, an existing entry is always replaced (a directory by a
+    /// file and the reverse), and PAX `SCHILY.xattr.*` records become extended attributes
+    /// (`security.capability` included), set last so no chown or write clears them.
+    ApplyLayer { path: String },
 }
 
 /// What tether itself is doing, as opposed to any one session.
@@ -473,6 +481,9 @@ mod tests {
                 path: String::new(),
                 no_overwrite_dir_non_dir: true,
             },
+            BuiltinOp::ApplyLayer {
+                path: String::new(),
+            },
         ];
         for (tag, op) in (0u8..).zip(ops) {
             assert_eq!(builtin(op)[..5], [13, 0x80, 0x20, 0, tag]);
@@ -499,6 +510,7 @@ mod tests {
                 path: String::new(),
                 no_overwrite_dir_non_dir: false,
             },
+            BuiltinOp::ApplyLayer { path: "/".into() },
         ];
         for op in ops {
             let record = Control::Builtin {
@@ -525,7 +537,7 @@ mod tests {
         assert_eq!(encode(&record), [13, 5, 1, b's', 3, 2, b'/', b'd', 1]);
         // An op tag past the last is malformed, not a panic.
         assert!(matches!(
-            decode::<Control>(&[13, 5, 1, b's', 4, 0]),
+            decode::<Control>(&[13, 5, 1, b's', 5, 0]),
             Err(DecodeError::Malformed(_))
         ));
     }

@@ -155,7 +155,7 @@ pub fn resize(c: &Container, session: SessionId, q: &HashMap<String, String>) ->
     }
 }
 
-fn docker_status(st: &State) -> &'static str {
+pub(crate) fn docker_status(st: &State) -> &'static str {
     st.status.docker_word()
 }
 
@@ -236,11 +236,11 @@ fn host_config_json(rec: &Record) -> Value {
     })
 }
 
-fn command_line(rec: &Record) -> String {
+pub(crate) fn command_line(rec: &Record) -> String {
     rec.args.join(" ")
 }
 
-fn created_unix(rec: &Record) -> i64 {
+pub(crate) fn created_unix(rec: &Record) -> i64 {
     time::OffsetDateTime::parse(&rec.created, &time::format_description::well_known::Rfc3339)
         .map_or(0, |t| t.unix_timestamp())
 }

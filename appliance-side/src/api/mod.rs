@@ -8,6 +8,7 @@ mod archive;
 pub mod attach;
 pub mod body;
 mod containers;
+mod df;
 mod events;
 pub mod exec;
 pub mod http;

@@ -21,6 +21,7 @@ impl Api {
             (&Method::GET, ["_ping"]) | (&Method::HEAD, ["_ping"]) => system::ping(&method),
             (&Method::GET, ["version"]) => json_response(StatusCode::OK, &system::version()),
             (&Method::GET, ["info"]) => self.info(),
+            (&Method::GET, ["system", "df"]) => self.system_df(),
             (&Method::GET, ["containers", "json"]) => self.list(&query(&req)),
             (&Method::GET, ["containers", id, "json"]) => self.inspect(id),
             (&Method::GET, ["containers", id, "logs"]) => logs::logs(&self, id, &query(&req)),

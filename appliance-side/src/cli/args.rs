@@ -72,6 +72,26 @@ pub enum Command {
     Exec(ExecArgs),
     /// Build an image disk, create a container and boot it as a VM (QEMU); attach unless -d
     Run(RunCmd),
+    /// Images of the image store, for vSphere
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Write an image's disk as a streamOptimized VMDK (what a vSphere datastore takes by OVF or
+    /// NFC upload) into DIR; prints the file written
+    ExportVmdk(ExportVmdkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportVmdkArgs {
+    /// Image name or id
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The directory to write `<short id>.vmdk` into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

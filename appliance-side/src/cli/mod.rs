@@ -6,7 +6,7 @@
 //! the socket, [`CliError`]) and `tty` (our terminal) import no other module here; `attach`
 //! (attach, exec, the hijacked stream) uses those three; `logs` uses `args`, `client` and
 //! `attach`'s output writer; `containers` (ps, inspect, kill, wait, create) uses `args` and
-//! `client`; `run` uses `args`, `client` (through the re-export below) and `attach`. Only
+//! `client`; `images` (export-vmdk) uses `args` and `client`; `run` uses `args`, `client` (through the re-export below) and `attach`. Only
 //! [`execute`], here, uses them all.
 
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ pub mod args;
 pub mod attach;
 pub mod client;
 pub mod containers;
+pub mod images;
 pub mod logs;
 pub mod run;
 pub mod tty;
@@ -37,6 +38,7 @@ pub async fn execute(home: &Home, command: Command) -> Result<ExitCode, CliError
         Command::Attach(a) => attach::attach(&client, &a).await,
         Command::Exec(a) => attach::exec(&client, &a).await,
         Command::Run(a) => run::run(home, a.into()).await,
+        Command::Image(args::ImageCmd::ExportVmdk(a)) => images::export_vmdk(&client, &a).await,
         Command::Serve(_) | Command::Create(_) => Err(CliError::Failed(
             "serve and create run without the client runtime".into(),
         )),

@@ -96,6 +96,9 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         let backend = QemuBackend::new(home.clone(), None, None);
         let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
         engine.set_unresponsive_after(opts.unresponsive_after);
+        if let Err(e) = engine.sweep_images() {
+            tracing::warn!("collecting unused image layers: {e}");
+        }
         let api = Api::with_engine(engine);
         // Owner-only from the bind on (the umask), 0600 exactly before the API answers.
         let channel = home.channel_socket();

@@ -61,6 +61,7 @@ impl Engine {
             BuiltinOp::Stat { .. } => "stat",
             BuiltinOp::ArchiveGet { .. } => "archive-get",
             BuiltinOp::ArchivePut { .. } => "archive-put",
+            BuiltinOp::ApplyLayer { .. } => "apply-layer",
         };
         c.send_control(Control::Builtin {
             session,
@@ -160,6 +161,15 @@ async fn feed_stdin(c: Arc<Container>, session: SessionId, mut input: mpsc::Rece
         while sent < chunk.len() {
             sent += c.write_stdin(session, &chunk[sent..], false);
             if sent < chunk.len() {
+                // A built-in that ended (a bad archive) reads no more: stop feeding it.
+                let st = c.state();
+                let ended = st
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.exit_code.is_some());
+                if ended || st.status.is_finished() {
+                    return;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }

@@ -4,13 +4,16 @@
 //! [`ImageUsers`], so the rules are tested without containers and the lifecycle decides what
 //! "uses" means.
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
+use crate::engine::layers::VmLayers;
 use crate::engine::Engine;
 use crate::store::images::reference::{
     glob_match, parse_any, parse_normalized, AnyReference, BadPattern, Reference, ReferenceError,
 };
-use crate::store::images::{Image, ImageStore, LoadEvent, LoadWork, StoreError};
+use crate::store::images::{Image, ImageStore, LayerApplier, LoadEvent, LoadWork, StoreError};
 use crate::store::records;
 use crate::store::state::ContainerStatus;
 
@@ -204,18 +207,40 @@ impl Engine {
         Ok(r)
     }
 
+    /// At the server's start: the disks of removed images no container uses any more, and the
+    /// layers no image needs, go (what a crash between an rmi and its collection left).
+    pub fn sweep_images(&self) -> Result<(), ImageError> {
+        Ok(self
+            .images
+            .prune_removed(&|img| !self.containers_using(img).is_empty())?)
+    }
+
     /// `docker rmi` with the users this engine knows.
     pub fn image_remove(&self, reference: &str, force: bool) -> Result<Vec<Removed>, ImageError> {
         remove(&self.images, self, reference, force)
     }
 
     /// `docker load` of the archive in `work` (see [`crate::store::images::ImageStore::load`]).
+    /// With a backend, layers go to the layer store, those above the bottom one applied in
+    /// containerVMs (`layers.rs`); without one (unit tests, an engine that runs no VMs) each
+    /// image gets a flattened disk. Runs on a blocking thread of the runtime.
     pub fn image_load(
-        &self,
+        self: &Arc<Self>,
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<Vec<Image>, ImageError> {
-        Ok(self.images.load(work, events)?)
+        let vm = match (
+            self.can_apply_layers(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            (true, Ok(runtime)) => Some(VmLayers {
+                engine: self.clone(),
+                runtime,
+            }),
+            _ => None,
+        };
+        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
+        Ok(self.images.load(work, events, applier)?)
     }
 }
 

@@ -2,8 +2,10 @@
 //! only tether can read them; so the engine boots the container's own disk in a maintenance VM
 //! whose main session is tether's `hold` (no program of the image runs), runs the copy's
 //! built-ins there, and powers it off. The maintenance VM has an identity of its own, so the
-//! container's state, logs and events are untouched.
+//! container's state, logs and events are untouched. Image layers are applied in the same kind
+//! of VM (`layers.rs`): [`Engine::boot_hold`] and [`Engine::end_hold`] serve both.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,27 +45,47 @@ impl Engine {
                 rec.id
             )));
         }
-        let backend = self.backend.as_ref().ok_or_else(|| {
-            EngineError::Internal("this appliance has no backend to run VMs".into())
-        })?;
-        let home = self.home();
-        let disk = home.container(&rec.id).join("disk.qcow2");
+        let disk = self.home().container(&rec.id).join("disk.qcow2");
         if !disk.exists() {
             return Err(EngineError::Conflict(format!(
                 "container {} has never been started: its filesystem is the image's; copy from a running container or start it once",
                 rec.id
             )));
         }
-        let id = maintenance_id(&rec.id);
+        let mut m = rec.clone();
+        m.id = maintenance_id(&rec.id);
+        m.name = format!("{}-cp", rec.name);
+        let image_disk = self.image_disk(rec)?;
+        // The container's own writable layer, while the container is stopped (one writer).
+        let m = self.boot_hold(m, &disk, image_disk, "docker cp").await?;
+        Ok(Maintenance {
+            record: m,
+            engine: self.clone(),
+            _op: op,
+        })
+    }
+
+    /// Boots `disk` as the writable disk of a VM under the identity `m` (a fresh secret given
+    /// here), whose main session is tether's `hold`; returns the record once tether holds it.
+    /// `image_disk` is what the backend would layer a missing disk on (unused: `disk` is
+    /// there). `why` names the VM in messages.
+    pub(crate) async fn boot_hold(
+        self: &Arc<Self>,
+        mut m: Record,
+        disk: &Path,
+        image_disk: PathBuf,
+        why: &str,
+    ) -> Result<Record, EngineError> {
+        let backend = self.backend.as_ref().ok_or_else(|| {
+            EngineError::Internal("this appliance has no backend to run VMs".into())
+        })?;
+        let home = self.home();
+        let id = m.id.clone();
         let _ = records::remove(home, &id);
         let dir = home.container(&id);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::Internal(e.to_string()))?;
-        // The container's own writable layer, while the container is stopped (one writer).
-        std::os::unix::fs::symlink(&disk, dir.join("disk.qcow2"))
+        std::os::unix::fs::symlink(disk, dir.join("disk.qcow2"))
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut m = rec.clone();
-        m.id = id.clone();
-        m.name = format!("{}-cp", rec.name);
         m.secret = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             crate::store::atomic::random::<32>(),
@@ -74,7 +96,6 @@ impl Engine {
             main.builtin = "hold".into();
         }
         records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let image_disk = self.image_disk(rec)?;
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),
@@ -88,52 +109,54 @@ impl Engine {
         if let Some(child) = launched.child {
             self.vms.watch(&id, child, self.vm_exits.clone());
         }
-        let maintenance = Maintenance {
-            record: m,
-            engine: self.clone(),
-            _op: op,
-        };
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
             let st = self.state(&id);
             if st.main().is_some_and(|s| s.pid.is_some()) && st.status == ContainerStatus::Running {
-                return Ok(maintenance);
+                return Ok(m);
             }
             if st.status.is_finished() || self.vms.pid(&id).is_none() || Instant::now() >= deadline
             {
-                let why = format!(
-                    "the maintenance VM for docker cp did not come up; its console: {}",
+                let reason = format!(
+                    "the maintenance VM for {why} did not come up; its console: {}",
                     self.console_tail(&id)
                 );
-                maintenance.end().await;
-                return Err(EngineError::Internal(why));
+                self.end_hold(&id).await;
+                return Err(EngineError::Internal(reason));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
 
-impl Maintenance {
-    /// Ends the hold session (tether powers the VM off), waits for the VM, forgets it.
-    pub async fn end(self) {
-        let engine = &self.engine;
-        let id = &self.record.id;
-        if let Some(c) = engine.server.container(id) {
+    /// Ends a hold VM's session (tether syncs, remounts its root read-only and powers off),
+    /// waits for the VM, and forgets it. True when the VM powered itself off (its disk is
+    /// consistent); false when it had to be killed.
+    pub(crate) async fn end_hold(&self, id: &str) -> bool {
+        if let Some(c) = self.server.container(id) {
             let _ = c.send_control(Control::Signal {
                 session: MAIN_SESSION,
                 signal: libc::SIGTERM,
                 group: false,
             });
         }
-        engine.vms.set_stopping(id);
+        self.vms.set_stopping(id);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while engine.vms.pid(id).is_some() && Instant::now() < deadline {
+        while self.vms.pid(id).is_some() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        engine.vms.kill(id);
-        engine.server.forget(id);
-        if let Err(e) = records::remove(engine.home(), id) {
+        let clean = self.vms.pid(id).is_none();
+        self.vms.kill(id);
+        self.server.forget(id);
+        if let Err(e) = records::remove(self.home(), id) {
             tracing::warn!(container = %id, "removing the maintenance VM's files: {e}");
         }
+        clean
+    }
+}
+
+impl Maintenance {
+    /// Ends the hold session (tether powers the VM off), waits for the VM, forgets it.
+    pub async fn end(self) {
+        self.engine.end_hold(&self.record.id).await;
     }
 }

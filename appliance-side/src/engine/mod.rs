@@ -8,6 +8,7 @@ pub mod events;
 pub mod filters;
 pub mod health;
 pub mod images;
+pub mod layers;
 mod lifecycle;
 pub mod maintenance;
 mod supervise;

@@ -1,7 +1,10 @@
 //! The image store, `$TETHER_HOME/images/<hex id>/`: `image.json` (id, tags, created, size,
 //! platform, layers and the config fields containers start from), `config.json` (the config blob
-//! exactly as loaded, so its sha256 is the id) and `disk.qcow2` (the root filesystem, built once
-//! when the image is loaded; every container of the image overlays it).
+//! exactly as loaded, so its sha256 is the id) and the image's disk, built once when the image
+//! is loaded, which every container of the image overlays: with a [`LayerApplier`] (the engine,
+//! when it has a backend to run VMs) the top of the image's chain in the layer store
+//! (`layers`, shared by every image on the same lower layers); without one, a flattened
+//! `disk.qcow2` of all its layers in the image's directory.
 //!
 //! An image directory appears whole: it is assembled in a `.work` directory and renamed in, and
 //! each `image.json` is written atomically. Changes (tags, new images, removal) take an exclusive
@@ -15,6 +18,7 @@
 
 mod archive;
 mod build;
+mod layers;
 mod record;
 pub mod reference;
 #[cfg(test)]
@@ -32,6 +36,9 @@ use crate::store::atomic::{hex, random, write_atomic};
 
 pub use self::archive::ArchiveError;
 pub use self::build::BuildError;
+pub use self::layers::{
+    allocated, chain_ids, LayerApplier, LayerError, LayerRecord, LayerStore, BASE_MIN_MB,
+};
 use self::record::ImageFile;
 pub use self::record::{Image, ImageConfig};
 use self::reference::{parse_any, AnyReference, Reference};
@@ -62,6 +69,8 @@ pub enum StoreError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
     #[error("No such image: {0}")]
     NoSuchImage(String),
 }
@@ -93,6 +102,11 @@ impl LoadWork {
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive.tar")
     }
+
+    /// The layers this load uses, which a collection running meanwhile keeps.
+    fn pins(&self) -> PathBuf {
+        self.dir.join("pins")
+    }
 }
 
 impl Drop for LoadWork {
@@ -120,9 +134,27 @@ impl ImageStore {
         self.root().join(id.strip_prefix("sha256:").unwrap_or(id))
     }
 
-    /// The image's built disk (qcow2), the read-only base of its containers' disks.
+    /// The image's built disk (qcow2), the read-only base of its containers' disks: the top
+    /// layer's in the layer store, or the image's own flattened disk.
     pub fn disk(&self, image: &Image) -> PathBuf {
-        self.image_dir(&image.id).join(DISK_FILE)
+        match chain_ids(&image.layers).last() {
+            Some(top) if image.layered => self.layers().disk(top),
+            _ => self.image_dir(&image.id).join(DISK_FILE),
+        }
+    }
+
+    /// The layer store (`images/layers`).
+    pub fn layers(&self) -> LayerStore {
+        LayerStore::new(&self.root())
+    }
+
+    /// The chain ids of the image's disk chain in the layer store, lowest first (none for a
+    /// flattened image).
+    pub fn chain(&self, image: &Image) -> Vec<String> {
+        match image.layered {
+            true => chain_ids(&image.layers),
+            false => Vec::new(),
+        }
     }
 
     /// The image a reference names: `sha256:<id>`, a unique prefix of the id's hex (with or
@@ -274,7 +306,38 @@ impl ImageStore {
                 }
             }
         }
+        self.collect_layers_locked();
         Ok(())
+    }
+
+    /// Removes the layers no image needs any more (`docker rmi` does at its end, the server at
+    /// its start); returns their chain ids.
+    pub fn collect_layers(&self) -> Result<Vec<String>, StoreError> {
+        let _lock = self.lock()?;
+        Ok(self.collect_layers_locked())
+    }
+
+    /// The reference count, taken now: every layer in the chain of an image record (a removed
+    /// one kept for its containers included) or pinned by a live load.
+    fn collect_layers_locked(&self) -> Vec<String> {
+        let mut referenced = std::collections::HashSet::new();
+        for e in std::fs::read_dir(self.root())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Ok(f) = read_file(&e.path().join(IMAGE_FILE)) {
+                if f.layered {
+                    referenced.extend(chain_ids(&f.layers));
+                }
+            } else if name.starts_with(".load-") && work_is_live(&name) {
+                let pins = std::fs::read_to_string(e.path().join("pins")).unwrap_or_default();
+                referenced.extend(pins.lines().map(str::to_string));
+            }
+        }
+        self.layers()
+            .collect(&referenced, &|| self.work_path("rm-layer"))
     }
 
     /// Renames the image's directory out of the way first, so a crash halfway through the
@@ -316,12 +379,7 @@ impl ImageStore {
             let Some(stem) = name.strip_suffix(WORK_SUFFIX) else {
                 continue;
             };
-            let pid = stem.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| {
-                p as u32 == std::process::id()
-                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-            });
-            if name.starts_with('.') && !alive {
+            if name.starts_with('.') && !work_is_live(stem) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -331,10 +389,14 @@ impl ImageStore {
     /// archive, possibly gzipped, with any number of images. Every image's config digest and
     /// tags are checked before any disk is built; an image already in the store only gains
     /// tags. `events` hears progress and each image as it lands.
+    ///
+    /// With `applier` each image's layers go to the layer store (those already there are
+    /// shared, not built again); without one, each image gets a flattened disk.
     pub fn load(
         &self,
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
+        applier: Option<&dyn LayerApplier>,
     ) -> Result<Vec<Image>, StoreError> {
         let unpacked = work.dir.join("archive");
         archive::unpack(&work.archive(), &unpacked)?;
@@ -356,7 +418,13 @@ impl ImageStore {
                     status: "Building the image disk",
                 });
                 let out = work.dir.join(format!("image-{i}"));
-                self.build_image(c, &unpacked, &work.dir.join(format!("build-{i}")), &out)?;
+                let build = work.dir.join(format!("build-{i}"));
+                match applier {
+                    Some(a) if !c.file.layers.is_empty() => {
+                        self.build_layered(c, work, &build, &out, a, events)?
+                    }
+                    _ => self.build_image(c, &unpacked, &build, &out)?,
+                }
                 events(LoadEvent::Status {
                     id: short.clone(),
                     status: "Image disk built",
@@ -381,6 +449,70 @@ impl ImageStore {
             loaded.push(image);
         }
         Ok(loaded)
+    }
+
+    /// Builds the image's layers that the layer store lacks, then its directory (config blob
+    /// and record, no disk of its own) at `out`.
+    fn build_layered(
+        &self,
+        c: &archive::Candidate,
+        load: &LoadWork,
+        work: &Path,
+        out: &Path,
+        applier: &dyn LayerApplier,
+        events: &mut dyn FnMut(LoadEvent),
+    ) -> Result<(), StoreError> {
+        let blobs = archive::layer_files(c)?;
+        let chain = chain_ids(&c.file.layers);
+        {
+            // Pinned under the lock: a collection either ran before (and a layer it removed
+            // is built again below) or sees the pins.
+            let _lock = self.lock()?;
+            let mut pins = std::fs::read_to_string(load.pins()).unwrap_or_default();
+            for id in &chain {
+                pins.push_str(id);
+                pins.push('\n');
+            }
+            let path = load.pins();
+            std::fs::write(&path, pins).map_err(io_err("writing", &path))?;
+        }
+        let store = self.layers();
+        let short = c.file.id.get(7..19).unwrap_or_default().to_string();
+        let mut size = 0;
+        for (i, (id, (diff, blob))) in chain
+            .iter()
+            .zip(c.file.layers.iter().zip(&blobs))
+            .enumerate()
+        {
+            if store.get(id).is_none() {
+                events(LoadEvent::Status {
+                    id: short.clone(),
+                    status: if i == 0 {
+                        "Building the base layer"
+                    } else {
+                        "Applying a layer in a containerVM"
+                    },
+                });
+                let parent = i.checked_sub(1).map(|p| chain[p].as_str());
+                let dir = work.join(format!("layer-{i}"));
+                let built = store.build(i + 1, id, diff, parent, blob, &dir, applier);
+                let _ = std::fs::remove_dir_all(&dir);
+                built?;
+            }
+            size += store.get(id).map_or(0, |r| r.tar_size);
+        }
+        std::fs::create_dir_all(out).map_err(io_err("creating", out))?;
+        let config = out.join(CONFIG_FILE);
+        std::fs::copy(&c.config_path, &config).map_err(io_err("writing", &config))?;
+        let mut f = c.file.clone();
+        f.size = size;
+        f.layered = true;
+        let path = out.join(IMAGE_FILE);
+        let bytes = serde_json::to_vec_pretty(&f).map_err(|source| StoreError::Record {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes).map_err(io_err("writing", &path))
     }
 
     /// Builds the image's directory (disk, config blob, record) at `out`.
@@ -436,6 +568,15 @@ impl ImageStore {
     }
 }
 
+/// Whether the work directory named `.<what>-<pid>-...` belongs to a live process.
+fn work_is_live(name: &str) -> bool {
+    let pid = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+    pid.is_some_and(|p| {
+        p as u32 == std::process::id()
+            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+    })
+}
+
 fn read_file(path: &Path) -> Result<ImageFile, StoreError> {
     let bytes = std::fs::read(path).map_err(io_err("reading", path))?;
     serde_json::from_slice(&bytes).map_err(|source| StoreError::Record {
@@ -479,6 +620,7 @@ impl ImageStore {
             layers: vec![],
             config: ImageConfig::default(),
             removed: false,
+            layered: false,
         };
         self.write(&f).unwrap();
         f.id

@@ -127,6 +127,26 @@ fn container_root_gets_its_own_dev_without_the_channel() {
 }
 
 #[test]
+fn a_maintenance_boot_writes_nothing_into_the_root() {
+    let os = Recording::default();
+    let mut spec = sample();
+    if let Some(main) = spec.sessions.get_mut("abc") {
+        main.builtin = guestinfo::spec::BUILTIN_HOLD.into();
+    }
+    prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+    let calls = os.calls();
+    assert!(calls.contains(&"mknod /mnt/containerfs/dev/null 666 1:3".to_string()));
+    assert!(
+        os.read_file(Path::new("/mnt/containerfs/etc/hosts"))
+            .is_err(),
+        "no /etc/hosts written into a layer being built: {calls:?}"
+    );
+    assert!(os
+        .read_file(Path::new("/mnt/containerfs/etc/hostname"))
+        .is_err());
+}
+
+#[test]
 fn a_failing_mount_is_an_error_naming_it() {
     let os = Recording::default();
     os.failing.borrow_mut().push("mount /dev/vdb".into());

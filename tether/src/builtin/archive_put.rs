@@ -6,6 +6,9 @@
 //! directory with a non-directory or the reverse is an error. Modes, mtimes and (as root)
 //! owners are the archive's; directories get theirs last, deepest first, so that a read-only
 //! one can still be filled.
+//!
+//! With `layer` the tar is an OCI image layer applied over the directory (`layer.rs`):
+//! whiteouts, extended attributes, and any existing entry replaced.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -20,6 +23,7 @@ use nix::unistd::{Gid, Uid};
 use tar::{Entry, EntryType, Header};
 
 use super::error::{is_missing, BuiltinError};
+use super::layer::{self, Layer, Whiteout, Xattrs};
 use super::scope::Scope;
 
 /// What an entry's inode gets from its header.
@@ -50,6 +54,23 @@ pub struct Extract<'a> {
     pub no_overwrite_dir_non_dir: bool,
     /// Give entries the archive's owners (only root may).
     pub owners: bool,
+    /// Apply the tar as an OCI image layer (see `layer.rs`).
+    pub layer: bool,
+}
+
+/// A directory whose metadata is set once everything inside it is.
+struct Dir {
+    host: PathBuf,
+    name: String,
+    meta: Meta,
+    xattrs: Xattrs,
+}
+
+/// What one extraction remembers between entries.
+struct Pass {
+    dirs: Vec<Dir>,
+    /// `Some` when applying a layer.
+    layer: Option<Layer>,
 }
 
 /// The elements of an entry's name below the destination, cleaned as docker cleans them: a
@@ -85,15 +106,22 @@ impl Extract<'_> {
             return Err(BuiltinError::NotADirectory);
         }
         let mut archive = tar::Archive::new(input);
-        let mut dirs: Vec<(PathBuf, String, Meta)> = Vec::new();
+        let mut pass = Pass {
+            dirs: Vec::new(),
+            layer: self.layer.then(Layer::default),
+        };
         let reading = || BuiltinError::io("reading the archive");
         for entry in archive.entries().map_err(reading())? {
             let mut entry = entry.map_err(reading())?;
-            self.entry(&dest, &mut entry, &mut dirs)?;
+            self.entry(&dest, &mut entry, &mut pass)?;
         }
-        for (host, name, meta) in dirs.iter().rev() {
-            self.apply(host, meta, false)
-                .map_err(BuiltinError::io(format!("setting the metadata of {name}")))?;
+        for d in pass.dirs.iter().rev() {
+            self.apply(&d.host, &d.meta, false)
+                .and_then(|()| layer::set_xattrs(&d.host, &d.xattrs))
+                .map_err(BuiltinError::io(format!(
+                    "setting the metadata of {}",
+                    d.name
+                )))?;
         }
         // What follows the end-of-archive blocks is read and dropped, so the sender finishes.
         io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(reading())?;
@@ -104,7 +132,7 @@ impl Extract<'_> {
         &self,
         dest: &Path,
         entry: &mut Entry<'_, R>,
-        dirs: &mut Vec<(PathBuf, String, Meta)>,
+        pass: &mut Pass,
     ) -> Result<(), BuiltinError> {
         let kind = entry.header().entry_type();
         if matches!(
@@ -133,8 +161,26 @@ impl Extract<'_> {
             .resolve(&dest.join(parents.iter().collect::<PathBuf>()))
             .map_err(io_err("resolving the directory of"))?;
         let parent_host = self.scope.host(&parent);
+        let xattrs = match &pass.layer {
+            Some(l) => {
+                let removed = match layer::whiteout(last) {
+                    Whiteout::No => None,
+                    Whiteout::Ignore => Some(Ok(())),
+                    Whiteout::Delete(target) => Some(l.delete(&parent_host, target)),
+                    Whiteout::Opaque => Some(l.opaque(&parent_host)),
+                };
+                if let Some(r) = removed {
+                    return r.map_err(io_err("applying the whiteout"));
+                }
+                layer::xattrs(entry, &name)?
+            }
+            None => Vec::new(),
+        };
         std::fs::create_dir_all(&parent_host).map_err(io_err("creating the directory of"))?;
         let host = parent_host.join(last);
+        if let Some(l) = pass.layer.as_mut() {
+            l.holds(&self.scope.host(dest), &host);
+        }
         let inner = parent.join(last).to_string_lossy().into_owned();
         let is_dir = kind == EntryType::Directory;
         let mut keep_dir = false;
@@ -167,19 +213,27 @@ impl Extract<'_> {
                         .create(&host)
                         .map_err(io_err("creating"))?;
                 }
-                dirs.push((host, name, meta));
+                pass.dirs.push(Dir {
+                    host,
+                    name,
+                    meta,
+                    xattrs,
+                });
                 Ok(())
             }
             EntryType::Symlink => {
                 let target = link_name(entry, &name)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &host)
                     .and_then(|()| self.apply(&host, &meta, true))
+                    .and_then(|()| layer::set_xattrs(&host, &xattrs))
                     .map_err(io_err("creating the symlink"))
             }
             EntryType::Link => {
                 let target = link_name(entry, &name)?;
                 let source = self.link_source(dest, &target, &name)?;
-                std::fs::hard_link(source, &host).map_err(io_err("creating the hard link"))
+                std::fs::hard_link(source, &host)
+                    .and_then(|()| layer::set_xattrs(&host, &xattrs))
+                    .map_err(io_err("creating the hard link"))
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let sflag = match kind {
@@ -194,6 +248,7 @@ impl Extract<'_> {
                 nix::sys::stat::mknod(&host, sflag, Mode::from_bits_truncate(0o600), dev)
                     .map_err(io::Error::from)
                     .and_then(|()| self.apply(&host, &meta, false))
+                    .and_then(|()| layer::set_xattrs(&host, &xattrs))
                     .map_err(io_err("creating the device or fifo"))
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -207,6 +262,7 @@ impl Extract<'_> {
                     .map_err(io_err("creating"))?;
                 io::copy(entry, &mut file).map_err(io_err("writing"))?;
                 self.apply_to_file(&file, &meta)
+                    .and_then(|()| layer::set_xattrs(&host, &xattrs))
                     .map_err(io_err("setting the metadata of"))
             }
             other => Err(BuiltinError::EntryType {

@@ -48,6 +48,7 @@ fn put(scope: &Scope, path: &str, no_overwrite: bool, tar: &[u8]) -> Result<(), 
         path,
         no_overwrite_dir_non_dir: no_overwrite,
         owners: nix::unistd::geteuid().is_root(),
+        layer: false,
     }
     .run(tar)
     .map_err(|e| e.to_string())

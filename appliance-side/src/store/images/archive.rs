@@ -546,6 +546,7 @@ fn image_file(path: &Path, name: &str, hex: &str) -> Result<ImageFile, ArchiveEr
             volumes: c.volumes.unwrap_or_default().into_keys().collect(),
         },
         removed: false,
+        layered: false,
     })
 }
 
@@ -568,6 +569,32 @@ pub(super) fn write_layout(c: &Candidate, out: &Path) -> io::Result<()> {
             std::fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
             let index = json!({"schemaVersion": 2, "manifests": [manifest]});
             std::fs::write(out.join("index.json"), index.to_string())
+        }
+    }
+}
+
+/// The image's layer files as the archive stores them (gzip or not), lowest first, in the
+/// order of the config's diff ids (checked against them when each layer is built).
+pub(super) fn layer_files(c: &Candidate) -> Result<Vec<PathBuf>, ArchiveError> {
+    match &c.source {
+        Source::Docker { layers } => Ok(layers.clone()),
+        Source::Oci { blobs, manifest } => {
+            let root = blobs.parent().unwrap_or(blobs);
+            let digest = manifest["digest"].as_str().unwrap_or("");
+            let m: Value = read_json_at(&oci_blob(root, digest)?, digest)?;
+            m["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    let d = l["digest"].as_str().unwrap_or("");
+                    let hex = d
+                        .strip_prefix("sha256:")
+                        .filter(|h| is_hex64(h))
+                        .ok_or_else(|| ArchiveError::BadDigest(d.to_string()))?;
+                    member(root, &format!("blobs/sha256/{hex}"))
+                })
+                .collect()
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Image {
     pub architecture: String,
     /// The layers' diff ids (`sha256:...`), lowest first: docker's `RootFS.Layers`.
     pub layers: Vec<String>,
+    /// The disk is the top of the image's chain in the layer store, not a flattened disk.
+    pub layered: bool,
 }
 
 impl Image {
@@ -65,6 +67,9 @@ pub(super) struct ImageFile {
     pub config: ImageConfig,
     #[serde(default)]
     pub removed: bool,
+    /// See [`Image::layered`]; absent in records from before the layer store.
+    #[serde(default)]
+    pub layered: bool,
 }
 
 impl From<ImageFile> for Image {
@@ -84,6 +89,7 @@ impl From<ImageFile> for Image {
             os: f.os,
             architecture: f.architecture,
             layers: f.layers,
+            layered: f.layered,
         }
     }
 }

@@ -340,7 +340,7 @@ fn bad_input_is_named_and_a_load_leaves_no_work_directory() {
         std::fs::write(work.archive(), bytes).unwrap();
         let mut events = Vec::new();
         let err = store
-            .load(&work, &mut |e: LoadEvent| events.push(e))
+            .load(&work, &mut |e: LoadEvent| events.push(e), None)
             .unwrap_err();
         assert!(err.to_string().contains(want), "{err}");
         assert!(events.is_empty());
