@@ -63,6 +63,7 @@ impl Engine {
             open_stdin: false,
             image: String::new(),
             options: Default::default(),
+            restart_count: 0,
         };
         let rec = self
             .boot_hold(rec, disk, disk.to_path_buf(), "applying an image layer")

@@ -12,7 +12,7 @@ use tar::{EntryType, Header};
 
 use super::archive_put::Extract;
 use super::scope::Scope;
-use crate::testdir::TestDir;
+use crate::testing::TestDir;
 
 const MTIME: u64 = 1_500_000_000;
 
