@@ -14,6 +14,7 @@ pub mod http;
 mod images;
 mod lifecycle;
 pub mod logs;
+mod pull;
 mod router;
 mod stats;
 mod status;

@@ -52,6 +52,16 @@ pub enum ImageError {
     /// 400 for a bad archive, 500 for the rest.
     #[error(transparent)]
     Store(StoreError),
+    /// A pull that failed before the store had the image; the status is the cause's.
+    #[error(transparent)]
+    Pull(crate::registry::PullError),
+    /// A pulled image the store would not take.
+    #[error("{image}: {source}")]
+    Pulled {
+        image: String,
+        #[source]
+        source: StoreError,
+    },
     /// 500: a bug, said as one.
     #[error("internal error: {0}")]
     Internal(String),

@@ -93,6 +93,12 @@ impl LoadWork {
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive.tar")
     }
+
+    /// Where an image already unpacked (an OCI image layout, as a pull writes it) is put,
+    /// for [`ImageStore::load_layout`].
+    pub fn layout(&self) -> PathBuf {
+        self.dir.join("layout")
+    }
 }
 
 impl Drop for LoadWork {
@@ -339,7 +345,27 @@ impl ImageStore {
         let unpacked = work.dir.join("archive");
         archive::unpack(&work.archive(), &unpacked)?;
         let _ = std::fs::remove_file(work.archive());
-        let candidates = archive::read(&unpacked)?;
+        self.load_unpacked(work, &unpacked, events)
+    }
+
+    /// Imports the OCI image layout (or `docker save` directory) written to `work.layout()`,
+    /// with every check and step of [`ImageStore::load`] after the unpacking: a pull hands
+    /// its images in here.
+    pub fn load_layout(
+        &self,
+        work: &LoadWork,
+        events: &mut dyn FnMut(LoadEvent),
+    ) -> Result<Vec<Image>, StoreError> {
+        self.load_unpacked(work, &work.layout(), events)
+    }
+
+    fn load_unpacked(
+        &self,
+        work: &LoadWork,
+        unpacked: &Path,
+        events: &mut dyn FnMut(LoadEvent),
+    ) -> Result<Vec<Image>, StoreError> {
+        let candidates = archive::read(unpacked)?;
         let mut loaded = Vec::new();
         for (i, c) in candidates.iter().enumerate() {
             let short = c.file.id.get(7..19).unwrap_or_default().to_string();
@@ -356,7 +382,7 @@ impl ImageStore {
                     status: "Building the image disk",
                 });
                 let out = work.dir.join(format!("image-{i}"));
-                self.build_image(c, &unpacked, &work.dir.join(format!("build-{i}")), &out)?;
+                self.build_image(c, unpacked, &work.dir.join(format!("build-{i}")), &out)?;
                 events(LoadEvent::Status {
                     id: short.clone(),
                     status: "Image disk built",

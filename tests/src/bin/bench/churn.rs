@@ -57,7 +57,11 @@ fn cycle(app: &Appliance, image: &str, i: usize) -> bool {
     let step = |args: &[&str]| {
         let out = app.docker(args);
         if !out.status.success() {
-            eprintln!("  churn {i}: docker {}: {}", args.join(" "), text(&out.stderr));
+            eprintln!(
+                "  churn {i}: docker {}: {}",
+                args.join(" "),
+                text(&out.stderr)
+            );
         }
         out.status.success().then(|| text(&out.stdout))
     };
