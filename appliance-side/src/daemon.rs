@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub api_tcp: TcpApiFlags,
     /// `--unresponsive-after`: no channel for this long makes a running container unhealthy.
     pub unresponsive_after: std::time::Duration,
+    /// `--insecure-registry`, `--registry-ca`, `--registry-timeout`: how `docker pull` reaches
+    /// registries.
+    pub registry: crate::registry::RegistryConfig,
 }
 
 impl Default for ServeOptions {
@@ -37,6 +40,7 @@ impl Default for ServeOptions {
             log_format: LogFormat::Text,
             api_tcp: TcpApiFlags::default(),
             unresponsive_after: crate::engine::health::DEFAULT_UNRESPONSIVE_AFTER,
+            registry: crate::registry::RegistryConfig::default(),
         }
     }
 }
@@ -78,6 +82,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         let backend = QemuBackend::new(home.clone(), None, None);
         let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
         engine.set_unresponsive_after(opts.unresponsive_after);
+        engine.registries.configure(opts.registry.clone());
         let api = Api::with_engine(engine);
         if let Err(e) = server.listen_unix(&home.channel_socket()).await {
             return fail(format!(
@@ -175,6 +180,7 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
                 .flat_map(|l| ["--log-level", l.as_str()]),
         )
         .args(opts.api_tcp.serve_args())
+        .args(opts.registry.serve_args())
         .env("TETHER_HOME", home.root())
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().expect("log fd"))

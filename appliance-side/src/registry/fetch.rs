@@ -47,7 +47,8 @@ const PROGRESS_STEP: u64 = 512 * 1024;
 /// What a pull tells its client, in order per layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullEvent {
-    /// `{"status":"Pulling from <name>","id":"<tag or digest>"}`.
+    /// `{"status":"Pulling from <path>","id":"<tag or digest>"}` (the path without the
+    /// registry: `library/busybox`, as dockerd says it).
     PullingFrom { id: String, name: String },
     /// A layer's step: `Pulling fs layer`, `Waiting`, `Already exists`, `Verifying Checksum`,
     /// `Download complete`, `Pull complete` (`id` is the layer digest's first 12 hex digits).
@@ -447,7 +448,7 @@ pub(super) async fn fetch(
             .clone()
             .or(reference.tag.clone())
             .unwrap_or_else(|| "latest".into()),
-        name: reference.familiar_name(),
+        name: reference.path.clone(),
     });
     let config_digest = manifest.config().digest().to_string();
     let layer_ids: Vec<String> = manifest
