@@ -3,6 +3,7 @@
 //! containerVMs under qemu-system-x86_64 (TCG: the /dev/kvm here is a nested PVM device that hangs
 //! ordinary guests) with a hard timeout.
 
+pub mod registry;
 pub mod tmux;
 
 use std::path::{Path, PathBuf};

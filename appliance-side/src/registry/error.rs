@@ -33,7 +33,7 @@ pub enum Cause {
     Unauthorized { registry: String, detail: String },
     #[error("manifest unknown: the registry has no such image ({detail})")]
     NotFound { detail: String },
-    #[error("no linux/amd64 image in the manifest list (it has {available}); containerVMs here run linux/amd64")]
+    #[error("no linux/amd64 image: the registry has {available} only; containerVMs here run linux/amd64")]
     Platform { available: String },
     #[error(
         "unsupported media type {media:?} for {what}; a pull takes OCI and docker schema 2 images"
@@ -91,13 +91,13 @@ impl Cause {
                 digest,
                 got,
                 want,
-                ..
+                after,
             } if n > 1 => Cause::Truncated {
                 what,
                 digest,
                 got,
                 want,
-                after: format!(" (in each of {n} tries)"),
+                after: format!("{after} (in each of {n} tries)"),
             },
             c => c,
         }

@@ -454,7 +454,7 @@ pub(super) async fn fetch(
     let layer_ids: Vec<String> = manifest
         .layers()
         .iter()
-        .map(|l| short(&l.digest().to_string()))
+        .map(|l| short(l.digest().as_ref()))
         .collect();
     let fetched = |present| Fetched {
         config_digest: config_digest.clone(),

@@ -129,9 +129,7 @@ impl Registry {
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.log()
             .lines()
-            .filter(|l| {
-                l.contains(&format!("\"GET /v2/")) && l.contains(&format!("/blobs/{digest}"))
-            })
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}")))
             .count()
     }
 
