@@ -54,3 +54,32 @@ impl RegistryConfig {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_args_carry_the_config_across_detach() {
+        assert!(RegistryConfig::default().serve_args().is_empty());
+        let c = RegistryConfig {
+            insecure: vec!["reg.example:5000".into(), "other:80".into()],
+            ca_files: vec![PathBuf::from("/etc/ca.pem")],
+            timeout: Duration::from_millis(1500),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.serve_args(),
+            [
+                "--insecure-registry",
+                "reg.example:5000",
+                "--insecure-registry",
+                "other:80",
+                "--registry-ca",
+                "/etc/ca.pem",
+                "--registry-timeout",
+                "1.5"
+            ]
+        );
+    }
+}
