@@ -342,3 +342,35 @@ fn concurrent_pulls_of_two_images_sharing_a_base_download_it_once() {
         "{both}"
     );
 }
+
+#[test]
+fn docker_create_of_a_missing_image_gets_the_404_the_cli_pulls_on() {
+    let dir = TempDir::new("create");
+    let reg = Registry::start("create", RegistryOpts::default());
+    let image = three_layer_image();
+    push(&reg, &image, &dir, "tether/create", "v1", None);
+    let app = Appliance::start("create", &[]);
+    let name = format!("{}/tether/create:v1", reg.addr);
+    let out = app.docker(&["create", "--name", "c1", &name]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("Unable to find image '{name}' locally")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("Status: Downloaded newer image for {name}")),
+        "{err}"
+    );
+    assert_eq!(app.ok(&["inspect", "-f", "{{.Name}}", "c1"]).trim(), "/c1");
+    assert_eq!(app.images(), [format!("{} {name}", image.id())]);
+    // A name the registry does not have: the pull's 404, on which the CLI exits 1.
+    let missing = format!("{}/tether/none:v1", reg.addr);
+    let out = app.docker(&["create", &missing]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("manifest unknown") && err.contains("tether/none:v1"),
+        "{err}"
+    );
+}
