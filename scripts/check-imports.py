@@ -17,7 +17,7 @@ CRATES = ["wire", "guestinfo", "tether", "appliance-side", "bootstrap-iso", "tes
 APPLIANCE_LAYERS = [
     {"home", "logging"},
     {"store"},
-    {"server", "backend"},
+    {"server", "backend", "registry"},
     {"engine"},
     {"api"},
     {"cli", "daemon"},

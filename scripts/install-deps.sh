@@ -44,6 +44,12 @@ SYSTEM_PACKAGES=(
     # appliance-side/tests/images.rs builds docker and OCI archives with podman (FROM scratch,
     # --isolation=chroot, its own vfs store) to load through the docker CLI.
     "podman:/usr/bin/podman"
+    # appliance-side/tests/pull*.rs and tests/tests/pull.rs: `docker pull` from the CNCF
+    # distribution registry on 127.0.0.1 (plain HTTP, TLS, htpasswd made with apache2-utils'
+    # htpasswd -B), images pushed into it with skopeo.
+    "docker-registry:/usr/bin/docker-registry"
+    "apache2-utils:/usr/bin/htpasswd"
+    "skopeo:/usr/bin/skopeo"
 )
 
 install_system() {

@@ -66,6 +66,18 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
         unresponsive_after: a
             .unresponsive_after
             .map_or(defaults.unresponsive_after, std::time::Duration::from_secs),
+        registry: appliance::registry::RegistryConfig {
+            insecure: a.insecure_registry,
+            ca_files: a.registry_ca,
+            timeout: a
+                .registry_timeout
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .map_or(
+                    defaults.registry.timeout,
+                    std::time::Duration::from_secs_f64,
+                ),
+            ..defaults.registry
+        },
         log_level,
         log_format: match log_format {
             LogFormat::Text => appliance::logging::LogFormat::Text,

@@ -58,14 +58,23 @@ fn docker_archive_loads_with_its_config_and_builds_the_disk_once() {
     }
 
     // The disk is a qcow2, built once: a second load only (re)tags.
-    let disk = s.home.join("images").join(&id[7..]).join("disk.qcow2");
+    let disk = s.image_disk(&id);
     let magic = std::fs::read(&disk).unwrap();
     assert_eq!(&magic[..4], b"QFI\xfb");
     let built = std::fs::metadata(&disk).unwrap().modified().unwrap();
     assert_eq!(s.load(&f.docker), format!("Loaded image: {TAG}\n"));
     assert_eq!(std::fs::metadata(&disk).unwrap().modified().unwrap(), built);
     assert_eq!(s.ok(&["info", "--format", "{{.Images}}"]).trim(), "1");
-    assert_eq!(s.image_dir_entries(), BTreeSet::from([id[7..].to_string()]));
+    let layer = disk
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy();
+    assert_eq!(
+        s.image_dir_entries(),
+        BTreeSet::from([id[7..].to_string(), format!("layers/{layer}")])
+    );
 }
 
 #[test]
@@ -251,6 +260,7 @@ fn rmi_refuses_an_image_a_container_uses() {
     assert_eq!(s.images(&[]), [format!("{sid} <none>:<none>")]);
 
     // Stopped: forced removal deletes the image, but its disk stays under the container's.
+    let disk = s.image_disk(&id);
     state.status = ContainerStatus::Exited;
     state.save(&dir).unwrap();
     assert_eq!(s.ok(&["rmi", "-f", sid]), format!("Deleted: {id}\n"));
@@ -258,7 +268,6 @@ fn rmi_refuses_an_image_a_container_uses() {
     assert!(s
         .fails(&["image", "inspect", sid])
         .contains("No such image"));
-    let disk = s.home.join("images").join(&id[7..]).join("disk.qcow2");
     assert!(disk.exists());
     // Once no container uses it, the next removal takes the disk too.
     std::fs::remove_dir_all(&dir).unwrap();
@@ -357,7 +366,7 @@ fn bad_archives_fail_with_the_reason_and_leave_nothing() {
     });
     cases.push((
         layer,
-        format!("layer 1 ({layer_name}) does not match its digest"),
+        format!("layer 1 ({layer_name}) does not match its diff id"),
     ));
     let no_manifest = dir.join("no-manifest.tar");
     rewrite(&f.docker, &no_manifest, |name, data| {

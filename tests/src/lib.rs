@@ -4,6 +4,7 @@
 //! ordinary guests) with a hard timeout.
 
 mod image;
+pub mod registry;
 pub mod tmux;
 
 pub use image::{busybox_image_archive, busybox_rootfs};

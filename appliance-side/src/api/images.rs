@@ -31,9 +31,21 @@ impl From<ImageError> for ApiError {
             ImageError::Reference(_) | ImageError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ImageError::Conflict(_) => StatusCode::CONFLICT,
             ImageError::Store(StoreError::Archive(_)) => StatusCode::BAD_REQUEST,
-            ImageError::Store(_) | ImageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ImageError::Pull(p) => pull_status(&p.cause),
+            ImageError::Store(_) | ImageError::Pulled { .. } | ImageError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// The HTTP status of a pull that failed before its stream began.
+pub(super) fn pull_status(cause: &crate::registry::Cause) -> StatusCode {
+    match cause {
+        crate::registry::Cause::NotFound { .. } => StatusCode::NOT_FOUND,
+        crate::registry::Cause::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -227,13 +239,13 @@ impl Api {
 }
 
 /// One line of docker's JSON message stream.
-fn line(v: &Value) -> Bytes {
+pub(super) fn line(v: &Value) -> Bytes {
     let mut b = serde_json::to_vec(v).unwrap_or_default();
     b.push(b'\n');
     Bytes::from(b)
 }
 
-fn error_line(message: &str) -> Bytes {
+pub(super) fn error_line(message: &str) -> Bytes {
     line(&json!({"errorDetail": {"message": message}, "error": message}))
 }
 
@@ -241,7 +253,7 @@ fn stream_line(text: String) -> Bytes {
     line(&json!({ "stream": text }))
 }
 
-fn stream_response(body: body::ApiBody) -> ApiResponse {
+pub(super) fn stream_response(body: body::ApiBody) -> ApiResponse {
     Response::builder()
         .status(StatusCode::OK)
         .header("Content-Type", "application/json")

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
 use crate::api::http::{error, json_response, query, read_json, route_path};
-use crate::api::{attach, images, logs, system, Api, ApiResponse};
+use crate::api::{attach, images, logs, pull, system, Api, ApiResponse};
 
 impl Api {
     pub async fn handle(
@@ -69,6 +69,8 @@ impl Api {
             // Image names may hold slashes (`localhost/app`): the name is every part between.
             (&Method::GET, ["images", "json"]) => self.images_list(&query(&req)),
             (&Method::POST, ["images", "load"]) => images::load(self.clone(), req).await,
+            (&Method::POST, ["images", "create"]) => pull::create(self.clone(), req).await,
+            (&Method::POST, ["auth"]) => pull::login(self.clone(), req).await,
             (&Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
                 self.image_inspect(&name.join("/"))
             }

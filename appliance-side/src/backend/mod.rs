@@ -87,4 +87,8 @@ pub trait Backend: Send + Sync {
     /// Gives the container its writable layer on the image's disk and boots it.
     /// Returns once the VM process runs; tether connects to the server on its own.
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError>;
+
+    /// Whether a VM could be launched now (its boot files are there): what building image
+    /// layers in VMs needs before it starts one.
+    fn can_boot(&self) -> Result<(), BackendError>;
 }

@@ -30,6 +30,10 @@ impl QemuBackend {
 }
 
 impl Backend for QemuBackend {
+    fn can_boot(&self) -> Result<(), BackendError> {
+        kernel_and_initramfs(self.kernel.clone(), self.initramfs.clone()).map(|_| ())
+    }
+
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
         // Looked up at each launch: `make boot` may run while the appliance does.
         let (kernel, initramfs) =

@@ -122,6 +122,18 @@ pub struct ServeArgs {
     /// for this many seconds [default: 30]
     #[arg(long, value_name = "SECS")]
     pub unresponsive_after: Option<u64>,
+    /// A registry that may be plain HTTP (besides 127.0.0.0/8 and ::1, which always may)
+    /// (repeatable)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub insecure_registry: Vec<String>,
+    /// A CA certificate file (PEM) to trust for registries, besides the system's and
+    /// /etc/docker/certs.d/HOST:PORT/*.crt (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Seconds a registry may take to connect, answer, or send the next bytes of a blob
+    /// [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub registry_timeout: Option<f64>,
 }
 
 /// The process flags `create`, `exec` and `run` share.

@@ -30,6 +30,9 @@ pub struct ServeOptions {
     pub api_tcp: TcpApiFlags,
     /// `--unresponsive-after`: no channel for this long makes a running container unhealthy.
     pub unresponsive_after: std::time::Duration,
+    /// `--insecure-registry`, `--registry-ca`, `--registry-timeout`: how `docker pull` reaches
+    /// registries.
+    pub registry: crate::registry::RegistryConfig,
 }
 
 impl Default for ServeOptions {
@@ -41,6 +44,7 @@ impl Default for ServeOptions {
             log_format: LogFormat::Text,
             api_tcp: TcpApiFlags::default(),
             unresponsive_after: crate::engine::health::DEFAULT_UNRESPONSIVE_AFTER,
+            registry: crate::registry::RegistryConfig::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         if let Err(e) = engine.sweep_images() {
             tracing::warn!("collecting unused image layers: {e}");
         }
+        engine.registries.configure(opts.registry.clone());
         let api = Api::with_engine(engine);
         // Owner-only from the bind on (the umask), 0600 exactly before the API answers.
         let channel = home.channel_socket();
@@ -197,6 +202,7 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
                 .flat_map(|l| ["--log-level", l.as_str()]),
         )
         .args(opts.api_tcp.serve_args())
+        .args(opts.registry.serve_args())
         .env("TETHER_HOME", home.root())
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().expect("log fd"))

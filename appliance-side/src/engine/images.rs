@@ -55,6 +55,16 @@ pub enum ImageError {
     /// 400 for a bad archive, 500 for the rest.
     #[error(transparent)]
     Store(StoreError),
+    /// A pull that failed before the store had the image; the status is the cause's.
+    #[error(transparent)]
+    Pull(crate::registry::PullError),
+    /// A pulled image the store would not take.
+    #[error("{image}: {source}")]
+    Pulled {
+        image: String,
+        #[source]
+        source: StoreError,
+    },
     /// 500: a bug, said as one.
     #[error("internal error: {0}")]
     Internal(String),
@@ -229,7 +239,25 @@ impl Engine {
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<Vec<Image>, ImageError> {
-        let vm = match (
+        let vm = self.layer_applier();
+        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
+        Ok(self.images.load(work, events, applier)?)
+    }
+
+    /// A pulled image layout in `work` built as [`Engine::image_load`] builds a loaded one.
+    pub fn image_load_layout(
+        self: &Arc<Self>,
+        work: &LoadWork,
+        events: &mut dyn FnMut(LoadEvent),
+    ) -> Result<Vec<Image>, StoreError> {
+        let vm = self.layer_applier();
+        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
+        self.images.load_layout(work, events, applier)
+    }
+
+    /// The VMs that apply layers, when this engine runs VMs (and is inside its runtime).
+    fn layer_applier(self: &Arc<Self>) -> Option<VmLayers> {
+        match (
             self.can_apply_layers(),
             tokio::runtime::Handle::try_current(),
         ) {
@@ -238,9 +266,7 @@ impl Engine {
                 runtime,
             }),
             _ => None,
-        };
-        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
-        Ok(self.images.load(work, events, applier)?)
+        }
     }
 }
 

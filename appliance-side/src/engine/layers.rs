@@ -39,7 +39,13 @@ impl LayerApplier for VmLayers {
 impl Engine {
     /// Whether layers can be applied here (a backend to boot VMs is configured).
     pub fn can_apply_layers(&self) -> bool {
-        self.backend.is_some()
+        self.backend.as_ref().is_some_and(|b| match b.can_boot() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!("image layers go to flattened disks: no VM can boot ({e})");
+                false
+            }
+        })
     }
 
     /// Applies the layer tar `tar` to the filesystem on `disk` in a containerVM.

@@ -11,6 +11,7 @@ pub mod images;
 pub mod layers;
 mod lifecycle;
 pub mod maintenance;
+pub mod pull;
 mod supervise;
 pub mod vms;
 
@@ -80,6 +81,8 @@ pub struct Engine {
     pub server: Arc<Server>,
     pub execs: ExecStore,
     pub images: ImageStore,
+    /// Registries pulled from, and the blob cache the pulls share.
+    pub registries: Arc<crate::registry::Registries>,
     pub events: EventLog,
     backend: Option<Box<dyn Backend>>,
     vms: Vms,
@@ -108,6 +111,7 @@ impl Engine {
         let engine = Arc::new(Self {
             execs: ExecStore::new(server.home.clone()),
             images: ImageStore::new(server.home.clone()),
+            registries: crate::registry::Registries::new(&server.home),
             events: EventLog::default(),
             backend,
             vms: Vms::default(),

@@ -48,6 +48,15 @@ const CONFIG_FILE: &str = "config.json";
 const DISK_FILE: &str = "disk.qcow2";
 const WORK_SUFFIX: &str = ".work";
 
+/// The applier of a one-layer image's chain, which only has a base: never asked to apply.
+struct BaseOnly;
+
+impl LayerApplier for BaseOnly {
+    fn apply(&self, _disk: &Path, _tar: &Path, what: &str) -> Result<(), String> {
+        Err(format!("{what}: no VM can be booted here to apply it"))
+    }
+}
+
 /// What went wrong in the image store. [`StoreError::Archive`] is bad input (the archive
 /// given); the rest are this machine's failures.
 #[derive(Debug, Error)]
@@ -106,6 +115,12 @@ impl LoadWork {
     /// The layers this load uses, which a collection running meanwhile keeps.
     fn pins(&self) -> PathBuf {
         self.dir.join("pins")
+    }
+
+    /// Where an image already unpacked (an OCI image layout, as a pull writes it) is put,
+    /// for [`ImageStore::load_layout`].
+    pub fn layout(&self) -> PathBuf {
+        self.dir.join("layout")
     }
 }
 
@@ -401,7 +416,29 @@ impl ImageStore {
         let unpacked = work.dir.join("archive");
         archive::unpack(&work.archive(), &unpacked)?;
         let _ = std::fs::remove_file(work.archive());
-        let candidates = archive::read(&unpacked)?;
+        self.load_unpacked(work, &unpacked, events, applier)
+    }
+
+    /// Imports the OCI image layout (or `docker save` directory) written to `work.layout()`,
+    /// with every check and step of [`ImageStore::load`] after the unpacking: a pull hands
+    /// its images in here.
+    pub fn load_layout(
+        &self,
+        work: &LoadWork,
+        events: &mut dyn FnMut(LoadEvent),
+        applier: Option<&dyn LayerApplier>,
+    ) -> Result<Vec<Image>, StoreError> {
+        self.load_unpacked(work, &work.layout(), events, applier)
+    }
+
+    fn load_unpacked(
+        &self,
+        work: &LoadWork,
+        unpacked: &Path,
+        events: &mut dyn FnMut(LoadEvent),
+        applier: Option<&dyn LayerApplier>,
+    ) -> Result<Vec<Image>, StoreError> {
+        let candidates = archive::read(unpacked)?;
         let mut loaded = Vec::new();
         for (i, c) in candidates.iter().enumerate() {
             let short = c.file.id.get(7..19).unwrap_or_default().to_string();
@@ -423,7 +460,11 @@ impl ImageStore {
                     Some(a) if !c.file.layers.is_empty() => {
                         self.build_layered(c, work, &build, &out, a, events)?
                     }
-                    _ => self.build_image(c, &unpacked, &build, &out)?,
+                    // One layer is the chain's base, built on this machine: no VM needed.
+                    None if c.file.layers.len() == 1 => {
+                        self.build_layered(c, work, &build, &out, &BaseOnly, events)?
+                    }
+                    _ => self.build_image(c, unpacked, &build, &out)?,
                 }
                 events(LoadEvent::Status {
                     id: short.clone(),

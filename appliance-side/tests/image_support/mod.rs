@@ -248,14 +248,44 @@ impl Server {
         v[0].clone()
     }
 
-    /// What is in `$TETHER_HOME/images`, dot-files included.
+    /// What is in `$TETHER_HOME/images`, dot-files included, and each layer's directory in
+    /// the layer store (`layers/<chain id>`): the store's own empty `layers` is no entry.
     pub fn image_dir_entries(&self) -> BTreeSet<String> {
-        std::fs::read_dir(self.home.join("images"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
+        let list = |dir: std::path::PathBuf| {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<BTreeSet<String>>()
+        };
+        let images = self.home.join("images");
+        let mut entries = list(images.clone());
+        if entries.remove("layers") {
+            entries.extend(
+                list(images.join("layers"))
+                    .into_iter()
+                    .map(|l| format!("layers/{l}")),
+            );
+        }
+        entries
+    }
+
+    /// The disk an image's containers boot: the top of its chain in the layer store (a
+    /// one-layer image's chain id is its layer's diff id).
+    pub fn image_disk(&self, id: &str) -> std::path::PathBuf {
+        let layers = &self.inspect(id)["RootFS"]["Layers"];
+        let layers: Vec<&str> = layers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(layers.len(), 1, "a one-layer image");
+        self.home
+            .join("images/layers")
+            .join(layers[0].trim_start_matches("sha256:"))
+            .join("disk.qcow2")
     }
 }
 

@@ -54,11 +54,13 @@ pub enum LayerError {
         source: io::Error,
     },
     #[error(
-        "layer {index} of the image does not match its diff id {expected} (got sha256:{actual}): \
+        "layer {index} ({file}) does not match its diff id {expected} (got sha256:{actual}): \
          the archive is corrupt or was changed"
     )]
     DiffId {
         index: usize,
+        /// The layer's file in the archive.
+        file: String,
         expected: String,
         actual: String,
     },
@@ -174,6 +176,9 @@ impl LayerStore {
         if format!("sha256:{actual}") != diff_id {
             return Err(LayerError::DiffId {
                 index,
+                file: blob
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 expected: diff_id.to_string(),
                 actual,
             });

@@ -1,0 +1,255 @@
+//! The blob cache, `$TETHER_HOME/images/blobs/sha256/<hex>` (0700 directories, 0600 files):
+//! content-addressed, every blob in it verified. A blob is downloaded to a `.tmp-<pid>-<random>`
+//! file beside its place and renamed in only once its size and digest are right; a failed or
+//! abandoned download leaves nothing (the temporary file goes when the download's future is
+//! dropped, and those of a crashed server are swept by the next pull).
+//!
+//! Pulls that want the same blob at once share one download: the first takes the digest's
+//! in-flight lock, the others wait on it and then find the blob in the cache. If the first
+//! failed, the next waiter tries again itself.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::error::Cause;
+use crate::store::atomic::{hex, random};
+
+#[derive(Debug)]
+pub(super) struct BlobCache {
+    dir: PathBuf,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Removes a temporary file unless it was renamed into place.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Cause {
+    let path = path.to_path_buf();
+    move |source| Cause::Io { what, path, source }
+}
+
+impl BlobCache {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn path(&self, hex: &str) -> PathBuf {
+        self.dir.join(hex)
+    }
+
+    /// The cached blob, if it is there whole.
+    pub fn cached(&self, hex: &str, size: u64) -> Option<PathBuf> {
+        let p = self.path(hex);
+        std::fs::metadata(&p)
+            .ok()
+            .filter(|m| m.is_file() && m.len() == size)
+            .map(|_| p)
+    }
+
+    /// Creates the cache's directories (0700) and sweeps what dead servers left.
+    fn prepare(&self) -> Result<(), Cause> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io("creating", &self.dir))?;
+        for d in [self.dir.as_path(), self.dir.parent().unwrap_or(&self.dir)] {
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        }
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".tmp-") else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                p as u32 == std::process::id()
+                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+            });
+            if !alive {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Blob `hex` of `size` bytes, and whether this call downloaded it: from the cache, or
+    /// written by `fetch` into the temporary file it is given (which it must leave complete and
+    /// verified), once however many ask at the same time. `waiting` runs if another pull is
+    /// downloading it right now.
+    pub async fn get<F, Fut>(
+        &self,
+        hex_digest: &str,
+        size: u64,
+        waiting: impl FnOnce(),
+        fetch: F,
+    ) -> Result<(PathBuf, bool), Cause>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Cause>>,
+    {
+        if let Some(p) = self.cached(hex_digest, size) {
+            return Ok((p, false));
+        }
+        let lock = self
+            .inflight
+            .lock()
+            .expect("in-flight lock")
+            .entry(hex_digest.to_string())
+            .or_default()
+            .clone();
+        let guard = match lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                waiting();
+                lock.lock().await
+            }
+        };
+        let result = self.fetch_locked(hex_digest, size, fetch).await;
+        drop(guard);
+        let mut map = self.inflight.lock().expect("in-flight lock");
+        // Only the map and this call hold it: nobody waits, the entry can go.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(hex_digest);
+        }
+        result
+    }
+
+    async fn fetch_locked<F, Fut>(
+        &self,
+        hex_digest: &str,
+        size: u64,
+        fetch: F,
+    ) -> Result<(PathBuf, bool), Cause>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Cause>>,
+    {
+        // Downloaded by the pull this one waited for.
+        if let Some(p) = self.cached(hex_digest, size) {
+            return Ok((p, false));
+        }
+        self.prepare()?;
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            hex(&random::<6>())
+        ));
+        let mut guard = TempFile(Some(tmp.clone()));
+        fetch(tmp.clone()).await?;
+        let dest = self.path(hex_digest);
+        std::fs::rename(&tmp, &dest).map_err(io("installing the blob at", &dest))?;
+        guard.0 = None;
+        Ok((dest, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_gets_of_one_blob_download_it_once() {
+        let dir = std::env::temp_dir().join(format!("blobcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = Arc::new(BlobCache::new(dir.join("sha256")));
+        let downloads = Arc::new(AtomicUsize::new(0));
+        let waited = Arc::new(AtomicUsize::new(0));
+        let hex = "ab".repeat(32);
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (cache, downloads, waited, hex) = (
+                cache.clone(),
+                downloads.clone(),
+                waited.clone(),
+                hex.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let w = waited.clone();
+                cache
+                    .get(
+                        &hex,
+                        5,
+                        move || {
+                            w.fetch_add(1, Ordering::SeqCst);
+                        },
+                        |tmp| async move {
+                            downloads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            std::fs::write(&tmp, b"hello").unwrap();
+                            Ok(())
+                        },
+                    )
+                    .await
+                    .unwrap()
+            }));
+            // All start while the first download runs.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut fresh = 0;
+        for t in tasks {
+            let (path, downloaded) = t.await.unwrap();
+            assert_eq!(std::fs::read(path).unwrap(), b"hello");
+            fresh += downloaded as usize;
+        }
+        assert_eq!(downloads.load(Ordering::SeqCst), 1);
+        assert_eq!(fresh, 1);
+        assert_eq!(waited.load(Ordering::SeqCst), 3);
+        assert!(cache.inflight.lock().unwrap().is_empty());
+        let mode = std::fs::metadata(dir.join("sha256"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_leaves_nothing_and_the_next_tries_again() {
+        let dir = std::env::temp_dir().join(format!("blobcache-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = BlobCache::new(dir.join("sha256"));
+        let hex = "cd".repeat(32);
+        let err = cache
+            .get(
+                &hex,
+                3,
+                || {},
+                |tmp| async move {
+                    std::fs::write(&tmp, b"xy").unwrap();
+                    Err(Cause::Registry("500 boom".into()))
+                },
+            )
+            .await;
+        assert!(err.is_err());
+        assert_eq!(std::fs::read_dir(dir.join("sha256")).unwrap().count(), 0);
+        let (_, downloaded) = cache
+            .get(
+                &hex,
+                3,
+                || {},
+                |tmp| async move {
+                    std::fs::write(&tmp, b"xyz").unwrap();
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        assert!(downloaded);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
