@@ -22,6 +22,9 @@ pub struct RegistryConfig {
     pub certs_dir: PathBuf,
     /// `--registry-timeout`: connect, request and blob-stall timeout.
     pub timeout: Duration,
+    /// Refuse every registry not on this machine (the API fuzz target, which must never
+    /// reach the network whatever a request names).
+    pub loopback_only: bool,
 }
 
 impl Default for RegistryConfig {
@@ -31,6 +34,7 @@ impl Default for RegistryConfig {
             ca_files: Vec::new(),
             certs_dir: PathBuf::from("/etc/docker/certs.d"),
             timeout: DEFAULT_TIMEOUT,
+            loopback_only: false,
         }
     }
 }

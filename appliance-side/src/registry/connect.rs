@@ -122,14 +122,24 @@ fn read_pem(path: &Path) -> Result<Vec<Vec<u8>>, Cause> {
     Ok(certs)
 }
 
-/// Whether plain HTTP is allowed for `registry` (`host[:port]`).
-fn insecure(config: &RegistryConfig, registry: &str) -> bool {
-    let host = match registry.strip_prefix('[') {
+/// The host of `registry` (`host[:port]`, `[v6]:port`).
+fn host_of(registry: &str) -> &str {
+    match registry.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => registry.rsplit_once(':').map_or(registry, |(h, _)| h),
-    };
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback || config.insecure.iter().any(|i| i == registry || i == host)
+    }
+}
+
+/// Whether `registry` is on this machine (localhost, 127.0.0.0/8, ::1).
+fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry);
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether plain HTTP is allowed for `registry` (`host[:port]`).
+fn insecure(config: &RegistryConfig, registry: &str) -> bool {
+    let host = host_of(registry);
+    is_loopback(registry) || config.insecure.iter().any(|i| i == registry || i == host)
 }
 
 fn http_client(timeout: Duration, roots: &[Vec<u8>]) -> Result<reqwest::Client, Cause> {
@@ -198,6 +208,12 @@ pub(super) fn transport(url: &str, t: Duration, what: &'static str, e: &reqwest:
 /// The registry at `domain` (a reference's domain), reachable, with its scheme chosen.
 pub(super) async fn endpoint(config: &RegistryConfig, domain: &str) -> Result<Endpoint, Cause> {
     let registry = api_host(domain).to_string();
+    if config.loopback_only && !is_loopback(&registry) {
+        return Err(Cause::Unreachable {
+            url: format!("https://{registry}/v2/"),
+            detail: "this engine reaches registries on this machine only".into(),
+        });
+    }
     let roots = load_roots(config, &registry)?;
     let http = http_client(config.timeout, &roots)?;
     let mut e = Endpoint {

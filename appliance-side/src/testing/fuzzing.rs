@@ -39,6 +39,15 @@ fn env() -> &'static Env {
             .build()
             .expect("a runtime");
         let api = rt.block_on(async { Api::new(Server::new(home)) });
+        // A fuzzed `/images/create` or `/auth` may name any registry: none off this machine
+        // is ever contacted.
+        api.engine
+            .registries
+            .configure(crate::registry::RegistryConfig {
+                loopback_only: true,
+                timeout: Duration::from_millis(200),
+                ..Default::default()
+            });
         Env { rt, api }
     })
 }
