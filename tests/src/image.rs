@@ -1,9 +1,11 @@
 //! The busybox image the QEMU tier boots: its root directory, and a docker-archive of it made
-//! by a peer tool (podman).
+//! by a peer tool (podman); and multi-layer `docker save` archives made by hand from layer tars.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
 
 use crate::{artifacts, artifacts_rootfs, must, workspace};
 
@@ -88,4 +90,56 @@ pub fn busybox_image_archive() -> (PathBuf, &'static str) {
 fn artifacts_rootfs_built() -> PathBuf {
     artifacts();
     artifacts_rootfs()
+}
+
+fn shell(script: &str) {
+    must(Command::new("sh").args(["-ec", script]), script);
+}
+
+fn sha256_file(p: &Path) -> String {
+    format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// GNU tar of the directory `dir` (POSIX format, with extended attributes) at `out`: one image
+/// layer.
+pub fn layer_tar(dir: &Path, out: &Path) {
+    shell(&format!(
+        "tar --format=posix --xattrs --xattrs-include='*' --numeric-owner -C {} -cf {} .",
+        dir.display(),
+        out.display()
+    ));
+}
+
+/// A `docker save` archive at `work/<name>.tar` of one image tagged `tag` whose layers are the
+/// tars given, lowest first.
+pub fn save_archive(work: &Path, name: &str, tag: &str, layers: &[&Path]) -> PathBuf {
+    let dir = work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut diff_ids = Vec::new();
+    let mut files = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let rel = format!("{i}/layer.tar");
+        std::fs::create_dir_all(dir.join(i.to_string())).unwrap();
+        std::fs::copy(l, dir.join(&rel)).unwrap();
+        diff_ids.push(format!("sha256:{}", sha256_file(l)));
+        files.push(rel);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-05-01T00:00:00Z",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let bytes = serde_json::to_vec(&config).unwrap();
+    let hex = format!("{:x}", Sha256::digest(&bytes));
+    std::fs::write(dir.join(format!("{hex}.json")), &bytes).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": format!("{hex}.json"), "RepoTags": [tag], "Layers": files,
+    }]);
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let out = work.join(format!("{name}.tar"));
+    shell(&format!("tar -C {} -cf {} .", dir.display(), out.display()));
+    out
 }

@@ -7,7 +7,7 @@ mod image;
 pub mod registry;
 pub mod tmux;
 
-pub use image::{busybox_image_archive, busybox_rootfs};
+pub use image::{busybox_image_archive, busybox_rootfs, layer_tar, save_archive};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -6,11 +6,10 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use e2e::{busybox_rootfs, text, workspace, Appliance};
-use sha2::{Digest, Sha256};
+use e2e::{busybox_rootfs, layer_tar, save_archive, text, workspace, Appliance};
 
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-ec", script]).output().unwrap();
@@ -20,52 +19,6 @@ fn sh(script: &str) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-fn sha256_file(p: &Path) -> String {
-    format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()))
-}
-
-/// GNU tar of the directory `dir` (POSIX format, with extended attributes) at `out`.
-fn tar_dir(dir: &Path, out: &Path) {
-    sh(&format!(
-        "tar --format=posix --xattrs --xattrs-include='*' --numeric-owner -C {} -cf {} .",
-        dir.display(),
-        out.display()
-    ));
-}
-
-/// A `docker save` archive of one image whose layers are the tars given, lowest first.
-fn archive(work: &Path, name: &str, tag: &str, layers: &[&Path]) -> PathBuf {
-    let dir = work.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut diff_ids = Vec::new();
-    let mut files = Vec::new();
-    for (i, l) in layers.iter().enumerate() {
-        let rel = format!("{i}/layer.tar");
-        std::fs::create_dir_all(dir.join(i.to_string())).unwrap();
-        std::fs::copy(l, dir.join(&rel)).unwrap();
-        diff_ids.push(format!("sha256:{}", sha256_file(l)));
-        files.push(rel);
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "2024-05-01T00:00:00Z",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let bytes = serde_json::to_vec(&config).unwrap();
-    let hex = format!("{:x}", Sha256::digest(&bytes));
-    std::fs::write(dir.join(format!("{hex}.json")), &bytes).unwrap();
-    let manifest = serde_json::json!([{
-        "Config": format!("{hex}.json"), "RepoTags": [tag], "Layers": files,
-    }]);
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
-    let out = work.join(format!("{name}.tar"));
-    sh(&format!("tar -C {} -cf {} .", dir.display(), out.display()));
-    out
 }
 
 /// The layer directories in the store, and the bytes each takes on disk.
@@ -158,7 +111,7 @@ fn layered_images_share_their_layers_and_each_entry_kind_survives() {
         .iter()
         .map(|d| {
             let t = d.with_extension("tar");
-            tar_dir(d, &t);
+            layer_tar(d, &t);
             t
         })
         .collect();
@@ -169,10 +122,10 @@ fn layered_images_share_their_layers_and_each_entry_kind_survives() {
         work.display(),
         bad.display()
     ));
-    let a = archive(&work, "a", "layers-a:1", &[&tars[0], &tars[1], &tars[2]]);
-    let b = archive(&work, "b", "layers-b:1", &[&tars[0], &tars[1], &tars[3]]);
-    let c = archive(&work, "c", "layers-c:1", &[&tars[0], &tars[1], &bad]);
-    let cap = archive(&work, "cap", "layers-cap:1", &[&tars[0], &tars[4]]);
+    let a = save_archive(&work, "a", "layers-a:1", &[&tars[0], &tars[1], &tars[2]]);
+    let b = save_archive(&work, "b", "layers-b:1", &[&tars[0], &tars[1], &tars[3]]);
+    let c = save_archive(&work, "c", "layers-c:1", &[&tars[0], &tars[1], &bad]);
+    let cap = save_archive(&work, "cap", "layers-cap:1", &[&tars[0], &tars[4]]);
 
     let app = Appliance::start_process("layers");
     docker_ok(&app, &["load", "-i", a.to_str().unwrap()]);

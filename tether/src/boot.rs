@@ -299,6 +299,14 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
         source: Box::new(e),
     })?;
     crate::timing::mark("disk_mounted");
+    // A maintenance boot (main session `hold`: docker cp on a stopped container, an image
+    // layer applied) runs only tether's built-ins on the disk and must leave its files as they
+    // were: a layer built in one must hold the layer's files and nothing of this boot's, not
+    // even the mount points of /proc, /sys and /dev (and a layer's own sys/ or dev/ entries
+    // must land on the disk, not on a kernel filesystem mounted over it).
+    if spec.main_session().is_some_and(|s| s.is_hold()) {
+        return loopback(os, root);
+    }
     mount_all(os, &root, &ROOT_MOUNTS)?;
     let dev = root.join("dev");
     for (name, major, minor) in DEVICES {
@@ -327,12 +335,6 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
             hostname: hostname.clone(),
             source,
         })?;
-    // A maintenance boot (main session `hold`: docker cp on a stopped container, an image
-    // layer applied) runs only tether's built-ins on the disk and must leave its files as they
-    // were: a layer built in one must hold the layer's files and nothing of this boot's.
-    if spec.main_session().is_some_and(|s| s.is_hold()) {
-        return loopback(os, root);
-    }
     let etc = root.join("etc");
     os.mkdir_all(&etc).map_err(|source| BootError::Mkdir {
         path: PathBuf::from("/etc"),

@@ -26,19 +26,7 @@ pub struct ChurnRun {
 }
 
 fn du_kib(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total / 1024
+    crate::util::du_bytes(dir) / 1024
 }
 
 fn sample(app: &Appliance, after: usize) -> Sample {

@@ -5,7 +5,7 @@
 //! on a number.
 //!
 //! `BENCH_RUNS=N` changes the number of repeated runs (default 5); `BENCH_ONLY=a,b` runs only
-//! those sections (boot, stream, interactive, footprint, scale, disk, churn) and writes
+//! those sections (boot, stream, interactive, footprint, scale, disk, churn, layers) and writes
 //! target/bench/benchmarks-partial.md instead.
 
 mod baseline;
@@ -13,6 +13,7 @@ mod churn;
 mod disk;
 mod footprint;
 mod guest;
+mod layers;
 mod report;
 mod scale;
 mod stock_kernel;
@@ -177,6 +178,10 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(CHURN_CONTAINERS);
         r.churn(&churn::churn(n));
+    }
+
+    if selected("layers") {
+        r.layers(&layers::layers(runs));
     }
 
     let partial = std::env::var("BENCH_ONLY").is_ok_and(|v| !v.is_empty());

@@ -2,6 +2,7 @@
 
 use crate::churn::ChurnRun;
 use crate::disk::DiskRun;
+use crate::layers::{LayersRun, BASE_FILES, CHAIN_LAYERS, SMALL_BYTES};
 use crate::scale::{rows, ScaleRun};
 use crate::util::{fmt, machine, percentile, ratio, stats};
 use crate::{COM_STREAM_BYTES, ECHOES, STDIN_BYTES, STREAM_BYTES};
@@ -285,6 +286,68 @@ that failed: {}. Seconds per cycle: {}.
             run.failures,
             fmt(stats(&run.cycle_s), "s"),
             crate::churn::rows(run)
+        ));
+    }
+
+    pub fn layers(&mut self, l: &LayersRun) {
+        let added = l.after_b.saturating_sub(l.after_a);
+        let kib = |b: u64| format!("{:.0} KiB", b as f64 / 1024.0);
+        self.text.push_str(&format!(
+            "
+## Layer store
+
+One `appliance serve` process (debug build), the stock docker CLI, images made as `docker save`
+archives by hand (`e2e::save_archive`).
+
+**Sharing.** Image A: a base layer of {BASE_FILES} incompressible 1 MiB files ({:.1} MB tar), the
+busybox layer, and a small layer (a {} KiB incompressible file and a line of text); image B: the
+same two lower layers and a different small layer of the same shape. `docker load` A, then B;
+TETHER_HOME/images measured after each (allocated blocks x 512: image records, the layer store's
+qcow2 disks and `layer.json`s).
+
+| | disk use |
+|---|---|
+| TETHER_HOME/images after A ({} layers) | {} |
+| after B too ({} layers) | {} |
+| added by B | {} |
+| B's own layer (tar) | {} |
+| added / own layer | {:.2}x |
+| added / base layer tar | {:.2}% |
+
+**Boot, chain vs flattened.** The same root filesystem (busybox and {} layers of one 256 KiB
+incompressible file and one text file each) as a {CHAIN_LAYERS}-layer image (an ext4 bottom disk
+and {} qcow2 layers above it, the container's writable qcow2 on top) and as a one-layer image
+(one tar of the union, {:.1} MB: one ext4 disk). One untimed run of each first (both print the
+same files and checksums). Then `docker run --rm IMAGE echo up`, chain and flat interleaved (the
+order alternating), {} runs each; wall time from spawning the CLI to the first stdout byte and to
+the CLI's exit (the container removed).
+
+| | first byte | exit |
+|---|---|---|
+| {CHAIN_LAYERS}-layer chain | {} | {} |
+| flattened | {} | {} |
+| ratio chain / flat (per run) | {} | {} |
+",
+            l.base_tar as f64 / 1e6,
+            SMALL_BYTES >> 10,
+            l.layers_a,
+            kib(l.after_a),
+            l.layers_b,
+            kib(l.after_b),
+            kib(added),
+            kib(l.b_own_tar),
+            added as f64 / l.b_own_tar as f64,
+            added as f64 * 100.0 / l.base_tar as f64,
+            CHAIN_LAYERS - 1,
+            CHAIN_LAYERS - 1,
+            l.rootfs_tar as f64 / 1e6,
+            l.chain_first.len(),
+            fmt(stats(&l.chain_first), "ms"),
+            fmt(stats(&l.chain_exit), "ms"),
+            fmt(stats(&l.flat_first), "ms"),
+            fmt(stats(&l.flat_exit), "ms"),
+            ratio(&l.chain_first, &l.flat_first),
+            ratio(&l.chain_exit, &l.flat_exit),
         ));
     }
 

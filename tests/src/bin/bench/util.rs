@@ -79,6 +79,24 @@ pub fn release_binary(package: &str, bin: &str, target: Option<&str>) -> PathBuf
     dir.join(bin)
 }
 
+/// Disk use of everything under `dir`: allocated blocks x 512, so sparse files count what they
+/// hold.
+pub fn du_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
 /// VmRSS and VmHWM of a process, KiB.
 pub fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
