@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::{busybox_rootfs, text, workspace, Appliance};
+use e2e::{busybox_rootfs, succeeded, text, workspace, Appliance};
 use sha2::{Digest, Sha256};
 
 fn sh(script: &str) {
@@ -89,21 +89,13 @@ fn names(v: &[(String, u64)]) -> BTreeSet<String> {
 }
 
 fn docker_ok(app: &Appliance, args: &[&str]) -> String {
-    let out = app.docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}{}\nserver log tail:\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        std::fs::read_to_string(app.home.root().join("server.log"))
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    text(&out.stdout)
+    let log = std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    succeeded(
+        &app.docker(args),
+        &format!("docker {args:?}"),
+        &format!("server log tail:\n{}", tail.join("\n")),
+    )
 }
 
 #[test]
