@@ -15,7 +15,7 @@ CRATES = ["wire", "guestinfo", "tether", "appliance-side", "bootstrap-iso", "tes
 
 # The appliance's layers, lowest first; a module may refer to its own layer or lower ones.
 APPLIANCE_LAYERS = [
-    {"home", "logging"},
+    {"home", "logging", "path_io"},
     {"store"},
     {"server", "backend", "registry"},
     {"engine"},

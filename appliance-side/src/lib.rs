@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod engine;
 pub mod home;
 pub mod logging;
+pub mod path_io;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -14,13 +14,18 @@ use serde_json::Value;
 
 use image_support::{docker_config, fixtures, member, oci_id, short, sorted, Server, TAG};
 
+/// `archive` loads as [`TAG`], and image `id` is then the one image, under that tag.
+fn loads_as_tag(s: &Server, archive: &std::path::Path, id: &str) {
+    assert_eq!(s.load(archive), format!("Loaded image: {TAG}\n"));
+    assert_eq!(s.images(&[]), [format!("{} {TAG}", short(id))]);
+}
+
 #[test]
 fn docker_archive_loads_with_its_config_and_builds_the_disk_once() {
     let f = fixtures();
     let (config, id) = docker_config(&f.docker);
     let s = Server::start("docker");
-    assert_eq!(s.load(&f.docker), format!("Loaded image: {TAG}\n"));
-    assert_eq!(s.images(&[]), [format!("{} {TAG}", short(&id))]);
+    loads_as_tag(&s, &f.docker, &id);
 
     let i = s.inspect(TAG);
     assert_eq!(i["Id"], id.as_str());
@@ -87,8 +92,7 @@ fn oci_archive_gives_the_same_image_as_docker_archive() {
     let i = s.inspect(TAG);
     assert_eq!(i["Id"], id.as_str());
     assert_eq!(i["Config"]["WorkingDir"], "/work");
-    assert_eq!(s.load(&f.docker), format!("Loaded image: {TAG}\n"));
-    assert_eq!(s.images(&[]), [format!("{} {TAG}", short(&id))]);
+    loads_as_tag(&s, &f.docker, &id);
 }
 
 #[test]

@@ -2,13 +2,16 @@
 //! `appliance serve`, from Debian's docker-registry on 127.0.0.1 (plain HTTP, TLS with a test
 //! CA, htpasswd auth), with images built here by hand and pushed into it with skopeo.
 
+mod common;
 mod registry_support;
+
+use common::detached::text;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use registry_support::{
-    layer, noise, text, three_layer_image, Appliance, Image, Registry, RegistryOpts, TempDir,
+    layer, noise, succeeded, three_layer_image, Appliance, Image, Registry, RegistryOpts, TempDir,
 };
 
 fn push(reg: &Registry, image: &Image, dir: &TempDir, name: &str, tag: &str, creds: Option<&str>) {
@@ -17,10 +20,27 @@ fn push(reg: &Registry, image: &Image, dir: &TempDir, name: &str, tag: &str, cre
     reg.push(&layout, tag, name, creds);
 }
 
+/// A work directory and a plain-HTTP registry, for test `tag`.
+fn plain_registry(tag: &str) -> (TempDir, Registry) {
+    (
+        TempDir::new(tag),
+        Registry::start(tag, RegistryOpts::default()),
+    )
+}
+
+/// `docker pull NAME` downloads `image`, which `docker images` then lists, alone, as NAME.
+fn pulled(app: &Appliance, name: &str, image: &Image) {
+    let out = app.ok(&["pull", name]);
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {name}")),
+        "{out}"
+    );
+    assert_eq!(app.images(), [format!("{} {name}", image.id())]);
+}
+
 #[test]
 fn pull_of_a_three_layer_image_over_http_then_images_lists_its_config_digest() {
-    let dir = TempDir::new("three");
-    let reg = Registry::start("three", RegistryOpts::default());
+    let (dir, reg) = plain_registry("three");
     let image = three_layer_image();
     push(&reg, &image, &dir, "tether/three", "v1", None);
     let app = Appliance::start("three", &[]);
@@ -99,8 +119,7 @@ fn pull_of_a_three_layer_image_over_http_then_images_lists_its_config_digest() {
 
 #[test]
 fn a_multi_platform_index_resolves_to_linux_amd64() {
-    let dir = TempDir::new("index");
-    let reg = Registry::start("index", RegistryOpts::default());
+    let (dir, reg) = plain_registry("index");
     let amd = three_layer_image();
     let arm = Image::new(amd.layers.clone(), "arm64", &["/bin/busybox", "true"]);
     // A layout whose index names a nested index of both platforms, pushed with --all.
@@ -195,12 +214,7 @@ fn pull_over_tls_verifies_against_the_test_ca() {
     assert!(untrusting.images().is_empty());
 
     let app = Appliance::start("tls", &["--registry-ca", ca_pem.to_str().unwrap()]);
-    let out = app.ok(&["pull", &name]);
-    assert!(
-        out.contains(&format!("Status: Downloaded newer image for {name}")),
-        "{out}"
-    );
-    assert_eq!(app.images(), [format!("{} {name}", image.id())]);
+    pulled(&app, &name, &image);
 }
 
 #[test]
@@ -237,46 +251,26 @@ fn docker_login_then_pull_from_an_htpasswd_registry() {
     assert!(err.contains(&name) && err.contains("unauthorized"), "{err}");
 
     // A wrong password: docker login fails with the registry's answer and stores nothing.
-    let out = app.docker_stdin(
+    let err = app.fails_stdin(
         &["login", "-u", "tether", "--password-stdin", &reg.addr],
-        b"wrong\n",
+        Some(b"wrong\n"),
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let err = text(&out.stderr);
     assert!(err.contains("401 Unauthorized"), "{err}");
     assert!(err.contains(&format!("http://{}/v2/", reg.addr)), "{err}");
 
     let out = app.docker_stdin(
         &["login", "-u", "tether", "--password-stdin", &reg.addr],
-        b"s3cret pass\n",
+        Some(b"s3cret pass\n"),
     );
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(text(&out.stdout).contains("Login Succeeded"));
+    assert!(succeeded(&out, "docker login", "").contains("Login Succeeded"));
 
     // The CLI now sends the credentials (X-Registry-Auth) and the pull goes through.
-    let out = app.ok(&["pull", &name]);
-    assert!(
-        out.contains(&format!("Status: Downloaded newer image for {name}")),
-        "{out}"
-    );
-    assert_eq!(app.images(), [format!("{} {name}", image.id())]);
+    pulled(&app, &name, &image);
 }
 
 #[test]
 fn concurrent_pulls_of_two_images_sharing_a_base_download_it_once() {
-    let dir = TempDir::new("shared");
-    let reg = Registry::start("shared", RegistryOpts::default());
+    let (dir, reg) = plain_registry("shared");
     // 24 MiB that do not compress: a download that takes a while.
     let base = layer(&[("opt/base.bin", 0o644, &noise(24 << 20, 7))]);
     let a = Image::new(
@@ -298,12 +292,7 @@ fn concurrent_pulls_of_two_images_sharing_a_base_download_it_once() {
 
     let app = Appliance::start("shared", &[]);
     let spawn = |name: String| {
-        Command::new("docker")
-            .arg("--config")
-            .arg(&app.docker_config)
-            .arg("-H")
-            .arg(format!("unix://{}", app.home.join("docker.sock").display()))
-            .args(["pull", &name])
+        app.docker_command(&["pull", &name])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -321,13 +310,7 @@ fn concurrent_pulls_of_two_images_sharing_a_base_download_it_once() {
         pb.wait_with_output().unwrap(),
     );
     for o in [&oa, &ob] {
-        assert!(
-            o.status.success(),
-            "{}{}\n{}",
-            text(&o.stdout),
-            text(&o.stderr),
-            app.log()
-        );
+        succeeded(o, "docker pull", &app.log());
     }
     assert_eq!(reg.blob_gets(&base_digest), 1, "{}", reg.log());
     let mut want = vec![format!("{} {na}", a.id()), format!("{} {nb}", b.id())];
@@ -345,8 +328,7 @@ fn concurrent_pulls_of_two_images_sharing_a_base_download_it_once() {
 
 #[test]
 fn docker_create_of_a_missing_image_gets_the_404_the_cli_pulls_on() {
-    let dir = TempDir::new("create");
-    let reg = Registry::start("create", RegistryOpts::default());
+    let (dir, reg) = plain_registry("create");
     let image = three_layer_image();
     push(&reg, &image, &dir, "tether/create", "v1", None);
     let app = Appliance::start("create", &[]);

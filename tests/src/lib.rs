@@ -116,9 +116,7 @@ pub fn named_sh(name: &str, script: &str) -> NewContainer {
 }
 
 /// Command output as text, for assertions and messages.
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+pub use appliance::testing::process::{succeeded, text};
 
 /// A VM's writable disk: a qcow2 overlay at `overlay` on the shared raw image `base` (replaced
 /// if it exists).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::text;
+use crate::succeeded;
 
 pub struct Registry {
     pub addr: String,
@@ -66,11 +66,7 @@ pub fn skopeo(args: &[&str], home: &Path) {
         .stdin(Stdio::null())
         .output()
         .expect("skopeo (Debian's skopeo): run make deps");
-    assert!(
-        out.status.success(),
-        "skopeo copy {args:?}: {}",
-        text(&out.stderr)
-    );
+    succeeded(&out, &format!("skopeo copy {args:?}"), "");
 }
 
 impl Drop for Registry {

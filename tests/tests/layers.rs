@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use e2e::{busybox_rootfs, layer_tar, save_archive, text, workspace, Appliance};
+use e2e::{busybox_rootfs, layer_tar, save_archive, succeeded, text, workspace, Appliance};
 
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-ec", script]).output().unwrap();
@@ -42,21 +42,13 @@ fn names(v: &[(String, u64)]) -> BTreeSet<String> {
 }
 
 fn docker_ok(app: &Appliance, args: &[&str]) -> String {
-    let out = app.docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}{}\nserver log tail:\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        std::fs::read_to_string(app.home.root().join("server.log"))
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    text(&out.stdout)
+    let log = std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    succeeded(
+        &app.docker(args),
+        &format!("docker {args:?}"),
+        &format!("server log tail:\n{}", tail.join("\n")),
+    )
 }
 
 #[test]

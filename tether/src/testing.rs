@@ -36,6 +36,14 @@ impl Drop for TestDir {
     }
 }
 
+/// The permission bits (setuid, setgid and sticky too) and the mtime of `p`, not following a
+/// symlink there.
+pub fn mode_and_mtime(p: &Path) -> (u32, i64) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::symlink_metadata(p).expect("the file is there");
+    (m.permissions().mode() & 0o7777, m.mtime())
+}
+
 /// The (exit code, signal) of the session's Exited among `control`, the records tether sent.
 pub fn exit_in(control: &[Control], session: u32) -> Option<(i32, Option<i32>)> {
     control.iter().find_map(|c| match c {

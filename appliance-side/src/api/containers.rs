@@ -18,6 +18,27 @@ use crate::store::records::Record;
 use crate::store::state::{ContainerStatus, State};
 
 impl Api {
+    /// A container as `docker ps` and `docker system df` list it: the fields both give, and
+    /// the object `extra`'s.
+    pub(crate) fn summary(&self, rec: &Record, st: &State, extra: Value) -> Value {
+        let mut summary = json!({
+            "Id": rec.id,
+            "Names": [format!("/{}", rec.name)],
+            "Image": rec.image,
+            "ImageID": rec.options.image_id,
+            "Command": command_line(rec),
+            "Created": created_unix(rec),
+            "State": docker_status(st),
+            "Status": status_text(st, self.engine.health(&rec.id, st).as_ref()),
+            "Labels": rec.options.labels,
+            "Mounts": [],
+        });
+        if let (Value::Object(fields), Value::Object(extra)) = (&mut summary, extra) {
+            fields.extend(extra);
+        }
+        summary
+    }
+
     /// `docker ps`: running containers (all with `all`, a status filter or a limit), newest
     /// first, filtered, at most `limit`.
     pub(crate) fn list(&self, q: &HashMap<String, String>) -> ApiResponse {
@@ -43,21 +64,15 @@ impl Api {
             if !filters.matches(&rec, &st, |v| image_matches(&rec, v)) {
                 continue;
             }
-            out.push(json!({
-                "Id": rec.id,
-                "Names": [format!("/{}", rec.name)],
-                "Image": rec.image,
-                "ImageID": rec.options.image_id,
-                "Command": command_line(&rec),
-                "Created": created_unix(&rec),
-                "State": docker_status(&st),
-                "Status": status_text(&st, self.engine.health(&rec.id, &st).as_ref()),
-                "Ports": [],
-                "Labels": rec.options.labels,
-                "HostConfig": {"NetworkMode": "default"},
-                "NetworkSettings": {"Networks": {}},
-                "Mounts": [],
-            }));
+            out.push(self.summary(
+                &rec,
+                &st,
+                json!({
+                    "Ports": [],
+                    "HostConfig": {"NetworkMode": "default"},
+                    "NetworkSettings": {"Networks": {}},
+                }),
+            ));
         }
         json_response(StatusCode::OK, &Value::Array(out))
     }

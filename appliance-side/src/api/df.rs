@@ -6,9 +6,7 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::api::containers::{command_line, created_unix, docker_status};
 use crate::api::http::json_response;
-use crate::api::status::status_text;
 use crate::api::{Api, ApiResponse};
 
 fn unix(rfc3339: &str) -> i64 {
@@ -51,20 +49,11 @@ impl Api {
                 .ok()
                 .and_then(|i| du.images.iter().find(|u| u.image.id == i.id))
                 .map_or(0, |u| u.size);
-            containers.push(json!({
-                "Id": rec.id,
-                "Names": [format!("/{}", rec.name)],
-                "Image": rec.image,
-                "ImageID": rec.options.image_id,
-                "Command": command_line(&rec),
-                "Created": created_unix(&rec),
-                "State": docker_status(&st),
-                "Status": status_text(&st, self.engine.health(&rec.id, &st).as_ref()),
-                "SizeRw": size_rw,
-                "SizeRootFs": size_rw + root,
-                "Labels": rec.options.labels,
-                "Mounts": [],
-            }));
+            containers.push(self.summary(
+                &rec,
+                &st,
+                json!({"SizeRw": size_rw, "SizeRootFs": size_rw + root}),
+            ));
         }
         json_response(
             StatusCode::OK,

@@ -22,7 +22,8 @@ use crate::api::body;
 use crate::api::http::{flag, json_response, ApiError};
 use crate::api::{Api, ApiResponse, API_VERSION};
 use crate::engine::images::{ImageError, ImageFilter, Removed};
-use crate::store::images::{Image, LoadEvent, StoreError};
+use crate::store::images::load::LoadEvent;
+use crate::store::images::{Image, StoreError};
 
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {

@@ -7,25 +7,22 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::Mode;
 use thiserror::Error;
 
+use crate::path_io::{io_err, PathIoError};
+
 use crate::home::Home;
 
 /// Why the home could not be claimed.
 #[derive(Debug, Error)]
 pub enum ClaimError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{} is not a directory; set TETHER_HOME to a directory", path.display())]
     NotADirectory { path: PathBuf },
     #[error(
@@ -41,11 +38,6 @@ pub enum ClaimError {
         lock: PathBuf,
         pid: Option<u32>,
     },
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ClaimError {
-    let path = path.to_path_buf();
-    move |source| ClaimError::Io { what, path, source }
 }
 
 /// The home's server lock (`appliance.lock`, flock'd exclusively, the holder's pid inside),
@@ -67,7 +59,7 @@ pub fn prepare_home(home: &Home) -> Result<(), ClaimError> {
     match std::fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err("creating", root)(e)),
+        Err(e) => return Err(io_err("creating", root)(e).into()),
     }
     let meta = std::fs::metadata(root).map_err(io_err("reading", root))?;
     if !meta.is_dir() {
@@ -116,7 +108,7 @@ fn try_lock(home: &Home) -> Result<Flock<File>, ClaimError> {
                 pid: text.trim().parse().ok(),
             })
         }
-        Err((_, errno)) => Err(io_err("locking", &path)(errno.into())),
+        Err((_, errno)) => Err(io_err("locking", &path)(errno.into()).into()),
     }
 }
 

@@ -10,10 +10,11 @@ use thiserror::Error;
 
 use crate::engine::layers::VmLayers;
 use crate::engine::Engine;
+use crate::store::images::load::{LoadEvent, LoadWork};
 use crate::store::images::reference::{
     glob_match, parse_any, parse_normalized, AnyReference, BadPattern, Reference, ReferenceError,
 };
-use crate::store::images::{Image, ImageStore, LayerApplier, LoadEvent, LoadWork, StoreError};
+use crate::store::images::{Image, ImageStore, LayerApplier, StoreError};
 use crate::store::records;
 use crate::store::state::ContainerStatus;
 
@@ -239,9 +240,7 @@ impl Engine {
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<Vec<Image>, ImageError> {
-        let vm = self.layer_applier();
-        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
-        Ok(self.images.load(work, events, applier)?)
+        Ok(self.with_layer_applier(|a| self.images.load(work, events, a))?)
     }
 
     /// A pulled image layout in `work` built as [`Engine::image_load`] builds a loaded one.
@@ -250,9 +249,16 @@ impl Engine {
         work: &LoadWork,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<Vec<Image>, StoreError> {
+        self.with_layer_applier(|a| self.images.load_layout(work, events, a))
+    }
+
+    /// Runs a store load with the layer applier this engine has: its VMs, or none.
+    fn with_layer_applier<T>(
+        self: &Arc<Self>,
+        load: impl FnOnce(Option<&dyn LayerApplier>) -> T,
+    ) -> T {
         let vm = self.layer_applier();
-        let applier = vm.as_ref().map(|v| v as &dyn LayerApplier);
-        self.images.load_layout(work, events, applier)
+        load(vm.as_ref().map(|v| v as &dyn LayerApplier))
     }
 
     /// The VMs that apply layers, when this engine runs VMs (and is inside its runtime).

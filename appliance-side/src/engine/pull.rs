@@ -8,8 +8,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::engine::images::ImageError;
 use crate::engine::Engine;
 use crate::registry::{Credentials, PullError, PullEvent};
+use crate::store::images::load::LoadEvent;
 use crate::store::images::reference::{parse_normalized, Reference};
-use crate::store::images::{Image, LoadEvent};
+use crate::store::images::Image;
 
 /// The reference `POST /images/create?fromImage=&tag=` names: `tag` is a tag or, as the CLI
 /// sends a `name@sha256:…` reference, a digest; neither means `latest`.

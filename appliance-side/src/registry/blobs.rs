@@ -118,7 +118,25 @@ impl BlobCache {
                 lock.lock().await
             }
         };
-        let result = self.fetch_locked(hex_digest, size, fetch).await;
+        let result = async {
+            // Downloaded by the pull this one waited for.
+            if let Some(p) = self.cached(hex_digest, size) {
+                return Ok((p, false));
+            }
+            self.prepare()?;
+            let tmp = self.dir.join(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                hex(&random::<6>())
+            ));
+            let mut guard = TempFile(Some(tmp.clone()));
+            fetch(tmp.clone()).await?;
+            let dest = self.path(hex_digest);
+            std::fs::rename(&tmp, &dest).map_err(io("installing the blob at", &dest))?;
+            guard.0 = None;
+            Ok::<_, Cause>((dest, true))
+        }
+        .await;
         drop(guard);
         let mut map = self.inflight.lock().expect("in-flight lock");
         // Only the map and this call hold it: nobody waits, the entry can go.
@@ -126,34 +144,6 @@ impl BlobCache {
             map.remove(hex_digest);
         }
         result
-    }
-
-    async fn fetch_locked<F, Fut>(
-        &self,
-        hex_digest: &str,
-        size: u64,
-        fetch: F,
-    ) -> Result<(PathBuf, bool), Cause>
-    where
-        F: FnOnce(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = Result<(), Cause>>,
-    {
-        // Downloaded by the pull this one waited for.
-        if let Some(p) = self.cached(hex_digest, size) {
-            return Ok((p, false));
-        }
-        self.prepare()?;
-        let tmp = self.dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            hex(&random::<6>())
-        ));
-        let mut guard = TempFile(Some(tmp.clone()));
-        fetch(tmp.clone()).await?;
-        let dest = self.path(hex_digest);
-        std::fs::rename(&tmp, &dest).map_err(io("installing the blob at", &dest))?;
-        guard.0 = None;
-        Ok((dest, true))
     }
 }
 

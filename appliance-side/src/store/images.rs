@@ -12,24 +12,26 @@
 //! readers take no lock. Tags are kept normalized (`docker.io/library/busybox:latest`) and shown
 //! the way docker shows them (`busybox:latest`).
 //!
-//! `docker load` streams its archive into a [`LoadWork`] directory, then [`ImageStore::load`]
-//! unpacks it (`archive`), checks every digest and tag, builds each new image's disk (`build`)
-//! and tags it. The work directory goes away whether the load succeeded or not.
+//! `docker load` streams its archive into a [`load::LoadWork`] directory, then
+//! [`ImageStore::load`] (`load`) unpacks it (`archive`), checks every digest and tag, builds each
+//! new image's disk (`build`) and tags it. The work directory goes away whether the load succeeded or not.
 
 mod archive;
 mod build;
 mod layers;
+pub mod load;
 mod record;
 pub mod reference;
 #[cfg(test)]
 mod tests;
 
 use std::fs::{File, OpenOptions};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
+
+use crate::path_io::{io_err, PathIoError};
 
 use crate::home::Home;
 use crate::store::atomic::{hex, random, write_atomic};
@@ -48,26 +50,12 @@ const CONFIG_FILE: &str = "config.json";
 const DISK_FILE: &str = "disk.qcow2";
 const WORK_SUFFIX: &str = ".work";
 
-/// The applier of a one-layer image's chain, which only has a base: never asked to apply.
-struct BaseOnly;
-
-impl LayerApplier for BaseOnly {
-    fn apply(&self, _disk: &Path, _tar: &Path, what: &str) -> Result<(), String> {
-        Err(format!("{what}: no VM can be booted here to apply it"))
-    }
-}
-
 /// What went wrong in the image store. [`StoreError::Archive`] is bad input (the archive
 /// given); the rest are this machine's failures.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{}: invalid image record: {source}", path.display())]
     Record {
         path: PathBuf,
@@ -82,52 +70,6 @@ pub enum StoreError {
     Layer(#[from] LayerError),
     #[error("No such image: {0}")]
     NoSuchImage(String),
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io { what, path, source }
-}
-
-/// Something a load reports as it goes, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadEvent {
-    /// Progress on one image (`id` is the short id).
-    Status { id: String, status: &'static str },
-    /// `tag` moved to the image being loaded from `old_id`, which keeps its other tags.
-    Retagged { tag: String, old_id: String },
-    /// One image is in the store, with these tags (docker's form).
-    Loaded { id: String, tags: Vec<String> },
-}
-
-/// The directory one load works in (`images/.load-<pid>-<random>.work`), removed when dropped.
-#[derive(Debug)]
-pub struct LoadWork {
-    dir: PathBuf,
-}
-
-impl LoadWork {
-    /// Where the archive being loaded is written.
-    pub fn archive(&self) -> PathBuf {
-        self.dir.join("archive.tar")
-    }
-
-    /// The layers this load uses, which a collection running meanwhile keeps.
-    fn pins(&self) -> PathBuf {
-        self.dir.join("pins")
-    }
-
-    /// Where an image already unpacked (an OCI image layout, as a pull writes it) is put,
-    /// for [`ImageStore::load_layout`].
-    pub fn layout(&self) -> PathBuf {
-        self.dir.join("layout")
-    }
-}
-
-impl Drop for LoadWork {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -232,16 +174,11 @@ impl ImageStore {
             .open(&path)
             .map_err(io_err("opening", &path))?;
         Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_err("locking", &path)(errno.into()))
+            .map_err(|(_, errno)| io_err("locking", &path)(errno.into()).into())
     }
 
     fn write(&self, f: &ImageFile) -> Result<(), StoreError> {
-        let path = self.image_dir(&f.id).join(IMAGE_FILE);
-        let bytes = serde_json::to_vec_pretty(f).map_err(|source| StoreError::Record {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes).map_err(io_err("writing", &path))
+        write_record(&self.image_dir(&f.id).join(IMAGE_FILE), f)
     }
 
     fn live_file(&self, id: &str) -> Result<ImageFile, StoreError> {
@@ -361,7 +298,7 @@ impl ImageStore {
         let dir = self.image_dir(id);
         let gone = self.work_path("rm");
         std::fs::rename(&dir, &gone).map_err(io_err("removing", &dir))?;
-        std::fs::remove_dir_all(&gone).map_err(io_err("removing", &gone))
+        Ok(std::fs::remove_dir_all(&gone).map_err(io_err("removing", &gone))?)
     }
 
     /// `images/.<what>-<pid>-<random>.work`: the pid lets a later load sweep what a crashed
@@ -374,239 +311,6 @@ impl ImageStore {
         );
         self.root().join(name)
     }
-
-    /// A fresh work directory for one load; stale ones of dead processes are removed first.
-    pub fn begin_load(&self) -> Result<LoadWork, StoreError> {
-        let root = self.root();
-        std::fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
-        self.sweep_stale_work();
-        let dir = self.work_path("load");
-        std::fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
-        Ok(LoadWork { dir })
-    }
-
-    fn sweep_stale_work(&self) {
-        let Ok(dir) = std::fs::read_dir(self.root()) else {
-            return;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(WORK_SUFFIX) else {
-                continue;
-            };
-            if name.starts_with('.') && !work_is_live(stem) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-
-    /// Imports the archive written to `work.archive()`: a `docker save` tarball or an OCI
-    /// archive, possibly gzipped, with any number of images. Every image's config digest and
-    /// tags are checked before any disk is built; an image already in the store only gains
-    /// tags. `events` hears progress and each image as it lands.
-    ///
-    /// With `applier` each image's layers go to the layer store (those already there are
-    /// shared, not built again); without one, each image gets a flattened disk.
-    pub fn load(
-        &self,
-        work: &LoadWork,
-        events: &mut dyn FnMut(LoadEvent),
-        applier: Option<&dyn LayerApplier>,
-    ) -> Result<Vec<Image>, StoreError> {
-        let unpacked = work.dir.join("archive");
-        archive::unpack(&work.archive(), &unpacked)?;
-        let _ = std::fs::remove_file(work.archive());
-        self.load_unpacked(work, &unpacked, events, applier)
-    }
-
-    /// Imports the OCI image layout (or `docker save` directory) written to `work.layout()`,
-    /// with every check and step of [`ImageStore::load`] after the unpacking: a pull hands
-    /// its images in here.
-    pub fn load_layout(
-        &self,
-        work: &LoadWork,
-        events: &mut dyn FnMut(LoadEvent),
-        applier: Option<&dyn LayerApplier>,
-    ) -> Result<Vec<Image>, StoreError> {
-        self.load_unpacked(work, &work.layout(), events, applier)
-    }
-
-    fn load_unpacked(
-        &self,
-        work: &LoadWork,
-        unpacked: &Path,
-        events: &mut dyn FnMut(LoadEvent),
-        applier: Option<&dyn LayerApplier>,
-    ) -> Result<Vec<Image>, StoreError> {
-        let candidates = archive::read(unpacked)?;
-        let mut loaded = Vec::new();
-        for (i, c) in candidates.iter().enumerate() {
-            let short = c.file.id.get(7..19).unwrap_or_default().to_string();
-            let dir = self.image_dir(&c.file.id);
-            let built = if read_file(&dir.join(IMAGE_FILE)).is_ok() {
-                events(LoadEvent::Status {
-                    id: short.clone(),
-                    status: "Image disk already built",
-                });
-                None
-            } else {
-                events(LoadEvent::Status {
-                    id: short.clone(),
-                    status: "Building the image disk",
-                });
-                let out = work.dir.join(format!("image-{i}"));
-                let build = work.dir.join(format!("build-{i}"));
-                match applier {
-                    Some(a) if !c.file.layers.is_empty() => {
-                        self.build_layered(c, work, &build, &out, a, events)?
-                    }
-                    // One layer is the chain's base, built on this machine: no VM needed.
-                    None if c.file.layers.len() == 1 => {
-                        self.build_layered(c, work, &build, &out, &BaseOnly, events)?
-                    }
-                    _ => self.build_image(c, unpacked, &build, &out)?,
-                }
-                events(LoadEvent::Status {
-                    id: short.clone(),
-                    status: "Image disk built",
-                });
-                Some(out)
-            };
-            let _lock = self.lock()?;
-            self.install(built.as_deref(), &dir)?;
-            for tag in &c.tags {
-                if let Some(old_id) = self.tag_locked(&c.file.id, tag)? {
-                    events(LoadEvent::Retagged {
-                        tag: tag.familiar(),
-                        old_id,
-                    });
-                }
-            }
-            let image: Image = self.live_file(&c.file.id)?.into();
-            events(LoadEvent::Loaded {
-                id: image.id.clone(),
-                tags: c.tags.iter().map(Reference::familiar).collect(),
-            });
-            loaded.push(image);
-        }
-        Ok(loaded)
-    }
-
-    /// Builds the image's layers that the layer store lacks, then its directory (config blob
-    /// and record, no disk of its own) at `out`.
-    fn build_layered(
-        &self,
-        c: &archive::Candidate,
-        load: &LoadWork,
-        work: &Path,
-        out: &Path,
-        applier: &dyn LayerApplier,
-        events: &mut dyn FnMut(LoadEvent),
-    ) -> Result<(), StoreError> {
-        let blobs = archive::layer_files(c)?;
-        let chain = chain_ids(&c.file.layers);
-        {
-            // Pinned under the lock: a collection either ran before (and a layer it removed
-            // is built again below) or sees the pins.
-            let _lock = self.lock()?;
-            let mut pins = std::fs::read_to_string(load.pins()).unwrap_or_default();
-            for id in &chain {
-                pins.push_str(id);
-                pins.push('\n');
-            }
-            let path = load.pins();
-            std::fs::write(&path, pins).map_err(io_err("writing", &path))?;
-        }
-        let store = self.layers();
-        let short = c.file.id.get(7..19).unwrap_or_default().to_string();
-        let mut size = 0;
-        for (i, (id, (diff, blob))) in chain
-            .iter()
-            .zip(c.file.layers.iter().zip(&blobs))
-            .enumerate()
-        {
-            if store.get(id).is_none() {
-                events(LoadEvent::Status {
-                    id: short.clone(),
-                    status: if i == 0 {
-                        "Building the base layer"
-                    } else {
-                        "Applying a layer in a containerVM"
-                    },
-                });
-                let parent = i.checked_sub(1).map(|p| chain[p].as_str());
-                let dir = work.join(format!("layer-{i}"));
-                let built = store.build(i + 1, id, diff, parent, blob, &dir, applier);
-                let _ = std::fs::remove_dir_all(&dir);
-                built?;
-            }
-            size += store.get(id).map_or(0, |r| r.tar_size);
-        }
-        std::fs::create_dir_all(out).map_err(io_err("creating", out))?;
-        let config = out.join(CONFIG_FILE);
-        std::fs::copy(&c.config_path, &config).map_err(io_err("writing", &config))?;
-        let mut f = c.file.clone();
-        f.size = size;
-        f.layered = true;
-        let path = out.join(IMAGE_FILE);
-        let bytes = serde_json::to_vec_pretty(&f).map_err(|source| StoreError::Record {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes).map_err(io_err("writing", &path))
-    }
-
-    /// Builds the image's directory (disk, config blob, record) at `out`.
-    fn build_image(
-        &self,
-        c: &archive::Candidate,
-        unpacked: &Path,
-        work: &Path,
-        out: &Path,
-    ) -> Result<(), StoreError> {
-        std::fs::create_dir_all(out).map_err(io_err("creating", out))?;
-        let layout = work.join("layout");
-        archive::write_layout(c, &layout).map_err(io_err("writing", &layout))?;
-        let real = unpacked
-            .canonicalize()
-            .unwrap_or_else(|_| unpacked.to_path_buf());
-        let scrub = [real, unpacked.to_path_buf(), layout.clone()];
-        let size = build::disk(&layout, work, &out.join(DISK_FILE), &scrub)?;
-        let _ = std::fs::remove_dir_all(work);
-        let config = out.join(CONFIG_FILE);
-        std::fs::copy(&c.config_path, &config).map_err(io_err("writing", &config))?;
-        let mut f = c.file.clone();
-        f.size = size;
-        let path = out.join(IMAGE_FILE);
-        let bytes = serde_json::to_vec_pretty(&f).map_err(|source| StoreError::Record {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes).map_err(io_err("writing", &path))
-    }
-
-    /// Puts a built image in place (under the lock), or revives a removed one whose disk is
-    /// still here. Another load may have installed the same image meanwhile: then its copy
-    /// stays and ours is dropped with the work directory.
-    fn install(&self, built: Option<&Path>, dir: &Path) -> Result<(), StoreError> {
-        match (read_file(&dir.join(IMAGE_FILE)), built) {
-            (Ok(mut f), _) if f.removed => {
-                f.removed = false;
-                self.write(&f)
-            }
-            (Ok(_), _) => Ok(()),
-            (Err(_), Some(out)) => {
-                // A directory without a readable record is no image (an unreadable
-                // image.json): replace it.
-                if dir.exists() {
-                    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                    self.remove_dir(&id.unwrap_or_default())?;
-                }
-                std::fs::rename(out, dir).map_err(io_err("installing the image at", dir))
-            }
-            (Err(e), None) => Err(e),
-        }
-    }
 }
 
 /// Whether the work directory named `.<what>-<pid>-...` belongs to a live process.
@@ -616,6 +320,15 @@ fn work_is_live(name: &str) -> bool {
         p as u32 == std::process::id()
             || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
     })
+}
+
+/// Writes an image record (atomically) at `path`.
+fn write_record(path: &Path, f: &ImageFile) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(f).map_err(|source| StoreError::Record {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(write_atomic(path, &bytes).map_err(io_err("writing", path))?)
 }
 
 fn read_file(path: &Path) -> Result<ImageFile, StoreError> {

@@ -1,5 +1,6 @@
-//! Test support (feature `testing`): a simulated guest and the API fuzz target's body. Not part of
-//! the appliance a user runs.
+//! Test support (feature `testing`): a simulated guest, the API fuzz target's body and the
+//! tests' checks of the commands they run. Not part of the appliance a user runs.
 
 pub mod fuzzing;
+pub mod process;
 pub mod sim;

@@ -10,6 +10,8 @@ use std::time::Duration;
 /// booted, stops the server (by its pid file) and removes the home.
 pub struct Detached {
     pub home: PathBuf,
+    /// The docker CLI's configuration directory (`--config`), when not the user's own.
+    pub docker_config: Option<PathBuf>,
     tethers: Vec<Child>,
 }
 
@@ -21,6 +23,7 @@ impl Detached {
         std::fs::create_dir_all(&home).unwrap();
         Self {
             home,
+            docker_config: None,
             tethers: Vec::new(),
         }
     }
@@ -32,24 +35,37 @@ impl Detached {
         d
     }
 
+    /// The docker CLI gets a configuration directory of its own in the home (what
+    /// `docker login` writes stays there).
+    pub fn with_docker_config(mut self) -> Self {
+        let dir = self.home.join("docker-config");
+        std::fs::create_dir_all(&dir).unwrap();
+        self.docker_config = Some(dir);
+        self
+    }
+
+    /// `appliance serve --detach ARGS` in this home, not run yet.
+    pub fn serve_command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance"));
+        cmd.args(["serve", "--detach"])
+            .args(args)
+            .env("TETHER_HOME", &self.home);
+        cmd
+    }
+
     /// `appliance serve --detach ARGS`; it returns once the server is up, or has failed.
     pub fn serve<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(["serve", "--detach"])
-            .args(args)
-            .env("TETHER_HOME", &self.home)
-            .output()
-            .unwrap()
+        self.serve_command(args).output().unwrap()
     }
 
     /// `appliance serve --detach`, which must succeed.
     pub fn serve_ok(&self) {
-        let out = self.serve::<&str>(&[]);
-        assert!(
-            out.status.success(),
-            "serve --detach: {}",
-            text(&out.stderr)
-        );
+        self.serve_ok_by(self.serve_command::<&str>(&[]));
+    }
+
+    /// Runs `serve` (a [`Detached::serve_command`]), which must succeed.
+    pub fn serve_ok_by(&self, mut serve: Command) {
+        succeeded(&serve.output().unwrap(), "serve --detach", "");
         assert!(self.home.join("appliance.pid").exists());
     }
 
@@ -71,6 +87,9 @@ impl Detached {
 
     pub fn docker_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
+        if let Some(config) = &self.docker_config {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("-H")
             .arg(format!(
                 "unix://{}",
@@ -78,6 +97,52 @@ impl Detached {
             ))
             .args(args);
         cmd
+    }
+
+    /// Runs docker, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let log = format!("server log:\n{}", self.log());
+        succeeded(&self.docker(args), &format!("docker {args:?}"), &log)
+    }
+
+    /// Runs docker, which must fail with exit code 1; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        self.fails_stdin(args, None)
+    }
+
+    /// Runs docker with `stdin` written to it, which must fail with exit code 1; its stderr.
+    pub fn fails_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.docker_stdin(args, stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "docker {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    }
+
+    /// The detached server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("appliance.log")).unwrap_or_default()
+    }
+
+    /// `docker images EXTRA` as `id repo:tag` lines, sorted (the CLI prints an image's
+    /// repositories in map order).
+    pub fn images(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"];
+        args.extend_from_slice(extra);
+        let mut rows: Vec<String> = self.ok(&args).lines().map(String::from).collect();
+        rows.sort();
+        rows
+    }
+
+    /// `docker image inspect NAME`'s one object.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap();
+        v[0].clone()
     }
 
     /// Creates a container and boots its tether (host mode) on the channel socket; its id.
@@ -165,6 +230,4 @@ pub fn output_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+pub use appliance::testing::process::{succeeded, text};

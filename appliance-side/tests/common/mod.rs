@@ -43,6 +43,14 @@ impl Drop for TempHome {
     }
 }
 
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The tether binary from this workspace (built on demand when tests run one package).
 pub fn tether_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::common::detached::Detached;
+use crate::common::sha256_hex;
 
 const CONTAINERFILE: &str = r#"FROM scratch
 ADD busybox /bin/busybox
@@ -40,7 +40,7 @@ pub struct Fixtures {
     pub other: PathBuf,
 }
 
-pub use crate::common::detached::text;
+use crate::common::detached::succeeded;
 
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
@@ -97,13 +97,9 @@ fn build_fixtures() -> Fixtures {
             .stdin(Stdio::null())
             .output()
             .expect("podman (Debian's podman): run scripts/install-deps.sh system");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_string()
+        succeeded(&out, &format!("podman {args:?}"), "")
+            .trim()
+            .to_string()
     };
     let build = "build --isolation=chroot -q -t";
     let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
@@ -165,13 +161,6 @@ pub fn member(archive: &Path, name: &str) -> Vec<u8> {
     panic!("{name} is not in {}", archive.display());
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The config blob of a docker-save archive's first image, and its id (`sha256:` + digest).
 pub fn docker_config(archive: &Path) -> (Value, String) {
     let manifest: Value = serde_json::from_slice(&member(archive, "manifest.json")).unwrap();
@@ -203,49 +192,8 @@ impl Server {
         Self(Detached::started(&format!("images-{tag}")))
     }
 
-    /// Runs docker, which must succeed; its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    /// Runs docker, which must fail with exit code 1; its stderr.
-    pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "docker {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stderr)
-    }
-
     pub fn load(&self, archive: &Path) -> String {
         self.ok(&["load", "-i", archive.to_str().unwrap()])
-    }
-
-    /// `docker images` as `id repo:tag` lines, sorted (the CLI prints an image's repositories
-    /// in map order).
-    pub fn images(&self, extra: &[&str]) -> Vec<String> {
-        let mut args = vec!["images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"];
-        args.extend_from_slice(extra);
-        let mut rows: Vec<String> = self.ok(&args).lines().map(String::from).collect();
-        rows.sort();
-        rows
-    }
-
-    pub fn inspect(&self, name: &str) -> Value {
-        let out = self.ok(&["image", "inspect", name]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v[0].clone()
     }
 
     /// What is in `$TETHER_HOME/images`, dot-files included, and each layer's directory in

@@ -6,24 +6,15 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::common::detached::succeeded;
+use crate::common::detached::Detached;
+pub use crate::common::sha256_hex;
 
 /// A fresh directory for one test, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -147,13 +138,7 @@ impl Registry {
             .stdin(Stdio::null())
             .output()
             .expect("skopeo (Debian's skopeo): run make deps");
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            self.log()
-        );
+        succeeded(&out, "skopeo copy", &self.log());
     }
 }
 
@@ -309,101 +294,22 @@ pub fn three_layer_image() -> Image {
 }
 
 /// A detached `appliance serve` with its own TETHER_HOME and docker config directory.
-pub struct Appliance {
-    pub home: PathBuf,
-    pub docker_config: PathBuf,
-}
+pub struct Appliance(Detached);
 
 impl Appliance {
     pub fn start(tag: &str, serve_args: &[&str]) -> Self {
-        let home = std::env::temp_dir().join(format!("pull-home-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home).unwrap();
-        let docker_config = home.join("docker-config");
-        std::fs::create_dir_all(&docker_config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
-            .args(["serve", "--detach"])
-            .args(serve_args)
-            .env("TETHER_HOME", &home)
-            // This tier boots no VMs, whatever boot files the machine has: images of several
-            // layers get flattened disks here. Layers applied in VMs: tests/tests/layers.rs.
-            .env("TETHER_KERNEL", home.join("no-vms-in-this-tier"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "serve --detach: {}",
-            text(&out.stderr)
-        );
-        Self {
-            home,
-            docker_config,
-        }
+        let d = Detached::new(&format!("pull-home-{tag}")).with_docker_config();
+        let mut serve = d.serve_command(serve_args);
+        // This tier boots no VMs, whatever boot files the machine has: images of several
+        // layers get flattened disks here. Layers applied in VMs: tests/tests/layers.rs.
+        serve.env("TETHER_KERNEL", d.home.join("no-vms-in-this-tier"));
+        d.serve_ok_by(serve);
+        Self(d)
     }
 
-    pub fn docker_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new("docker")
-            .arg("--config")
-            .arg(&self.docker_config)
-            .arg("-H")
-            .arg(format!(
-                "unix://{}",
-                self.home.join("docker.sock").display()
-            ))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the docker CLI is installed");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    pub fn docker(&self, args: &[&str]) -> Output {
-        self.docker_stdin(args, b"")
-    }
-
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}{}\nserver log:\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            self.log()
-        );
-        text(&out.stdout)
-    }
-
-    /// Runs docker, which must exit 1; its stderr.
-    pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "docker {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stderr)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("appliance.log")).unwrap_or_default()
-    }
-
-    /// `docker images` as `id repo:tag` lines, sorted.
+    /// `docker images` with full ids.
     pub fn images(&self) -> Vec<String> {
-        let out = self.ok(&[
-            "images",
-            "--no-trunc",
-            "--format",
-            "{{.ID}} {{.Repository}}:{{.Tag}}",
-        ]);
-        let mut rows: Vec<String> = out.lines().map(String::from).collect();
-        rows.sort();
-        rows
+        self.0.images(&["--no-trunc"])
     }
 
     /// What is in `$TETHER_HOME/images` (dot-files too) and in its blob cache.
@@ -423,26 +329,12 @@ impl Appliance {
             list(self.home.join("images/blobs/sha256")),
         )
     }
-
-    pub fn inspect(&self, name: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap();
-        v[0].clone()
-    }
 }
 
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("appliance.pid")) {
-            let pid = pid.trim().to_string();
-            let _ = Command::new("kill").arg(&pid).status();
-            for _ in 0..100 {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
+impl std::ops::Deref for Appliance {
+    type Target = Detached;
+
+    fn deref(&self) -> &Detached {
+        &self.0
     }
 }

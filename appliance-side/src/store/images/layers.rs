@@ -26,6 +26,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::path_io::{io_err, PathIoError};
+
 use guestinfo::contract::DEFAULT_DISK_LABEL;
 
 const LAYER_FILE: &str = "layer.json";
@@ -46,13 +48,8 @@ pub trait LayerApplier: Sync {
 /// Why a layer could not be built.
 #[derive(Debug, Error)]
 pub enum LayerError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(
         "layer {index} ({file}) does not match its diff id {expected} (got sha256:{actual}): \
          the archive is corrupt or was changed"
@@ -68,11 +65,6 @@ pub enum LayerError {
     Zstd(usize),
     #[error("building layer {index} of the image: {detail}")]
     Build { index: usize, detail: String },
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError {
-    let path = path.to_path_buf();
-    move |source| LayerError::Io { what, path, source }
 }
 
 /// `layer.json`.
@@ -218,7 +210,7 @@ impl LayerStore {
         match std::fs::rename(&out, &dest) {
             Ok(()) => Ok(()),
             Err(_) if self.get(chain).is_some() => Ok(()),
-            Err(e) => Err(io_err("installing the layer at", &dest)(e)),
+            Err(e) => Err(io_err("installing the layer at", &dest)(e).into()),
         }
     }
 

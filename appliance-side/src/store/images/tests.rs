@@ -7,8 +7,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::archive::{self, ArchiveError};
+use super::load::LoadEvent;
 use super::reference::parse_normalized;
-use super::{ImageStore, LoadEvent, StoreError};
+use super::{ImageStore, StoreError};
 use crate::home::Home;
 
 fn temp(tag: &str) -> PathBuf {

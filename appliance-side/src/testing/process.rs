@@ -1,0 +1,22 @@
+//! The tests' view of a command they ran (docker, skopeo, podman, the appliance's CLI): its
+//! output as text, and the check that it succeeded, which shows all of it when it did not.
+
+use std::process::Output;
+
+/// Bytes a command wrote, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Panics unless the command `what` succeeded, with its stdout and stderr and then `context`
+/// (a server's log, say); its stdout.
+pub fn succeeded(out: &Output, what: &str, context: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}\n{context}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
