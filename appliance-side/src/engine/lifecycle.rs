@@ -91,16 +91,14 @@ impl Engine {
 
     /// Starts a container again by its restart policy, if it still wants one: it may have been
     /// removed or started by hand meanwhile, and on-failure stops after MaximumRetryCount.
+    /// `id` is the container's full id (the supervisor has its record).
     pub(super) async fn restart_by_policy(self: &Arc<Self>, id: &str, code: i32) {
+        let lock = self.op_lock(id);
+        let _op = lock.lock().await;
+        // Read under the lock: an rm, a rename or a manual start may have come first.
         let Ok(mut rec) = self.resolve(id) else {
             return;
         };
-        let lock = self.op_lock(&rec.id);
-        let _op = lock.lock().await;
-        let Ok(fresh) = self.resolve(&rec.id) else {
-            return;
-        };
-        rec = fresh;
         if self.is_running(&rec.id) {
             return;
         }
