@@ -9,10 +9,12 @@ pub mod contract;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod keys;
+pub mod mounts;
 pub mod spec;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
+pub use mounts::{CopyMode, MountSource, MountSpec};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

@@ -22,10 +22,12 @@
 //! | `.../stopSignal` | signal for stopping, name or number (default SIGTERM) |
 //! | `.../rlimits` | list of `NAME=SOFT:HARD` (docker's --ulimit form; `-1` is unlimited) |
 //! | `.../capdrop` | list of capability names to drop (`ALL` for every one) |
+//! | `mounts\|ID/...` | volumes and tmpfs mounts: see [`crate::mounts`] |
 
 use std::collections::BTreeMap;
 
 use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
+use crate::mounts::MountSpec;
 
 pub use crate::contract::DEFAULT_DISK_LABEL;
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;
@@ -125,6 +127,8 @@ pub struct ContainerSpec {
     pub sessions: BTreeMap<String, SessionSpec>,
     /// Sessions declared as execs (started on request).
     pub execs: BTreeMap<String, SessionSpec>,
+    /// Volumes and tmpfs mounts, by id ([`crate::mounts`]).
+    pub mounts: BTreeMap<String, MountSpec>,
 }
 
 /// The documented defaults, no sessions: fill in at least `id`, `secret` and the main session.
@@ -146,6 +150,7 @@ impl Default for ContainerSpec {
             extra_hosts: Vec::new(),
             sessions: BTreeMap::new(),
             execs: BTreeMap::new(),
+            mounts: BTreeMap::new(),
         }
     }
 }
@@ -213,6 +218,7 @@ pub fn decode(keys: &impl KeySource) -> Result<ContainerSpec, KeyError> {
         extra_hosts: keys.list(r.field("network").field("hosts").as_str())?,
         sessions,
         execs,
+        mounts: crate::mounts::decode(keys, &r.field("mounts"))?,
         id,
     };
     if spec.main_session().is_none() {
@@ -328,6 +334,7 @@ pub fn encode(spec: &ContainerSpec) -> BTreeMap<String, String> {
     w.list(&r.field("network").field("hosts"), &spec.extra_hosts);
     encode_sessions(&mut w, &r.field("sessions"), &spec.sessions);
     encode_sessions(&mut w, &r.field("execs"), &spec.execs);
+    crate::mounts::encode(&mut w, &r.field("mounts"), &spec.mounts);
     w.into_pairs()
 }
 
