@@ -267,6 +267,7 @@ pub fn spec_for(record: &Record, attach: bool) -> Result<ContainerSpec, RecordEr
         extra_hosts: o.extra_hosts.clone(),
         sessions: [(record.id.clone(), main)].into(),
         execs: Default::default(),
+        mounts: Default::default(),
     })
 }
 

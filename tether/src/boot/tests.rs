@@ -284,5 +284,6 @@ fn sample() -> ContainerSpec {
         extra_hosts: vec![],
         sessions: [("abc".to_string(), main)].into(),
         execs: Default::default(),
+        mounts: Default::default(),
     }
 }

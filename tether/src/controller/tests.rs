@@ -50,6 +50,7 @@ fn spec(main: SessionSpec, others: Vec<SessionSpec>) -> ContainerSpec {
         extra_hosts: vec![],
         sessions,
         execs: BTreeMap::new(),
+        mounts: BTreeMap::new(),
     }
 }
 

@@ -53,6 +53,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         extra_hosts: vec![],
         sessions: [(ID.to_string(), main)].into(),
         execs: BTreeMap::new(),
+        mounts: BTreeMap::new(),
     }
 }
 
