@@ -157,6 +157,7 @@ pub fn to_vmx(text: &str, default_id: &str) -> Result<String, Error> {
         dns_search: spec.dns_search,
         sessions,
         execs: BTreeMap::new(),
+        mounts: BTreeMap::new(),
         id,
         extra_hosts: Vec::new(),
         networks: Default::default(),

@@ -10,11 +10,13 @@ pub mod contract;
 pub mod fuzzing;
 pub mod keys;
 pub mod network;
+pub mod mounts;
 pub mod spec;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
 pub use network::{Cidr, NetworkEndpoint, PciSlot, TrustLevel};
+pub use mounts::{CopyMode, MountSource, MountSpec};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

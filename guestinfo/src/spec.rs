@@ -23,11 +23,13 @@
 //! | `.../stopSignal` | signal for stopping, name or number (default SIGTERM) |
 //! | `.../rlimits` | list of `NAME=SOFT:HARD` (docker's --ulimit form; `-1` is unlimited) |
 //! | `.../capdrop` | list of capability names to drop (`ALL` for every one) |
+//! | `mounts\|ID/...` | volumes and tmpfs mounts: see [`crate::mounts`] |
 
 use std::collections::BTreeMap;
 
 use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
 use crate::network::{self, NetworkEndpoint};
+use crate::mounts::MountSpec;
 
 pub use crate::contract::DEFAULT_DISK_LABEL;
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;
@@ -129,6 +131,8 @@ pub struct ContainerSpec {
     pub sessions: BTreeMap<String, SessionSpec>,
     /// Sessions declared as execs (started on request).
     pub execs: BTreeMap<String, SessionSpec>,
+    /// Volumes and tmpfs mounts, by id ([`crate::mounts`]).
+    pub mounts: BTreeMap<String, MountSpec>,
 }
 
 /// The documented defaults, no sessions: fill in at least `id`, `secret` and the main session.
@@ -151,6 +155,7 @@ impl Default for ContainerSpec {
             networks: BTreeMap::new(),
             sessions: BTreeMap::new(),
             execs: BTreeMap::new(),
+            mounts: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +224,7 @@ pub fn decode(keys: &impl KeySource) -> Result<ContainerSpec, KeyError> {
         networks: network::decode(keys, &r)?,
         sessions,
         execs,
+        mounts: crate::mounts::decode(keys, &r.field("mounts"))?,
         id,
     };
     if spec.main_session().is_none() {
@@ -335,6 +341,7 @@ pub fn encode(spec: &ContainerSpec) -> BTreeMap<String, String> {
     network::encode(&mut w, &r, &spec.networks);
     encode_sessions(&mut w, &r.field("sessions"), &spec.sessions);
     encode_sessions(&mut w, &r.field("execs"), &spec.execs);
+    crate::mounts::encode(&mut w, &r.field("mounts"), &spec.mounts);
     w.into_pairs()
 }
 

@@ -1,6 +1,9 @@
 //! The spec decoder on VIC-style key sets, well-formed and malformed.
 
-use guestinfo::{spec_from_vmx, spec_to_vmx, ConfigError, ContainerSpec, Rlimit, SessionSpec};
+use guestinfo::{
+    spec_from_vmx, spec_to_vmx, ConfigError, ContainerSpec, CopyMode, MountSource, MountSpec,
+    Rlimit, SessionSpec,
+};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 
@@ -225,6 +228,33 @@ fn extra_host() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Volumes and tmpfs mounts with every option kind; labels up to ext4's 16 bytes.
+fn mount() -> impl Strategy<Value = MountSpec> {
+    (
+        prop_oneof![
+            "[a-zA-Z0-9_.|-]{1,16}".prop_map(MountSource::Label),
+            Just(MountSource::Tmpfs),
+        ],
+        "(/[a-z|é ]{1,5}){1,3}",
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(source, destination, ro, copy)| {
+            let mode = match (&source, ro) {
+                (MountSource::Tmpfs, true) => "ro,size=64m,mode=1777,noexec".to_string(),
+                (MountSource::Tmpfs, false) => "uid=1000,gid=1000,exec".to_string(),
+                (_, true) => "ro".to_string(),
+                (_, false) => String::new(),
+            };
+            MountSpec {
+                source,
+                destination,
+                mode,
+                copy: if copy { CopyMode::New } else { CopyMode::Never },
+            }
+        })
+}
+
 proptest! {
     #[test]
     fn encode_then_decode_is_identity(
@@ -233,7 +263,17 @@ proptest! {
         hostname in proptest::option::of("[a-z]{1,10}"),
         secret in vec(any::<u8>(), 1..40),
         extra_hosts in vec(extra_host(), 0..4),
+        mounts in btree_map("[a-z|:/]{1,8}", mount(), 0..4),
     ) {
+        // Destinations are unique in a valid spec: make each one its id's.
+        let mounts = mounts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, mut m)): (usize, (String, MountSpec))| {
+                m.destination = format!("{}/{i}", m.destination);
+                (k, m)
+            })
+            .collect();
         let execs = execs
             .into_iter()
             .map(|(k, mut s)| {
@@ -258,6 +298,7 @@ proptest! {
             networks: Default::default(),
             sessions: [("main-id".to_string(), main)].into(),
             execs,
+            mounts,
         };
         let text = spec_to_vmx(&spec);
         prop_assert_eq!(spec_from_vmx(&text).unwrap(), spec);

@@ -13,6 +13,9 @@ use thiserror::Error;
 use crate::os::Os;
 use crate::vmware::GuestinfoError;
 
+pub mod copy;
+pub mod volumes;
+
 /// Where the image disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/mnt/containerfs";
 
@@ -83,12 +86,21 @@ pub enum BootError {
     MoveRoot { root: PathBuf, source: io::Error },
     #[error("chroot: {}", OsText(source))]
     Chroot { source: io::Error },
+    /// A volume or tmpfs mount (`mounts`).
+    #[error(transparent)]
+    Volume(Box<volumes::VolumeError>),
     /// An ExtraHosts entry (`network/hosts`) that is not `NAME:ADDR`.
     #[error("config network/hosts: entry {entry:?} is not NAME:ADDR: {problem}")]
     ExtraHost {
         entry: String,
         problem: &'static str,
     },
+}
+
+impl From<volumes::VolumeError> for BootError {
+    fn from(e: volumes::VolumeError) -> Self {
+        Self::Volume(Box::new(e))
+    }
 }
 
 /// An OS error as the console shows it: `ENOENT: No such file or directory`, with the errno's
@@ -330,6 +342,7 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
             })?;
     }
     mount_all(os, &root, &DEV_MOUNTS)?;
+    let read_only = volumes::mount_all(os, &root, spec)?;
     os.sethostname(&hostname)
         .map_err(|source| BootError::Hostname {
             hostname: hostname.clone(),
@@ -352,6 +365,7 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     if let Some(resolv) = resolv_conf(spec) {
         write("resolv.conf", resolv.as_bytes())?;
     }
+    volumes::seal(os, &read_only)?;
     loopback(os, root)
 }
 

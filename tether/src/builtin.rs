@@ -13,9 +13,9 @@ mod archive_get;
 mod archive_put;
 mod error;
 mod fmt;
-mod layer;
+pub(crate) mod layer;
 mod procs;
-mod scope;
+pub(crate) mod scope;
 mod stat;
 
 use std::fs::File;

@@ -3,7 +3,7 @@
 //! Errors are the bare errno: the caller (boot.rs) says what it was doing.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What `power` does.
@@ -44,6 +44,34 @@ pub trait Os {
     /// Does not return on success.
     fn power(&self, action: Power) -> io::Error;
     fn sleep(&self, d: Duration);
+
+    // Volumes (boot/volumes.rs).
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Makes the mount at `target` read-only for what goes through it; the filesystem stays
+    /// writable underneath (MS_REMOUNT | MS_BIND | MS_RDONLY).
+    fn remount_bind_readonly(&self, target: &Path) -> io::Result<()>;
+    /// `path` itself (a symlink is not followed).
+    fn stat(&self, path: &Path) -> io::Result<FileStat>;
+    /// Copies the directory `from` to the new `to`: see `boot::copy`.
+    fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_tree(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn rmdir(&self, path: &Path) -> io::Result<()>;
+    /// Where the container path `path` is under `root`, each symlink on the way followed
+    /// inside `root` (docker's FollowSymlinkInScope).
+    fn resolve_in(&self, root: &Path, path: &Path) -> io::Result<PathBuf>;
+    /// SIGKILLs every process but PID 1 and reaps them, waiting up to `wait` for them to end.
+    fn end_all_processes(&self, wait: Duration);
+}
+
+/// What `Os::stat` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub is_dir: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
 }
 
 /// The real system calls.
@@ -223,6 +251,73 @@ impl Os for Real {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        nix::mount::umount(target).map_err(io::Error::from)
+    }
+
+    fn remount_bind_readonly(&self, target: &Path) -> io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn stat(&self, path: &Path) -> io::Result<FileStat> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(FileStat {
+            is_dir: m.is_dir(),
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        })
+    }
+
+    fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {
+        crate::boot::copy::copy_tree(from, to)
+    }
+
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    fn resolve_in(&self, root: &Path, path: &Path) -> io::Result<PathBuf> {
+        let scope = crate::builtin::scope::Scope::new(root);
+        Ok(scope.host(&scope.resolve(path)?))
+    }
+
+    fn end_all_processes(&self, wait: Duration) {
+        use nix::sys::wait::{waitpid, WaitPidFlag};
+        // kill(-1) from PID 1 reaches every process but PID 1 itself.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+        let step = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Err(_) => return, // ECHILD: none left
+                Ok(nix::sys::wait::WaitStatus::StillAlive) if waited >= wait => return,
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
 }
 
 /// A fake that records each call and serves files from a map. `sleep` advances a fake clock.
@@ -241,6 +336,8 @@ pub mod recording {
         pub clock_ms: RefCell<u64>,
         /// Calls (by prefix) that fail, with EIO.
         pub failing: RefCell<Vec<String>>,
+        /// What `stat` answers, by path (others: not found).
+        pub stats: RefCell<BTreeMap<String, FileStat>>,
     }
 
     impl Recording {
@@ -248,6 +345,10 @@ pub mod recording {
             self.files
                 .borrow_mut()
                 .insert(path.to_string(), contents.to_vec());
+        }
+
+        pub fn stat_as(&self, path: &str, stat: FileStat) {
+            self.stats.borrow_mut().insert(path.to_string(), stat);
         }
 
         fn record(&self, call: String) -> io::Result<()> {
@@ -345,6 +446,37 @@ pub mod recording {
             for (_, path, data) in due {
                 self.file(&path, &data);
             }
+        }
+        fn unmount(&self, t: &Path) -> io::Result<()> {
+            self.record(format!("umount {}", t.display()))
+        }
+        fn remount_bind_readonly(&self, t: &Path) -> io::Result<()> {
+            self.record(format!("remount-bind-ro {}", t.display()))
+        }
+        fn stat(&self, p: &Path) -> io::Result<FileStat> {
+            self.stats
+                .borrow()
+                .get(&p.display().to_string())
+                .copied()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn copy_tree(&self, f: &Path, t: &Path) -> io::Result<()> {
+            self.record(format!("copy {} {}", f.display(), t.display()))
+        }
+        fn remove_tree(&self, p: &Path) -> io::Result<()> {
+            self.record(format!("rm -r {}", p.display()))
+        }
+        fn rename(&self, f: &Path, t: &Path) -> io::Result<()> {
+            self.record(format!("rename {} {}", f.display(), t.display()))
+        }
+        fn rmdir(&self, p: &Path) -> io::Result<()> {
+            self.record(format!("rmdir {}", p.display()))
+        }
+        fn resolve_in(&self, root: &Path, p: &Path) -> io::Result<PathBuf> {
+            Ok(root.join(p.strip_prefix("/").unwrap_or(p)))
+        }
+        fn end_all_processes(&self, _wait: Duration) {
+            let _ = self.record("kill all".into());
         }
     }
 }

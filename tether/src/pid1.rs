@@ -172,6 +172,7 @@ fn run(os: &dyn Os) -> Power {
     });
     if let Err(e) = root {
         drop(device);
+        boot::volumes::release(os, Path::new(boot::NEW_ROOT), &spec.mounts);
         return report(identity, channel, format!("boot: {e}"));
     }
     crate::timing::mark("root_ready");
@@ -186,6 +187,7 @@ fn run(os: &dyn Os) -> Power {
         drain_timeout: DRAIN_TIMEOUT,
     };
     let container_id = cfg.spec.id.clone();
+    let mounts = cfg.spec.mounts.clone();
     let local = tokio::task::LocalSet::new();
     let outcome = local.block_on(&rt, agent::run(cfg));
     let signal = outcome
@@ -204,6 +206,7 @@ fn run(os: &dyn Os) -> Power {
         "main session exited {}; shutting down",
         outcome.exit_code
     ));
+    boot::volumes::release(os, Path::new("/"), &mounts);
     if outcome.restart {
         Power::Restart
     } else {

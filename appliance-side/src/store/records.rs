@@ -268,6 +268,7 @@ pub fn spec_for(record: &Record, attach: bool) -> Result<ContainerSpec, RecordEr
         networks: Default::default(),
         sessions: [(record.id.clone(), main)].into(),
         execs: Default::default(),
+        mounts: Default::default(),
     })
 }
 

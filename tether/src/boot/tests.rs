@@ -285,5 +285,6 @@ fn sample() -> ContainerSpec {
         networks: Default::default(),
         sessions: [("abc".to_string(), main)].into(),
         execs: Default::default(),
+        mounts: Default::default(),
     }
 }

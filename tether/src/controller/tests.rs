@@ -51,6 +51,7 @@ fn spec(main: SessionSpec, others: Vec<SessionSpec>) -> ContainerSpec {
         networks: Default::default(),
         sessions,
         execs: BTreeMap::new(),
+        mounts: BTreeMap::new(),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         networks: Default::default(),
         sessions: [(ID.to_string(), main)].into(),
         execs: BTreeMap::new(),
+        mounts: BTreeMap::new(),
     }
 }
 
