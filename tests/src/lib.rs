@@ -380,6 +380,7 @@ impl Appliance {
                 Boot::Iso => BootMedium::Iso(a.iso.clone()),
             },
             disk: overlay,
+            volumes: Vec::new(),
             config,
             console: dir.join("console.log"),
             channel: match transport {
