@@ -141,7 +141,9 @@ impl Engine {
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
         let mut spec = records::spec_for(rec, attach)?;
-        let (mounts, volume_disks) = self.boot_mounts(rec)?;
+        let (mounts, volume_disks) = self
+            .boot_mounts(rec)
+            .map_err(|e| self.start_refused(rec, e))?;
         spec.mounts = mounts;
         let transport = if rec.options.transport == "serial" {
             spec.channel_device = Some(COM_DEVICE.into());
@@ -162,7 +164,8 @@ impl Engine {
             .map_err(|e| EngineError::Internal(format!("container state: {e}")))?;
         // One writer per volume disk: checked and launched under one lock.
         let writers = self.volume_starts.lock().await;
-        self.check_single_writer(rec)?;
+        self.check_single_writer(rec)
+            .map_err(|e| self.start_refused(rec, e))?;
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),

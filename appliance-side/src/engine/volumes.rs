@@ -364,6 +364,17 @@ impl Engine {
         Ok((mounts, disks))
     }
 
+    /// A start refused before its VM was launched: a `--rm` container goes, with its anonymous
+    /// volumes, as dockerd removes an AutoRemove container whose start failed.
+    pub(crate) fn start_refused(&self, rec: &Record, e: EngineError) -> EngineError {
+        if rec.options.auto_remove {
+            if let Err(rm) = self.remove_now(rec, true) {
+                tracing::warn!(container = %rec.id, "--rm after a refused start: {rm}");
+            }
+        }
+        e
+    }
+
     /// One writer per volume disk: refused (409) while another container that mounts one of
     /// `rec`'s volumes is running or its VM is still up. The caller holds `volume_starts` from
     /// here until the VM it launches is watched.
