@@ -91,6 +91,15 @@ impl MountSpec {
             .is_some_and(|o| o == "ro")
     }
 
+    /// Whether tether will take this mount: the checks its decoder makes.
+    pub fn check(&self) -> Result<(), String> {
+        check_destination(&self.destination)?;
+        if let MountSource::Label(l) = &self.source {
+            parse_source(&format!("label://{l}"))?;
+        }
+        check_mode(self)
+    }
+
     fn source_text(&self) -> String {
         match &self.source {
             MountSource::Label(l) => format!("label://{l}"),

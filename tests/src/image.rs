@@ -113,6 +113,18 @@ pub fn layer_tar(dir: &Path, out: &Path) {
 /// A `docker save` archive at `work/<name>.tar` of one image tagged `tag` whose layers are the
 /// tars given, lowest first.
 pub fn save_archive(work: &Path, name: &str, tag: &str, layers: &[&Path]) -> PathBuf {
+    let config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]});
+    save_archive_with_config(work, name, tag, layers, config)
+}
+
+/// [`save_archive`] with `config` as the image's config (Entrypoint, User, Volumes, ...).
+pub fn save_archive_with_config(
+    work: &Path,
+    name: &str,
+    tag: &str,
+    layers: &[&Path],
+    image_config: serde_json::Value,
+) -> PathBuf {
     let dir = work.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -129,7 +141,7 @@ pub fn save_archive(work: &Path, name: &str, tag: &str, layers: &[&Path]) -> Pat
         "architecture": "amd64",
         "os": "linux",
         "created": "2024-05-01T00:00:00Z",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let bytes = serde_json::to_vec(&config).unwrap();

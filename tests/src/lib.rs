@@ -7,7 +7,9 @@ mod image;
 pub mod registry;
 pub mod tmux;
 
-pub use image::{busybox_image_archive, busybox_rootfs, layer_tar, save_archive};
+pub use image::{
+    busybox_image_archive, busybox_rootfs, layer_tar, save_archive, save_archive_with_config,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -380,6 +382,7 @@ impl Appliance {
                 Boot::Iso => BootMedium::Iso(a.iso.clone()),
             },
             disk: overlay,
+            volumes: Vec::new(),
             config,
             console: dir.join("console.log"),
             channel: match transport {

@@ -31,7 +31,7 @@ impl Api {
             "State": docker_status(st),
             "Status": status_text(st, self.engine.health(&rec.id, st).as_ref()),
             "Labels": rec.options.labels,
-            "Mounts": [],
+            "Mounts": self.mount_points(rec),
         });
         if let (Value::Object(fields), Value::Object(extra)) = (&mut summary, extra) {
             fields.extend(extra);
@@ -126,7 +126,7 @@ impl Api {
                 "State": state,
                 "Config": config_json(&rec),
                 "HostConfig": host_config_json(&rec),
-                "Mounts": [],
+                "Mounts": self.mount_points(&rec),
                 "NetworkSettings": {"Networks": {}, "Ports": {}},
                 "ExecIDs": self.running_execs(&rec.id),
                 // Extension: what the serial channel lost and repaired (see docs/protocol.md).

@@ -90,7 +90,11 @@ impl Api {
     }
 
     pub(crate) async fn remove(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {
-        done(self.engine.remove(reference, flag(q, "force")).await)
+        done(
+            self.engine
+                .remove(reference, flag(q, "force"), flag(q, "v"))
+                .await,
+        )
     }
 
     pub(crate) fn rename(&self, reference: &str, q: &HashMap<String, String>) -> ApiResponse {

@@ -22,6 +22,7 @@ mod status;
 pub mod stdcopy;
 mod system;
 pub mod tls;
+mod volumes;
 
 use std::sync::Arc;
 

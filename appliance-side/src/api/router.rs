@@ -80,6 +80,14 @@ impl Api {
             (&Method::DELETE, ["images", name @ ..]) if !name.is_empty() => {
                 self.image_remove(&name.join("/"), &query(&req))
             }
+            (&Method::GET, ["volumes"]) => self.volume_list(&query(&req)),
+            (&Method::POST, ["volumes", "create"]) => match read_json(req).await {
+                Ok(v) => self.volume_create(&v),
+                Err(r) => r.into_response(),
+            },
+            (&Method::POST, ["volumes", "prune"]) => self.volume_prune(&query(&req)),
+            (&Method::GET, ["volumes", name]) => self.volume_inspect(name),
+            (&Method::DELETE, ["volumes", name]) => self.volume_remove(name, &query(&req)),
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!("page not found: {method} {path} is not part of this engine's API subset"),

@@ -35,6 +35,8 @@ pub struct LaunchRequest {
     /// vCPUs (docker's NanoCpus / CpuCount); 0 is one.
     pub cpus: u32,
     pub transport: Transport,
+    /// Volume disks (qcow2 with an ext4 each), attached after the image disk.
+    pub volumes: Vec<PathBuf>,
 }
 
 /// A VM the backend started.

@@ -63,6 +63,7 @@ impl Backend for QemuBackend {
             cpus: req.cpus,
             boot: BootMedium::Direct { kernel, initramfs },
             disk: overlay,
+            volumes: req.volumes.clone(),
             config: req.config.clone(),
             console: req.container_dir.join("console.log"),
             channel,

@@ -31,6 +31,8 @@ pub struct VmSpec {
     pub boot: BootMedium,
     /// The container's disk (a qcow2 overlay on the image).
     pub disk: PathBuf,
+    /// Volume disks (qcow2), each one more virtio-blk disk.
+    pub volumes: Vec<PathBuf>,
     /// The guestinfo config, passed through fw_cfg.
     pub config: PathBuf,
     /// Where ttyS0 (the guest console) is written.
@@ -78,6 +80,10 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
     }
     push("-drive");
     push(&format!("file={},format=qcow2,if=virtio", s.disk.display()));
+    for volume in &s.volumes {
+        push("-drive");
+        push(&format!("file={},format=qcow2,if=virtio", volume.display()));
+    }
     // Entropy from the host: without it the guest's random generator takes about a second of a
     // TCG boot to seed, and tether's handshake nonces wait for it.
     push("-device");

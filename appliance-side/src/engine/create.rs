@@ -86,12 +86,6 @@ pub fn new_container(
     if args.is_empty() {
         return Err(bad("No command specified".into()));
     }
-    if let Some(binds) = h["Binds"].as_array().filter(|b| !b.is_empty()) {
-        return Err(bad(format!(
-            "bind mounts of host paths are not supported ({}): a containerVM shares no filesystem with the host; use a named volume instead",
-            binds.iter().map(text).collect::<Vec<_>>().join(", ")
-        )));
-    }
     let mut labels = image.config.labels.clone();
     if let Some(l) = c["Labels"].as_object() {
         for (k, v) in l {
@@ -168,6 +162,7 @@ pub fn new_container(
                 )))
             }
         },
+        mounts: crate::engine::mounts::parse(body, &image.config)?,
     };
     if memory > 0 && options.memory_mb < MIN_MEMORY_MB {
         return Err(bad(format!(
@@ -207,9 +202,14 @@ impl Engine {
             ));
         }
         let image = self.image_defaults(&reference)?;
-        let new = new_container(body, name, &image)?;
+        let mut new = new_container(body, name, &image)?;
+        // Volumes first (made if missing), held until the record that uses them exists.
+        let _refs = self.volume_refs.lock().expect("volume refs lock");
+        let made = self.provide_volumes(&mut new.options.mounts)?;
         let _names = self.names.lock().expect("names lock");
-        let (rec, _) = records::create(self.home(), &new)?;
+        let (rec, _) = records::create(self.home(), &new).inspect_err(|_| {
+            self.discard_volumes(&made);
+        })?;
         self.emit("create", &rec, &[]);
         Ok(rec)
     }

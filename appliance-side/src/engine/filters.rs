@@ -19,6 +19,16 @@ pub struct Filters(BTreeMap<String, Vec<String>>);
 impl Filters {
     /// Parses the `filters` query value (empty: no filters).
     pub fn parse(text: &str) -> Result<Self, EngineError> {
+        Self::parse_keys(text, KEYS)
+    }
+
+    /// The values given for `key` (none: the filter is not given).
+    pub fn values(&self, key: &str) -> &[String] {
+        self.0.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// [`Filters::parse`] for a resource whose filters are `keys`.
+    pub fn parse_keys(text: &str, keys: &[&str]) -> Result<Self, EngineError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -29,7 +39,7 @@ impl Filters {
         })?;
         let mut out = BTreeMap::new();
         for (key, values) in obj {
-            if !KEYS.contains(&key.as_str()) {
+            if !keys.contains(&key.as_str()) {
                 return Err(EngineError::BadRequest(format!("invalid filter '{key}'")));
             }
             let values: Vec<String> = match values {

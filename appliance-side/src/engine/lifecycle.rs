@@ -141,6 +141,10 @@ impl Engine {
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
         let mut spec = records::spec_for(rec, attach)?;
+        let (mounts, volume_disks) = self
+            .boot_mounts(rec)
+            .map_err(|e| self.start_refused(rec, e))?;
+        spec.mounts = mounts;
         let transport = if rec.options.transport == "serial" {
             spec.channel_device = Some(COM_DEVICE.into());
             let tcp = std::fs::read_to_string(self.home().channel_tcp_file()).map_err(|e| {
@@ -158,6 +162,10 @@ impl Engine {
         fresh
             .save(&dir)
             .map_err(|e| EngineError::Internal(format!("container state: {e}")))?;
+        // One writer per volume disk: checked and launched under one lock.
+        let writers = self.volume_starts.lock().await;
+        self.check_single_writer(rec)
+            .map_err(|e| self.start_refused(rec, e))?;
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),
@@ -170,6 +178,7 @@ impl Engine {
                 },
                 cpus: rec.options.cpus,
                 transport,
+                volumes: volume_disks,
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(start_time) = crate::engine::vms::process_start_time(launched.pid) {
@@ -188,6 +197,7 @@ impl Engine {
         if let Some(child) = launched.child {
             self.vms.watch(&rec.id, child, self.vm_exits.clone());
         }
+        drop(writers);
         tracing::info!(container = %rec.id, pid = launched.pid, attach, "VM launched");
         let outcome = self.await_start(rec, &before.boot, attach).await;
         match &outcome {
@@ -400,8 +410,14 @@ impl Engine {
         Ok(())
     }
 
-    /// docker rm: refuses a running container unless `force` (which kills it first).
-    pub async fn remove(&self, reference: &str, force: bool) -> Result<(), EngineError> {
+    /// docker rm: refuses a running container unless `force` (which kills it first); with
+    /// `volumes` (`-v`), its anonymous volumes go too.
+    pub async fn remove(
+        &self,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
         let rec = self.resolve(reference)?;
         let lock = self.op_lock(&rec.id);
         let _op = lock.lock().await;
@@ -429,13 +445,17 @@ impl Engine {
                 tokio::time::sleep(POLL).await;
             }
         }
-        self.remove_now(&rec)
+        self.remove_now(&rec, volumes)
     }
 
-    /// Deletes a stopped container's record, state, logs and disk.
-    pub(crate) fn remove_now(&self, rec: &Record) -> Result<(), EngineError> {
+    /// Deletes a stopped container's record, state, logs and disk (and, with `volumes`, its
+    /// anonymous volumes).
+    pub(crate) fn remove_now(&self, rec: &Record, volumes: bool) -> Result<(), EngineError> {
         self.server.forget(&rec.id);
         records::remove(self.home(), &rec.id)?;
+        if volumes {
+            self.remove_anonymous_volumes(rec);
+        }
         self.ops.lock().expect("ops lock").remove(&rec.id);
         self.emit("destroy", rec, &[]);
         Ok(())

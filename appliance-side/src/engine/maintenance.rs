@@ -104,6 +104,8 @@ impl Engine {
                 memory_mb: crate::engine::DEFAULT_MEMORY_MB,
                 cpus: 0,
                 transport: Transport::Virtio(home.channel_socket()),
+                // A maintenance boot mounts the container's disk only.
+                volumes: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {

@@ -11,9 +11,11 @@ pub mod images;
 pub mod layers;
 mod lifecycle;
 pub mod maintenance;
+pub mod mounts;
 pub mod pull;
 mod supervise;
 pub mod vms;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,12 @@ pub struct Engine {
     vm_exits: tokio::sync::mpsc::UnboundedSender<vms::VmExit>,
     /// See [`health::DEFAULT_UNRESPONSIVE_AFTER`].
     unresponsive_after_ms: std::sync::atomic::AtomicU64,
+    /// Volumes (`volumes.rs`); `volume_refs` serialises what changes which container uses which
+    /// volume (container create and rm, volume rm and prune), `volume_starts` a start's
+    /// one-writer check with its launch.
+    volumes: crate::store::volumes::VolumeStore,
+    volume_refs: Mutex<()>,
+    volume_starts: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -122,6 +130,9 @@ impl Engine {
             unresponsive_after_ms: std::sync::atomic::AtomicU64::new(
                 health::DEFAULT_UNRESPONSIVE_AFTER.as_millis() as u64,
             ),
+            volumes: crate::store::volumes::VolumeStore::new(server.home.clone()),
+            volume_refs: Mutex::new(()),
+            volume_starts: tokio::sync::Mutex::new(()),
             server,
         });
         supervise::spawn(&engine, exits_rx);

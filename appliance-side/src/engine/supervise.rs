@@ -118,7 +118,7 @@ impl Engine {
             .and_then(|m| m.exit_code)
             .unwrap_or(KILLED_EXIT_CODE);
         if rec.options.auto_remove {
-            if let Err(e) = self.remove_now(&rec) {
+            if let Err(e) = self.remove_now(&rec, true) {
                 tracing::warn!(container = %rec.id, "--rm: {e}");
             }
             return;

@@ -8,3 +8,4 @@ pub mod logline;
 pub mod logs;
 pub mod records;
 pub mod state;
+pub mod volumes;

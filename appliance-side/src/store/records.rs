@@ -81,6 +81,8 @@ pub struct ContainerOptions {
     /// How the VM's channel reaches the server: "" (virtio-serial) or "serial" (the COM port on
     /// the server's TCP channel port, as vSphere's network serial port).
     pub transport: String,
+    /// Volumes and tmpfs mounts, in the order given.
+    pub mounts: Vec<crate::store::volumes::MountOption>,
 }
 
 impl Record {

@@ -105,6 +105,7 @@ impl Baseline {
                 initramfs: self.initramfs.clone(),
             },
             disk: overlay,
+            volumes: Vec::new(),
             config,
             console: self.dir.join("baseline-console.log"),
             channel,
