@@ -56,6 +56,7 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
     let opts = appliance::daemon::ServeOptions {
         detach: a.detach,
         tcp: a.tcp.unwrap_or(defaults.tcp),
+        vspc: a.vspc,
         api_tcp: appliance::api::tls::TcpApiFlags {
             addr: a.api_tcp,
             cert: a.tls_cert,

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// The channel port for containerVMs that reach the server over TCP [default: 127.0.0.1:0]
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
+    /// Also run the virtual serial port concentrator (vSPC) here: where vSphere's network
+    /// serial ports connect (telnet with VMware's extension; vMotion-aware). VIC used port 2377
+    #[arg(long, value_name = "ADDR")]
+    pub vspc: Option<String>,
     /// Also serve the docker API on TCP (docker's 2376), with mutual TLS: needs --tls-cert,
     /// --tls-key and --tls-ca, and clients need a certificate signed by that CA
     #[arg(long, value_name = "ADDR")]

@@ -14,7 +14,12 @@ use crate::backend::qemu::QemuBackend;
 use crate::engine::Engine;
 use crate::home::Home;
 use crate::logging::{self, LogFormat};
+use crate::server::vspc::Vspc;
 use crate::server::Server;
+
+/// Where `serve` writes the vSPC's bound address (`--vspc`), as `channel.tcp` holds the
+/// channel port's.
+pub const VSPC_FILE: &str = "vspc.tcp";
 
 /// What `appliance serve` was asked for.
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub struct ServeOptions {
     pub detach: bool,
     /// The channel port (vSphere network serial, QEMU `-serial tcp:`).
     pub tcp: String,
+    /// `--vspc`: the serial port concentrator's address, for vSphere's network serial ports.
+    pub vspc: Option<String>,
     /// `--log-level`: a level or a RUST_LOG-style filter; `None` uses RUST_LOG, else info.
     pub log_level: Option<String>,
     pub log_format: LogFormat,
@@ -40,6 +47,7 @@ impl Default for ServeOptions {
         Self {
             detach: false,
             tcp: "127.0.0.1:0".into(),
+            vspc: None,
             log_level: None,
             log_format: LogFormat::Text,
             api_tcp: TcpApiFlags::default(),
@@ -117,6 +125,18 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             Err(e) => return fail(format!("channel port {tcp}: {e}")),
         };
         let _ = std::fs::write(home.channel_tcp_file(), format!("{addr}\n"));
+        let vspc_file = home.root().join(VSPC_FILE);
+        let _ = std::fs::remove_file(&vspc_file);
+        let vspc = match &opts.vspc {
+            Some(at) => match Vspc::listen(&server, at).await {
+                Ok((_, local)) => {
+                    let _ = std::fs::write(&vspc_file, format!("{local}\n"));
+                    Some(local)
+                }
+                Err(e) => return fail(format!("vSPC port {at}: {e}")),
+            },
+            None => None,
+        };
         // Bound and written before docker.sock answers, which is what --detach waits for.
         let api_tcp_file = home.root().join("api.tcp");
         let _ = std::fs::remove_file(&api_tcp_file);
@@ -155,6 +175,9 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         }
         println!("  channels (unix):   {}", home.channel_socket().display());
         println!("  channels (tcp):    {addr}");
+        if let Some(v) = vspc {
+            println!("  vSPC (telnet):     {v}");
+        }
         println!("  data:              {}", home.root().display());
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -201,6 +224,7 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
                 .iter()
                 .flat_map(|l| ["--log-level", l.as_str()]),
         )
+        .args(opts.vspc.iter().flat_map(|v| ["--vspc", v.as_str()]))
         .args(opts.api_tcp.serve_args())
         .args(opts.registry.serve_args())
         .env("TETHER_HOME", home.root())
