@@ -10,6 +10,7 @@ pub mod contract;
 pub mod fuzzing;
 pub mod keys;
 pub mod spec;
+pub mod status;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
