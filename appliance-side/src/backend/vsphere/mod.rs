@@ -276,6 +276,11 @@ impl VsphereBackend {
     pub fn vim(&self) -> &Vim {
         &self.vim
     }
+
+    /// The configured VM folder.
+    pub fn folder(&self) -> &MoRef {
+        &self.folder
+    }
 }
 
 /// Runs an API future from the engine's synchronous backend calls (on a worker thread of the

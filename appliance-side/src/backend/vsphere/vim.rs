@@ -211,6 +211,18 @@ impl Vim {
             .map(|_| ())
     }
 
+    /// The VMs directly in `folder`.
+    pub async fn vms_in(&self, folder: &MoRef) -> Result<Vec<MoRef>, SoapError> {
+        let body = self.properties(folder, &["childEntity"]).await?;
+        let doc = parse(&body)?;
+        Ok(doc
+            .descendants()
+            .filter(|n| n.tag_name().name() == "ManagedObjectReference")
+            .filter_map(moref)
+            .filter(|m| m.kind == "VirtualMachine")
+            .collect())
+    }
+
     pub async fn power_state(&self, vm: &MoRef) -> Result<String, SoapError> {
         let body = self.properties(vm, &["runtime.powerState"]).await?;
         let doc = parse(&body)?;
