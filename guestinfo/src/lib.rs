@@ -9,14 +9,15 @@ pub mod contract;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod keys;
-pub mod network;
 pub mod mounts;
+pub mod network;
 pub mod spec;
+pub mod status;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
-pub use network::{Cidr, NetworkEndpoint, PciSlot, TrustLevel};
 pub use mounts::{CopyMode, MountSource, MountSpec};
+pub use network::{Cidr, NetworkEndpoint, PciSlot, TrustLevel};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

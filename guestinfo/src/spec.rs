@@ -28,8 +28,8 @@
 use std::collections::BTreeMap;
 
 use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
-use crate::network::{self, NetworkEndpoint};
 use crate::mounts::MountSpec;
+use crate::network::{self, NetworkEndpoint};
 
 pub use crate::contract::DEFAULT_DISK_LABEL;
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;

@@ -335,6 +335,7 @@ fn dispatch(ctx: &Ctx, inbound: Inbound) {
                 }
             }
         }
+        Inbound::Time(unix_nanos) => crate::clock::on_server_time(unix_nanos),
         Inbound::Control(records) => {
             for r in records {
                 // The stdin queue must exist before the stdin bytes that follow an Exec (or a

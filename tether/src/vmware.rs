@@ -37,6 +37,12 @@ pub trait Backdoor {
     fn call(&mut self, regs: &mut Regs);
 }
 
+impl<B: Backdoor> Backdoor for &mut B {
+    fn call(&mut self, regs: &mut Regs) {
+        (**self).call(regs)
+    }
+}
+
 /// The hardware backdoor.
 pub struct Port;
 
@@ -125,21 +131,43 @@ pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
     }))
 }
 
-/// Writes the container's state to guestinfo in one update (never torn across keys), if this
-/// is a VMware VM.
-pub fn write_status(container_id: &str, status: &str) {
-    let key = guestinfo::KeyPath::read_write()
-        .field("sessions")
-        .entry(container_id)
-        .field("status");
-    info_set_all(&[(key.to_string(), status.to_string())].into());
+/// The container the status write-back is for: set by PID 1 (never in host mode, where the
+/// backdoor is not this container's).
+static STATUS_FOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// From now on, [`report_status`] writes `container_id`'s status.
+pub fn status_for(container_id: &str) {
+    let _ = STATUS_FOR.set(container_id.to_string());
+}
+
+/// The backdoor, if this is PID 1 on a VMware VM; `None` under QEMU and in host mode.
+fn guest_backdoor() -> Option<Port> {
+    STATUS_FOR.get()?;
+    let mut port = Port::open().ok()?;
+    present(&mut port).then_some(port)
+}
+
+/// Writes the container's status back to guestinfo if this is PID 1 on a VMware VM; otherwise
+/// (QEMU, host mode) does nothing. Best effort: the channel carries the same news.
+pub fn report_status(status: &guestinfo::status::GuestStatus) {
+    let (Some(id), Some(port)) = (STATUS_FOR.get(), guest_backdoor()) else {
+        return;
+    };
+    if let Err(e) = write_status(port, id, status) {
+        crate::log::debug(&format!("guestinfo status write-back: {e}"));
+    }
 }
 
 /// Writes what each endpoint was assigned to guestinfo's read-write keys (VIC's `assigned`
-/// fields), if this is a VMware VM: one `info-set` per key, so a reader may see one endpoint's
-/// keys from before and after a renewal; each key on its own is whole.
+/// fields), if this is PID 1 on a VMware VM: one `info-set` per key, so a reader may see one
+/// endpoint's keys from before and after a renewal; each key on its own is whole.
 pub fn write_network(endpoints: &[wire::EndpointStatus]) {
-    info_set_all(&network_pairs(endpoints));
+    let Some(port) = guest_backdoor() else { return };
+    if let Ok(mut rpc) = Rpci::open(port) {
+        for (key, value) in network_pairs(endpoints) {
+            let _ = rpc.info_set(&key, &value);
+        }
+    }
 }
 
 fn network_pairs(endpoints: &[wire::EndpointStatus]) -> std::collections::BTreeMap<String, String> {
@@ -156,16 +184,18 @@ fn network_pairs(endpoints: &[wire::EndpointStatus]) -> std::collections::BTreeM
     w.into_pairs()
 }
 
-fn info_set_all(pairs: &std::collections::BTreeMap<String, String>) {
-    let Ok(mut port) = Port::open() else { return };
-    if !present(&mut port) {
-        return;
-    }
-    if let Ok(mut rpc) = Rpci::open(port) {
-        for (key, value) in pairs {
-            let _ = rpc.info_set(key, value);
-        }
-    }
+/// One `info-set` of the container's whole status under its one key, so a reader never sees a
+/// torn state; whether the VM took it.
+pub fn write_status<B: Backdoor>(
+    bd: B,
+    container_id: &str,
+    status: &guestinfo::status::GuestStatus,
+) -> Result<bool, RpcError> {
+    let mut rpc = Rpci::open(bd)?;
+    rpc.info_set(
+        &guestinfo::status::status_key(container_id),
+        &status.encode(),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +456,28 @@ mod tests {
             ),
             "10.0.2.3|10.0.2.4"
         );
+    }
+
+    #[test]
+    fn the_status_write_back_is_one_info_set_of_the_whole_status() {
+        use guestinfo::status::{status_key, GuestStatus};
+        let mut vm = FakeVm::default();
+        assert!(write_status(&mut vm, "c1", &GuestStatus::running()).unwrap());
+        assert_eq!(vm.guestinfo.len(), 1);
+        assert_eq!(vm.guestinfo[&status_key("c1")], "state=running");
+        let calls = vm.calls;
+        let exited = GuestStatus::exited(137, Some("SIGKILL"));
+        assert!(write_status(&mut vm, "c1", &exited).unwrap());
+        // Replaced whole, in one RPC (open, one command, close): never a torn state.
+        assert_eq!(vm.guestinfo.len(), 1);
+        let value = &vm.guestinfo[&status_key("c1")];
+        assert_eq!(GuestStatus::decode(value), Ok(exited));
+        assert_eq!(value, "state=exited exitcode=137 signal=SIGKILL");
+        let command = format!("info-set {} {value}", status_key("c1"));
+        // open, send size, the payload 4 bytes a step, receive size, the 2-byte reply, its
+        // status, close.
+        let rpc_steps = 2 + command.len().div_ceil(4) + 4;
+        assert_eq!(vm.calls - calls, rpc_steps, "one message, one round trip");
     }
 
     #[test]

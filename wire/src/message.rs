@@ -146,6 +146,12 @@ pub enum Message {
     Goodbye {
         reason: String,
     },
+    /// Server -> guest: the server's wall clock now, nanoseconds since the Unix epoch. A
+    /// sample of a clock, so a link message: a lost one is replaced by the next, never resent
+    /// late (a [`Control::SetTime`] in the reliable stream could arrive stale after a break).
+    Time {
+        unix_nanos: u64,
+    },
 }
 
 /// What a session runs. Paths and args are byte-exact UTF-8 strings; nothing is split or joined.
@@ -458,6 +464,7 @@ mod tests {
             }),
             10
         );
+        assert_eq!(tag(&Message::Time { unix_nanos: 0 }), 11);
         assert_eq!(encode(&Control::CloseStdin { session: 1 })[0], 5);
         assert_eq!(encode(&Control::Release { session: 1 })[0], 11);
         let state = Control::State {
