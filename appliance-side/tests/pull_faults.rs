@@ -2,133 +2,21 @@
 //! cut short, a manifest list with no linux/amd64 image, a config for another platform, an
 //! unknown media type, a registry that is down and one that never answers. Each ends with the
 //! CLI exiting 1 on an error that names the image and the cause, and nothing half-written in
-//! the store. The lies need a registry that tells them: a small HTTP server here serves the
-//! crafted manifests and blobs (the happy paths use the real docker-registry, tests/pull.rs).
+//! the store. The lies need a registry that tells them: a small HTTP server
+//! (`registry_support/fake.rs`) serves the crafted manifests and blobs (the happy paths use
+//! the real docker-registry, tests/pull.rs).
 
 mod common;
 mod registry_support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use registry_support::fake::{self, Answer, Fake, MANIFEST};
 use registry_support::{sha256_hex, three_layer_image, Appliance, Image};
 use serde_json::json;
 
-/// What the fake serves at one path.
-#[derive(Clone)]
-enum Answer {
-    /// 200 with this content type and body.
-    Body(&'static str, Vec<u8>),
-    /// 200 announcing the whole body's length, then the connection cut halfway.
-    Cut(Vec<u8>),
-}
-
-/// A registry that serves fixed answers, stopped on drop.
-struct Fake {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Fake {
-    fn start(routes: HashMap<String, Answer>, answer: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(c) = conn else { continue };
-                if answer {
-                    serve(c, &routes);
-                } else {
-                    // Accepted and never answered.
-                    held.push(c);
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(mut c: TcpStream, routes: &HashMap<String, Answer>) {
-    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    let mut req = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&req).into_owned();
-    let path = head.split(' ').nth(1).unwrap_or("").to_string();
-    let answer = if path == "/v2/" {
-        Some(Answer::Body("application/json", b"{}".to_vec()))
-    } else {
-        routes.get(&path).cloned()
-    };
-    let (ctype, body, cut) = match answer {
-        Some(Answer::Body(t, b)) => (t, b, false),
-        Some(Answer::Cut(b)) => ("application/octet-stream", b, true),
-        None => {
-            let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
-            let _ = write!(
-                c,
-                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = c.write_all(body);
-            return;
-        }
-    };
-    let _ = write!(
-        c,
-        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let end = if cut { body.len() / 2 } else { body.len() };
-    let _ = c.write_all(&body[..end]);
-    let _ = c.flush();
-}
-
-const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// The routes that serve `image` as `bad:v1`, honestly.
 fn honest(image: &Image) -> HashMap<String, Answer> {
-    let mut r = HashMap::new();
-    r.insert(
-        "/v2/bad/manifests/v1".into(),
-        Answer::Body(MANIFEST, image.manifest.clone()),
-    );
-    let blob = |b: &Vec<u8>| (format!("/v2/bad/blobs/sha256:{}", sha256_hex(b)), b.clone());
-    for b in image.layers.iter().chain([&image.config]) {
-        let (p, b) = blob(b);
-        r.insert(p, Answer::Body("application/octet-stream", b));
-    }
-    r
+    fake::honest(image, "bad")
 }
 
 fn layer_path(image: &Image, i: usize) -> String {

@@ -16,7 +16,7 @@
 //! | `sessions`, `execs` | maps of sessions: the main session's key is the container id |
 //! | `<map>\|ID/common/id`, `.../common/name` | session id and name |
 //! | `.../cmd/Path`, `.../cmd/Args`, `.../cmd/Env`, `.../cmd/Dir` | program (required unless `builtin` is set), argv (argv\[0\] included), environment, working dir |
-//! | `.../builtin` | empty: run `cmd`; `hold`: run no program; the session reports `Started` with pid 0 and stays up, without output and ignoring stdin, until any signal ends it: SIGTERM exits 0, another signal 128 + its number (for maintenance boots: `docker cp` on a stopped container) |
+//! | `.../builtin` | empty: run `cmd`; `hold`: run no program; the session reports `Started` with pid 0 and stays up, without output and ignoring stdin, until any signal ends it: SIGTERM exits 0, another signal 128 + its number (for maintenance boots: `docker cp` on a stopped container); `hold-build`: the same, on a disk being built (an image layer), which tether mounts without its journal and without atime updates |
 //! | `.../rows`, `.../cols` | the terminal's initial size with `tty` (u16; 0 or absent: 24x80), set on the pty before the program starts |
 //! | `.../user`, `.../group` | user and group, names or numbers, from the image's passwd/group |
 //! | `.../tty`, `.../attach`, `.../openstdin`, `.../restart` | booleans |
@@ -101,11 +101,20 @@ pub struct SessionSpec {
 
 /// The `builtin` value of a session that runs no program and stays up until it gets a signal.
 pub const BUILTIN_HOLD: &str = "hold";
+/// [`BUILTIN_HOLD`] on a disk being built (an image layer applied): a scratch disk that the
+/// appliance throws away unless the VM powers off cleanly, so tether mounts it without its
+/// journal and without atime updates (blocks the layer's qcow2 would otherwise keep).
+pub const BUILTIN_HOLD_BUILD: &str = "hold-build";
 
 impl SessionSpec {
     /// The session runs no program: it holds until signalled.
     pub fn is_hold(&self) -> bool {
-        self.builtin == BUILTIN_HOLD
+        self.builtin == BUILTIN_HOLD || self.is_build_hold()
+    }
+
+    /// A hold whose disk is being built ([`BUILTIN_HOLD_BUILD`]).
+    pub fn is_build_hold(&self) -> bool {
+        self.builtin == BUILTIN_HOLD_BUILD
     }
 }
 
@@ -249,11 +258,12 @@ fn decode_sessions(
         let cmd = p.field("cmd");
         let builtin_key = p.field("builtin");
         let builtin = keys.string(builtin_key.as_str()).unwrap_or_default();
-        if !builtin.is_empty() && builtin != BUILTIN_HOLD {
+        if !builtin.is_empty() && builtin != BUILTIN_HOLD && builtin != BUILTIN_HOLD_BUILD {
             return Err(KeyError {
                 key: builtin_key.to_string(),
                 problem: format!(
-                    "unknown built-in {builtin:?}: the only one is {BUILTIN_HOLD:?} (empty runs cmd/Path)"
+                    "unknown built-in {builtin:?}: the only ones are {BUILTIN_HOLD:?} and \
+                     {BUILTIN_HOLD_BUILD:?} (empty runs cmd/Path)"
                 ),
             });
         }

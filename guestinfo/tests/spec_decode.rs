@@ -138,8 +138,13 @@ guestinfo.vice./sessions|0123456789abcdef0123/cols = \"132\"
         .join("\n");
     let spec = spec_from_vmx(&hold).unwrap();
     let main = spec.main_session().unwrap();
-    assert!(main.is_hold());
+    assert!(main.is_hold() && !main.is_build_hold());
     assert_eq!((main.path.as_str(), main.args.len()), ("", 0));
+    assert_eq!(spec_from_vmx(&spec_to_vmx(&spec)).unwrap(), spec);
+    // A hold on a disk being built (an image layer applied) is a hold too.
+    let spec = spec_from_vmx(&hold.replace("= \"hold\"", "= \"hold-build\"")).unwrap();
+    let main = spec.main_session().unwrap();
+    assert!(main.is_hold() && main.is_build_hold());
     assert_eq!(spec_from_vmx(&spec_to_vmx(&spec)).unwrap(), spec);
 
     let e = err_of(&hold.replace("= \"hold\"", "= \"sleep\""));

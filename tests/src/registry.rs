@@ -25,8 +25,8 @@ impl Registry {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  \
+             filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
@@ -46,6 +46,16 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         r
+    }
+
+    /// How many GETs of blob `digest` the registry answered (any repository), from its
+    /// access log.
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("registry.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}")))
+            .count()
     }
 
     /// `skopeo copy SOURCE docker://ADDR/DEST`.

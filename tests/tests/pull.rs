@@ -54,11 +54,14 @@ fn layer(work: &Path, name: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
     (out.stdout, sha(&tar.stdout))
 }
 
-/// The podman busybox image with two more layers on top, as an OCI layout tagged `three`;
-/// returns the image id (its config's digest).
-fn three_layer_layout(dir: &Path) -> String {
+/// Layers above busybox: each a name and its files.
+type Tops<'a> = &'a [(&'a str, &'a [(&'a str, &'a str)])];
+
+/// The podman busybox image with `tops` layered on it, as an OCI layout at `dir/name` tagged
+/// `name`; returns the image id (its config's digest) and its layers' blob digests.
+fn layout_on_busybox(dir: &Path, name: &str, tops: Tops) -> (String, Vec<String>) {
     let (archive, _) = busybox_image_archive();
-    let layout = dir.join("layout");
+    let layout = dir.join(name);
     skopeo(
         &[
             &format!("docker-archive:{}", archive.display()),
@@ -74,17 +77,8 @@ fn three_layer_layout(dir: &Path) -> String {
         serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
     let mut config: Value =
         serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    for (name, files) in [
-        ("two", vec![("etc/greeting", "hello from layer two\n")]),
-        (
-            "three",
-            vec![
-                ("etc/greeting", "hello from layer three\n"),
-                ("etc/layer3", "3\n"),
-            ],
-        ),
-    ] {
-        let (gz, diff_id) = layer(dir, name, &files);
+    for (top, files) in tops {
+        let (gz, diff_id) = layer(&dir.join(format!("src-{name}")), top, files);
         std::fs::write(blobs.join(&sha(&gz)[7..]), &gz).unwrap();
         config["rootfs"]["diff_ids"]
             .as_array_mut()
@@ -95,6 +89,12 @@ fn three_layer_layout(dir: &Path) -> String {
             "digest": sha(&gz), "size": gz.len(),
         }));
     }
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
     let config = serde_json::to_vec(&config).unwrap();
     std::fs::write(blobs.join(&sha(&config)[7..]), &config).unwrap();
     manifest["config"]["digest"] = json!(sha(&config));
@@ -104,21 +104,37 @@ fn three_layer_layout(dir: &Path) -> String {
     let index = json!({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": sha(&manifest), "size": manifest.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "three"},
+        "annotations": {"org.opencontainers.image.ref.name": name},
     }]});
     std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    sha(&config)
+    (sha(&config), layers)
+}
+
+const LAYER_TWO: (&str, &[(&str, &str)]) = ("two", &[("etc/greeting", "hello from layer two\n")]);
+
+/// Busybox, then a file, then another that changes it, as the layout `three`.
+fn three_layer_layout(dir: &Path) -> String {
+    let three: &[(&str, &str)] = &[
+        ("etc/greeting", "hello from layer three\n"),
+        ("etc/layer3", "3\n"),
+    ];
+    layout_on_busybox(dir, "three", &[LAYER_TWO, ("three", three)]).0
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[test]
 fn docker_run_of_an_image_not_pulled_pulls_it_from_the_registry_and_boots_it() {
-    let dir = std::env::temp_dir().join(format!("e2e-pull-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("pull");
     let id = three_layer_layout(&dir);
     let reg = Registry::start("pull-run");
     reg.push(
-        &format!("oci:{}:three", dir.join("layout").display()),
+        &format!("oci:{}:three", dir.join("three").display()),
         "tether/three:e2e",
     );
     let image = format!("{}/tether/three:e2e", reg.addr);
@@ -153,5 +169,67 @@ fn docker_run_of_an_image_not_pulled_pulls_it_from_the_registry_and_boots_it() {
         "{{.ID}} {{.Repository}}:{{.Tag}}",
     ]);
     assert_eq!(text(&images.stdout), format!("{id} {image}\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_pull_on_the_same_lower_layers_downloads_only_its_own() {
+    let dir = temp_dir("pull-shared");
+    let greeting: &[(&str, &str)] = &[("etc/greeting", "hello from image a\n")];
+    let (_, a_layers) = layout_on_busybox(&dir, "a", &[LAYER_TWO, ("a", greeting)]);
+    let greeting: &[(&str, &str)] = &[("etc/greeting", "hello from image b\n")];
+    let (b_id, b_layers) = layout_on_busybox(&dir, "b", &[LAYER_TWO, ("b", greeting)]);
+    assert_eq!(
+        a_layers[..2],
+        b_layers[..2],
+        "busybox and layer two are shared"
+    );
+    assert_ne!(a_layers[2], b_layers[2]);
+    let reg = Registry::start("pull-shared");
+    for name in ["a", "b"] {
+        let src = format!("oci:{}:{name}", dir.join(name).display());
+        reg.push(&src, &format!("tether/{name}:v1"));
+    }
+    let (a, b) = (
+        format!("{}/tether/a:v1", reg.addr),
+        format!("{}/tether/b:v1", reg.addr),
+    );
+
+    let app = Appliance::start_process("pull-shared");
+    let pull = |name: &str| {
+        let out = app.docker(&["pull", name]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        stdout
+    };
+    pull(&a);
+    for d in &a_layers {
+        assert_eq!(reg.blob_gets(d), 1, "{d}");
+    }
+    // The lower layers are in the layer store, known by their blobs' recorded DiffIDs: not
+    // fetched again, and docker's "Already exists" says so.
+    let out = pull(&b);
+    for d in &b_layers[..2] {
+        assert!(
+            out.contains(&format!("{}: Already exists", &d[7..19])),
+            "{out}"
+        );
+        assert_eq!(reg.blob_gets(d), 1, "{d} fetched again:\n{out}");
+    }
+    assert!(
+        out.contains(&format!("{}: Pull complete", &b_layers[2][7..19])),
+        "{out}"
+    );
+    assert_eq!(reg.blob_gets(&b_layers[2]), 1);
+    assert_eq!(app.inspect(&b, "{{.Id}}").trim(), b_id);
+
+    // b's chain: the shared layers below, its own on top.
+    let out = app.docker(&["run", "--rm", &b, "cat", "/etc/greeting"]);
+    assert_eq!(
+        text(&out.stdout),
+        "hello from image b\n",
+        "{}",
+        text(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

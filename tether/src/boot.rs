@@ -298,17 +298,12 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     // noinit_itable: no background thread zeroing inode tables; on a TCG guest's one vCPU it
     // delayed the container's start by ~6 ms (`make bench`). The image is one container's, and
     // the kernel handles never-zeroed tables correctly without it.
-    mount(
-        os,
-        &disk.to_string_lossy(),
-        &root,
-        "ext4",
-        0,
-        "noinit_itable",
-    )
-    .map_err(|e| BootError::ImageDisk {
-        disk: disk.to_path_buf(),
-        source: Box::new(e),
+    let (flags, data) = image_disk_mount(spec);
+    mount(os, &disk.to_string_lossy(), &root, "ext4", flags, data).map_err(|e| {
+        BootError::ImageDisk {
+            disk: disk.to_path_buf(),
+            source: Box::new(e),
+        }
     })?;
     crate::timing::mark("disk_mounted");
     // A maintenance boot (main session `hold`: docker cp on a stopped container, an image
@@ -367,6 +362,19 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     }
     volumes::seal(os, &read_only)?;
     loopback(os, root)
+}
+
+/// The image disk's mount flags and ext4 options. A disk being built (an image layer applied
+/// in a `hold-build` boot) is mounted with `noload` (ext4 without its journal: on a clean
+/// filesystem the kernel allows it read-write) and `noatime`: every block the journal or an
+/// atime update dirties would stay in the layer's qcow2 for good, and the appliance discards a
+/// disk whose VM did not power off cleanly, so the journal's crash safety buys nothing there.
+fn image_disk_mount(spec: &ContainerSpec) -> (u64, &'static str) {
+    if spec.main_session().is_some_and(|s| s.is_build_hold()) {
+        (libc::MS_NOATIME, "noinit_itable,noload")
+    } else {
+        (0, "noinit_itable")
+    }
 }
 
 fn loopback(os: &dyn Os, root: PathBuf) -> Result<PathBuf, BootError> {

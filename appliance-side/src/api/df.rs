@@ -26,7 +26,7 @@ impl Api {
                     "Id": i.id,
                     "ParentId": "",
                     "RepoTags": if i.tags.is_empty() { json!(["<none>:<none>"]) } else { json!(i.tags) },
-                    "RepoDigests": [],
+                    "RepoDigests": i.digests,
                     "Created": unix(&i.created),
                     "Size": u.size,
                     "SharedSize": u.shared_size,

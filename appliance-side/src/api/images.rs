@@ -136,11 +136,10 @@ impl Api {
                 .image_list(&filter)?
                 .into_iter()
                 .map(|s| {
-                    let untagged = s.repo_tags.is_empty();
-                    let (tags, digests) = if untagged {
+                    let (tags, digests) = if s.repo_tags.is_empty() && s.repo_digests.is_empty() {
                         (json!(["<none>:<none>"]), json!(["<none>@<none>"]))
                     } else {
-                        (json!(s.repo_tags), json!([]))
+                        (json!(s.repo_tags), json!(s.repo_digests))
                     };
                     json!({
                         "Id": s.image.id,
@@ -168,7 +167,7 @@ impl Api {
                 &json!({
                     "Id": i.id,
                     "RepoTags": i.tags,
-                    "RepoDigests": [],
+                    "RepoDigests": i.digests,
                     "Parent": "",
                     "Comment": "",
                     "Created": i.created,

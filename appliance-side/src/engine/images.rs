@@ -101,11 +101,13 @@ pub struct ImageFilter {
     pub since: Vec<String>,
 }
 
-/// One row of the list: the image and the tags to show (those the reference filter kept).
+/// One row of the list: the image and the tags and digest references to show (those the
+/// reference filter kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSummary {
     pub image: Image,
     pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
 }
 
 /// One line of `docker rmi`'s answer.
@@ -175,20 +177,31 @@ impl Engine {
             if !labels_match {
                 continue;
             }
-            let mut repo_tags = Vec::new();
-            for tag in &image.tags {
-                if filter.reference.is_empty() || reference_matches(&filter.reference, tag)? {
-                    repo_tags.push(tag.clone());
+            let shown = |refs: &[String]| -> Result<Vec<String>, ImageError> {
+                let mut out = Vec::new();
+                for r in refs {
+                    if filter.reference.is_empty() || reference_matches(&filter.reference, r)? {
+                        out.push(r.clone());
+                    }
                 }
-            }
-            let untagged = image.tags.is_empty();
-            let keep = match filter.dangling {
-                Some(true) => untagged,
-                Some(false) => !untagged,
-                None => true,
-            } && (filter.reference.is_empty() || !repo_tags.is_empty());
+                Ok(out)
+            };
+            let repo_tags = shown(&image.tags)?;
+            let repo_digests = shown(&image.digests)?;
+            // dockerd's rules: an image with no reference left after the reference filter is
+            // listed only without that filter and without dangling=false; dangling=true keeps
+            // the images without tags (digest references do not count).
+            let keep = if repo_tags.is_empty() && repo_digests.is_empty() {
+                filter.reference.is_empty() && filter.dangling != Some(false)
+            } else {
+                !(filter.dangling == Some(true) && !repo_tags.is_empty())
+            };
             if keep {
-                out.push(ImageSummary { image, repo_tags });
+                out.push(ImageSummary {
+                    image,
+                    repo_tags,
+                    repo_digests,
+                });
             }
         }
         Ok(out)
@@ -218,17 +231,22 @@ impl Engine {
         Ok(r)
     }
 
-    /// At the server's start: the disks of removed images no container uses any more, and the
-    /// layers no image needs, go (what a crash between an rmi and its collection left).
+    /// At the server's start: the disks of removed images no container uses any more, the
+    /// layers no image needs, and the cached blobs no pull holds go (what a crash between an
+    /// rmi and its collection, or in a pull, left).
     pub fn sweep_images(&self) -> Result<(), ImageError> {
-        Ok(self
-            .images
-            .prune_removed(&|img| !self.containers_using(img).is_empty())?)
+        self.images
+            .prune_removed(&|img| !self.containers_using(img).is_empty())?;
+        self.registries.collect_blobs();
+        Ok(())
     }
 
-    /// `docker rmi` with the users this engine knows.
+    /// `docker rmi` with the users this engine knows; it also collects the cached blobs no
+    /// pull holds.
     pub fn image_remove(&self, reference: &str, force: bool) -> Result<Vec<Removed>, ImageError> {
-        remove(&self.images, self, reference, force)
+        let removed = remove(&self.images, self, reference, force);
+        self.registries.collect_blobs();
+        removed
     }
 
     /// `docker load` of the archive in `work` (see [`crate::store::images::ImageStore::load`]).
@@ -286,14 +304,48 @@ fn reference_matches(patterns: &[String], tag: &str) -> Result<bool, ImageError>
     Ok(false)
 }
 
-/// docker's image delete (daemon/images/image_delete.go), for images without parents or digest
-/// references:
-/// * by tag: refused without `force` if it is the image's only tag and a container uses the
-///   image; else the tag goes, and the image too once no tag is left (unless a running container
-///   uses it, when it stays untagged);
-/// * by id: refused without `force` if the image has several tags; with one or none, refused if
-///   a running container (always) or a stopped one (without `force`) uses it; else every tag
-///   goes and the image is deleted.
+/// The image's references, tags and digest references, in docker's order (lexical, by
+/// their familiar form).
+fn references(image: &Image) -> Vec<Reference> {
+    let mut refs: Vec<(String, Reference)> = image
+        .tags
+        .iter()
+        .chain(&image.digests)
+        .filter_map(|r| parse_normalized(r).ok().map(|p| (r.clone(), p)))
+        .collect();
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
+    refs.into_iter().map(|(_, r)| r).collect()
+}
+
+/// dockerd's `isSingleReference`: the references are of one repository and hold at most one
+/// tag (false for none).
+fn is_single_reference(refs: &[Reference]) -> bool {
+    if refs.len() <= 1 {
+        return refs.len() == 1;
+    }
+    let mut tags = refs.iter().filter(|r| r.digest.is_none());
+    let single = tags.next();
+    if tags.next().is_some() {
+        return false;
+    }
+    let digest_repos: std::collections::BTreeSet<String> = refs
+        .iter()
+        .filter(|r| r.digest.is_some())
+        .map(Reference::name)
+        .collect();
+    let name = single.unwrap_or(&refs[0]).name();
+    digest_repos.len() == 1 && digest_repos.contains(&name)
+}
+
+/// docker's image delete (daemon/images/image_delete.go), for images without parents:
+/// * by reference (a tag or a digest reference): refused without `force` if it is the image's
+///   only reference (one tag and its repository's digests count as one) and a container uses
+///   the image; else it goes, with the digest references of its repository when a tag went
+///   and no other tag of that repository is left, and the image too once no reference is
+///   left (unless a running container uses it, when it stays, unreferenced);
+/// * by id: refused without `force` if the image has references in several repositories or
+///   several tags; else, refused if a running container (always) or a stopped one (without
+///   `force`) uses it; else every reference goes and the image is deleted.
 ///
 /// An image deleted while stopped containers still use it keeps its disk (their disks are
 /// layered on it) until none does.
@@ -306,11 +358,12 @@ pub fn remove(
     let image = lookup(store, reference)?;
     let id = image.id.clone();
     let using = users.containers_using(&id);
+    let refs = references(&image);
     let mut records = Vec::new();
     let hex = id.strip_prefix("sha256:").unwrap_or(&id);
     let by_id = id.starts_with(reference) || hex.starts_with(reference);
     if !by_id {
-        if !force && image.tags.len() == 1 {
+        if !force && is_single_reference(&refs) {
             if let Some((cid, _)) = using.first() {
                 return Err(ImageError::Conflict(format!(
                     "conflict: unable to remove repository reference {reference:?} (must force) \
@@ -320,21 +373,35 @@ pub fn remove(
                 )));
             }
         }
-        let r = parse_normalized(reference)?.tag_name_only();
+        let r = parse_normalized(reference)?.tag_name_only().favor_digest();
         if !store.untag(&id, &r)? {
             return Err(not_found(reference));
         }
         records.push(Removed::Untagged(r.familiar()));
-        if image.tags.len() > 1 {
+        let mut left: Vec<Reference> = refs.into_iter().filter(|x| *x != r).collect();
+        let tag_of_repo_left = left
+            .iter()
+            .any(|x| x.digest.is_none() && x.name() == r.name());
+        if r.digest.is_none() && !tag_of_repo_left {
+            for d in left
+                .iter()
+                .filter(|x| x.digest.is_some() && x.name() == r.name())
+            {
+                store.untag(&id, d)?;
+                records.push(Removed::Untagged(d.familiar()));
+            }
+            left.retain(|x| x.digest.is_none() || x.name() != r.name());
+        }
+        if !left.is_empty() {
             return Ok(records);
         }
-        // The last tag went: delete the image, unless a running container holds it, which
-        // docker answers with the untag alone.
+        // The last reference went: delete the image, unless a running container holds it,
+        // which docker answers with the untag alone.
         if using.iter().any(|(_, running)| *running) {
             return Ok(records);
         }
     } else {
-        if !force && image.tags.len() > 1 {
+        if !force && refs.len() > 1 && !is_single_reference(&refs) {
             return Err(ImageError::Conflict(format!(
                 "conflict: unable to delete {} (must be forced) - image is referenced in multiple \
                  repositories",
@@ -359,7 +426,7 @@ pub fn remove(
                 )));
             }
         }
-        records.extend(image.tags.iter().cloned().map(Removed::Untagged));
+        records.extend(refs.iter().map(|r| Removed::Untagged(r.familiar())));
     }
     store.delete(&id, !using.is_empty())?;
     records.push(Removed::Deleted(id));
@@ -445,6 +512,43 @@ mod tests {
         );
         assert!(s.resolve(&id).is_none());
         assert!(dir.join("images").join(HEX).join("disk.qcow2").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn digest_references_resolve_and_count_with_their_repositorys_tag() {
+        let (s, id, dir) = store("digests", &["127.0.0.1:5000/app:v1"]);
+        let d = format!("sha256:{}", "d".repeat(64));
+        let by_digest = format!("127.0.0.1:5000/app@{d}");
+        s.add_digest(&id, &parse_normalized(&by_digest).unwrap())
+            .unwrap();
+        assert_eq!(s.resolve(&id).unwrap().digests, [by_digest.clone()]);
+        assert_eq!(s.resolve(&by_digest).unwrap().id, id);
+        assert_eq!(
+            s.resolve(&format!("127.0.0.1:5000/app:zz@{d}")).unwrap().id,
+            id
+        );
+        assert!(s.resolve(&format!("127.0.0.1:5000/other@{d}")).is_none());
+        // A digest that is the image's id names it, in any repository (as dockerd).
+        assert_eq!(s.resolve(&format!("x@{id}")).unwrap().id, id);
+        let refs = references(&s.resolve(&id).unwrap());
+        assert!(
+            is_single_reference(&refs),
+            "a tag and its repository's digest"
+        );
+        let other = parse_normalized(&format!("other@{d}")).unwrap();
+        assert!(!is_single_reference(&[refs[0].clone(), other]));
+        // One reference in docker's sense: a stopped user blocks the tag's removal.
+        let stopped = Users(vec![(CID.into(), id.clone(), false)]);
+        assert!(msg(remove(&s, &stopped, "127.0.0.1:5000/app:v1", false)).contains("must force"));
+        assert_eq!(
+            remove(&s, &Users(vec![]), "127.0.0.1:5000/app:v1", false).unwrap(),
+            [
+                Removed::Untagged("127.0.0.1:5000/app:v1".into()),
+                Removed::Untagged(by_digest),
+                Removed::Deleted(id),
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use guestinfo::spec::BUILTIN_HOLD_BUILD;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use wire::BuiltinOp;
@@ -72,7 +73,13 @@ impl Engine {
             restart_count: 0,
         };
         let rec = self
-            .boot_hold(rec, disk, disk.to_path_buf(), "applying an image layer")
+            .boot_hold(
+                rec,
+                disk,
+                disk.to_path_buf(),
+                BUILTIN_HOLD_BUILD,
+                "applying an image layer",
+            )
             .await?;
         let applied = self.stream_layer(&rec, tar).await;
         let clean = self.end_hold(&rec.id).await;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guestinfo::contract::MAIN_SESSION;
+use guestinfo::spec::BUILTIN_HOLD;
 use tokio::time::Instant;
 use wire::Control;
 
@@ -57,7 +58,9 @@ impl Engine {
         m.name = format!("{}-cp", rec.name);
         let image_disk = self.image_disk(rec)?;
         // The container's own writable layer, while the container is stopped (one writer).
-        let m = self.boot_hold(m, &disk, image_disk, "docker cp").await?;
+        let m = self
+            .boot_hold(m, &disk, image_disk, BUILTIN_HOLD, "docker cp")
+            .await?;
         Ok(Maintenance {
             record: m,
             engine: self.clone(),
@@ -66,14 +69,15 @@ impl Engine {
     }
 
     /// Boots `disk` as the writable disk of a VM under the identity `m` (a fresh secret given
-    /// here), whose main session is tether's `hold`; returns the record once tether holds it.
-    /// `image_disk` is what the backend would layer a missing disk on (unused: `disk` is
-    /// there). `why` names the VM in messages.
+    /// here), whose main session is tether's `builtin` (`hold`, or `hold-build` for a disk
+    /// being built); returns the record once tether holds it. `image_disk` is what the backend
+    /// would layer a missing disk on (unused: `disk` is there). `why` names the VM in messages.
     pub(crate) async fn boot_hold(
         self: &Arc<Self>,
         mut m: Record,
         disk: &Path,
         image_disk: PathBuf,
+        builtin: &str,
         why: &str,
     ) -> Result<Record, EngineError> {
         let backend = self.backend.as_ref().ok_or_else(|| {
@@ -93,7 +97,7 @@ impl Engine {
         records::save(home, &m)?;
         let mut spec = records::spec_for(&m, false)?;
         if let Some(main) = spec.sessions.get_mut(&m.id) {
-            main.builtin = "hold".into();
+            main.builtin = builtin.into();
         }
         records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let launched = backend

@@ -7,10 +7,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::images::ImageError;
 use crate::engine::Engine;
-use crate::registry::{Credentials, PullError, PullEvent};
-use crate::store::images::load::LoadEvent;
+use crate::registry::{Credentials, Local, PullError, PullEvent};
+use crate::store::images::load::{LoadEvent, LoadWork};
 use crate::store::images::reference::{parse_normalized, Reference};
-use crate::store::images::Image;
+use crate::store::images::{Image, ImageStore};
 
 /// The reference `POST /images/create?fromImage=&tag=` names: `tag` is a tag or, as the CLI
 /// sends a `name@sha256:…` reference, a digest; neither means `latest`.
@@ -28,6 +28,33 @@ pub fn pull_reference(from_image: &str, tag: &str) -> Result<Reference, ImageErr
     Ok(r.tag_name_only())
 }
 
+/// The image store as a pull sees it before downloading.
+struct LocalStore<'a> {
+    images: &'a ImageStore,
+    work: &'a LoadWork,
+    /// Images of several layers go to the layer store (a backend runs VMs); else only one-layer
+    /// images do, and the others get flattened disks built from every layer's blob.
+    layered: bool,
+}
+
+impl Local for LocalStore<'_> {
+    fn has_image(&self, id: &str) -> bool {
+        self.images.resolve(id).is_some()
+    }
+
+    fn known_layers(&self, blobs: &[String], diff_ids: &[String]) -> usize {
+        if !self.layered && diff_ids.len() != 1 {
+            return 0;
+        }
+        self.images
+            .pin_known_layers(self.work, blobs, diff_ids)
+            .unwrap_or_else(|e| {
+                tracing::warn!("looking up the layers a pull has: {e}");
+                0
+            })
+    }
+}
+
 impl Engine {
     /// Pulls `reference`, telling `events` how it goes, and returns the image, tagged with the
     /// reference's tag. An image the store has already is only (re)tagged.
@@ -38,11 +65,14 @@ impl Engine {
         events: UnboundedSender<PullEvent>,
     ) -> Result<Image, ImageError> {
         let work = self.images.begin_load()?;
-        let store = self.images.clone();
-        let present = move |config: &str| store.resolve(config).is_some();
+        let local = LocalStore {
+            images: &self.images,
+            work: &work,
+            layered: self.can_apply_layers(),
+        };
         let fetched = self
             .registries
-            .fetch(reference, creds, &work.layout(), &present, &events)
+            .fetch(reference, creds, &work.layout(), &local, &events)
             .await
             .map_err(ImageError::Pull)?;
         let shown = reference.familiar();
@@ -79,7 +109,7 @@ impl Engine {
             .await
             .map_err(|e| ImageError::Internal(format!("the image build panicked: {e}")))?
             .map_err(in_store)?;
-            for id in &fetched.layers {
+            for id in &fetched.downloaded {
                 let _ = events.send(PullEvent::Layer {
                     id: id.clone(),
                     status: "Pull complete",
@@ -91,6 +121,17 @@ impl Engine {
                 .ok_or_else(|| ImageError::Internal("the pulled layout held no image".into()))?;
             (image, true)
         };
+        // The digest reference docker records for every pull, by tag or by digest
+        // (`RepoDigests`): the repository at the manifest digest the reference resolved to.
+        let digested = Reference {
+            tag: None,
+            digest: Some(fetched.digest.clone()),
+            ..reference.clone()
+        };
+        self.images
+            .add_digest(&image.id, &digested)
+            .map_err(in_store)?;
+        let image = self.images.resolve(&image.id).unwrap_or(image);
         let _ = events.send(PullEvent::Status(format!("Digest: {}", fetched.digest)));
         let _ = events.send(PullEvent::Status(if newer {
             format!("Status: Downloaded newer image for {shown}")

@@ -7,6 +7,12 @@
 //! Pulls that want the same blob at once share one download: the first takes the digest's
 //! in-flight lock, the others wait on it and then find the blob in the cache. If the first
 //! failed, the next waiter tries again itself.
+//!
+//! The cache keeps a blob only while a pull holds it ([`BlobHolds`]), as dockerd keeps no
+//! compressed layers: once a pull's image is built (its layers in the layer store, a
+//! flattened disk, its config in the image's record) the blobs it fetched go, when the last
+//! pull holding one lets go of it. [`BlobCache::collect`] removes any other blob (what a
+//! server killed mid-pull left), never one a pull holds.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -15,11 +21,66 @@ use std::sync::{Arc, Mutex};
 
 use super::error::Cause;
 use crate::store::atomic::{hex, random};
+use crate::store::images::work_is_live;
 
 #[derive(Debug)]
 pub(super) struct BlobCache {
     dir: PathBuf,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How many pulls hold each blob (by hex digest).
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// One pull's hold on the blobs it fetches: they stay in the cache while it lives, and each
+/// goes when its last holder is dropped.
+#[derive(Debug)]
+pub struct BlobHolds {
+    cache: Arc<BlobCache>,
+    hexes: Mutex<Vec<String>>,
+}
+
+impl BlobHolds {
+    pub(super) fn new(cache: Arc<BlobCache>) -> Self {
+        Self {
+            cache,
+            hexes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Holds blob `hex` (before it is looked up or downloaded), once per pull.
+    pub(super) fn hold(&self, hex: &str) {
+        let mut mine = self.hexes.lock().expect("holds lock");
+        if mine.iter().any(|h| h == hex) {
+            return;
+        }
+        *self
+            .cache
+            .held
+            .lock()
+            .expect("held lock")
+            .entry(hex.to_string())
+            .or_default() += 1;
+        mine.push(hex.to_string());
+    }
+}
+
+impl Drop for BlobHolds {
+    fn drop(&mut self) {
+        let mine = std::mem::take(self.hexes.get_mut().expect("holds lock"));
+        let mut held = self.cache.held.lock().expect("held lock");
+        for hex in mine {
+            let Some(n) = held.get_mut(&hex) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&hex);
+                // Under the lock: a pull that wants it next holds it after this, and finds
+                // it gone (downloading it again) rather than half-removed.
+                let _ = std::fs::remove_file(self.cache.path(&hex));
+            }
+        }
+    }
 }
 
 /// Removes a temporary file unless it was renamed into place.
@@ -43,7 +104,26 @@ impl BlobCache {
         Self {
             dir,
             inflight: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Removes every blob no pull holds (and the temporary files of dead servers); returns
+    /// how many blobs went.
+    pub fn collect(&self) -> usize {
+        let held = self.held.lock().expect("held lock");
+        let mut removed = 0;
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") {
+                if !work_is_live(&name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            } else if !held.contains_key(&name) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     pub fn path(&self, hex: &str) -> PathBuf {
@@ -71,15 +151,7 @@ impl BlobCache {
         }
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".tmp-") else {
-                continue;
-            };
-            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| {
-                p as u32 == std::process::id()
-                    || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-            });
-            if !alive {
+            if name.starts_with(".tmp-") && !work_is_live(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::auth::{self, Credentials};
-use super::blobs::BlobCache;
+use super::blobs::{BlobCache, BlobHolds};
 use super::config::RegistryConfig;
 use super::connect::{self, Endpoint};
 use super::error::{retry, Cause};
@@ -72,10 +72,23 @@ pub struct Fetched {
     pub config_digest: String,
     /// The digest the reference resolved to (a manifest list's, when it named one).
     pub digest: String,
-    /// The layers' short ids, lowest first.
-    pub layers: Vec<String>,
+    /// The short ids of the layers downloaded (not those the store had), lowest first.
+    pub downloaded: Vec<String>,
     /// The store had the image already: nothing was fetched and no layout written.
     pub present: bool,
+    /// The blobs fetched stay in the cache while this (or a clone) lives: until the image is
+    /// built from the layout.
+    pub holds: Arc<BlobHolds>,
+}
+
+/// What the local store has, as a pull asks it before downloading.
+pub trait Local: Sync {
+    /// The store has the image with this id (`sha256:` and the config's digest).
+    fn has_image(&self, id: &str) -> bool;
+    /// How many of the image's lowest layers (the registry's blob digests `blobs`, the
+    /// config's DiffIDs `diff_ids`, lowest first) the store has built already, and keeps for
+    /// this pull's build: those are not downloaded, and the layout leaves them out.
+    fn known_layers(&self, blobs: &[String], diff_ids: &[String]) -> usize;
 }
 
 fn short(digest: &str) -> String {
@@ -144,6 +157,7 @@ struct Pull<'a> {
     oref: oci_client::Reference,
     auth: RegistryAuth,
     blobs: &'a BlobCache,
+    holds: &'a BlobHolds,
     events: UnboundedSender<PullEvent>,
 }
 
@@ -212,6 +226,7 @@ impl Pull<'_> {
             .to_string();
         let size = desc.size();
         let id = short(&digest);
+        self.holds.hold(&hex);
         let say = |status| {
             if progress {
                 let _ = self.events.send(PullEvent::Layer {
@@ -397,13 +412,14 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
 
 pub(super) async fn fetch(
     config: &RegistryConfig,
-    blobs: &BlobCache,
+    blobs: &Arc<BlobCache>,
     reference: &Reference,
     creds: &Credentials,
     layout_dir: &Path,
-    present: &(dyn Fn(&str) -> bool + Sync),
+    local: &dyn Local,
     events: &UnboundedSender<PullEvent>,
 ) -> Result<Fetched, Cause> {
+    let holds = Arc::new(BlobHolds::new(blobs.clone()));
     let endpoint = connect::endpoint(config, &reference.domain).await?;
     let registry = endpoint.registry.clone();
     let oref = match (&reference.digest, &reference.tag) {
@@ -422,6 +438,7 @@ pub(super) async fn fetch(
         oref: oref.clone(),
         auth: creds.registry_auth(),
         blobs,
+        holds: &holds,
         events: events.clone(),
     };
     let (mut body, digest, mut media) = pull.manifest(&oref).await?;
@@ -456,20 +473,21 @@ pub(super) async fn fetch(
         .iter()
         .map(|l| short(l.digest().as_ref()))
         .collect();
-    let fetched = |present| Fetched {
+    let fetched = |present, known: usize| Fetched {
         config_digest: config_digest.clone(),
         digest: digest.clone(),
-        layers: layer_ids.clone(),
+        downloaded: layer_ids[known.min(layer_ids.len())..].to_vec(),
         present,
+        holds: holds.clone(),
     };
-    if present(&config_digest) {
+    if local.has_image(&config_digest) {
         for id in &layer_ids {
             let _ = events.send(PullEvent::Layer {
                 id: id.clone(),
                 status: "Already exists",
             });
         }
-        return Ok(fetched(true));
+        return Ok(fetched(true, layer_ids.len()));
     }
     let config_path = pull.blob(manifest.config(), "the config", false).await?;
     let image: ImageConfiguration = parse(
@@ -485,14 +503,27 @@ pub(super) async fn fetch(
             available: platform_name(image.os(), image.architecture(), image.variant().as_deref()),
         });
     }
-    for id in &layer_ids {
+    // As dockerd: layers the store has (known by their blob's recorded DiffID) are not
+    // downloaded.
+    let blob_digests: Vec<String> = manifest
+        .layers()
+        .iter()
+        .map(|l| l.digest().to_string())
+        .collect();
+    let known = local.known_layers(&blob_digests, image.rootfs().diff_ids());
+    for (i, id) in layer_ids.iter().enumerate() {
         let _ = events.send(PullEvent::Layer {
             id: id.clone(),
-            status: "Pulling fs layer",
+            status: if i < known {
+                "Already exists"
+            } else {
+                "Pulling fs layer"
+            },
         });
     }
+    let wanted = &manifest.layers()[known.min(blob_digests.len())..];
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LAYERS));
-    let layers = futures_util::future::try_join_all(manifest.layers().iter().map(|l| {
+    let layers = futures_util::future::try_join_all(wanted.iter().map(|l| {
         let slots = slots.clone();
         let pull = &pull;
         async move {
@@ -502,13 +533,7 @@ pub(super) async fn fetch(
     }))
     .await?;
     let mut files = vec![(config_digest.clone(), config_path)];
-    files.extend(
-        manifest
-            .layers()
-            .iter()
-            .map(|l| l.digest().to_string())
-            .zip(layers),
-    );
+    files.extend(wanted.iter().map(|l| l.digest().to_string()).zip(layers));
     let name = reference.tag.as_ref().map(|_| reference.full());
     layout::write(
         layout_dir,
@@ -518,5 +543,5 @@ pub(super) async fn fetch(
         &files,
         name.as_deref(),
     )?;
-    Ok(fetched(false))
+    Ok(fetched(false, known))
 }

@@ -10,7 +10,9 @@
 //! the layout: it knows nothing of disks.
 //!
 //! Two pulls that need one blob at once download it once: the second waits on the first
-//! ([`blobs::BlobCache`]). Every request has a timeout, and a registry that is down, slow or
+//! ([`blobs::BlobCache`]). The cache keeps a blob only while a pull holds it (dockerd keeps no
+//! compressed layers either); layers the store has built already, known by the DiffID their
+//! blob was recorded to unpack to, are not downloaded at all ([`Local`]). Every request has a timeout, and a registry that is down, slow or
 //! cuts a download short is retried a bounded number of times with backoff.
 
 mod auth;
@@ -24,9 +26,10 @@ mod layout;
 use std::sync::{Arc, Mutex};
 
 pub use self::auth::Credentials;
+pub use self::blobs::BlobHolds;
 pub use self::config::{RegistryConfig, DEFAULT_TIMEOUT};
 pub use self::error::{Cause, PullError};
-pub use self::fetch::{Fetched, PullEvent};
+pub use self::fetch::{Fetched, Local, PullEvent};
 use crate::home::Home;
 use crate::store::images::reference::Reference;
 
@@ -35,14 +38,16 @@ use crate::store::images::reference::Reference;
 #[derive(Debug)]
 pub struct Registries {
     config: Mutex<RegistryConfig>,
-    blobs: blobs::BlobCache,
+    blobs: Arc<blobs::BlobCache>,
 }
 
 impl Registries {
     pub fn new(home: &Home) -> Arc<Self> {
         Arc::new(Self {
             config: Mutex::new(RegistryConfig::default()),
-            blobs: blobs::BlobCache::new(home.root().join("images").join("blobs").join("sha256")),
+            blobs: Arc::new(blobs::BlobCache::new(
+                home.root().join("images").join("blobs").join("sha256"),
+            )),
         })
     }
 
@@ -55,15 +60,15 @@ impl Registries {
     }
 
     /// Resolves `reference` (which has a tag or a digest) to its linux/amd64 image. Unless
-    /// `present` says the store has that image already, fetches and verifies its blobs and
-    /// writes an OCI image layout of it, tagged with `reference` when that has a tag, at
-    /// `layout`. Progress goes to `events`.
+    /// `local` has that image already, fetches and verifies its blobs (but the layers `local`
+    /// has built) and writes an OCI image layout of it, tagged with `reference` when that has
+    /// a tag, at `layout`. Progress goes to `events`.
     pub async fn fetch(
         &self,
         reference: &Reference,
         creds: &Credentials,
         layout: &std::path::Path,
-        present: &(dyn Fn(&str) -> bool + Sync),
+        local: &dyn Local,
         events: &tokio::sync::mpsc::UnboundedSender<PullEvent>,
     ) -> Result<Fetched, PullError> {
         let config = self.config();
@@ -73,7 +78,7 @@ impl Registries {
             reference,
             creds,
             layout,
-            present,
+            local,
             events,
         )
         .await
@@ -81,6 +86,12 @@ impl Registries {
             image: reference.familiar(),
             cause,
         })
+    }
+
+    /// Removes the cached blobs no pull holds (what a server killed mid-pull left); returns
+    /// how many went.
+    pub fn collect_blobs(&self) -> usize {
+        self.blobs.collect()
     }
 
     /// `docker login`: checks `creds` against the registry at `server` (`host[:port]`).

@@ -18,6 +18,7 @@
 
 mod archive;
 mod build;
+pub mod distribution;
 mod layers;
 pub mod load;
 mod record;
@@ -123,6 +124,17 @@ impl ImageStore {
             Ok(AnyReference::Id(id)) => {
                 return all.into_iter().find(|f| f.id == id).map(Image::from);
             }
+            Ok(AnyReference::Named(r)) if r.digest.is_some() => {
+                // As docker: a tag beside the digest is ignored; a digest no pull recorded
+                // may still be the image's id.
+                let digest = r.digest.clone().unwrap_or_default();
+                let full = r.favor_digest().full();
+                return all
+                    .iter()
+                    .find(|f| f.digests.contains(&full))
+                    .or_else(|| all.iter().find(|f| f.id == digest))
+                    .map(|f| f.clone().into());
+            }
             Ok(AnyReference::Named(r)) => {
                 let full = r.tag_name_only().full();
                 if let Some(f) = all.iter().find(|f| f.tags.contains(&full)) {
@@ -217,14 +229,40 @@ impl ImageStore {
         Ok(previous)
     }
 
-    /// Removes tag `r` from image `id`; false if the image did not have it.
+    /// Records that a pull of `r`'s repository resolved to manifest digest `r.digest` for
+    /// image `id` (docker's digest reference, shown in `RepoDigests`); another image that had
+    /// the reference loses it.
+    pub fn add_digest(&self, id: &str, r: &Reference) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let full = r.clone().favor_digest().full();
+        let mut target = self.live_file(id)?;
+        if target.digests.contains(&full) {
+            return Ok(());
+        }
+        for mut other in self.files() {
+            if other.id != id && other.digests.contains(&full) {
+                other.digests.retain(|d| *d != full);
+                self.write(&other)?;
+            }
+        }
+        target.digests.push(full);
+        target.digests.sort();
+        self.write(&target)
+    }
+
+    /// Removes reference `r` from image `id`: its digest reference when `r` has a digest, else
+    /// its tag. False if the image did not have it.
     pub fn untag(&self, id: &str, r: &Reference) -> Result<bool, StoreError> {
         let _lock = self.lock()?;
-        let full = r.full();
         let mut f = self.live_file(id)?;
-        let before = f.tags.len();
-        f.tags.retain(|t| *t != full);
-        if f.tags.len() == before {
+        let full = r.clone().favor_digest().full();
+        let refs = match r.digest {
+            Some(_) => &mut f.digests,
+            None => &mut f.tags,
+        };
+        let before = refs.len();
+        refs.retain(|t| *t != full);
+        if refs.len() == before {
             return Ok(false);
         }
         self.write(&f)?;
@@ -239,6 +277,7 @@ impl ImageStore {
         let mut f = self.live_file(id)?;
         if keep_disk {
             f.tags.clear();
+            f.digests.clear();
             f.removed = true;
             return self.write(&f);
         }
@@ -288,8 +327,17 @@ impl ImageStore {
                 referenced.extend(pins.lines().map(str::to_string));
             }
         }
-        self.layers()
-            .collect(&referenced, &|| self.work_path("rm-layer"))
+        let removed = self
+            .layers()
+            .collect(&referenced, &|| self.work_path("rm-layer"));
+        let live = self
+            .layers()
+            .list()
+            .into_iter()
+            .map(|l| l.diff_id)
+            .collect();
+        self.diff_ids().collect(&live);
+        removed
     }
 
     /// Renames the image's directory out of the way first, so a crash halfway through the
@@ -313,8 +361,9 @@ impl ImageStore {
     }
 }
 
-/// Whether the work directory named `.<what>-<pid>-...` belongs to a live process.
-fn work_is_live(name: &str) -> bool {
+/// Whether the work file or directory named `.<what>-<pid>-...` belongs to a live process
+/// (this one included).
+pub fn work_is_live(name: &str) -> bool {
     let pid = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
     pid.is_some_and(|p| {
         p as u32 == std::process::id()
@@ -374,6 +423,7 @@ impl ImageStore {
             layers: vec![],
             config: ImageConfig::default(),
             removed: false,
+            digests: Vec::new(),
             layered: false,
         };
         self.write(&f).unwrap();

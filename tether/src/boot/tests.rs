@@ -259,6 +259,37 @@ fn switch_root_moves_the_image_onto_slash() {
     );
 }
 
+#[test]
+fn a_disk_being_built_is_mounted_without_journal_or_atime_and_gets_nothing_added() {
+    let mut spec = sample();
+    assert_eq!(image_disk_mount(&spec), (0, "noinit_itable"));
+    for builtin in [
+        guestinfo::spec::BUILTIN_HOLD,
+        guestinfo::spec::BUILTIN_HOLD_BUILD,
+    ] {
+        spec.sessions.get_mut("abc").unwrap().builtin = builtin.into();
+        let os = Recording::default();
+        prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+        let mounts: Vec<String> = os
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount ") || c.starts_with("mknod ") || c.contains("/etc/"))
+            .collect();
+        let data = image_disk_mount(&spec).1;
+        assert_eq!(
+            mounts,
+            [format!("mount /dev/vdb /mnt/containerfs ext4 {data}")]
+        );
+    }
+    // The build hold's: ext4's noload (no journal on a clean filesystem) and MS_NOATIME.
+    assert_eq!(
+        image_disk_mount(&spec),
+        (libc::MS_NOATIME, "noinit_itable,noload")
+    );
+    spec.sessions.get_mut("abc").unwrap().builtin = guestinfo::spec::BUILTIN_HOLD.into();
+    assert_eq!(image_disk_mount(&spec), (0, "noinit_itable"));
+}
+
 fn sample() -> ContainerSpec {
     let main = guestinfo::SessionSpec {
         id: "abc".into(),

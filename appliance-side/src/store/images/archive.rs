@@ -546,6 +546,7 @@ fn image_file(path: &Path, name: &str, hex: &str) -> Result<ImageFile, ArchiveEr
             volumes: c.volumes.unwrap_or_default().into_keys().collect(),
         },
         removed: false,
+        digests: Vec::new(),
         layered: false,
     })
 }
@@ -573,11 +574,30 @@ pub(super) fn write_layout(c: &Candidate, out: &Path) -> io::Result<()> {
     }
 }
 
-/// The image's layer files as the archive stores them (gzip or not), lowest first, in the
-/// order of the config's diff ids (checked against them when each layer is built).
-pub(super) fn layer_files(c: &Candidate) -> Result<Vec<PathBuf>, ArchiveError> {
+/// One layer's file as the archive stores it (gzip or not).
+#[derive(Debug, Clone)]
+pub(super) struct LayerFile {
+    /// Its name in the archive, for messages.
+    pub name: String,
+    /// `None`: a pulled layout that left the layer out (the layer store has it).
+    pub path: Option<PathBuf>,
+    /// The blob's digest in an OCI layout (what a registry serves); `None` in a `docker save`
+    /// archive.
+    pub digest: Option<String>,
+}
+
+/// The image's layer files, lowest first, in the order of the config's diff ids (checked
+/// against them when each layer is built).
+pub(super) fn layer_files(c: &Candidate) -> Result<Vec<LayerFile>, ArchiveError> {
     match &c.source {
-        Source::Docker { layers } => Ok(layers.clone()),
+        Source::Docker { layers } => Ok(layers
+            .iter()
+            .map(|p| LayerFile {
+                name: p.display().to_string(),
+                path: Some(p.clone()),
+                digest: None,
+            })
+            .collect()),
         Source::Oci { blobs, manifest } => {
             let root = blobs.parent().unwrap_or(blobs);
             let digest = manifest["digest"].as_str().unwrap_or("");
@@ -592,7 +612,17 @@ pub(super) fn layer_files(c: &Candidate) -> Result<Vec<PathBuf>, ArchiveError> {
                         .strip_prefix("sha256:")
                         .filter(|h| is_hex64(h))
                         .ok_or_else(|| ArchiveError::BadDigest(d.to_string()))?;
-                    member(root, &format!("blobs/sha256/{hex}"))
+                    let name = format!("blobs/sha256/{hex}");
+                    let path = match member(root, &name) {
+                        Ok(p) => Some(p),
+                        Err(ArchiveError::Missing { .. }) => None,
+                        Err(e) => return Err(e),
+                    };
+                    Ok(LayerFile {
+                        name,
+                        path,
+                        digest: Some(d.to_string()),
+                    })
                 })
                 .collect()
         }

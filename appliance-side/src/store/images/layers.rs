@@ -37,6 +37,13 @@ const DISK_FILE: &str = "disk.qcow2";
 /// writes. Sparse: an empty 4 GiB ext4 costs about 4 MiB of metadata in its qcow2.
 pub const BASE_MIN_MB: u64 = 4096;
 
+/// The qcow2 cluster size of a layer above the bottom: the filesystem's block size. A layer
+/// keeps every cluster its apply touched, and the apply touches a few scattered ext4 blocks
+/// beside the files (superblock, group descriptors, bitmaps, inode table and directory blocks):
+/// at qemu-img's default 64 KiB each of those cost 16 blocks (docs/architecture.md). Bottom
+/// layers keep the default: they are written whole.
+pub const LAYER_CLUSTER_BYTES: u32 = 4096;
+
 /// Applies one layer to a disk: the VM half of a layer build, which only the engine can do.
 pub trait LayerApplier: Sync {
     /// Applies the uncompressed layer tar `tar` to the filesystem on `disk` (a fresh qcow2
@@ -186,6 +193,7 @@ impl LayerStore {
                 applier
                     .apply(&disk, &tar, &format!("layer {index} ({diff_id})"))
                     .map_err(build_err)?;
+                sparse_l1(&disk).map_err(|e| build_err(format!("{}: {e}", disk.display())))?;
             }
         }
         let _ = std::fs::remove_file(&tar);
@@ -296,10 +304,50 @@ fn extract_base(tar: &Path, rootfs: &Path) -> io::Result<()> {
         .map_err(io::Error::other)
 }
 
+/// Punches holes where a qcow2's L1 table holds only zeros. qemu-img writes the whole table,
+/// sized for the disk (16 KiB for 4 GiB of 4 KiB clusters), and a small layer uses a few of
+/// its entries; a hole reads back as the zeros it held, and a layer's disk is never written
+/// again (only read, as a backing file).
+fn sparse_l1(disk: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)?;
+    let mut header = [0u8; 48];
+    file.read_exact_at(&mut header, 0)?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a qcow2"));
+    }
+    let entries = u32::from_be_bytes(header[36..40].try_into().expect("4 bytes"));
+    let offset = u64::from_be_bytes(header[40..48].try_into().expect("8 bytes"));
+    let block = 4096u64;
+    let start = offset.div_ceil(block) * block;
+    let end = (offset + u64::from(entries) * 8) / block * block;
+    let mut buf = vec![0u8; block as usize];
+    let mut at = start;
+    while at < end {
+        file.read_exact_at(&mut buf, at)?;
+        if buf.iter().all(|&b| b == 0) {
+            nix::fcntl::fallocate(
+                &file,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                at as libc::off_t,
+                block as libc::off_t,
+            )?;
+        }
+        at += block;
+    }
+    Ok(())
+}
+
 /// A qcow2 overlay at `disk` whose backing file is `parent` (a qcow2).
 fn overlay(parent: &Path, disk: &Path) -> Result<(), String> {
     let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-o"])
+        .arg(format!("cluster_size={LAYER_CLUSTER_BYTES}"))
+        .arg("-b")
         .arg(parent)
         .arg(disk)
         .output()
@@ -326,5 +374,50 @@ mod tests {
         let want = bootstrap::digest::sha256_reader(format!("{a} {b}").as_bytes()).unwrap();
         assert_eq!(ids[1], format!("sha256:{want}"));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_overlays_zero_l1_blocks_become_holes_and_it_still_reads() {
+        let dir = std::env::temp_dir().join(format!("sparse-l1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (base, top) = (dir.join("base.qcow2"), dir.join("top.qcow2"));
+        let run = |tool: &str, args: &[&str]| {
+            let out = Command::new(tool).args(args).output().unwrap();
+            assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let top_s = top.to_str().unwrap();
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "4G"],
+        );
+        overlay(&base, &top).unwrap();
+        // One cluster written at 3 GiB: L1 entry 1536 of 2048 (2 MiB each), in the table's
+        // last 4 KiB; the three blocks before it stay zero.
+        run(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x55 3G 4k", top_s],
+        );
+        sparse_l1(&top).unwrap();
+        // The L1 table of a fresh 4 KiB-cluster qcow2 starts at 12 KiB, after the header and
+        // the refcount table and block: its first three blocks are holes now, its last not.
+        let file = std::fs::File::open(&top).unwrap();
+        let next_data =
+            |at: i64| nix::unistd::lseek(&file, at, nix::unistd::Whence::SeekData).unwrap();
+        for block in [12 << 10, 16 << 10, 20 << 10] {
+            assert!(
+                next_data(block) >= (24 << 10),
+                "L1 block at {block} is not a hole"
+            );
+        }
+        assert_eq!(next_data(24 << 10), 24 << 10);
+        let read = run(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "read -P 0x55 3G 4k", top_s],
+        );
+        assert!(read.contains("read 4096/4096"), "{read}");
+        run("qemu-img", &["check", "-q", top_s]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::archive::ArchiveError;
 use super::layers::{chain_ids, LayerApplier};
 use super::record::Image;
 use super::reference::Reference;
@@ -198,15 +199,10 @@ impl ImageStore {
             // Pinned under the lock: a collection either ran before (and a layer it removed
             // is built again below) or sees the pins.
             let _lock = self.lock()?;
-            let mut pins = std::fs::read_to_string(load.pins()).unwrap_or_default();
-            for id in &chain {
-                pins.push_str(id);
-                pins.push('\n');
-            }
-            let path = load.pins();
-            std::fs::write(&path, pins).map_err(io_err("writing", &path))?;
+            self.pin_locked(load, &chain)?;
         }
         let store = self.layers();
+        let record = self.diff_ids();
         let short = c.file.id.get(7..19).unwrap_or_default().to_string();
         let mut size = 0;
         for (i, (id, (diff, blob))) in chain
@@ -225,9 +221,24 @@ impl ImageStore {
                 });
                 let parent = i.checked_sub(1).map(|p| chain[p].as_str());
                 let dir = work.join(format!("layer-{i}"));
-                let built = store.build(i + 1, id, diff, parent, blob, &dir, applier);
+                // A pull leaves out the blobs of layers it found built (and pinned).
+                let path = blob.path.as_deref().ok_or_else(|| ArchiveError::Missing {
+                    file: blob.name.clone(),
+                })?;
+                let built = store.build(i + 1, id, diff, parent, path, &dir, applier);
                 let _ = std::fs::remove_dir_all(&dir);
                 built?;
+                // Its DiffID was checked: a later pull naming this blob may skip it (the blob
+                // checked against its digest first: an archive's names are not verified).
+                if let Some(digest) = &blob.digest {
+                    let actual =
+                        bootstrap::digest::sha256_file(path).map_err(io_err("reading", path))?;
+                    if digest.strip_prefix("sha256:") == Some(actual.as_str()) {
+                        // Under the lock: a collection's view of the live layers includes it.
+                        let _lock = self.lock()?;
+                        record.put(digest, diff)?;
+                    }
+                }
             }
             size += store.get(id).map_or(0, |r| r.tar_size);
         }
@@ -252,6 +263,17 @@ impl ImageStore {
         let size = build::disk(&layout, work, &out.join(DISK_FILE), &scrub)?;
         let _ = std::fs::remove_dir_all(work);
         finish_dir(c, out, size, false)
+    }
+
+    /// Adds `ids` to the layers the load in `work` pins; the caller holds the images lock.
+    pub(super) fn pin_locked(&self, work: &LoadWork, ids: &[String]) -> Result<(), StoreError> {
+        let path = work.pins();
+        let mut pins = std::fs::read_to_string(&path).unwrap_or_default();
+        for id in ids {
+            pins.push_str(id);
+            pins.push('\n');
+        }
+        Ok(std::fs::write(&path, pins).map_err(io_err("writing", &path))?)
     }
 
     /// Puts a built image in place (under the lock), or revives a removed one whose disk is

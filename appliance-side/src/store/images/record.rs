@@ -30,6 +30,9 @@ pub struct Image {
     pub id: String,
     /// As docker shows them (`busybox:latest`), sorted.
     pub tags: Vec<String>,
+    /// The manifest digests pulls of it resolved, per repository, as docker shows them
+    /// (`busybox@sha256:…`: `RepoDigests`), sorted.
+    pub digests: Vec<String>,
     /// RFC 3339, from the config.
     pub created: String,
     /// Bytes of the root filesystem's content.
@@ -67,6 +70,10 @@ pub(super) struct ImageFile {
     pub config: ImageConfig,
     #[serde(default)]
     pub removed: bool,
+    /// Digest references (`docker.io/library/busybox@sha256:…`), normalized as tags are;
+    /// absent in records from before pulls recorded them.
+    #[serde(default)]
+    pub digests: Vec<String>,
     /// See [`Image::layered`]; absent in records from before the layer store.
     #[serde(default)]
     pub layered: bool,
@@ -74,15 +81,20 @@ pub(super) struct ImageFile {
 
 impl From<ImageFile> for Image {
     fn from(f: ImageFile) -> Self {
-        let mut tags: Vec<String> = f
-            .tags
-            .iter()
-            .map(|t| reference::parse_normalized(t).map_or_else(|_| t.clone(), |r| r.familiar()))
-            .collect();
-        tags.sort();
+        let familiar = |refs: &[String]| {
+            let mut out: Vec<String> = refs
+                .iter()
+                .map(|t| {
+                    reference::parse_normalized(t).map_or_else(|_| t.clone(), |r| r.familiar())
+                })
+                .collect();
+            out.sort();
+            out
+        };
         Image {
             id: f.id,
-            tags,
+            tags: familiar(&f.tags),
+            digests: familiar(&f.digests),
             created: f.created,
             size: f.size,
             config: f.config,

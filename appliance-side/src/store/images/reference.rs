@@ -92,6 +92,15 @@ impl Reference {
         Ok(self)
     }
 
+    /// The reference without the tag when it has a digest as well: docker stores and looks
+    /// up `name:tag@digest` as `name@digest` (the reference store's `favorDigest`).
+    pub fn favor_digest(mut self) -> Self {
+        if self.digest.is_some() {
+            self.tag = None;
+        }
+        self
+    }
+
     /// The reference with `latest` as its tag when it has neither tag nor digest.
     pub fn tag_name_only(mut self) -> Self {
         if self.tag.is_none() && self.digest.is_none() {

@@ -1,7 +1,9 @@
 //! The layer store, with the stock docker CLI against one `appliance serve`: what a second image
-//! on a shared 100 MB base adds to TETHER_HOME/images, and how a container on a 5-layer qcow2
-//! chain boots beside the same root filesystem as one flattened disk. The images are `docker
-//! save` archives made here from layer tars (as tests/tests/layers.rs makes them).
+//! on a shared 100 MB base adds to TETHER_HOME/images (and what its layer's qcow2 holds beside
+//! the layer's files), and how a container on a 5-layer qcow2 chain boots beside the same root
+//! filesystem as one flattened disk, and beside the same chain re-clustered at qemu-img's
+//! default 64 KiB (what the store made before its layers took 4 KiB clusters). The images are
+//! `docker save` archives made here from layer tars (as tests/tests/layers.rs makes them).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,12 +35,19 @@ pub struct LayersRun {
     pub layers_b: usize,
     /// B's own (top) layer tar.
     pub b_own_tar: u64,
+    /// B's top layer's qcow2: bytes on disk, and the guest data it holds (its allocated
+    /// clusters); the rest of the file is qcow2 metadata.
+    pub b_disk: u64,
+    pub b_disk_data: u64,
     /// Milliseconds from spawning `docker run --rm IMAGE echo up` to its first stdout byte and
     /// to its exit, per run.
     pub chain_first: Vec<f64>,
     pub chain_exit: Vec<f64>,
     pub flat_first: Vec<f64>,
     pub flat_exit: Vec<f64>,
+    /// The same chain with its layers re-clustered at 64 KiB.
+    pub wide_first: Vec<f64>,
+    pub wide_exit: Vec<f64>,
     /// The boot images' root filesystem: the flattened layer tar's size.
     pub rootfs_tar: u64,
 }
@@ -96,8 +105,62 @@ fn size(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
 
-fn layer_dirs(app: &Appliance) -> usize {
-    std::fs::read_dir(app.home.root().join("images/layers")).map_or(0, |d| d.count())
+fn layer_dirs(app: &Appliance) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(app.home.root().join("images/layers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// The layer directories `after` has and `before` had not.
+fn new_layers(before: &[PathBuf], after: &[PathBuf]) -> Vec<PathBuf> {
+    after
+        .iter()
+        .filter(|d| !before.contains(d))
+        .cloned()
+        .collect()
+}
+
+fn qemu_img_json(args: &[&str], disk: &Path) -> serde_json::Value {
+    let out = crate::util::run(
+        std::process::Command::new("qemu-img")
+            .args(args)
+            .args(["--output=json"])
+            .arg(disk),
+    );
+    serde_json::from_str(&out).expect("qemu-img's JSON")
+}
+
+/// The guest bytes a qcow2 holds itself (not from its backing file): its allocated clusters.
+fn own_data(disk: &Path) -> u64 {
+    let map = qemu_img_json(&["map"], disk);
+    map.as_array()
+        .expect("a map is a list")
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Rewrites a layer's qcow2 with `cluster` byte clusters over the same backing file: the same
+/// guest content, allocated as a layer applied at that cluster size would be.
+fn recluster(disk: &Path, cluster: u32) {
+    let info = qemu_img_json(&["info"], disk);
+    let backing = info["full-backing-filename"]
+        .as_str()
+        .expect("a layer above the bottom has a backing file")
+        .to_string();
+    let tmp = disk.with_extension("reclustered");
+    crate::util::run(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "qcow2", "-O", "qcow2", "-o"])
+            .arg(format!("cluster_size={cluster}"))
+            .args(["-F", "qcow2", "-B", &backing])
+            .arg(disk)
+            .arg(&tmp),
+    );
+    std::fs::rename(&tmp, disk).unwrap();
 }
 
 /// One `docker run --rm IMAGE echo up`: ms to the first stdout byte, and to exit.
@@ -177,16 +240,22 @@ pub fn layers(runs: usize) -> LayersRun {
         }));
     }
     let flat = layer(&work, "flat", |d| {
-        let mut script = String::from("set -e");
-        for name in std::iter::once("busybox".to_string())
-            .chain((1..CHAIN_LAYERS).map(|i| format!("chain{i}")))
-        {
-            script += &format!("; cp -a {}/. {}/", work.join(name).display(), d.display());
+        copy_tree(&work.join("busybox"), d);
+        for i in 1..CHAIN_LAYERS {
+            copy_tree(&work.join(format!("chain{i}")), d);
         }
-        crate::util::run(std::process::Command::new("sh").args(["-c", &script]));
     });
     let chain_refs: Vec<&Path> = chain.iter().map(|p| p.as_path()).collect();
     let chained = save_archive(&work, "chained", "bench-layers-chain:1", &chain_refs);
+    // The same chain but for one text file in its second layer (so other chain ids above the
+    // shared bottom), its layers re-clustered at 64 KiB once loaded.
+    let mut wide_chain = chain.clone();
+    wide_chain[1] = layer(&work, "chain1-wide", |d| {
+        copy_tree(&work.join("chain1"), d);
+        std::fs::write(d.join("etc/variant"), "64 KiB clusters\n").unwrap();
+    });
+    let wide_refs: Vec<&Path> = wide_chain.iter().map(|p| p.as_path()).collect();
+    let wide = save_archive(&work, "wide", "bench-layers-wide:1", &wide_refs);
     let flattened = save_archive(&work, "flattened", "bench-layers-flat:1", &[&flat]);
 
     let app = Appliance::start_process("bench-layers");
@@ -196,19 +265,34 @@ pub fn layers(runs: usize) -> LayersRun {
     let after_a = du_bytes(&images);
     let layers_a = layer_dirs(&app);
     eprintln!(
-        "  layers: image A loaded in {:.1} s: images {} KiB, {layers_a} layers",
+        "  layers: image A loaded in {:.1} s: images {} KiB, {} layers",
         t.elapsed().as_secs_f64(),
-        after_a >> 10
+        after_a >> 10,
+        layers_a.len()
     );
     let t = Instant::now();
     load(&app, &b);
     let after_b = du_bytes(&images);
     let layers_b = layer_dirs(&app);
+    let b_top = new_layers(&layers_a, &layers_b);
+    assert_eq!(b_top.len(), 1, "image B adds one layer");
+    let b_disk = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(b_top[0].join("disk.qcow2"))
+            .unwrap()
+            .blocks()
+            * 512
+    };
+    let b_disk_data = own_data(&b_top[0].join("disk.qcow2"));
     eprintln!(
-        "  layers: image B loaded in {:.1} s: images {} KiB (+{} KiB), {layers_b} layers",
+        "  layers: image B loaded in {:.1} s: images {} KiB (+{} KiB), {} layers; its layer's \
+         qcow2 {} KiB, {} KiB of it guest data",
         t.elapsed().as_secs_f64(),
         after_b >> 10,
-        after_b.saturating_sub(after_a) >> 10
+        after_b.saturating_sub(after_a) >> 10,
+        layers_b.len(),
+        b_disk >> 10,
+        b_disk_data >> 10,
     );
     assert_eq!(
         docker_ok(
@@ -220,44 +304,69 @@ pub fn layers(runs: usize) -> LayersRun {
 
     load(&app, &chained);
     load(&app, &flattened);
-    // A first run of each, untimed: both see the same files.
+    let before_wide = layer_dirs(&app);
+    load(&app, &wide);
+    let wide_layers = new_layers(&before_wide, &layer_dirs(&app));
+    assert_eq!(
+        wide_layers.len(),
+        CHAIN_LAYERS - 1,
+        "all but the shared bottom"
+    );
+    for l in &wide_layers {
+        recluster(&l.join("disk.qcow2"), 64 << 10);
+    }
+    // A first run of each, untimed: all see the same files.
     let probe = "cat /etc/layer*; md5sum /data/*.bin; ls /bin | wc -l";
-    let seen: Vec<String> = ["bench-layers-chain:1", "bench-layers-flat:1"]
+    let images3 = [
+        "bench-layers-chain:1",
+        "bench-layers-flat:1",
+        "bench-layers-wide:1",
+    ];
+    let seen: Vec<String> = images3
         .iter()
         .map(|i| docker_ok(&app, &["run", "--rm", i, "sh", "-c", probe]))
         .collect();
     assert_eq!(seen[0], seen[1], "the chain and the flattened disk differ");
-    let (mut chain_first, mut chain_exit, mut flat_first, mut flat_exit) =
-        (vec![], vec![], vec![], vec![]);
+    assert_eq!(seen[0], seen[2], "the chain and its 64 KiB copy differ");
+    let mut times: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     for i in 0..runs {
-        // Alternate which goes first, so neither always follows the other.
-        let (c, f) = if i % 2 == 0 {
-            let c = timed_run(&app, "bench-layers-chain:1");
-            (c, timed_run(&app, "bench-layers-flat:1"))
-        } else {
-            let f = timed_run(&app, "bench-layers-flat:1");
-            (timed_run(&app, "bench-layers-chain:1"), f)
-        };
-        eprintln!(
-            "  layers boot {i}: chain {:.0}/{:.0} ms, flat {:.0}/{:.0} ms (first byte/exit)",
-            c.0, c.1, f.0, f.1
-        );
-        chain_first.push(c.0);
-        chain_exit.push(c.1);
-        flat_first.push(f.0);
-        flat_exit.push(f.1);
+        // Rotate which goes first, so none always follows another.
+        let mut line = format!("  layers boot {i}:");
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let (first, exit) = timed_run(&app, images3[which]);
+            times[which].0.push(first);
+            times[which].1.push(exit);
+            line += &format!(" {} {first:.0}/{exit:.0} ms", images3[which]);
+        }
+        eprintln!("{line} (first byte/exit)");
     }
+    let [(chain_first, chain_exit), (flat_first, flat_exit), (wide_first, wide_exit)] = times;
     LayersRun {
         base_tar: size(&base),
         after_a,
         after_b,
-        layers_a,
-        layers_b,
+        layers_a: layers_a.len(),
+        layers_b: layers_b.len(),
         b_own_tar: size(&own_b),
+        b_disk,
+        b_disk_data,
         chain_first,
         chain_exit,
         flat_first,
         flat_exit,
+        wide_first,
+        wide_exit,
         rootfs_tar: size(&flat),
     }
+}
+
+/// `cp -a FROM/. TO/`.
+fn copy_tree(from: &Path, to: &Path) {
+    crate::util::run(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from.join("."))
+            .arg(to),
+    );
 }

@@ -303,7 +303,8 @@ archives by hand (`e2e::save_archive`).
 busybox layer, and a small layer (a {} KiB incompressible file and a line of text); image B: the
 same two lower layers and a different small layer of the same shape. `docker load` A, then B;
 TETHER_HOME/images measured after each (allocated blocks x 512: image records, the layer store's
-qcow2 disks and `layer.json`s).
+qcow2 disks and `layer.json`s). B's layer's qcow2 split by `qemu-img map`: the guest clusters it
+holds (its files and the ext4 metadata the apply wrote), the rest qcow2's own tables.
 
 | | disk use |
 |---|---|
@@ -313,20 +314,27 @@ qcow2 disks and `layer.json`s).
 | B's own layer (tar) | {} |
 | added / own layer | {:.2}x |
 | added / base layer tar | {:.2}% |
+| B's layer's qcow2 | {} |
+| of it guest data (files {} KiB + 4 KiB, ext4 metadata the rest) | {} |
+| of it qcow2 metadata (header, L1, refcounts, L2 tables) | {} |
 
 **Boot, chain vs flattened.** The same root filesystem (busybox and {} layers of one 256 KiB
 incompressible file and one text file each) as a {CHAIN_LAYERS}-layer image (an ext4 bottom disk
-and {} qcow2 layers above it, the container's writable qcow2 on top) and as a one-layer image
-(one tar of the union, {:.1} MB: one ext4 disk). One untimed run of each first (both print the
-same files and checksums). Then `docker run --rm IMAGE echo up`, chain and flat interleaved (the
-order alternating), {} runs each; wall time from spawning the CLI to the first stdout byte and to
-the CLI's exit (the container removed).
+and {} qcow2 layers of 4 KiB clusters above it, the container's writable qcow2 on top), as a
+one-layer image (one tar of the union, {:.1} MB: one ext4 disk), and as a second {CHAIN_LAYERS}-layer
+image (one more text file) whose {} layers were re-clustered at 64 KiB after the load (`qemu-img
+convert -B parent -o cluster_size=65536`: what the store built before). One untimed run of each
+first (all print the same files and checksums). Then `docker run --rm IMAGE echo up`, the three
+in turn (the order rotating), {} runs each; wall time from spawning the CLI to the first stdout
+byte and to the CLI's exit (the container removed).
 
 | | first byte | exit |
 |---|---|---|
-| {CHAIN_LAYERS}-layer chain | {} | {} |
+| {CHAIN_LAYERS}-layer chain, 4 KiB clusters | {} | {} |
+| {CHAIN_LAYERS}-layer chain, 64 KiB clusters | {} | {} |
 | flattened | {} | {} |
-| ratio chain / flat (per run) | {} | {} |
+| ratio chain (4 KiB) / flat (per run) | {} | {} |
+| ratio chain (64 KiB) / flat (per run) | {} | {} |
 ",
             l.base_tar as f64 / 1e6,
             SMALL_BYTES >> 10,
@@ -338,16 +346,25 @@ the CLI's exit (the container removed).
             kib(l.b_own_tar),
             added as f64 / l.b_own_tar as f64,
             added as f64 * 100.0 / l.base_tar as f64,
+            kib(l.b_disk),
+            SMALL_BYTES >> 10,
+            kib(l.b_disk_data),
+            kib(l.b_disk.saturating_sub(l.b_disk_data)),
             CHAIN_LAYERS - 1,
             CHAIN_LAYERS - 1,
             l.rootfs_tar as f64 / 1e6,
+            CHAIN_LAYERS - 1,
             l.chain_first.len(),
             fmt(stats(&l.chain_first), "ms"),
             fmt(stats(&l.chain_exit), "ms"),
+            fmt(stats(&l.wide_first), "ms"),
+            fmt(stats(&l.wide_exit), "ms"),
             fmt(stats(&l.flat_first), "ms"),
             fmt(stats(&l.flat_exit), "ms"),
             ratio(&l.chain_first, &l.flat_first),
             ratio(&l.chain_exit, &l.flat_exit),
+            ratio(&l.wide_first, &l.flat_first),
+            ratio(&l.wide_exit, &l.flat_exit),
         ));
     }
 
