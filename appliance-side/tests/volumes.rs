@@ -4,6 +4,8 @@
 //! restart of the server.
 
 mod common;
+// The image tests' module: this test takes its fixture archive only.
+#[allow(dead_code)]
 mod image_support;
 
 use std::collections::BTreeSet;
