@@ -50,6 +50,10 @@ SYSTEM_PACKAGES=(
     "docker-registry:/usr/bin/docker-registry"
     "apache2-utils:/usr/bin/htpasswd"
     "skopeo:/usr/bin/skopeo"
+    # appliance-side/tests/vsphere.rs: govmomi's vSphere simulator (tests/vcsim/main.go), built
+    # offline against Debian's govmomi sources with Debian's Go.
+    "golang-go:/usr/bin/go"
+    "golang-github-vmware-govmomi-dev:/usr/share/gocode/src/github.com/vmware/govmomi/simulator/model.go"
 )
 
 install_system() {

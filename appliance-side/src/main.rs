@@ -56,6 +56,22 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
     let opts = appliance::daemon::ServeOptions {
         detach: a.detach,
         tcp: a.tcp.unwrap_or(defaults.tcp),
+        vspc: a.vspc,
+        backend: match appliance::daemon::BackendChoice::from_args(
+            &a.backend,
+            appliance::daemon::VsphereArgs {
+                url: a.vsphere_url,
+                user: a.vsphere_user,
+                datastore: a.datastore,
+                folder: a.folder,
+                pool: a.pool,
+                networks: a.vsphere_network,
+                vspc_uri: a.vspc_uri,
+            },
+        ) {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        },
         api_tcp: appliance::api::tls::TcpApiFlags {
             addr: a.api_tcp,
             cert: a.tls_cert,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use appliance::home::Home;
 use appliance::store::records;
+use appliance::testing::process::failed;
 use appliance::testing::sim::{handshake_as, run_guest, GuestBehaviour};
 use common::{runtime, ServerProcess, TempHome};
 use serde_json::Value;
@@ -254,13 +255,13 @@ fn unknown_flags_exit_125_naming_the_flag() {
         );
         assert!(err.contains(&format!("appliance {verb}")), "{verb}: {err}");
     }
-    let verb = appliance(&home, &["frobnicate"]);
-    assert_eq!(verb.status.code(), Some(125));
-    assert!(text(&verb.stderr).contains("'frobnicate'"));
+    failed(
+        &appliance(&home, &["frobnicate"]),
+        Some(125),
+        "'frobnicate'",
+    );
     // Nothing at all: the usage, as an error.
-    let bare = appliance(&home, &[]);
-    assert_eq!(bare.status.code(), Some(125));
-    assert!(text(&bare.stderr).contains("Usage: appliance"));
+    failed(&appliance(&home, &[]), Some(125), "Usage: appliance");
 }
 
 #[test]

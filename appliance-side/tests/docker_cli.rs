@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod common;
 
+use appliance::testing::process::failed;
 use common::detached::{text, Detached};
 
 fn env(tag: &str) -> Detached {
@@ -52,12 +53,10 @@ fn ps_exec_logs_kill_wait_inspect() {
             .code(),
         Some(1)
     );
-    let missing = env.docker(&["exec", "web", "no-such-command"]);
-    assert_eq!(missing.status.code(), Some(127));
-    assert!(
-        text(&missing.stderr).contains("no-such-command"),
-        "{}",
-        text(&missing.stderr)
+    failed(
+        &env.docker(&["exec", "web", "no-such-command"]),
+        Some(127),
+        "no-such-command",
     );
     let not_exec = env.docker(&["exec", "web", "/etc/passwd"]);
     assert_eq!(not_exec.status.code(), Some(126));
@@ -94,9 +93,11 @@ fn ps_exec_logs_kill_wait_inspect() {
     assert_eq!(env.docker(&["ps", "-q"]).stdout, b"");
 
     // docker's errors: 404 for an unknown id, 409 for a stopped container.
-    let unknown = env.docker(&["logs", "nothere"]);
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(text(&unknown.stderr).contains("No such container: nothere"));
+    failed(
+        &env.docker(&["logs", "nothere"]),
+        Some(1),
+        "No such container: nothere",
+    );
     let stopped = env.docker(&["exec", "web", "true"]);
     assert!(
         text(&stopped.stderr).contains("is not running"),
@@ -176,9 +177,11 @@ fn the_appliance_cli_speaks_the_same_verbs() {
         (exec.status.code(), text(&exec.stdout)),
         (Some(6), "via-exec\n".into())
     );
-    let missing = env.cli(&["exec", "app", "nope"], None);
-    assert_eq!(missing.status.code(), Some(127));
-    assert!(text(&missing.stderr).contains("\"nope\": executable file not found"));
+    failed(
+        &env.cli(&["exec", "app", "nope"], None),
+        Some(127),
+        "\"nope\": executable file not found",
+    );
     let attach = env.cli(&["attach", "app"], Some(b"typed\n"));
     assert_eq!(
         attach.status.code(),

@@ -18,6 +18,7 @@ use rcgen::{
 
 mod common;
 
+use appliance::testing::process::failed;
 use common::detached::{output_with_stdin, text, Detached};
 
 /// A CA, the server's certificate (SAN 127.0.0.1 and localhost) and a client certificate, as
@@ -345,12 +346,10 @@ fn clients_without_a_certificate_from_our_ca_are_refused() {
     let _ = plain.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.0 400 "), "{reply:?}");
     assert!(reply.contains("Client sent an HTTP request to an HTTPS server"));
-    let http = env.docker(&addr, &[], &["version"], None);
-    assert_ne!(http.status.code(), Some(0), "plain HTTP");
-    assert!(
-        text(&http.stderr).contains("Client sent an HTTP request to an HTTPS server"),
-        "{}",
-        text(&http.stderr)
+    failed(
+        &env.docker(&addr, &[], &["version"], None),
+        None,
+        "Client sent an HTTP request to an HTTPS server",
     );
 
     // Every refusal is logged with the peer's address; the server serves on.
@@ -483,9 +482,7 @@ fn bad_tls_files_stop_serve_before_it_listens() {
         taken.local_addr().unwrap().to_string(),
     ];
     args.extend(env.tls_args());
-    let out = env.serve(&args);
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("the server exited"));
+    failed(&env.serve(&args), Some(125), "the server exited");
     assert!(env.log().contains("docker API port"), "{}", env.log());
     assert!(!env.app.home.join("appliance.pid").exists());
     assert!(!env.app.home.join("api.tcp").exists());

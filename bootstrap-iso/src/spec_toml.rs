@@ -160,6 +160,7 @@ pub fn to_vmx(text: &str, default_id: &str) -> Result<String, Error> {
         mounts: BTreeMap::new(),
         id,
         extra_hosts: Vec::new(),
+        networks: Default::default(),
     };
     Ok(guestinfo::spec_to_vmx(&c))
 }

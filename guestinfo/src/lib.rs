@@ -10,11 +10,14 @@ pub mod contract;
 pub mod fuzzing;
 pub mod keys;
 pub mod mounts;
+pub mod network;
 pub mod spec;
+pub mod status;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
 pub use mounts::{CopyMode, MountSource, MountSpec};
+pub use network::{Cidr, NetworkEndpoint, PciSlot, TrustLevel};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

@@ -118,7 +118,7 @@ pub fn named_sh(name: &str, script: &str) -> NewContainer {
 }
 
 /// Command output as text, for assertions and messages.
-pub use appliance::testing::process::{succeeded, text};
+pub use appliance::testing::process::{failed, succeeded, text};
 
 /// A VM's writable disk: a qcow2 overlay at `overlay` on the shared raw image `base` (replaced
 /// if it exists).
@@ -140,6 +140,12 @@ pub enum Transport {
     Virtio,
     /// A 16550 COM port (ttyS1) bridged to the server's TCP port, as vSphere's network serial.
     SerialTcp,
+    /// The COM port on TCP to `addr` (a vSPC, or a test's host relay), as a telnet client
+    /// (`telnet=on`) or plain.
+    ComTo {
+        addr: std::net::SocketAddr,
+        telnet: bool,
+    },
 }
 
 /// The session server an `Appliance` runs: in this process, or the real `appliance serve`
@@ -345,7 +351,7 @@ impl Appliance {
         let (rec, mut spec) = records::create(&self.home, &new).unwrap();
         spec.disk_wait_ms = 3000;
         spec.stop_grace_ms = 2000;
-        if transport == Transport::SerialTcp {
+        if transport != Transport::Virtio {
             spec.channel_device = Some("/dev/ttyS1".into());
         }
         let dir = self.home.container(&rec.id);
@@ -388,6 +394,11 @@ impl Appliance {
             channel: match transport {
                 Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
                 Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
+                Transport::ComTo { addr, telnet: true } => ChannelEnd::Telnet(addr.to_string()),
+                Transport::ComTo {
+                    addr,
+                    telnet: false,
+                } => ChannelEnd::Tcp(addr.to_string()),
             },
         }));
         self.last_launch = Some(Instant::now());
@@ -404,6 +415,27 @@ impl Appliance {
     /// When the last VM's QEMU was started (benchmarks measure from here).
     pub fn last_launch(&self) -> Option<Instant> {
         self.last_launch
+    }
+
+    /// Runs `f` on the in-process server's runtime (its tasks keep running there).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.server {
+            ServerHandle::InProcess { _rt, .. } => _rt.block_on(f),
+            ServerHandle::Process(_) => panic!("block_on needs Appliance::start"),
+        }
+    }
+
+    /// A vSPC on the in-process server, on a loopback port.
+    pub fn start_vspc(&self) -> (Arc<appliance::server::vspc::Vspc>, std::net::SocketAddr) {
+        let server = self
+            .server()
+            .expect("start_vspc needs Appliance::start")
+            .clone();
+        self.block_on(appliance::server::vspc::Vspc::listen(
+            &server,
+            "127.0.0.1:0",
+        ))
+        .expect("the vSPC listens")
     }
 
     /// The in-process server, if this appliance runs one.

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::{busybox_image_archive, text, Appliance};
+use e2e::{busybox_image_archive, failed, text, Appliance};
 
 /// The server as a real process, with the podman-made busybox image loaded.
 fn appliance_with_image(tag: &str) -> (Appliance, &'static str) {
@@ -186,12 +186,10 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     );
     // Names are unique: the daemon's 409, which `docker create` reports with exit 1 and
     // `docker run` with 125.
-    let dup = app.docker(&["create", "--name", "svc", image]);
-    assert_eq!(dup.status.code(), Some(1));
-    assert!(
-        text(&dup.stderr).contains("is already in use by container"),
-        "{}",
-        text(&dup.stderr)
+    failed(
+        &app.docker(&["create", "--name", "svc", image]),
+        Some(1),
+        "is already in use by container",
     );
     let dup = app.docker(&["run", "-d", "--name", "svc", image]);
     assert_eq!(dup.status.code(), Some(125), "{}", text(&dup.stderr));
@@ -397,12 +395,10 @@ fn containers_and_images_survive_an_appliance_restart() {
     assert!(error.contains("containerVM ended"), "{error}");
     assert_eq!(inspect(&app, "keep", "{{.State.Status}}"), "exited");
     // An exec now fails at once, saying why.
-    let late = app.docker(&["exec", "keep", "true"]);
-    assert_ne!(late.status.code(), Some(0));
-    assert!(
-        text(&late.stderr).contains("is not running"),
-        "{}",
-        text(&late.stderr)
+    failed(
+        &app.docker(&["exec", "keep", "true"]),
+        None,
+        "is not running",
     );
     ok(&app, &["rm", &id]);
 }
@@ -521,12 +517,10 @@ fn docker_cp_both_ways_and_top_work_on_a_running_container() {
         "640\n"
     );
     // A missing path: docker's message and exit 1.
-    let missing = app.docker(&["cp", "files:/no/such", &h("x")]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        text(&missing.stderr).contains("Could not find the file /no/such"),
-        "{}",
-        text(&missing.stderr)
+    failed(
+        &app.docker(&["cp", "files:/no/such", &h("x")]),
+        Some(1),
+        "Could not find the file /no/such",
     );
     // top: the container's processes, from tether (the image has no ps of its own to trust).
     let top = ok(&app, &["top", "files"]);

@@ -292,6 +292,9 @@ impl<P: Processes> Controller<P> {
                     name,
                     pid: reported_pid,
                 });
+                if id == MAIN_SESSION {
+                    crate::vmware::report_status(&guestinfo::status::GuestStatus::running());
+                }
             }
             Err(e) => {
                 crate::log::error(&format!("session {name}: {}", e.message));
@@ -418,7 +421,7 @@ impl<P: Processes> Controller<P> {
                     self.start(session, plan);
                 }
             }
-            Control::SetTime { unix_nanos } => crate::clock::set_wall_clock(unix_nanos),
+            Control::SetTime { unix_nanos } => crate::clock::on_server_time(unix_nanos),
             other => self.report(&format!(
                 "unexpected control record from the appliance: {other:?}"
             )),

@@ -141,6 +141,37 @@ async fn send<W: AsyncWrite + Unpin>(wr: &mut W, msg: &Message) -> io::Result<()
     wr.flush().await
 }
 
+/// Sends one handshake message; `what` names it in the error.
+async fn send_step<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    msg: &Message,
+    what: &'static str,
+) -> Result<(), LinkError> {
+    send(wr, msg)
+        .await
+        .map_err(|source| LinkError::Send { what, source })
+}
+
+/// What one read during the handshake gave while `awaiting` a reply: a message to look at,
+/// or why the handshake is over (refused, closed, or the read failed).
+fn handshake_reply(
+    next: io::Result<Option<Message>>,
+    awaiting: &'static str,
+) -> Result<Message, LinkError> {
+    match next {
+        Ok(Some(Message::Refused(r))) => Err(LinkError::Refused {
+            reason: r.reason,
+            detail: r.detail,
+        }),
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(LinkError::ClosedInHandshake),
+        Err(source) => Err(LinkError::Read {
+            what: awaiting,
+            source,
+        }),
+    }
+}
+
 async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ctx: &Ctx,
     reader: &mut MessageStream<R>,
@@ -153,62 +184,29 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         id.secret.clone(),
         random_bytes(),
     );
-    let refused = |r: wire::Refused| LinkError::Refused {
-        reason: r.reason,
-        detail: r.detail,
-    };
     // A serial line has no connection boundaries: what arrives first may be left over from
     // before the break (data, an old Challenge or Welcome). Skip it; only a Challenge that
     // proves the appliance saw *this* Hello counts. Until one comes, say Hello again every
     // second: the appliance may have been down when the first one went out.
     let hello = Message::Hello(hello);
     let (_version, proof) = loop {
-        send(wr, &hello).await.map_err(|source| LinkError::Send {
-            what: "Hello",
-            source,
-        })?;
+        send_step(wr, &hello, "Hello").await?;
         let Ok(next) = tokio::time::timeout(HELLO_REPEAT, reader.next()).await else {
             continue;
         };
-        match next {
-            Ok(Some(Message::Challenge(c))) => {
-                let positions = ctx.shared.borrow().streams.positions();
-                match client.on_challenge(&c, positions) {
-                    Ok(answer) => break answer,
-                    // A Challenge for an earlier Hello (or from an impostor): not ours.
-                    Err(_) => continue,
-                }
-            }
-            Ok(Some(Message::Refused(r))) => return Err(refused(r)),
-            Ok(Some(_)) => continue,
-            Ok(None) => return Err(LinkError::ClosedInHandshake),
-            Err(source) => {
-                return Err(LinkError::Read {
-                    what: "Challenge",
-                    source,
-                })
+        if let Message::Challenge(c) = handshake_reply(next, "Challenge")? {
+            let positions = ctx.shared.borrow().streams.positions();
+            // A Challenge for an earlier Hello (or from an impostor) is not ours: skip it.
+            if let Ok(answer) = client.on_challenge(&c, positions) {
+                break answer;
             }
         }
     };
-    send(wr, &Message::Proof(proof))
-        .await
-        .map_err(|source| LinkError::Send {
-            what: "Proof",
-            source,
-        })?;
+    send_step(wr, &Message::Proof(proof), "Proof").await?;
+    // Skipped on the way: a second Challenge answering a repeated Hello, or old bytes.
     let welcome = loop {
-        match reader.next().await {
-            Ok(Some(Message::Welcome(w))) => break w,
-            Ok(Some(Message::Refused(r))) => return Err(refused(r)),
-            // A second Challenge answering a repeated Hello, or old bytes.
-            Ok(Some(_)) => continue,
-            Ok(None) => return Err(LinkError::ClosedInHandshake),
-            Err(source) => {
-                return Err(LinkError::Read {
-                    what: "Welcome",
-                    source,
-                })
-            }
+        if let Message::Welcome(w) = handshake_reply(reader.next().await, "Welcome")? {
+            break w;
         }
     };
     ctx.shared
@@ -337,6 +335,7 @@ fn dispatch(ctx: &Ctx, inbound: Inbound) {
                 }
             }
         }
+        Inbound::Time(unix_nanos) => crate::clock::on_server_time(unix_nanos),
         Inbound::Control(records) => {
             for r in records {
                 // The stdin queue must exist before the stdin bytes that follow an Exec (or a

@@ -93,6 +93,13 @@ fn report(identity: Known, channel: PathBuf, message: String) -> Power {
         );
         return Power::Off;
     };
+    crate::vmware::status_for(&id);
+    crate::vmware::report_status(&guestinfo::status::GuestStatus {
+        state: guestinfo::status::ContainerState::Failed,
+        exit_code: Some(125),
+        signal: None,
+        addresses: Vec::new(),
+    });
     let Some(device) = open_channel(&channel, "the failure is on the console only") else {
         return Power::Off;
     };
@@ -150,6 +157,7 @@ fn run(os: &dyn Os) -> Power {
     };
     log::set_level(spec.debug);
     crate::timing::mark("config_loaded");
+    crate::vmware::status_for(&spec.id);
     let channel = channel_path(spec.channel_device.as_deref());
     let identity = Some((spec.id.clone(), spec.secret.clone()));
     // The channel is opened before the switch: the container's /dev never has its node.
@@ -186,7 +194,6 @@ fn run(os: &dyn Os) -> Power {
         device: Some(device),
         drain_timeout: DRAIN_TIMEOUT,
     };
-    let container_id = cfg.spec.id.clone();
     let mounts = cfg.spec.mounts.clone();
     let local = tokio::task::LocalSet::new();
     let outcome = local.block_on(&rt, agent::run(cfg));
@@ -194,14 +201,10 @@ fn run(os: &dyn Os) -> Power {
         .signal
         .and_then(wire::message::signal_name)
         .unwrap_or("");
-    // One update with the whole state, so a reader never sees a torn status.
-    crate::vmware::write_status(
-        &container_id,
-        &format!(
-            "state=exited exitcode={} signal={signal}",
-            outcome.exit_code
-        ),
-    );
+    crate::vmware::report_status(&guestinfo::status::GuestStatus::exited(
+        outcome.exit_code,
+        Some(signal),
+    ));
     log::info(&format!(
         "main session exited {}; shutting down",
         outcome.exit_code

@@ -37,6 +37,12 @@ pub trait Backdoor {
     fn call(&mut self, regs: &mut Regs);
 }
 
+impl<B: Backdoor> Backdoor for &mut B {
+    fn call(&mut self, regs: &mut Regs) {
+        (**self).call(regs)
+    }
+}
+
 /// The hardware backdoor.
 pub struct Port;
 
@@ -125,20 +131,71 @@ pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
     }))
 }
 
-/// Writes the container's state to guestinfo in one update (never torn across keys), if this
-/// is a VMware VM.
-pub fn write_status(container_id: &str, status: &str) {
-    let Ok(mut port) = Port::open() else { return };
-    if !present(&mut port) {
+/// The container the status write-back is for: set by PID 1 (never in host mode, where the
+/// backdoor is not this container's).
+static STATUS_FOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// From now on, [`report_status`] writes `container_id`'s status.
+pub fn status_for(container_id: &str) {
+    let _ = STATUS_FOR.set(container_id.to_string());
+}
+
+/// The backdoor, if this is PID 1 on a VMware VM; `None` under QEMU and in host mode.
+fn guest_backdoor() -> Option<Port> {
+    STATUS_FOR.get()?;
+    let mut port = Port::open().ok()?;
+    present(&mut port).then_some(port)
+}
+
+/// Writes the container's status back to guestinfo if this is PID 1 on a VMware VM; otherwise
+/// (QEMU, host mode) does nothing. Best effort: the channel carries the same news.
+pub fn report_status(status: &guestinfo::status::GuestStatus) {
+    let (Some(id), Some(port)) = (STATUS_FOR.get(), guest_backdoor()) else {
         return;
+    };
+    if let Err(e) = write_status(port, id, status) {
+        crate::log::debug(&format!("guestinfo status write-back: {e}"));
     }
+}
+
+/// Writes what each endpoint was assigned to guestinfo's read-write keys (VIC's `assigned`
+/// fields), if this is PID 1 on a VMware VM: one `info-set` per key, so a reader may see one
+/// endpoint's keys from before and after a renewal; each key on its own is whole.
+pub fn write_network(endpoints: &[wire::EndpointStatus]) {
+    let Some(port) = guest_backdoor() else { return };
     if let Ok(mut rpc) = Rpci::open(port) {
-        let key = guestinfo::KeyPath::read_write()
-            .field("sessions")
-            .entry(container_id)
-            .field("status");
-        let _ = rpc.info_set(key.as_str(), status);
+        for (key, value) in network_pairs(endpoints) {
+            let _ = rpc.info_set(&key, &value);
+        }
     }
+}
+
+fn network_pairs(endpoints: &[wire::EndpointStatus]) -> std::collections::BTreeMap<String, String> {
+    let mut w = guestinfo::KeyWriter::new();
+    for e in endpoints {
+        let assigned = guestinfo::network::Assigned {
+            address: e.ipv4.first().cloned(),
+            addresses6: e.ipv6.clone(),
+            gateway: e.gateway.clone(),
+            nameservers: e.nameservers.clone(),
+        };
+        guestinfo::network::encode_assigned(&mut w, &e.network, &assigned);
+    }
+    w.into_pairs()
+}
+
+/// One `info-set` of the container's whole status under its one key, so a reader never sees a
+/// torn state; whether the VM took it.
+pub fn write_status<B: Backdoor>(
+    bd: B,
+    container_id: &str,
+    status: &guestinfo::status::GuestStatus,
+) -> Result<bool, RpcError> {
+    let mut rpc = Rpci::open(bd)?;
+    rpc.info_set(
+        &guestinfo::status::status_key(container_id),
+        &status.encode(),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,6 +429,55 @@ mod tests {
         assert_eq!(spec.id, "id1");
         assert_eq!(spec.secret, b"secret");
         assert_eq!(spec.main_session().unwrap().path, "/bin/sh");
+    }
+
+    #[test]
+    fn network_write_back_is_vics_assigned_keys() {
+        let endpoints = [wire::EndpointStatus {
+            network: "bridge".into(),
+            ipv4: vec!["10.0.2.15/24".into()],
+            gateway: Some("10.0.2.2".into()),
+            nameservers: vec!["10.0.2.3".into(), "10.0.2.4".into()],
+            ..Default::default()
+        }];
+        let mut rpc = Rpci::open(FakeVm::default()).unwrap();
+        for (k, v) in network_pairs(&endpoints) {
+            assert!(rpc.info_set(&k, &v).unwrap());
+        }
+        let get = |rpc: &mut Rpci<FakeVm>, k: &str| rpc.info_get(k).unwrap().unwrap();
+        assert_eq!(
+            get(&mut rpc, "guestinfo.vice..networks|bridge.assigned"),
+            "10.0.2.15/24"
+        );
+        assert_eq!(
+            get(
+                &mut rpc,
+                "guestinfo.vice..networks|bridge.network.assigned.dns~"
+            ),
+            "10.0.2.3|10.0.2.4"
+        );
+    }
+
+    #[test]
+    fn the_status_write_back_is_one_info_set_of_the_whole_status() {
+        use guestinfo::status::{status_key, GuestStatus};
+        let mut vm = FakeVm::default();
+        assert!(write_status(&mut vm, "c1", &GuestStatus::running()).unwrap());
+        assert_eq!(vm.guestinfo.len(), 1);
+        assert_eq!(vm.guestinfo[&status_key("c1")], "state=running");
+        let calls = vm.calls;
+        let exited = GuestStatus::exited(137, Some("SIGKILL"));
+        assert!(write_status(&mut vm, "c1", &exited).unwrap());
+        // Replaced whole, in one RPC (open, one command, close): never a torn state.
+        assert_eq!(vm.guestinfo.len(), 1);
+        let value = &vm.guestinfo[&status_key("c1")];
+        assert_eq!(GuestStatus::decode(value), Ok(exited));
+        assert_eq!(value, "state=exited exitcode=137 signal=SIGKILL");
+        let command = format!("info-set {} {value}", status_key("c1"));
+        // open, send size, the payload 4 bytes a step, receive size, the 2-byte reply, its
+        // status, close.
+        let rpc_steps = 2 + command.len().div_ceil(4) + 4;
+        assert_eq!(vm.calls - calls, rpc_steps, "one message, one round trip");
     }
 
     #[test]

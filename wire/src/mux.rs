@@ -104,6 +104,8 @@ pub enum Inbound {
     Ping(u64),
     Pong(u64),
     Goodbye(String),
+    /// The peer's wall clock ([`Message::Time`]).
+    Time(u64),
 }
 
 /// How many bytes [`Streams::write_batch`] frames before it hands them to one write: large
@@ -340,6 +342,7 @@ impl Streams {
             }
             Message::Pong { token } => Ok(Inbound::Pong(token)),
             Message::Goodbye { reason } => Ok(Inbound::Goodbye(reason)),
+            Message::Time { unix_nanos } => Ok(Inbound::Time(unix_nanos)),
             Message::Hello(_) => Err(MuxError::UnexpectedHandshake("Hello")),
             Message::Challenge(_) => Err(MuxError::UnexpectedHandshake("Challenge")),
             Message::Proof(_) => Err(MuxError::UnexpectedHandshake("Proof")),

@@ -7,6 +7,7 @@ pub mod boot_files;
 pub mod disk_cache;
 pub mod qemu;
 pub mod qemu_args;
+pub mod vsphere;
 
 use std::path::PathBuf;
 
@@ -93,4 +94,21 @@ pub trait Backend: Send + Sync {
     /// Whether a VM could be launched now (its boot files are there): what building image
     /// layers in VMs needs before it starts one.
     fn can_boot(&self) -> Result<(), BackendError>;
+
+    /// Whether a launched VM is a process on this host ([`Launched::pid`]) whose end the engine
+    /// watches. A vSphere VM is not: its life is its power state.
+    fn runs_processes(&self) -> bool {
+        true
+    }
+
+    /// Powers the container's VM off if it is still on (tether did not). A VM process is
+    /// killed by the engine instead, so the default does nothing.
+    fn power_off(&self, _container_dir: &std::path::Path) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Removes the container's VM for good (`docker rm`). A VM process leaves nothing behind.
+    fn destroy(&self, _container_dir: &std::path::Path) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

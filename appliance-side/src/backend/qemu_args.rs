@@ -20,6 +20,9 @@ pub enum ChannelEnd {
     Unix(PathBuf),
     /// A 16550 COM port (ttyS1 in the guest) on the server's TCP address.
     Tcp(String),
+    /// The COM port as a telnet client (`telnet=on`) of a vSPC at HOST:PORT, as vSphere's
+    /// network serial port is. QEMU (7.2) negotiates nothing as a client; the vSPC takes it raw.
+    Telnet(String),
 }
 
 pub struct VmSpec {
@@ -58,6 +61,12 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
         push(x);
     }
     push(&s.memory_mb.to_string());
+    // A test knob (tests/tests/clock.rs): the VM's RTC starts there (`2019-01-01`), so its
+    // clock is years off until the appliance's time arrives.
+    if let Ok(base) = std::env::var("TETHER_TEST_RTC_BASE") {
+        push("-rtc");
+        push(&format!("base={base}"));
+    }
     if s.cpus > 1 {
         push("-smp");
         push(&s.cpus.to_string());
@@ -109,6 +118,15 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
         ChannelEnd::Tcp(addr) => {
             push("-serial");
             push(&format!("tcp:{addr},reconnect=1"));
+        }
+        ChannelEnd::Telnet(addr) => {
+            let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "2377"));
+            push("-chardev");
+            push(&format!(
+                "socket,id=com1,host={host},port={port},server=off,telnet=on,reconnect=1"
+            ));
+            push("-serial");
+            push("chardev:com1");
         }
     }
     a

@@ -102,6 +102,35 @@ pub struct ServeArgs {
     /// The channel port for containerVMs that reach the server over TCP [default: 127.0.0.1:0]
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
+    /// Also run the virtual serial port concentrator (vSPC) here: where vSphere's network
+    /// serial ports connect (telnet with VMware's extension; vMotion-aware). VIC used port 2377
+    #[arg(long, value_name = "ADDR")]
+    pub vspc: Option<String>,
+    /// Where containerVMs run: `qemu` on this host, or `vsphere` (needs --vsphere-url,
+    /// --datastore, --folder, --pool and --vspc)
+    #[arg(long, value_name = "BACKEND", default_value = "qemu")]
+    pub backend: String,
+    /// The vSphere SDK endpoint, `https://vcenter/sdk`
+    #[arg(long, value_name = "URL")]
+    pub vsphere_url: Option<String>,
+    /// The vSphere user (the password comes from $TETHER_VSPHERE_PASSWORD)
+    #[arg(long, value_name = "USER")]
+    pub vsphere_user: Option<String>,
+    /// The datastore for the VMs' files, the bootstrap ISO and the image disks
+    #[arg(long, value_name = "NAME")]
+    pub datastore: Option<String>,
+    /// The VM folder's inventory path (`/DC0/vm`)
+    #[arg(long, value_name = "PATH")]
+    pub folder: Option<String>,
+    /// The resource pool's inventory path (`/DC0/host/Cluster/Resources`)
+    #[arg(long, value_name = "PATH")]
+    pub pool: Option<String>,
+    /// A port group for the containerVMs' NICs (repeatable) [default: VM Network]
+    #[arg(long, value_name = "NAME")]
+    pub vsphere_network: Vec<String>,
+    /// How ESXi hosts reach the vSPC [default: telnet://<the --vspc address>]
+    #[arg(long, value_name = "URI")]
+    pub vspc_uri: Option<String>,
     /// Also serve the docker API on TCP (docker's 2376), with mutual TLS: needs --tls-cert,
     /// --tls-key and --tls-ca, and clients need a certificate signed by that CA
     #[arg(long, value_name = "ADDR")]

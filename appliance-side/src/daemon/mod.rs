@@ -2,7 +2,10 @@
 //! them until SIGTERM or ctrl-c, in the foreground or detached into the background. The home
 //! is claimed first (`claim`): one server per home, owner-only files and sockets.
 
+mod backend;
 mod claim;
+
+pub use backend::{BackendChoice, VsphereArgs};
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
@@ -10,11 +13,15 @@ use std::time::Duration;
 
 use crate::api::tls::{TcpApi, TcpApiFlags};
 use crate::api::{serve_api, Api};
-use crate::backend::qemu::QemuBackend;
 use crate::engine::Engine;
 use crate::home::Home;
 use crate::logging::{self, LogFormat};
+use crate::server::vspc::Vspc;
 use crate::server::Server;
+
+/// Where `serve` writes the vSPC's bound address (`--vspc`), as `channel.tcp` holds the
+/// channel port's.
+pub const VSPC_FILE: &str = "vspc.tcp";
 
 /// What `appliance serve` was asked for.
 #[derive(Debug, Clone)]
@@ -23,6 +30,10 @@ pub struct ServeOptions {
     pub detach: bool,
     /// The channel port (vSphere network serial, QEMU `-serial tcp:`).
     pub tcp: String,
+    /// `--vspc`: the serial port concentrator's address, for vSphere's network serial ports.
+    pub vspc: Option<String>,
+    /// `--backend` and its flags.
+    pub backend: BackendChoice,
     /// `--log-level`: a level or a RUST_LOG-style filter; `None` uses RUST_LOG, else info.
     pub log_level: Option<String>,
     pub log_format: LogFormat,
@@ -40,6 +51,8 @@ impl Default for ServeOptions {
         Self {
             detach: false,
             tcp: "127.0.0.1:0".into(),
+            vspc: None,
+            backend: BackendChoice::Qemu,
             log_level: None,
             log_format: LogFormat::Text,
             api_tcp: TcpApiFlags::default(),
@@ -97,8 +110,23 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
     };
     rt.block_on(async {
         let server = Server::new(home.clone());
-        let backend = QemuBackend::new(home.clone(), None, None);
-        let engine = Engine::with_backend(server.clone(), Some(Box::new(backend)));
+        let vspc_file = home.root().join(VSPC_FILE);
+        let _ = std::fs::remove_file(&vspc_file);
+        let vspc = match &opts.vspc {
+            Some(at) => match Vspc::listen(&server, at).await {
+                Ok((_, local)) => {
+                    let _ = std::fs::write(&vspc_file, format!("{local}\n"));
+                    Some(local)
+                }
+                Err(e) => return fail(format!("vSPC port {at}: {e}")),
+            },
+            None => None,
+        };
+        let backend = match opts.backend.build(home, vspc).await {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let engine = Engine::with_backend(server.clone(), Some(backend));
         engine.set_unresponsive_after(opts.unresponsive_after);
         if let Err(e) = engine.sweep_images() {
             tracing::warn!("collecting unused image layers: {e}");
@@ -155,6 +183,9 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
         }
         println!("  channels (unix):   {}", home.channel_socket().display());
         println!("  channels (tcp):    {addr}");
+        if let Some(v) = vspc {
+            println!("  vSPC (telnet):     {v}");
+        }
         println!("  data:              {}", home.root().display());
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -201,6 +232,8 @@ fn detach_server(home: &Home, opts: &ServeOptions) -> ExitCode {
                 .iter()
                 .flat_map(|l| ["--log-level", l.as_str()]),
         )
+        .args(opts.vspc.iter().flat_map(|v| ["--vspc", v.as_str()]))
+        .args(opts.backend.serve_args())
         .args(opts.api_tcp.serve_args())
         .args(opts.registry.serve_args())
         .env("TETHER_HOME", home.root())

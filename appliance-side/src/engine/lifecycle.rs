@@ -273,7 +273,7 @@ impl Engine {
     }
 
     fn backend_tracks_pids(&self) -> bool {
-        self.backend.is_some()
+        self.backend.as_ref().is_some_and(|b| b.runs_processes())
     }
 
     /// The last lines the VM printed on its console, for error messages.
@@ -390,6 +390,12 @@ impl Engine {
                 tokio::time::sleep(POLL).await;
             }
         }
+        // A VM that is no process here (vSphere) is powered off through its backend.
+        if let Some(b) = self.backend.as_ref().filter(|b| !b.runs_processes()) {
+            if let Err(e) = b.power_off(&self.home().container(&rec.id)) {
+                tracing::warn!(container = %rec.id, "powering the VM off: {e}");
+            }
+        }
     }
 
     /// docker restart: stop (if running), then start.
@@ -451,6 +457,11 @@ impl Engine {
     /// Deletes a stopped container's record, state, logs and disk (and, with `volumes`, its
     /// anonymous volumes).
     pub(crate) fn remove_now(&self, rec: &Record, volumes: bool) -> Result<(), EngineError> {
+        // The VM goes first: a record without its VM is better than a VM nobody knows of.
+        if let Some(b) = &self.backend {
+            b.destroy(&self.home().container(&rec.id))
+                .map_err(|e| EngineError::Internal(format!("removing the container's VM: {e}")))?;
+        }
         self.server.forget(&rec.id);
         records::remove(self.home(), &rec.id)?;
         if volumes {

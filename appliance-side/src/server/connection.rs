@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use guestinfo::contract::MAIN_SESSION;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -20,9 +20,24 @@ use crate::server::{
     READ_BUFFER, TICK,
 };
 
+/// How often an established channel's guest is sent the time again, besides after every
+/// handshake: enough for tether to slew away drift.
+pub const TIME_RESYNC: Duration = Duration::from_secs(60);
+
 impl Server {
     /// Serves one channel until it breaks.
     pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self: Arc<Self>, sock: S, peer: String) {
+        self.serve_resyncing(sock, peer, None).await
+    }
+
+    /// [`Server::serve`], also sending the guest the time whenever `resync` is notified (the
+    /// vSPC does at the end of a vMotion, which the channel itself never sees).
+    pub async fn serve_resyncing<S: AsyncRead + AsyncWrite + Unpin>(
+        self: Arc<Self>,
+        sock: S,
+        peer: String,
+        resync: Option<Arc<Notify>>,
+    ) {
         let pending = self.pending_handshakes.fetch_add(1, Ordering::Relaxed);
         if pending >= MAX_PENDING_HANDSHAKES {
             self.pending_handshakes.fetch_sub(1, Ordering::Relaxed);
@@ -65,7 +80,9 @@ impl Server {
             // Reads need not hold a whole frame (the reader reassembles): 16 KiB keeps an idle
             // channel cheap (server memory per channel is a benchmark goal) and reads big enough.
             rd.set_read_size(READ_BUFFER);
-            match self.established(&container, &hello, &mut rd, &mut wr).await {
+            let established =
+                self.established(&container, &hello, &mut rd, &mut wr, resync.as_deref());
+            match established.await {
                 // The guest saw a break we did not (a serial line has no hangup): it starts over
                 // on this same connection.
                 End::Hello(h) => first_hello = Some(h),
@@ -84,6 +101,7 @@ impl Server {
         hello: &Hello,
         rd: &mut MessageStream<R>,
         wr: &mut W,
+        resync: Option<&Notify>,
     ) -> End {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let kick = Arc::new(Notify::new());
@@ -105,7 +123,9 @@ impl Server {
             id: container.id.clone(),
         });
         // The loop ends only by an error or a new Hello.
-        let Err(end) = self.run_until_end(container, hello, rd, wr, &kick).await;
+        let Err(end) = self
+            .run_until_end(container, hello, rd, wr, &kick, resync)
+            .await;
         let mut live = self.live.lock().expect("lock");
         if live.get(&container.id).is_some_and(|l| l.conn == conn) {
             live.remove(&container.id);
@@ -121,12 +141,17 @@ impl Server {
         rd: &mut MessageStream<R>,
         wr: &mut W,
         kick: &Notify,
+        resync: Option<&Notify>,
     ) -> Result<std::convert::Infallible, End> {
         let start = Instant::now();
         let mut keepalive = Keepalive::new(0, PING_INTERVAL_MS, DEAD_AFTER_MS);
         let mut tick = tokio::time::interval(TICK);
         // Grows to what a burst needs; an idle channel holds nothing.
         let mut out = Vec::new();
+        // The guest's clock follows ours from every handshake on (a boot, a reconnect, an
+        // appliance back after a while): VIC's never did (vic#2527, exit times days off).
+        write_time(&mut out);
+        let mut last_time = Instant::now();
         // Messages already read past the handshake.
         self.absorb(c, hello, rd, &mut keepalive, 0)?;
         let mut meter = LinkMeter::default();
@@ -146,7 +171,15 @@ impl Server {
                     tokio::task::yield_now().await;
                 }
                 _ = c.tx_wake.notified() => {}
+                _ = notified(resync) => {
+                    write_time(&mut out);
+                    last_time = Instant::now();
+                }
                 _ = tick.tick() => {
+                    if last_time.elapsed() >= TIME_RESYNC {
+                        write_time(&mut out);
+                        last_time = Instant::now();
+                    }
                     let now = start.elapsed().as_millis() as u64;
                     let mut inner = c.inner.lock().expect("lock");
                     inner.streams.on_tick(now);
@@ -225,6 +258,22 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// The time, as a link message (sent as soon as it is written: never stale).
+fn write_time(out: &mut Vec<u8>) {
+    let unix_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    write_message(&Message::Time { unix_nanos }, out);
+}
+
+/// Resolves when `n` is notified; never without one.
+async fn notified(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod container;
 pub mod events;
 pub mod follow;
 mod handshake;
+pub mod vspc;
 
 use crate::home::Home;
 use crate::server::container::Container;

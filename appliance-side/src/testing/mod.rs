@@ -4,3 +4,4 @@
 pub mod fuzzing;
 pub mod process;
 pub mod sim;
+pub mod vmotion;

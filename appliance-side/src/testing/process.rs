@@ -20,3 +20,21 @@ pub fn succeeded(out: &Output, what: &str, context: &str) -> String {
     );
     text(&out.stdout)
 }
+
+/// Panics unless the command failed with exit code `code` (`None`: any failure) and its stderr
+/// says `says`, showing all it wrote when not.
+pub fn failed(out: &Output, code: Option<i32>, says: &str) {
+    let err = text(&out.stderr);
+    let code_ok = match code {
+        Some(c) => out.status.code() == Some(c),
+        None => !out.status.success(),
+    };
+    assert!(
+        code_ok && err.contains(says),
+        "expected a failure{} saying {says:?}; got {}: {}{err}",
+        code.map(|c| format!(" with exit code {c}"))
+            .unwrap_or_default(),
+        out.status,
+        text(&out.stdout),
+    );
+}

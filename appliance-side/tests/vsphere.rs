@@ -1,0 +1,306 @@
+//! The vSphere backend against govmomi's vSphere simulator (tests/vcsim/main.go, built offline
+//! against Debian's govmomi sources): the VM it creates is read back and compared with what was
+//! meant (devices, extraConfig, power state), through a restart and a destroy; bad credentials,
+//! a missing datastore or folder and a name clash are clear errors that leave nothing behind.
+//!
+//! The simulator's VMs never boot: what ran inside (tether, dialling the vSPC) is not part of
+//! these tests. The QEMU tier covers that side (tests/tests/vspc.rs).
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use appliance::backend::vsphere::{recorded_vm_id, VsphereBackend, VsphereConfig, VsphereError};
+use appliance::backend::{Backend, LaunchRequest, Transport};
+use appliance::store::records::{self, NewContainer};
+use common::*;
+
+/// The simulator, running; stopped on drop.
+struct Vcsim {
+    child: Child,
+    url: String,
+    datastore_dir: PathBuf,
+}
+
+fn vcsim_bin() -> PathBuf {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let bin = ws.join("target/vcsim/vcsim");
+    let src = ws.join("tests/vcsim/main.go");
+    let stale = match (bin.metadata(), src.metadata()) {
+        (Ok(b), Ok(s)) => b.modified().unwrap() < s.modified().unwrap(),
+        _ => true,
+    };
+    if stale {
+        let ok = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("./tests/vcsim")
+            .current_dir(&ws)
+            // Offline, against Debian's govmomi (golang-github-vmware-govmomi-dev).
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", ws.join("target/vcsim/cache"))
+            .env("GOFLAGS", "")
+            .status()
+            .expect("go is installed (make deps)")
+            .success();
+        assert!(ok, "building tests/vcsim failed");
+    }
+    bin
+}
+
+impl Vcsim {
+    fn start() -> Self {
+        let mut child = Command::new(vcsim_bin())
+            .args(["-user", "tether", "-pass", "s3cret"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut words = line.split_whitespace();
+        let url = words.next().expect("vcsim prints its URL").to_string();
+        let datastore_dir = PathBuf::from(words.next().expect("and its datastore"));
+        Self {
+            child,
+            url,
+            datastore_dir,
+        }
+    }
+
+    fn config(&self) -> VsphereConfig {
+        VsphereConfig {
+            url: self.url.clone(),
+            user: "tether".into(),
+            password: "s3cret".into(),
+            datastore: "LocalDS_0".into(),
+            folder: "/DC0/vm".into(),
+            pool: "/DC0/host/DC0_C0/Resources".into(),
+            iso: "tether/bootstrap.iso".into(),
+            image_dir: "tether/images".into(),
+            networks: vec!["VM Network".into()],
+            vspc_uri: "telnet://192.0.2.1:2377".into(),
+        }
+    }
+}
+
+impl Drop for Vcsim {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A container record with its guestinfo written, as the engine leaves it before a launch.
+fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
+    let (rec, spec) = records::create(
+        home,
+        &NewContainer {
+            args: vec!["/bin/sh".into(), "-c".into(), "echo 'a | b'".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = home.container(&rec.id);
+    records::write_config(&dir, &spec).unwrap();
+    let req = LaunchRequest {
+        container_dir: dir.clone(),
+        image_disk: home.root().join("images/img1/disk.qcow2"),
+        config: dir.join("config.vmx"),
+        memory_mb: 512,
+        cpus: 2,
+        transport: Transport::Serial(String::new()),
+        volumes: Vec::new(),
+    };
+    (dir, req)
+}
+
+/// The backend's calls are synchronous (the engine's), run on a runtime worker.
+fn on_runtime<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    rt.block_on(async { tokio::spawn(async move { f() }).await.unwrap() })
+}
+
+#[test]
+fn a_containervm_is_created_as_meant_powered_off_restarted_and_destroyed() {
+    let sim = Vcsim::start();
+    let home = TempHome::new("vsphere-vm");
+    let rt = runtime();
+    let backend = std::sync::Arc::new(
+        rt.block_on(VsphereBackend::connect(sim.config()))
+            .expect("the backend connects"),
+    );
+    let (dir, req) = container(&home);
+    let name = VsphereBackend::vm_name(&dir);
+    let b = backend.clone();
+    let r = req.clone();
+    on_runtime(&rt, move || b.launch(&r)).expect("launch");
+    let id = recorded_vm_id(&dir).expect("the VM is recorded with the container");
+    let vm = appliance::backend::vsphere::soap::MoRef::new("VirtualMachine", &id);
+    let info = rt.block_on(backend.vim().vm_info(&vm)).unwrap();
+    assert_eq!(info.name, name);
+    assert_eq!(info.power_state, "poweredOn");
+    assert_eq!((info.memory_mb, info.cpus), (512, 2));
+    let of = |kind: &str| {
+        info.devices
+            .iter()
+            .filter(|d| d.kind == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("ParaVirtualSCSIController").len(),
+        1,
+        "{:?}",
+        info.devices
+    );
+    let disks = of("VirtualDisk");
+    assert_eq!(disks.len(), 1);
+    assert_eq!(disks[0].backing, format!("[LocalDS_0] {name}/{name}.vmdk"));
+    assert_eq!(disks[0].parent, "[LocalDS_0] tether/images/img1.vmdk");
+    assert!(
+        sim.datastore_dir
+            .join(&name)
+            .join(format!("{name}.vmdk"))
+            .exists(),
+        "the writable delta was created on the datastore"
+    );
+    let cdroms = of("VirtualCdrom");
+    assert_eq!(cdroms.len(), 1);
+    assert_eq!(cdroms[0].backing, "[LocalDS_0] tether/bootstrap.iso");
+    let serial = of("VirtualSerialPort");
+    assert_eq!(serial.len(), 1);
+    assert_eq!(serial[0].backing, "telnet://192.0.2.1:2377");
+    let nics = of("VirtualVmxnet3");
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].backing, "VM Network");
+    assert_eq!(nics[0].pci_slot, Some(192));
+    // The guestinfo, key for key, as the QEMU backend's fw_cfg file holds it.
+    let meant = guestinfo::vmx::parse(&std::fs::read_to_string(&req.config).unwrap()).unwrap();
+    for (k, v) in &meant {
+        let got = info.extra_config.iter().find(|(key, _)| key == k);
+        assert_eq!(got.map(|(_, v)| v), Some(v), "extraConfig {k}");
+    }
+    let spec = guestinfo::spec::decode(&guestinfo::KeySet::from_pairs(
+        info.extra_config
+            .iter()
+            .cloned()
+            .filter(|(k, _)| k.starts_with("guestinfo."))
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    assert_eq!(
+        spec.main_session().unwrap().args,
+        ["/bin/sh", "-c", "echo 'a | b'"]
+    );
+    // Stop: powered off, kept. Start again: the same VM, reconfigured and on.
+    let b = backend.clone();
+    let d = dir.clone();
+    on_runtime(&rt, move || b.power_off(&d)).unwrap();
+    assert_eq!(
+        rt.block_on(backend.vim().power_state(&vm)).unwrap(),
+        "poweredOff"
+    );
+    let b = backend.clone();
+    let r = req.clone();
+    on_runtime(&rt, move || b.launch(&r)).expect("relaunch");
+    assert_eq!(recorded_vm_id(&dir).as_deref(), Some(id.as_str()));
+    assert_eq!(
+        rt.block_on(backend.vim().power_state(&vm)).unwrap(),
+        "poweredOn"
+    );
+    // rm: gone from the inventory.
+    let b = backend.clone();
+    let d = dir.clone();
+    on_runtime(&rt, move || b.destroy(&d)).unwrap();
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        vec![]
+    );
+    assert_eq!(recorded_vm_id(&dir), None);
+}
+
+#[test]
+fn bad_credentials_a_missing_datastore_or_folder_and_a_name_clash_are_clear_and_leave_nothing() {
+    let sim = Vcsim::start();
+    let rt = runtime();
+    let connect = |cfg: VsphereConfig| rt.block_on(VsphereBackend::connect(cfg));
+    let err = |r: Result<VsphereBackend, VsphereError>| r.err().expect("refused").to_string();
+    let e = err(connect(VsphereConfig {
+        password: "wrong".into(),
+        ..sim.config()
+    }));
+    assert!(e.starts_with("vSphere login as tether at "), "{e}");
+    assert!(
+        e.contains("InvalidLogin") && e.contains("check the user and password"),
+        "{e}"
+    );
+    let e = err(connect(VsphereConfig {
+        datastore: "NoSuchDS".into(),
+        ..sim.config()
+    }));
+    assert!(
+        e.contains("the datastore \"/DC0/datastore/NoSuchDS\" is not in the vSphere inventory"),
+        "{e}"
+    );
+    let e = err(connect(VsphereConfig {
+        folder: "/DC0/vm/missing".into(),
+        ..sim.config()
+    }));
+    assert!(e.contains("VM folder \"/DC0/vm/missing\""), "{e}");
+    let e = err(connect(VsphereConfig {
+        pool: "/DC0/host/nope/Resources".into(),
+        ..sim.config()
+    }));
+    assert!(e.contains("resource pool"), "{e}");
+
+    // A name clash: another appliance's VM (same name, not recorded here) is not touched.
+    let backend = std::sync::Arc::new(connect(sim.config()).unwrap());
+    let home_a = TempHome::new("vsphere-clash-a");
+    let (_, req_a) = container(&home_a);
+    let b = backend.clone();
+    on_runtime(&rt, move || b.launch(&req_a)).unwrap();
+    let before = rt.block_on(backend.vim().vms_in(backend.folder())).unwrap();
+    assert_eq!(before.len(), 1);
+    let home_b = TempHome::new("vsphere-clash-b");
+    let (dir_b, mut req_b) = container(&home_b);
+    // The same VM name: container directories named alike.
+    let same = home_b.containers().join(
+        home_a
+            .containers()
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name(),
+    );
+    std::fs::rename(&dir_b, &same).unwrap();
+    req_b.container_dir = same.clone();
+    req_b.config = same.join("config.vmx");
+    let b = backend.clone();
+    let e = on_runtime(&rt, move || b.launch(&req_b))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("already exists in /DC0/vm") && e.contains("not this appliance's"),
+        "{e}"
+    );
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        before,
+        "nothing created"
+    );
+    assert_eq!(recorded_vm_id(&same), None);
+}
