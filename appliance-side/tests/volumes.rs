@@ -4,6 +4,8 @@
 //! restart of the server.
 
 mod common;
+// The image tests' module: this test takes its fixture archive only.
+#[allow(dead_code)]
 mod image_support;
 
 use std::collections::BTreeSet;
@@ -174,6 +176,13 @@ fn volumes_are_made_listed_inspected_refused_while_used_and_kept_across_a_restar
     .collect();
     assert_eq!(view, want);
     assert_eq!(volume_names(&d, &["-f", "dangling=true"]), set(&["big"]));
+    let df = d.ok(&[
+        "system",
+        "df",
+        "--format",
+        "{{.Type}} {{.TotalCount}} {{.Active}}",
+    ]);
+    assert!(df.contains("Local Volumes 4 3"), "{df}");
     assert_eq!(volume_names(&d, &["-f", "label=team=core"]), set(&["big"]));
     assert_eq!(volume_names(&d, &["-f", "name=fre"]), set(&["fresh"]));
 

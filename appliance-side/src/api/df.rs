@@ -61,7 +61,7 @@ impl Api {
                 "LayersSize": du.layers_size,
                 "Images": images,
                 "Containers": containers,
-                "Volumes": [],
+                "Volumes": self.volumes_df(),
                 "BuildCache": [],
             }),
         )
