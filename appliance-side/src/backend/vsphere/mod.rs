@@ -96,6 +96,8 @@ pub struct VsphereBackend {
 impl VsphereBackend {
     /// Logs in and finds the folder, pool and datastore; any of them wrong is an error naming it.
     pub async fn connect(cfg: VsphereConfig) -> Result<Self, VsphereError> {
+        // reqwest's TLS is rustls with the process's provider: ring, as the registry client's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .build()

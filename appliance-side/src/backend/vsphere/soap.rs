@@ -199,7 +199,11 @@ pub fn find<'a, 'i>(
 
 /// A `MoRef` from an element holding one (`<returnval type="Task">task-1</returnval>`).
 pub fn moref(n: roxmltree::Node<'_, '_>) -> Option<MoRef> {
-    let kind = n.attribute("type")?;
+    // The un-namespaced `type`: vcsim also writes `xsi:type="ManagedObjectReference"`, first.
+    let kind = n
+        .attributes()
+        .find(|a| a.name() == "type" && a.namespace().is_none())?
+        .value();
     Some(MoRef::new(kind, n.text()?.trim()))
 }
 
@@ -221,6 +225,14 @@ mod tests {
                 kind: "InvalidLogin".into(),
                 message: "Login failure".into()
             })
+        );
+        let doc = parse(
+            r#"<val xmlns:x="http://www.w3.org/2001/XMLSchema-instance"><result x:type="ManagedObjectReference" type="VirtualMachine">vm-57</result></val>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            find(&doc, "result").and_then(moref),
+            Some(MoRef::new("VirtualMachine", "vm-57"))
         );
         let ok = r#"<Envelope><Body><LoginResponse><returnval/></LoginResponse></Body></Envelope>"#;
         assert_eq!(fault_in(ok).unwrap(), None);

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
+use super::handle::{ConnHandle, Outbound};
 use super::port::{self, PortEvent};
 use super::telnet::{self, Decoder, Event, Options, IAC, OPT_BINARY, OPT_VMWARE};
 use super::vmware::{self, HostCommand};
@@ -22,40 +23,6 @@ const OPEN_AFTER: Duration = Duration::from_secs(1);
 const READ_SIZE: usize = 16 * 1024;
 /// Writes queued to one connection; past this the sender waits (the host's TCP pushes back).
 const WRITE_QUEUE: usize = 64;
-
-/// What is written to a connection.
-#[derive(Debug)]
-pub(super) enum Outbound {
-    /// Serial data: escaped as telnet data on a telnet connection.
-    Data(Vec<u8>),
-    /// Telnet commands, already encoded.
-    Command(Vec<u8>),
-}
-
-/// The port's hold on a connection: where to write, and how to end it.
-#[derive(Debug, Clone)]
-pub(super) struct ConnHandle {
-    pub id: u64,
-    pub peer: SocketAddr,
-    tx: mpsc::Sender<Outbound>,
-    end: Arc<watch::Sender<bool>>,
-}
-
-impl ConnHandle {
-    /// Queues data for the VM; false when the connection is gone.
-    pub async fn data(&self, bytes: Vec<u8>) -> bool {
-        self.tx.send(Outbound::Data(bytes)).await.is_ok()
-    }
-
-    pub async fn command(&self, bytes: Vec<u8>) -> bool {
-        self.tx.send(Outbound::Command(bytes)).await.is_ok()
-    }
-
-    /// Closes the connection (after what is queued is written).
-    pub fn close(&self) {
-        self.end.send_replace(true);
-    }
-}
 
 /// Serves one accepted connection until it closes.
 pub(super) async fn run(vspc: Arc<Vspc>, sock: tokio::net::TcpStream, peer: SocketAddr) {
@@ -73,12 +40,7 @@ pub(super) async fn run(vspc: Arc<Vspc>, sock: tokio::net::TcpStream, peer: Sock
         end.subscribe(),
     ));
     let mut ended = end.subscribe();
-    let handle = ConnHandle {
-        id,
-        peer,
-        tx,
-        end: end.clone(),
-    };
+    let handle = ConnHandle::new(id, peer, tx, end.clone());
     let mut c = Conn {
         vspc,
         handle,

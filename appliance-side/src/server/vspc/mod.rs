@@ -17,6 +17,7 @@
 //! IAC is relayed raw.
 
 mod conn;
+mod handle;
 mod port;
 pub mod telnet;
 pub mod vmware;

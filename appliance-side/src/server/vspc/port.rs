@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio::time::Instant;
 
-use super::conn::ConnHandle;
+use super::handle::ConnHandle;
 use super::vmware::{self, HostCommand, SECRET_LEN};
 use super::{Vspc, MIGRATION_LIMIT};
 
