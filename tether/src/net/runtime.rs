@@ -99,8 +99,14 @@ impl Network {
     /// Re-applies the firewall and the files, and reports: after any change.
     pub fn refresh(&self) {
         let eps = self.endpoints.borrow();
-        if let Err(e) = self.os.set_firewall(&net::ruleset(&eps)) {
-            crate::log::error(&format!("firewall not updated: {e}"));
+        let rules = net::ruleset(&eps);
+        match self.os.set_firewall(&rules) {
+            Ok(()) => {
+                for r in rules.rules() {
+                    crate::log::debug(&format!("firewall: {}", crate::net::firewall::describe(&r)));
+                }
+            }
+            Err(e) => crate::log::error(&format!("firewall not updated: {e}")),
         }
         let hostname = self.spec.effective_hostname();
         match crate::boot::hosts_file(
