@@ -386,6 +386,7 @@ impl Appliance {
                 Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
                 Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
             },
+            nics: Vec::new(),
         }));
         self.last_launch = Some(Instant::now());
         let child = cmd

@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod boot_files;
 pub mod disk_cache;
+pub mod net;
 pub mod qemu;
 pub mod qemu_args;
 
@@ -35,6 +36,26 @@ pub struct LaunchRequest {
     /// vCPUs (docker's NanoCpus / CpuCount); 0 is one.
     pub cpus: u32,
     pub transport: Transport,
+    /// The VM's NICs, in the order of its networks.
+    pub nics: Vec<Nic>,
+}
+
+/// One NIC of a VM, at a fixed PCI slot (where tether looks for it).
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub slot: u32,
+    pub mac: String,
+    pub attachment: NicAttachment,
+}
+
+/// What a NIC is plugged into.
+#[derive(Debug, Clone)]
+pub enum NicAttachment {
+    /// QEMU's user-mode network (docker's default network): its DHCP server, its NAT out,
+    /// and `hostfwd` rules (`tcp:127.0.0.1:18080-:80`) for published ports.
+    UserMode { hostfwd: Vec<String> },
+    /// A tap on a user network's bridge, opened in its namespace (`net::tap`).
+    Tap(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
 /// A VM the backend started.
@@ -91,4 +112,9 @@ pub trait Backend: Send + Sync {
     /// Whether a VM could be launched now (its boot files are there): what building image
     /// layers in VMs needs before it starts one.
     fn can_boot(&self) -> Result<(), BackendError>;
+
+    /// The host plumbing of user networks, where this backend has it.
+    fn network_plumbing(&self) -> Option<std::sync::Arc<dyn net::NetworkPlumbing>> {
+        None
+    }
 }

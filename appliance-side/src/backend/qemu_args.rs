@@ -36,6 +36,17 @@ pub struct VmSpec {
     /// Where ttyS0 (the guest console) is written.
     pub console: PathBuf,
     pub channel: ChannelEnd,
+    /// NICs: virtio-net devices at fixed PCI slots.
+    pub nics: Vec<QemuNic>,
+}
+
+/// One virtio-net NIC on QEMU's command line.
+pub struct QemuNic {
+    /// The device's slot on the root bus (`addr=`), where tether finds it.
+    pub slot: u32,
+    pub mac: String,
+    /// The `-netdev` backend without its id: `user,...` or `tap,fd=N`.
+    pub netdev: String,
 }
 
 /// Arguments for `qemu-system-x86_64`. q35: its ACPI gives tether a clean power-off. Whether
@@ -82,6 +93,15 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
     // TCG boot to seed, and tether's handshake nonces wait for it.
     push("-device");
     push("virtio-rng-pci");
+    for (i, nic) in s.nics.iter().enumerate() {
+        push("-netdev");
+        push(&format!("{},id=net{i}", nic.netdev));
+        push("-device");
+        push(&format!(
+            "virtio-net-pci,netdev=net{i},mac={},addr={:#x}",
+            nic.mac, nic.slot
+        ));
+    }
     push("-fw_cfg");
     push(&format!("name={FW_CFG_NAME},file={}", s.config.display()));
     push("-serial");

@@ -168,6 +168,8 @@ pub fn new_container(
                 )))
             }
         },
+        // Networks and ports: the engine's `network_request`, which resolves networks.
+        ..Default::default()
     };
     if memory > 0 && options.memory_mb < MIN_MEMORY_MB {
         return Err(bad(format!(
@@ -207,8 +209,10 @@ impl Engine {
             ));
         }
         let image = self.image_defaults(&reference)?;
-        let new = new_container(body, name, &image)?;
+        let mut new = new_container(body, name, &image)?;
         let _names = self.names.lock().expect("names lock");
+        self.network_request(body, &image.config.exposed_ports)?
+            .apply(&mut new.options);
         let (rec, _) = records::create(self.home(), &new)?;
         self.emit("create", &rec, &[]);
         Ok(rec)

@@ -19,6 +19,11 @@ pub struct Filters(BTreeMap<String, Vec<String>>);
 impl Filters {
     /// Parses the `filters` query value (empty: no filters).
     pub fn parse(text: &str) -> Result<Self, EngineError> {
+        Self::parse_with(text, KEYS)
+    }
+
+    /// Parses a `filters` value whose keys must be among `keys`.
+    pub fn parse_with(text: &str, keys: &[&str]) -> Result<Self, EngineError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -29,7 +34,7 @@ impl Filters {
         })?;
         let mut out = BTreeMap::new();
         for (key, values) in obj {
-            if !KEYS.contains(&key.as_str()) {
+            if !keys.contains(&key.as_str()) {
                 return Err(EngineError::BadRequest(format!("invalid filter '{key}'")));
             }
             let values: Vec<String> = match values {
@@ -54,6 +59,11 @@ impl Filters {
             out.insert(key.clone(), values);
         }
         Ok(Self(out))
+    }
+
+    /// The values given for `key` (none: no such filter).
+    pub fn values(&self, key: &str) -> &[String] {
+        self.0.get(key).map_or(&[], Vec::as_slice)
     }
 
     pub fn is_empty(&self) -> bool {

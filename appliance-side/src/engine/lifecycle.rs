@@ -158,6 +158,11 @@ impl Engine {
         fresh
             .save(&dir)
             .map_err(|e| EngineError::Internal(format!("container state: {e}")))?;
+        let crate::engine::endpoints::Plugged {
+            nics,
+            proxies,
+            published,
+        } = self.plug(rec).await?;
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),
@@ -170,8 +175,10 @@ impl Engine {
                 },
                 cpus: rec.options.cpus,
                 transport,
+                nics,
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.plugged(rec, proxies, published);
         if let Some(start_time) = crate::engine::vms::process_start_time(launched.pid) {
             let vm = crate::engine::vms::VmRecord {
                 pid: launched.pid,
@@ -434,6 +441,7 @@ impl Engine {
 
     /// Deletes a stopped container's record, state, logs and disk.
     pub(crate) fn remove_now(&self, rec: &Record) -> Result<(), EngineError> {
+        self.unplug(rec);
         self.server.forget(&rec.id);
         records::remove(self.home(), &rec.id)?;
         self.ops.lock().expect("ops lock").remove(&rec.id);

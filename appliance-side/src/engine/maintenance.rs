@@ -104,6 +104,8 @@ impl Engine {
                 memory_mb: crate::engine::DEFAULT_MEMORY_MB,
                 cpus: 0,
                 transport: Transport::Virtio(home.channel_socket()),
+                // A maintenance boot touches only the disk: no network.
+                nics: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {

@@ -4,6 +4,7 @@
 
 pub mod builtins;
 pub mod create;
+pub mod endpoints;
 pub mod events;
 pub mod filters;
 pub mod health;
@@ -11,6 +12,7 @@ pub mod images;
 pub mod layers;
 mod lifecycle;
 pub mod maintenance;
+pub mod networks;
 pub mod pull;
 mod supervise;
 pub mod vms;
@@ -55,6 +57,9 @@ pub enum EngineError {
     NotModified(String, &'static str),
     #[error("{0}")]
     Conflict(String),
+    /// docker's 403: what may never be done (remove a predefined network, or one in use).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
     /// The main process could not start; `exit_code` is 126 or 127 (or 125 for tether's own
@@ -96,6 +101,8 @@ pub struct Engine {
     vm_exits: tokio::sync::mpsc::UnboundedSender<vms::VmExit>,
     /// See [`health::DEFAULT_UNRESPONSIVE_AFTER`].
     unresponsive_after_ms: std::sync::atomic::AtomicU64,
+    /// Networks: their lock, the host's plumbing, published ports' proxies.
+    pub(crate) net: networks::NetState,
 }
 
 impl Engine {
@@ -108,6 +115,7 @@ impl Engine {
     /// it starts the supervisor that handles exits.
     pub fn with_backend(server: Arc<Server>, backend: Option<Box<dyn Backend>>) -> Arc<Self> {
         let (vm_exits, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        let plumbing = backend.as_ref().and_then(|b| b.network_plumbing());
         let engine = Arc::new(Self {
             execs: ExecStore::new(server.home.clone()),
             images: ImageStore::new(server.home.clone()),
@@ -122,8 +130,10 @@ impl Engine {
             unresponsive_after_ms: std::sync::atomic::AtomicU64::new(
                 health::DEFAULT_UNRESPONSIVE_AFTER.as_millis() as u64,
             ),
+            net: networks::NetState::new(plumbing),
             server,
         });
+        engine.ensure_predefined_networks();
         supervise::spawn(&engine, exits_rx);
         engine
     }

@@ -20,6 +20,9 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
     let mut news = engine.server.lifecycle();
     if engine.backend.is_some() {
         engine.adopt_vms();
+        engine.restore_networks();
+        let e = engine.clone();
+        tokio::spawn(async move { e.republish().await });
     }
     let weak: Weak<Engine> = Arc::downgrade(engine);
     tokio::spawn(async move {
@@ -98,6 +101,7 @@ impl Engine {
             return;
         };
         tracing::info!(container = %rec.id, pid = exit.pid, how = %exit.how, "VM process ended");
+        self.unplug(&rec);
         // The VM went away under a running main process: nobody will report its exit.
         let why = format!(
             "the containerVM ended without its process exiting ({}); console: {}",
