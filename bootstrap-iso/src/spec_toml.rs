@@ -159,6 +159,7 @@ pub fn to_vmx(text: &str, default_id: &str) -> Result<String, Error> {
         execs: BTreeMap::new(),
         id,
         extra_hosts: Vec::new(),
+        networks: Default::default(),
     };
     Ok(guestinfo::spec_to_vmx(&c))
 }

@@ -9,10 +9,12 @@ pub mod contract;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod keys;
+pub mod network;
 pub mod spec;
 pub mod vmx;
 
 pub use keys::{KeyError, KeyPath, KeySet, KeySource, KeyWriter, LookupSource};
+pub use network::{Cidr, NetworkEndpoint, PciSlot, TrustLevel};
 pub use spec::{ContainerSpec, Rlimit, SessionSpec};
 
 use thiserror::Error;

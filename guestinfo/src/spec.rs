@@ -12,6 +12,7 @@
 //! | `stop/grace` | ms between the stop signal and SIGKILL at shutdown (default 10000) |
 //! | `network/dns`, `network/search` | lists: nameservers and search domains for /etc/resolv.conf (none: the image's file is kept) |
 //! | `network/hosts` | list of `NAME:ADDR` (docker's `--add-host`, split at the first `:` so IPv6 addresses need no brackets): `ADDR\tNAME` lines appended to /etc/hosts in order |
+//! | `networks` | map of network endpoints, one per vNIC: keys in [`crate::network`] |
 //! | `sessions`, `execs` | maps of sessions: the main session's key is the container id |
 //! | `<map>\|ID/common/id`, `.../common/name` | session id and name |
 //! | `.../cmd/Path`, `.../cmd/Args`, `.../cmd/Env`, `.../cmd/Dir` | program (required unless `builtin` is set), argv (argv\[0\] included), environment, working dir |
@@ -26,6 +27,7 @@
 use std::collections::BTreeMap;
 
 use crate::keys::{KeyError, KeyPath, KeySource, KeyWriter};
+use crate::network::{self, NetworkEndpoint};
 
 pub use crate::contract::DEFAULT_DISK_LABEL;
 pub const DEFAULT_DISK_WAIT_MS: u64 = 10_000;
@@ -121,6 +123,8 @@ pub struct ContainerSpec {
     pub dns_search: Vec<String>,
     /// `NAME:ADDR` entries (docker's ExtraHosts), appended to /etc/hosts in order.
     pub extra_hosts: Vec<String>,
+    /// The vNICs, keyed by network name (`crate::network`); none: only `lo`.
+    pub networks: BTreeMap<String, NetworkEndpoint>,
     /// Sessions started at boot; the one keyed by the container id is the main session.
     pub sessions: BTreeMap<String, SessionSpec>,
     /// Sessions declared as execs (started on request).
@@ -144,6 +148,7 @@ impl Default for ContainerSpec {
             dns: Vec::new(),
             dns_search: Vec::new(),
             extra_hosts: Vec::new(),
+            networks: BTreeMap::new(),
             sessions: BTreeMap::new(),
             execs: BTreeMap::new(),
         }
@@ -211,6 +216,7 @@ pub fn decode(keys: &impl KeySource) -> Result<ContainerSpec, KeyError> {
         dns: keys.list(r.field("network").field("dns").as_str())?,
         dns_search: keys.list(r.field("network").field("search").as_str())?,
         extra_hosts: keys.list(r.field("network").field("hosts").as_str())?,
+        networks: network::decode(keys, &r)?,
         sessions,
         execs,
         id,
@@ -326,6 +332,7 @@ pub fn encode(spec: &ContainerSpec) -> BTreeMap<String, String> {
     w.list(&r.field("network").field("dns"), &spec.dns);
     w.list(&r.field("network").field("search"), &spec.dns_search);
     w.list(&r.field("network").field("hosts"), &spec.extra_hosts);
+    network::encode(&mut w, &r, &spec.networks);
     encode_sessions(&mut w, &r.field("sessions"), &spec.sessions);
     encode_sessions(&mut w, &r.field("execs"), &spec.execs);
     w.into_pairs()

@@ -255,6 +255,7 @@ proptest! {
             dns: vec!["10.0.0.2".into()],
             dns_search: vec![],
             extra_hosts,
+            networks: Default::default(),
             sessions: [("main-id".to_string(), main)].into(),
             execs,
         };

@@ -128,16 +128,43 @@ pub fn load_spec() -> Option<Result<guestinfo::ContainerSpec, ConfigFailure>> {
 /// Writes the container's state to guestinfo in one update (never torn across keys), if this
 /// is a VMware VM.
 pub fn write_status(container_id: &str, status: &str) {
+    let key = guestinfo::KeyPath::read_write()
+        .field("sessions")
+        .entry(container_id)
+        .field("status");
+    info_set_all(&[(key.to_string(), status.to_string())].into());
+}
+
+/// Writes what each endpoint was assigned to guestinfo's read-write keys (VIC's `assigned`
+/// fields), if this is a VMware VM: one `info-set` per key, so a reader may see one endpoint's
+/// keys from before and after a renewal; each key on its own is whole.
+pub fn write_network(endpoints: &[wire::EndpointStatus]) {
+    info_set_all(&network_pairs(endpoints));
+}
+
+fn network_pairs(endpoints: &[wire::EndpointStatus]) -> std::collections::BTreeMap<String, String> {
+    let mut w = guestinfo::KeyWriter::new();
+    for e in endpoints {
+        let assigned = guestinfo::network::Assigned {
+            address: e.ipv4.first().cloned(),
+            addresses6: e.ipv6.clone(),
+            gateway: e.gateway.clone(),
+            nameservers: e.nameservers.clone(),
+        };
+        guestinfo::network::encode_assigned(&mut w, &e.network, &assigned);
+    }
+    w.into_pairs()
+}
+
+fn info_set_all(pairs: &std::collections::BTreeMap<String, String>) {
     let Ok(mut port) = Port::open() else { return };
     if !present(&mut port) {
         return;
     }
     if let Ok(mut rpc) = Rpci::open(port) {
-        let key = guestinfo::KeyPath::read_write()
-            .field("sessions")
-            .entry(container_id)
-            .field("status");
-        let _ = rpc.info_set(key.as_str(), status);
+        for (key, value) in pairs {
+            let _ = rpc.info_set(key, value);
+        }
     }
 }
 
@@ -372,6 +399,33 @@ mod tests {
         assert_eq!(spec.id, "id1");
         assert_eq!(spec.secret, b"secret");
         assert_eq!(spec.main_session().unwrap().path, "/bin/sh");
+    }
+
+    #[test]
+    fn network_write_back_is_vics_assigned_keys() {
+        let endpoints = [wire::EndpointStatus {
+            network: "bridge".into(),
+            ipv4: vec!["10.0.2.15/24".into()],
+            gateway: Some("10.0.2.2".into()),
+            nameservers: vec!["10.0.2.3".into(), "10.0.2.4".into()],
+            ..Default::default()
+        }];
+        let mut rpc = Rpci::open(FakeVm::default()).unwrap();
+        for (k, v) in network_pairs(&endpoints) {
+            assert!(rpc.info_set(&k, &v).unwrap());
+        }
+        let get = |rpc: &mut Rpci<FakeVm>, k: &str| rpc.info_get(k).unwrap().unwrap();
+        assert_eq!(
+            get(&mut rpc, "guestinfo.vice..networks|bridge.assigned"),
+            "10.0.2.15/24"
+        );
+        assert_eq!(
+            get(
+                &mut rpc,
+                "guestinfo.vice..networks|bridge.network.assigned.dns~"
+            ),
+            "10.0.2.3|10.0.2.4"
+        );
     }
 
     #[test]

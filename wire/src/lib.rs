@@ -24,6 +24,7 @@ pub mod io;
 pub mod keepalive;
 pub mod message;
 pub mod mux;
+pub mod network;
 pub mod stream;
 
 pub use control::{encode_control, ControlDecoder, ControlError};
@@ -38,6 +39,7 @@ pub use message::{
     Message, Nonce, Position, RefuseReason, Refused, SessionId, StreamKey, StreamKind, Welcome,
 };
 pub use mux::{Inbound, MuxError, Role, StreamConfig, Streams, INITIAL_CREDIT, WRITE_BATCH};
+pub use network::{EndpointStatus, Lease};
 pub use stream::{Delivery, InStream, OutStream, StreamError};
 
 /// Encodes `msg` as one complete frame appended to `out`.

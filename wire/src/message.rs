@@ -252,6 +252,12 @@ pub enum Control {
         name: String,
         op: BuiltinOp,
     },
+    /// Tether -> server: every network endpoint as configured now, sent after each
+    /// (re)configuration (boot, a DHCP renewal that changed something, a lease lost). The whole
+    /// set each time: it replaces what the server held.
+    Network {
+        endpoints: Vec<crate::network::EndpointStatus>,
+    },
 }
 
 /// What a [`Control::Builtin`] session does. Paths are absolute in the container (a relative
@@ -488,6 +494,44 @@ mod tests {
         for (tag, op) in (0u8..).zip(ops) {
             assert_eq!(builtin(op)[..5], [13, 0x80, 0x20, 0, tag]);
         }
+        assert_eq!(encode(&Control::Network { endpoints: vec![] }), [14, 0]);
+    }
+
+    #[test]
+    fn network_records_round_trip() {
+        use crate::network::{EndpointStatus, Lease};
+        let record = Control::Network {
+            endpoints: vec![
+                EndpointStatus {
+                    network: "bridge".into(),
+                    interface: "bridge".into(),
+                    mac: "52:54:00:12:34:56".into(),
+                    ipv4: vec!["10.0.2.15/24".into()],
+                    ipv6: vec!["fe80::5054:ff:fe12:3456/64".into()],
+                    gateway: Some("10.0.2.2".into()),
+                    gateway6: None,
+                    nameservers: vec!["10.0.2.3".into()],
+                    lease: Some(Lease {
+                        server: "10.0.2.2".into(),
+                        obtained_unix: 1_700_000_000,
+                        lease_secs: 86_400,
+                        renew_secs: 43_200,
+                        rebind_secs: 75_600,
+                    }),
+                    error: String::new(),
+                },
+                EndpointStatus {
+                    network: "none yet".into(),
+                    error: "DHCP: no offer".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let framed = crate::encode_control(&record).unwrap();
+        assert_eq!(
+            crate::ControlDecoder::new().push(&framed).unwrap(),
+            [record]
+        );
     }
 
     #[test]

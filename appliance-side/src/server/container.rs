@@ -485,6 +485,7 @@ fn apply_control(
             state.timings.insert(stage, monotonic_nanos);
         }
         Control::Log { level, message } => logs.push((level, message)),
+        Control::Network { endpoints } => state.network = endpoints,
         _ => {}
     }
 }
@@ -529,4 +530,28 @@ impl Runtime {
 
 fn persist_state(inner: &Inner) -> io::Result<()> {
     inner.state.save(&inner.dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_report_replaces_the_last_one() {
+        let mut state = State::for_boot("ab");
+        let endpoint = |ip: &str| wire::EndpointStatus {
+            network: "bridge".into(),
+            ipv4: vec![ip.into()],
+            ..Default::default()
+        };
+        let (mut events, mut logs) = (Vec::new(), Vec::new());
+        for ip in ["10.0.2.15/24", "10.0.2.16/24"] {
+            let record = Control::Network {
+                endpoints: vec![endpoint(ip)],
+            };
+            apply_control(&mut state, record, &mut events, &mut logs);
+        }
+        assert_eq!(state.network, [endpoint("10.0.2.16/24")]);
+        assert!(events.is_empty() && logs.is_empty());
+    }
 }

@@ -275,6 +275,7 @@ pub fn spec_for(record: &Record, attach: bool) -> Result<ContainerSpec, RecordEr
         dns: o.dns.clone(),
         dns_search: o.dns_search.clone(),
         extra_hosts: o.extra_hosts.clone(),
+        networks: Default::default(),
         sessions: [(record.id.clone(), main)].into(),
         execs: Default::default(),
     })

@@ -87,6 +87,11 @@ pub struct State {
     /// Tether's boot stages (nanoseconds on the guest's CLOCK_BOOTTIME), for benchmarks.
     #[serde(default)]
     pub timings: BTreeMap<String, u64>,
+    /// The network endpoints as tether last reported them (`Control::Network`): interface,
+    /// MAC, addresses, gateway, nameservers, lease. Empty until it reports (and for a
+    /// container with only `lo`).
+    #[serde(default)]
+    pub network: Vec<wire::EndpointStatus>,
 }
 
 impl State {
@@ -142,6 +147,30 @@ mod tests {
         assert_eq!(raw["next_exec"], FIRST_EXEC_SESSION);
         assert_eq!(State::load(dir.path()), st);
         assert_eq!(State::load(&dir.path().join("missing")), State::default());
+    }
+
+    #[test]
+    fn network_endpoints_are_stored_and_older_files_load_without_them() {
+        let dir = TestDir::new("state-net");
+        let mut st = State::for_boot("ab");
+        st.network = vec![wire::EndpointStatus {
+            network: "bridge".into(),
+            interface: "eth0".into(),
+            mac: "52:54:00:12:34:56".into(),
+            ipv4: vec!["10.0.2.15/24".into()],
+            gateway: Some("10.0.2.2".into()),
+            ..Default::default()
+        }];
+        st.save(dir.path()).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(raw["network"][0]["ipv4"][0], "10.0.2.15/24");
+        assert_eq!(State::load(dir.path()), st);
+        let mut old = raw.clone();
+        old.as_object_mut().unwrap().remove("network");
+        std::fs::write(dir.path().join(STATE_FILE), old.to_string()).unwrap();
+        assert!(State::load(dir.path()).network.is_empty());
+        assert_eq!(State::load(dir.path()).boot, "ab");
     }
 
     #[test]

@@ -282,6 +282,7 @@ fn sample() -> ContainerSpec {
         dns: vec![],
         dns_search: vec![],
         extra_hosts: vec![],
+        networks: Default::default(),
         sessions: [("abc".to_string(), main)].into(),
         execs: Default::default(),
     }

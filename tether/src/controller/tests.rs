@@ -48,6 +48,7 @@ fn spec(main: SessionSpec, others: Vec<SessionSpec>) -> ContainerSpec {
         dns: vec![],
         dns_search: vec![],
         extra_hosts: vec![],
+        networks: Default::default(),
         sessions,
         execs: BTreeMap::new(),
     }

@@ -51,6 +51,7 @@ pub fn spec(main: SessionSpec) -> ContainerSpec {
         dns: vec![],
         dns_search: vec![],
         extra_hosts: vec![],
+        networks: Default::default(),
         sessions: [(ID.to_string(), main)].into(),
         execs: BTreeMap::new(),
     }
