@@ -50,6 +50,12 @@ SYSTEM_PACKAGES=(
     "docker-registry:/usr/bin/docker-registry"
     "apache2-utils:/usr/bin/htpasswd"
     "skopeo:/usr/bin/skopeo"
+    # User networks (docker network create): a network namespace with a bridge per network, made
+    # with iproute2's ip, and a dnsmasq in it for DHCP and the containers' names; the tests
+    # fetch published ports with curl.
+    "iproute2:/usr/sbin/ip"
+    "dnsmasq-base:/usr/sbin/dnsmasq"
+    "curl:/usr/bin/curl"
 )
 
 install_system() {

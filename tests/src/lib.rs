@@ -546,6 +546,8 @@ impl Drop for Appliance {
                 }
             }
         }
+        // Networks the appliance made: their namespaces and dnsmasqs.
+        appliance::backend::net::netns::teardown_all(&self.home);
         let _ = std::fs::remove_dir_all(self.home.root());
     }
 }

@@ -143,6 +143,22 @@ impl Api {
             String::new()
         };
         let live = |s: &str| if active { s.to_string() } else { String::new() };
+        let reported = self.engine.reported(rec, ep).filter(|_| active);
+        let mac = reported
+            .as_ref()
+            .map(|r| r.mac.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| ep.mac.clone());
+        let gateway = reported
+            .as_ref()
+            .map(|r| r.gateway.clone())
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| ep.gateway.clone());
+        let prefix = reported
+            .as_ref()
+            .map(|r| r.prefix_len)
+            .filter(|p| *p > 0)
+            .unwrap_or(ep.prefix_len);
         let mut dns_names = Vec::new();
         if ep.network_name != DEFAULT_NETWORK {
             dns_names.push(rec.name.clone());
@@ -153,13 +169,13 @@ impl Api {
             "IPAMConfig": if ep.requested_ip.is_empty() { Value::Null } else { json!({"IPv4Address": ep.requested_ip}) },
             "Links": null,
             "Aliases": if ep.aliases.is_empty() { Value::Null } else { json!(ep.aliases) },
-            "MacAddress": ep.mac,
+            "MacAddress": mac,
             "DriverOpts": null,
             "NetworkID": ep.network_id,
             "EndpointID": live(&ep.endpoint_id),
-            "Gateway": if ip.is_empty() { String::new() } else { ep.gateway.clone() },
+            "Gateway": if ip.is_empty() { String::new() } else { gateway },
             "IPAddress": ip,
-            "IPPrefixLen": if active { ep.prefix_len } else { 0 },
+            "IPPrefixLen": if active { prefix } else { 0 },
             "IPv6Gateway": "",
             "GlobalIPv6Address": "",
             "GlobalIPv6PrefixLen": 0,

@@ -98,7 +98,7 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
         push(&format!("{},id=net{i}", nic.netdev));
         push("-device");
         push(&format!(
-            "virtio-net-pci,netdev=net{i},mac={},addr={:#x}",
+            "virtio-net-pci,netdev=net{i},mac={},bus=pcie.0,addr={:#x}",
             nic.mac, nic.slot
         ));
     }

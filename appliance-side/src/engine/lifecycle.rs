@@ -138,9 +138,11 @@ impl Engine {
             EngineError::Internal("this appliance has no backend to run VMs".into())
         })?;
         let image_disk = self.image_disk(rec)?;
+        let rec = &self.bind_endpoints(rec)?;
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
         let mut spec = records::spec_for(rec, attach)?;
+        spec.networks = self.guest_networks(rec)?;
         let transport = if rec.options.transport == "serial" {
             spec.channel_device = Some(COM_DEVICE.into());
             let tcp = std::fs::read_to_string(self.home().channel_tcp_file()).map_err(|e| {

@@ -4,9 +4,11 @@
 
 pub mod builtins;
 pub mod create;
+pub mod endpoint_config;
 pub mod endpoints;
 pub mod events;
 pub mod filters;
+pub mod guest_networks;
 pub mod health;
 pub mod images;
 pub mod layers;

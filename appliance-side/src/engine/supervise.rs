@@ -33,7 +33,12 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
                         let Some(engine) = weak.upgrade() else { return };
                         engine.on_main_exit(&id, exit_code);
                     }
-                    Ok(Lifecycle::Connected { .. }) => {}
+                    Ok(Lifecycle::Connected { id }) => {
+                        let Some(engine) = weak.upgrade() else { return };
+                        if let Ok(rec) = engine.resolve(&id) {
+                            engine.refresh_networks_of(&rec);
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("the engine missed {n} lifecycle notices");
                     }
@@ -91,6 +96,7 @@ impl Engine {
 
     fn on_main_exit(&self, id: &str, exit_code: i32) {
         if let Ok(rec) = self.resolve(id) {
+            self.refresh_networks_of(&rec);
             self.emit("die", &rec, &[("exitCode", exit_code.to_string())]);
         }
     }
