@@ -18,6 +18,7 @@ use crate::store::atomic::write_atomic;
 
 const PID_FILE: &str = "dnsmasq.pid";
 const LOG_FILE: &str = "dnsmasq.log";
+const STDERR_FILE: &str = "dnsmasq.stderr";
 const DHCP_HOSTS: &str = "dhcp-hosts";
 const HOSTS: &str = "hosts";
 
@@ -80,12 +81,16 @@ pub fn ensure_running(dir: &Path, ns: &str, plan: &BridgePlan) -> Result<(), Bac
         format!("--log-facility={}", path(LOG_FILE)),
         "--log-dhcp".into(),
     ];
+    // Its stderr goes to a file: a pipe nobody reads any more would kill it with SIGPIPE.
+    let stderr_path = dir.join(STDERR_FILE);
+    let stderr =
+        std::fs::File::create(&stderr_path).map_err(|e| io_err("creating", &stderr_path, e))?;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "dnsmasq"])
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         // Its own group: a ctrl-c at the appliance's terminal does not reach it.
         .process_group(0)
         .spawn()
@@ -101,10 +106,7 @@ pub fn ensure_running(dir: &Path, ns: &str, plan: &BridgePlan) -> Result<(), Bac
     let settle = Instant::now() + Duration::from_millis(300);
     while Instant::now() < settle {
         if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = io::Read::read_to_string(&mut e, &mut err);
-            }
+            let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             let _ = std::fs::remove_file(&pid_file);
             return Err(BackendError::Failed(format!(
                 "dnsmasq for the network exited ({status}): {} (is dnsmasq installed? `make deps`)",
@@ -113,7 +115,6 @@ pub fn ensure_running(dir: &Path, ns: &str, plan: &BridgePlan) -> Result<(), Bac
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(child.stderr.take());
     // Reaped when it ends while this appliance runs; after a restart it is nobody's child.
     std::thread::spawn(move || {
         let _ = child.wait();
