@@ -354,7 +354,7 @@ fn create_with_networks_and_ports_as_docker_answers() {
     d.ok(&[
         "create",
         "--name",
-        "p",
+        "pub",
         "-p",
         "127.0.0.1:18080:80",
         "-p",
@@ -364,26 +364,26 @@ fn create_with_networks_and_ports_as_docker_answers() {
         image,
     ]);
     let f = |name: &str, format: &str| d.ok(&["inspect", "-f", format, name]).trim().to_string();
-    assert_eq!(f("p", "{{.HostConfig.NetworkMode}}"), "default");
+    assert_eq!(f("pub", "{{.HostConfig.NetworkMode}}"), "default");
     assert_eq!(
-        f("p", "{{json .HostConfig.PortBindings}}"),
+        f("pub", "{{json .HostConfig.PortBindings}}"),
         r#"{"53/udp":[{"HostIp":"","HostPort":""}],"80/tcp":[{"HostIp":"127.0.0.1","HostPort":"18080"}]}"#
     );
     assert_eq!(
-        f("p", "{{json .Config.ExposedPorts}}"),
+        f("pub", "{{json .Config.ExposedPorts}}"),
         r#"{"53/udp":{},"80/tcp":{},"8080/tcp":{},"9000/tcp":{}}"#
     );
     assert_eq!(
         f(
-            "p",
+            "pub",
             "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}"
         ),
         "bridge"
     );
-    d.ok(&["create", "--name", "n", "--network", "none", image]);
+    d.ok(&["create", "--name", "off", "--network", "none", image]);
     assert_eq!(
         f(
-            "n",
+            "off",
             "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}"
         ),
         "none"
@@ -391,7 +391,7 @@ fn create_with_networks_and_ports_as_docker_answers() {
     d.ok(&[
         "create",
         "--name",
-        "u",
+        "usr",
         "--network",
         "app",
         "--network-alias",
@@ -399,13 +399,13 @@ fn create_with_networks_and_ports_as_docker_answers() {
         image,
     ]);
     assert_eq!(
-        f("u", "{{(index .NetworkSettings.Networks \"app\").Aliases}}"),
+        f("usr", "{{(index .NetworkSettings.Networks \"app\").Aliases}}"),
         "[api]"
     );
-    assert_eq!(f("u", "{{.HostConfig.NetworkMode}}"), "app");
+    assert_eq!(f("usr", "{{.HostConfig.NetworkMode}}"), "app");
     // A network removed under a stopped container: the container's start names it.
     d.ok(&["network", "rm", "app"]);
-    let start = d.fails(&["start", "u"]);
+    let start = d.fails(&["start", "usr"]);
     assert!(
         start.contains("failed to set up container networking: network app not found"),
         "{start}"

@@ -146,10 +146,16 @@ impl Engine {
         let bad = EngineError::BadRequest;
         let h = &body["HostConfig"];
         let mode = h["NetworkMode"].as_str().unwrap_or_default().to_string();
-        let configs = body["NetworkingConfig"]["EndpointsConfig"]
+        // The CLI keys the default network's endpoint config `default`, as its NetworkMode.
+        let configs: serde_json::Map<String, Value> = body["NetworkingConfig"]["EndpointsConfig"]
             .as_object()
-            .cloned()
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let k = if k == "default" { DEFAULT_NETWORK } else { k };
+                (k.to_string(), v.clone())
+            })
+            .collect();
         let (port_bindings, exposed_ports) = ports_from(body, image_exposed)?;
         let publish_all = h["PublishAllPorts"].as_bool().unwrap_or(false);
         match mode.as_str() {
