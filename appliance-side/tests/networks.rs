@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
+// Only its image archive is used here.
+#[allow(dead_code)]
 mod image_support;
 
 use appliance::home::Home;
@@ -399,7 +401,10 @@ fn create_with_networks_and_ports_as_docker_answers() {
         image,
     ]);
     assert_eq!(
-        f("usr", "{{(index .NetworkSettings.Networks \"app\").Aliases}}"),
+        f(
+            "usr",
+            "{{(index .NetworkSettings.Networks \"app\").Aliases}}"
+        ),
         "[api]"
     );
     assert_eq!(f("usr", "{{.HostConfig.NetworkMode}}"), "app");

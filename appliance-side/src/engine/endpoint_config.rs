@@ -445,6 +445,12 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn macs_are_dockers_for_the_address() {
+        assert_eq!(mac_for(Ipv4Addr::new(172, 18, 0, 2)), "02:42:ac:12:00:02");
+        assert!(random_mac().starts_with("02:42:"));
+    }
+
+    #[test]
     fn published_ports_come_from_p_expose_and_the_image() {
         let body = json!({
             "ExposedPorts": {"9000/tcp": {}},
