@@ -11,8 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::backend::net::netns::BRIDGE;
-use crate::backend::net::{BridgePlan, HostEntry};
+use crate::backend::net::{BridgePlan, HostEntry, BRIDGE};
 use crate::backend::BackendError;
 use crate::store::atomic::write_atomic;
 

@@ -17,6 +17,9 @@ use std::os::fd::OwnedFd;
 use crate::backend::BackendError;
 use crate::store::networks::Subnet;
 
+/// The bridge every user network's namespace holds.
+pub const BRIDGE: &str = "br0";
+
 /// What a user network's namespace must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgePlan {

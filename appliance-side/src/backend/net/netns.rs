@@ -5,13 +5,12 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::backend::net::{dnsmasq, namespace_name, tap, BridgePlan, HostEntry, NetworkPlumbing};
+use crate::backend::net::{
+    dnsmasq, namespace_name, tap, BridgePlan, HostEntry, NetworkPlumbing, BRIDGE,
+};
 use crate::backend::BackendError;
 use crate::home::Home;
 use crate::store::networks;
-
-/// The bridge every user network's namespace holds.
-pub const BRIDGE: &str = "br0";
 
 /// Network namespaces on this host, made and removed with `ip netns`.
 pub struct NetnsPlumbing {
