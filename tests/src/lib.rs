@@ -4,6 +4,7 @@
 //! ordinary guests) with a hard timeout.
 
 mod image;
+pub mod netns;
 pub mod registry;
 pub mod tmux;
 
@@ -98,6 +99,17 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// What a test adds to one containerVM (`Appliance::run_with`).
+#[derive(Default)]
+pub struct VmExtras {
+    /// A change to the container's spec before it is written (its networks, ...).
+    pub spec: Option<Box<dyn FnOnce(&mut guestinfo::ContainerSpec)>>,
+    /// More QEMU arguments (NICs and their netdevs, ...).
+    pub qemu_args: Vec<String>,
+    /// A command QEMU runs under (`ip netns exec NS`), after the hard timeout.
+    pub wrapper: Vec<String>,
+}
+
 /// A container running `script` with the busybox image's `sh`.
 pub fn sh(script: &str) -> NewContainer {
     NewContainer {
@@ -157,6 +169,8 @@ pub struct Appliance {
     vms: Vec<Child>,
     /// Hard limit on each VM's life (QEMU is killed after it), for VMs booted from now on.
     pub vm_timeout_secs: u64,
+    /// What the next boot adds (set by `run_with`).
+    extras: VmExtras,
     last_launch: Option<Instant>,
 }
 
@@ -210,6 +224,7 @@ impl Appliance {
             server: ServerHandle::InProcess { _rt: rt, server },
             vms: Vec::new(),
             vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
+            extras: VmExtras::default(),
             last_launch: None,
         }
     }
@@ -223,6 +238,7 @@ impl Appliance {
             home,
             vms: Vec::new(),
             vm_timeout_secs: DEFAULT_VM_TIMEOUT_SECS,
+            extras: VmExtras::default(),
             last_launch: None,
         };
         app.tcp = app.wait_server_ready();
@@ -331,6 +347,15 @@ impl Appliance {
         self.boot(new, Transport::Virtio, "containerfs", Boot::Direct, edit)
     }
 
+    /// Like `run`, with `extras`: its spec changed, more QEMU arguments, QEMU run under a
+    /// wrapper.
+    pub fn run_with(&mut self, new: NewContainer, extras: VmExtras) -> String {
+        self.extras = extras;
+        self.boot(new, Transport::Virtio, "containerfs", Boot::Direct, |vmx| {
+            vmx
+        })
+    }
+
     fn boot(
         &mut self,
         new: NewContainer,
@@ -340,7 +365,11 @@ impl Appliance {
         edit: impl FnOnce(String) -> String,
     ) -> String {
         let a = artifacts();
+        let extras = std::mem::take(&mut self.extras);
         let (rec, mut spec) = records::create(&self.home, &new).unwrap();
+        if let Some(change) = extras.spec {
+            change(&mut spec);
+        }
         spec.disk_wait_ms = 3000;
         spec.stop_grace_ms = 2000;
         if transport == Transport::SerialTcp {
@@ -362,32 +391,30 @@ impl Appliance {
         use appliance::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
         let mut cmd = Command::new("timeout");
         // The hard timeout: TERM after it, KILL 5 s later if QEMU ignores it.
-        cmd.args([
-            "-k",
-            "5",
-            &self.vm_timeout_secs.to_string(),
-            "qemu-system-x86_64",
-        ])
-        .args(qemu_args(&VmSpec {
-            accel: "tcg",
-            memory_mb: 256,
-            cpus: 0,
-            boot: match boot {
-                Boot::Direct => BootMedium::Direct {
-                    kernel: a.kernel.clone(),
-                    initramfs: a.initramfs.clone(),
+        cmd.args(["-k", "5", &self.vm_timeout_secs.to_string()])
+            .args(&extras.wrapper)
+            .arg("qemu-system-x86_64")
+            .args(qemu_args(&VmSpec {
+                accel: "tcg",
+                memory_mb: 256,
+                cpus: 0,
+                boot: match boot {
+                    Boot::Direct => BootMedium::Direct {
+                        kernel: a.kernel.clone(),
+                        initramfs: a.initramfs.clone(),
+                    },
+                    Boot::Iso => BootMedium::Iso(a.iso.clone()),
                 },
-                Boot::Iso => BootMedium::Iso(a.iso.clone()),
-            },
-            disk: overlay,
-            config,
-            console: dir.join("console.log"),
-            channel: match transport {
-                Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
-                Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
-            },
-            nics: Vec::new(),
-        }));
+                disk: overlay,
+                config,
+                console: dir.join("console.log"),
+                channel: match transport {
+                    Transport::Virtio => ChannelEnd::Unix(self.home.channel_socket()),
+                    Transport::SerialTcp => ChannelEnd::Tcp(self.tcp.to_string()),
+                },
+                nics: Vec::new(),
+            }))
+            .args(&extras.qemu_args);
         self.last_launch = Some(Instant::now());
         let child = cmd
             .stdin(Stdio::null())

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub device: Option<OwnedFd>,
     /// How long to wait at shutdown for the appliance to acknowledge all output.
     pub drain_timeout: Duration,
+    /// The network endpoints boot brought up (none in host mode, or with only `lo`).
+    pub network: Vec<crate::net::Endpoint>,
 }
 
 /// Runs the container to the end. Must be called inside a `LocalSet`.
@@ -44,9 +46,28 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
     if let Err(e) = reaper_ready {
         crate::log::error(&format!("cannot watch for child exits: {e}"));
     }
+    let network = (!cfg.network.is_empty()).then(|| {
+        crate::net::runtime::Network::new(
+            std::rc::Rc::new(spec.clone()),
+            std::rc::Rc::new(crate::net::netlink::Real),
+            std::rc::Rc::new(NetSink { ctx: ctx.clone() }),
+            cfg.network,
+        )
+    });
+    if let Some(net) = &network {
+        // The sessions start with their addresses (or after the wait, without).
+        net.start(crate::net::runtime::FIRST_LEASE_WAIT).await;
+        crate::timing::mark("network_ready");
+    }
     let procs = process::Real { root: cfg.root };
     match Controller::new(ctx, procs, &spec, cfg.drain_timeout) {
-        Some(controller) => controller.run(events).await,
+        Some(controller) => {
+            let outcome = controller.run(events).await;
+            if let Some(net) = &network {
+                net.stop().await;
+            }
+            outcome
+        }
         // Unreachable: decoding the spec guarantees a main session.
         None => {
             crate::log::error("the config has no main session");
@@ -57,6 +78,27 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
                 undelivered: 0,
             }
         }
+    }
+}
+
+/// Where network changes go: the container's /etc (tether runs in its root by now) and the
+/// appliance, over the channel and on vSphere in guestinfo.
+struct NetSink {
+    ctx: Ctx,
+}
+
+impl crate::net::runtime::Sink for NetSink {
+    fn write_etc(&self, name: &str, contents: &[u8]) {
+        use crate::os::Os;
+        let path = std::path::Path::new("/etc").join(name);
+        if let Err(e) = crate::os::Real.write_file(&path, contents) {
+            crate::log::error(&format!("writing {}: {e}", path.display()));
+        }
+    }
+
+    fn report(&self, endpoints: Vec<wire::EndpointStatus>) {
+        crate::vmware::write_network(&endpoints);
+        self.ctx.send_control(Control::Network { endpoints });
     }
 }
 

@@ -89,6 +89,9 @@ pub enum BootError {
         entry: String,
         problem: &'static str,
     },
+    /// A network endpoint could not be set up (its NIC missing at its slot, ...).
+    #[error("{0}")]
+    Network(#[from] crate::net::NetError),
 }
 
 /// An OS error as the console shows it: `ENOENT: No such file or directory`, with the errno's
@@ -278,11 +281,22 @@ const DEVICES: [(&str, u64, u64); 6] = [
 
 /// Mounts the image disk and builds the container's view in it: its own /dev (standard nodes,
 /// a private devpts, shm; never the channel device), /proc, /sys (read-only), hostname, hosts.
-pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<PathBuf, BootError> {
+/// `network` holds the endpoints as boot configured them (static addresses are known already):
+/// their addresses, aliases and peers go into /etc/hosts, their nameservers into resolv.conf.
+pub fn prepare_root(
+    os: &dyn Os,
+    disk: &Path,
+    spec: &ContainerSpec,
+    network: &[crate::net::Endpoint],
+) -> Result<PathBuf, BootError> {
     let root = PathBuf::from(NEW_ROOT);
     let hostname = spec.effective_hostname();
     // Checked before anything is mounted: a bad entry is a config error, not a half-built root.
-    let hosts = hosts_file(&hostname, &spec.extra_hosts)?;
+    let hosts = hosts_file(
+        &hostname,
+        &spec.extra_hosts,
+        &crate::net::hosts_lines(&hostname, network),
+    )?;
     // noinit_itable: no background thread zeroing inode tables; on a TCG guest's one vCPU it
     // delayed the container's start by ~6 ms (`make bench`). The image is one container's, and
     // the kernel handles never-zeroed tables correctly without it.
@@ -349,7 +363,8 @@ pub fn prepare_root(os: &dyn Os, disk: &Path, spec: &ContainerSpec) -> Result<Pa
     };
     write("hosts", hosts.as_bytes())?;
     write("hostname", format!("{hostname}\n").as_bytes())?;
-    if let Some(resolv) = resolv_conf(spec) {
+    let nameservers = crate::net::nameservers(spec, network);
+    if let Some(resolv) = resolv_conf(&nameservers, &spec.dns_search) {
         write("resolv.conf", resolv.as_bytes())?;
     }
     loopback(os, root)
@@ -362,12 +377,21 @@ fn loopback(os: &dyn Os, root: PathBuf) -> Result<PathBuf, BootError> {
     Ok(root)
 }
 
-/// /etc/hosts: localhost, the container's own name, then the config's ExtraHosts in order.
-fn hosts_file(hostname: &str, extra: &[String]) -> Result<String, BootError> {
+/// /etc/hosts: localhost, the container's own name (on its network addresses, with their
+/// aliases and peers, else on 127.0.1.1), then the config's ExtraHosts in order.
+pub fn hosts_file(
+    hostname: &str,
+    extra: &[String],
+    network: &[(String, String)],
+) -> Result<String, BootError> {
     let short = hostname.split('.').next().unwrap_or(hostname);
-    let mut out = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname} {short}\n"
-    );
+    let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if network.is_empty() {
+        out.push_str(&format!("127.0.1.1\t{hostname} {short}\n"));
+    }
+    for (addr, names) in network {
+        out.push_str(&format!("{addr}\t{names}\n"));
+    }
     for entry in extra {
         let (name, addr) = extra_host(entry)?;
         out.push_str(&format!("{addr}\t{name}\n"));
@@ -401,17 +425,18 @@ fn extra_host(entry: &str) -> Result<(&str, &str), BootError> {
     Ok((name, addr))
 }
 
-/// /etc/resolv.conf from the config's nameservers; `None` keeps the image's own file.
-fn resolv_conf(spec: &ContainerSpec) -> Option<String> {
-    if spec.dns.is_empty() && spec.dns_search.is_empty() {
+/// /etc/resolv.conf from the nameservers (the config's, the networks': `net::nameservers`) and
+/// search domains; `None` (neither) keeps the image's own file.
+pub fn resolv_conf(nameservers: &[String], search: &[String]) -> Option<String> {
+    if nameservers.is_empty() && search.is_empty() {
         return None;
     }
     let mut out = String::from("# written by tether from the container's config\n");
-    for ns in &spec.dns {
+    for ns in nameservers {
         out.push_str(&format!("nameserver {ns}\n"));
     }
-    if !spec.dns_search.is_empty() {
-        out.push_str(&format!("search {}\n", spec.dns_search.join(" ")));
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
     }
     Some(out)
 }

@@ -28,6 +28,7 @@ mod controller;
 mod fdio;
 mod link;
 mod log;
+mod net;
 mod os;
 mod pid1;
 mod process;
@@ -189,6 +190,7 @@ fn host_main(args: HostArgs) -> i32 {
         channel,
         device,
         drain_timeout: args.drain_timeout,
+        network: Vec::new(),
     };
     let local = tokio::task::LocalSet::new();
     let outcome = local.block_on(&runtime, agent::run(cfg));

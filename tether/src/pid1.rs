@@ -157,6 +157,7 @@ fn run(os: &dyn Os) -> Power {
         return Power::Off;
     };
     crate::timing::mark("channel_open");
+    let mut network = Vec::new();
     let root = boot::find_disk(
         os,
         &spec.disk_label,
@@ -164,7 +165,12 @@ fn run(os: &dyn Os) -> Power {
     )
     .and_then(|disk| {
         crate::timing::mark("disk_found");
-        boot::prepare_root(os, &disk, &spec)
+        // A maintenance boot (hold) runs only built-ins: no network.
+        if !spec.main_session().is_some_and(|s| s.is_hold()) {
+            network = crate::net::bring_up(&crate::net::netlink::Real, &spec)?;
+            crate::timing::mark("network_up");
+        }
+        boot::prepare_root(os, &disk, &spec, &network)
     })
     .and_then(|root| {
         crate::timing::mark("root_mounted");
@@ -184,6 +190,7 @@ fn run(os: &dyn Os) -> Power {
         channel: ChannelSpec::Device(channel),
         device: Some(device),
         drain_timeout: DRAIN_TIMEOUT,
+        network,
     };
     let container_id = cfg.spec.id.clone();
     let local = tokio::task::LocalSet::new();

@@ -103,7 +103,7 @@ fn container_root_gets_its_own_dev_without_the_channel() {
     let mut spec = guestinfo::spec_from_vmx(&guestinfo::spec_to_vmx(&sample())).unwrap();
     spec.hostname = Some("web".into());
     spec.domainname = Some("example.com".into());
-    let root = prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+    let root = prepare_root(&os, Path::new("/dev/vdb"), &spec, &[]).unwrap();
     assert_eq!(root, PathBuf::from(NEW_ROOT));
     let calls = os.calls();
     assert!(calls.contains(&"mount /dev/vdb /mnt/containerfs ext4 noinit_itable".to_string()));
@@ -133,7 +133,7 @@ fn a_maintenance_boot_writes_nothing_into_the_root() {
     if let Some(main) = spec.sessions.get_mut("abc") {
         main.builtin = guestinfo::spec::BUILTIN_HOLD.into();
     }
-    prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+    prepare_root(&os, Path::new("/dev/vdb"), &spec, &[]).unwrap();
     let calls = os.calls();
     // Only the disk is mounted: no kernel filesystem over the layer's own proc/, sys/, dev/,
     // no device nodes, no mount points made.
@@ -160,7 +160,7 @@ fn a_maintenance_boot_writes_nothing_into_the_root() {
 fn a_failing_mount_is_an_error_naming_it() {
     let os = Recording::default();
     os.failing.borrow_mut().push("mount /dev/vdb".into());
-    let e = prepare_root(&os, Path::new("/dev/vdb"), &sample()).unwrap_err();
+    let e = prepare_root(&os, Path::new("/dev/vdb"), &sample(), &[]).unwrap_err();
     let BootError::ImageDisk { disk, source } = &e else {
         panic!("{e:?}");
     };
@@ -181,7 +181,7 @@ fn a_failing_mount_is_an_error_naming_it() {
     os.failing
         .borrow_mut()
         .push("write /mnt/containerfs/etc/hosts".into());
-    let e = prepare_root(&os, Path::new("/dev/vdb"), &sample()).unwrap_err();
+    let e = prepare_root(&os, Path::new("/dev/vdb"), &sample(), &[]).unwrap_err();
     assert!(
         matches!(&e, BootError::Write { path, .. } if path == "/etc/hosts"),
         "{e:?}"
@@ -201,7 +201,7 @@ fn extra_hosts_follow_tethers_own_entries_in_order() {
         "gw:host-gateway".into(),
         "db:10.0.0.6".into(),
     ];
-    prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+    prepare_root(&os, Path::new("/dev/vdb"), &spec, &[]).unwrap();
     let hosts = os
         .read_file(Path::new("/mnt/containerfs/etc/hosts"))
         .unwrap();
@@ -231,7 +231,7 @@ fn a_malformed_extra_host_is_a_boot_error_naming_it_before_any_mount() {
         let os = Recording::default();
         let mut spec = sample();
         spec.extra_hosts = vec!["ok:10.0.0.1".into(), entry.into()];
-        let e = prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap_err();
+        let e = prepare_root(&os, Path::new("/dev/vdb"), &spec, &[]).unwrap_err();
         assert!(
             matches!(&e, BootError::ExtraHost { entry: got, problem: p } if got == entry && *p == problem),
             "{entry:?}: {e:?}"

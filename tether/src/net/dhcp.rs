@@ -1,0 +1,190 @@
+//! One endpoint's DHCPv4 client: mozim runs the RFC 2131 life cycle (DISCOVER/OFFER/REQUEST/ACK,
+//! RENEWING at T1 by unicast, REBINDING at T2 by broadcast, back to INIT when the lease expires);
+//! tether applies each lease it reports and releases the last one at shutdown. The client id is
+//! stable across boots of the container (its id and the network's name); the hostname option
+//! carries the container's hostname.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use guestinfo::Cidr;
+use mozim::{DhcpV4Client, DhcpV4Config, DhcpV4Lease, DhcpV4State};
+
+use crate::net::runtime::{LeaseInfo, Network};
+
+/// RFC 2132 client identifier type 0: not a hardware address.
+const CLIENT_ID_OPAQUE: u8 = 0;
+/// Before retrying after a client error (a socket that could not be opened, ...).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The client id: the same container on the same network asks for the same address.
+pub fn client_id(container_id: &str, network: &str) -> Vec<u8> {
+    format!("tether:{container_id}:{network}").into_bytes()
+}
+
+fn prefix_of(mask: Ipv4Addr) -> u8 {
+    u32::from(mask).leading_ones() as u8
+}
+
+/// What tether applies from a lease.
+pub fn lease_info(lease: &DhcpV4Lease, now_unix: u64) -> LeaseInfo {
+    LeaseInfo {
+        address: Cidr {
+            addr: IpAddr::V4(lease.yiaddr),
+            prefix: prefix_of(lease.subnet_mask),
+        },
+        router: lease
+            .gateways
+            .as_ref()
+            .and_then(|g| g.first())
+            .map(|g| IpAddr::V4(*g)),
+        nameservers: lease
+            .dns_srvs
+            .iter()
+            .flatten()
+            .map(|d| IpAddr::V4(*d))
+            .collect(),
+        times: wire::Lease {
+            server: lease.srv_id.to_string(),
+            obtained_unix: now_unix,
+            lease_secs: lease.lease_time_sec,
+            renew_secs: lease.t1_sec,
+            rebind_secs: lease.t2_sec,
+        },
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+enum Step {
+    State(Result<DhcpV4State, mozim::DhcpError>),
+    Stop,
+}
+
+/// Runs endpoint `i`'s client until shutdown. Must be spawned on a `LocalSet`.
+pub async fn run(net: Rc<Network>, i: usize) {
+    run_client(&net, i).await;
+    net.ended.set(net.ended.get() + 1);
+    net.ended_changed.notify_waiters();
+}
+
+async fn run_client(net: &Network, i: usize) {
+    let Some((network, link)) = net
+        .endpoints
+        .borrow()
+        .get(i)
+        .map(|ep| (ep.network.clone(), ep.link.clone()))
+    else {
+        return;
+    };
+    let mut config = DhcpV4Config::new(&link.name);
+    config.set_iface_index(link.index);
+    if let Err(e) = config.set_iface_mac_raw(&link.mac) {
+        crate::log::error(&format!("DHCP on {}: {e}", link.name));
+        return;
+    }
+    let hostname = net.spec.effective_hostname();
+    config.set_host_name(hostname.split('.').next().unwrap_or(&hostname));
+    config.set_client_id(CLIENT_ID_OPAQUE, &client_id(&net.spec.id, &network));
+    let mut leased: Option<DhcpV4Lease> = None;
+    while !net.stopping.get() {
+        let mut client = match DhcpV4Client::init(config.clone(), None).await {
+            Ok(c) => c,
+            Err(e) => {
+                crate::log::error(&format!("DHCP on {}: {e}", link.name));
+                if wait_or_stop(net, RETRY).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let step = tokio::select! {
+                s = client.run() => Step::State(s),
+                _ = net.stop.notified() => Step::Stop,
+            };
+            match step {
+                Step::Stop => {
+                    if let Some(lease) = leased.take() {
+                        crate::log::info(&format!(
+                            "DHCP on {}: releasing {}",
+                            link.name, lease.yiaddr
+                        ));
+                        if let Err(e) = client.release(&lease).await {
+                            crate::log::warn(&format!("DHCP release on {}: {e}", link.name));
+                        }
+                    }
+                    return;
+                }
+                Step::State(Ok(DhcpV4State::Done(lease))) => {
+                    crate::log::info(&format!(
+                        "DHCP on {}: {} for {} s from {}",
+                        link.name, lease.yiaddr, lease.lease_time_sec, lease.srv_id
+                    ));
+                    net.apply_lease(i, Some(lease_info(&lease, now_unix())));
+                    leased = Some(*lease);
+                }
+                Step::State(Ok(DhcpV4State::InitReboot)) if leased.is_some() => {
+                    crate::log::warn(&format!("DHCP on {}: the lease expired", link.name));
+                    leased = None;
+                    net.apply_lease(i, None);
+                }
+                Step::State(Ok(state)) => {
+                    crate::log::debug(&format!("DHCP on {}: {state}", link.name));
+                }
+                Step::State(Err(e)) => {
+                    crate::log::warn(&format!("DHCP on {}: {e}; starting over", link.name));
+                    break;
+                }
+            }
+        }
+        // The client is rebuilt after an error; a lease still held stays applied until its
+        // new client's first answer (or expiry) says otherwise.
+        if wait_or_stop(net, RETRY).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `d`; true when shutdown came first.
+async fn wait_or_stop(net: &Network, d: Duration) -> bool {
+    if net.stopping.get() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => net.stopping.get(),
+        _ = net.stop.notified() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_fields_become_what_tether_applies() {
+        let mut lease = DhcpV4Lease::default();
+        lease.yiaddr = Ipv4Addr::new(10, 0, 2, 15);
+        lease.subnet_mask = Ipv4Addr::new(255, 255, 255, 0);
+        lease.srv_id = Ipv4Addr::new(10, 0, 2, 2);
+        lease.gateways = Some(vec![Ipv4Addr::new(10, 0, 2, 2)]);
+        lease.dns_srvs = Some(vec![Ipv4Addr::new(10, 0, 2, 3)]);
+        lease.lease_time_sec = 86400;
+        lease.t1_sec = 43200;
+        lease.t2_sec = 75600;
+        let info = lease_info(&lease, 7);
+        assert_eq!(info.address.to_string(), "10.0.2.15/24");
+        assert_eq!(info.router, Some("10.0.2.2".parse().unwrap()));
+        assert_eq!(info.nameservers, ["10.0.2.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(info.times.renew_secs, 43200);
+        assert_eq!(info.times.obtained_unix, 7);
+        assert_eq!(prefix_of(Ipv4Addr::new(255, 255, 240, 0)), 20);
+        assert_eq!(client_id("c0ffee", "bridge"), b"tether:c0ffee:bridge");
+    }
+}

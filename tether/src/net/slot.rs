@@ -1,0 +1,114 @@
+//! A vNIC found by its PCI slot, as VIC's `slotToPCIPath` + `pciToLinkName` find it:
+//! `/sys/bus/pci/devices/0000:00:DD.F/net/NAME` on the root bus, or behind the bridge the slot's
+//! bus number names, `/sys/bus/pci/devices/0000:00:BB.F/0000:XX:DD.0/net/NAME`, where XX is
+//! whatever bus number the kernel gave the bridge's secondary side.
+
+use std::path::PathBuf;
+
+use guestinfo::PciSlot;
+
+use crate::net::ops::NetOs;
+
+pub const PCI_DEVICES: &str = "/sys/bus/pci/devices";
+
+/// Matches one sysfs step against a pattern from [`PciSlot::sysfs_steps`], where `*` stands for
+/// the bus number (two hex digits).
+fn step_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            name.len() == head.len() + 2 + tail.len()
+                && name.starts_with(head)
+                && name.ends_with(tail)
+                && name[head.len()..head.len() + 2]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit())
+        }
+    }
+}
+
+/// The kernel's name for the NIC at `slot`, or why there is none: the text names the slot, the
+/// sysfs path looked at and what was there.
+pub fn interface_at(os: &dyn NetOs, slot: PciSlot) -> Result<String, String> {
+    let mut dir = PathBuf::from(PCI_DEVICES);
+    for pattern in slot.sysfs_steps() {
+        let entries = os.list_dir(&dir).unwrap_or_default();
+        let found: Vec<&String> = entries
+            .iter()
+            .filter(|e| step_matches(&pattern, e))
+            .collect();
+        match found.as_slice() {
+            [one] => dir.push(one),
+            [] => {
+                return Err(format!(
+                    "no PCI device at {slot}: {}/{pattern} does not exist",
+                    dir.display()
+                ))
+            }
+            many => {
+                return Err(format!(
+                    "{} PCI devices match {slot} under {}: {many:?}",
+                    many.len(),
+                    dir.display()
+                ))
+            }
+        }
+    }
+    let net = dir.join("net");
+    match os.list_dir(&net).unwrap_or_default().as_slice() {
+        [name] => Ok(name.clone()),
+        [] => Err(format!(
+            "the PCI device at {slot} ({}) is not a network interface (no net/ entry): is its driver (virtio-net, vmxnet3) in the kernel?",
+            dir.display()
+        )),
+        many => Err(format!(
+            "{} interfaces at {slot} ({}): {many:?}",
+            many.len(),
+            net.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ops::recording::Recording;
+
+    #[test]
+    fn finds_nics_on_the_root_bus_and_behind_bridges() {
+        let os = Recording::default()
+            .nic(&["0000:00:03.0"], "eth0", 2)
+            .nic(&["0000:00:11.0", "0000:01:04.0"], "eth1", 3)
+            .nic(&["0000:00:15.1", "0000:0a:00.0"], "eth2", 4);
+        assert_eq!(
+            interface_at(&os, PciSlot::from_parts(0, 3, 0)).unwrap(),
+            "eth0"
+        );
+        assert_eq!(
+            interface_at(&os, PciSlot::from_parts(1, 4, 0)).unwrap(),
+            "eth1"
+        );
+        // VIC's slot 1184: bus 5 function 1, behind 00:15.1.
+        assert_eq!(interface_at(&os, PciSlot(1184)).unwrap(), "eth2");
+    }
+
+    #[test]
+    fn a_missing_nic_names_the_slot_and_the_path() {
+        let os = Recording::default().nic(&["0000:00:03.0"], "eth0", 2);
+        let e = interface_at(&os, PciSlot::from_parts(0, 7, 0)).unwrap_err();
+        assert_eq!(
+            e,
+            "no PCI device at PCI slot 7 (0000:00:07.0): /sys/bus/pci/devices/0000:00:07.0 does not exist"
+        );
+        let e = interface_at(&os, PciSlot::from_parts(2, 0, 0)).unwrap_err();
+        assert!(e.contains("0000:00:12.0"), "{e}");
+    }
+
+    #[test]
+    fn the_bus_glob_takes_two_hex_digits_only() {
+        assert!(step_matches("0000:*:04.0", "0000:1f:04.0"));
+        assert!(!step_matches("0000:*:04.0", "0000:1:04.0"));
+        assert!(!step_matches("0000:*:04.0", "0000:zz:04.0"));
+        assert!(!step_matches("0000:*:04.0", "0000:01:04.1"));
+    }
+}
