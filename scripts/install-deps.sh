@@ -54,6 +54,12 @@ SYSTEM_PACKAGES=(
     # offline against Debian's govmomi sources with Debian's Go.
     "golang-go:/usr/bin/go"
     "golang-github-vmware-govmomi-dev:/usr/share/gocode/src/github.com/vmware/govmomi/simulator/model.go"
+    # User networks (docker network create): a network namespace with a bridge per network, made
+    # with iproute2's ip, and a dnsmasq in it for DHCP and the containers' names; the tests
+    # fetch published ports with curl.
+    "iproute2:/usr/sbin/ip"
+    "dnsmasq-base:/usr/sbin/dnsmasq"
+    "curl:/usr/bin/curl"
 )
 
 install_system() {

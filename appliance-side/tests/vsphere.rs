@@ -120,6 +120,7 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
         cpus: 2,
         transport: Transport::Serial(String::new()),
         volumes: Vec::new(),
+        nics: Vec::new(),
     };
     (dir, req)
 }

@@ -426,6 +426,7 @@ impl Appliance {
                         telnet: false,
                     } => ChannelEnd::Tcp(addr.to_string()),
                 },
+                nics: Vec::new(),
             }))
             .args(&extras.qemu_args);
         self.last_launch = Some(Instant::now());
@@ -478,6 +479,29 @@ impl Appliance {
             .stdin(Stdio::null())
             .output()
             .expect("the docker CLI is installed")
+    }
+
+    /// Runs docker, which must succeed (else the test fails with its output and the server
+    /// log's tail); its stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {}: exit {:?}\nstdout: {}\nstderr: {}\nserver log (tail):\n{}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.server_log_tail()
+        );
+        text(&out.stdout)
+    }
+
+    /// The last lines of the server process's log.
+    pub fn server_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.home.root().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// The docker CLI against this appliance, to spawn (a client that runs for a while).
@@ -607,6 +631,8 @@ impl Drop for Appliance {
                 }
             }
         }
+        // Networks the appliance made: their namespaces and dnsmasqs.
+        appliance::backend::net::netns::teardown_all(&self.home);
         let _ = std::fs::remove_dir_all(self.home.root());
     }
 }

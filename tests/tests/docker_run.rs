@@ -28,23 +28,7 @@ fn appliance_with_image(tag: &str) -> (Appliance, &'static str) {
 }
 
 fn ok(app: &Appliance, args: &[&str]) -> String {
-    let out = app.docker(args);
-    assert!(
-        out.status.success(),
-        "docker {}: exit {:?}\nstdout: {}\nstderr: {}\nserver log (tail):\n{}",
-        args.join(" "),
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr),
-        server_log_tail(app)
-    );
-    text(&out.stdout)
-}
-
-fn server_log_tail(app: &Appliance) -> String {
-    let log = std::fs::read_to_string(app.home.root().join("server.log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    app.docker_ok(args)
 }
 
 fn inspect(app: &Appliance, what: &str, format: &str) -> String {

@@ -64,15 +64,7 @@ impl Api {
             if !filters.matches(&rec, &st, |v| image_matches(&rec, v)) {
                 continue;
             }
-            out.push(self.summary(
-                &rec,
-                &st,
-                json!({
-                    "Ports": [],
-                    "HostConfig": {"NetworkMode": "default"},
-                    "NetworkSettings": {"Networks": {}},
-                }),
-            ));
+            out.push(self.summary(&rec, &st, self.ps_network(&rec)));
         }
         json_response(StatusCode::OK, &Value::Array(out))
     }
@@ -127,7 +119,7 @@ impl Api {
                 "Config": config_json(&rec),
                 "HostConfig": host_config_json(&rec),
                 "Mounts": self.mount_points(&rec),
-                "NetworkSettings": {"Networks": {}, "Ports": {}},
+                "NetworkSettings": self.network_settings(&rec),
                 "ExecIDs": self.running_execs(&rec.id),
                 // Extension: what the serial channel lost and repaired (see docs/protocol.md).
                 "TetherLink": st.link,
@@ -222,13 +214,16 @@ fn config_json(rec: &Record) -> Value {
         "Labels": o.labels,
         "StopSignal": if o.stop_signal.is_empty() { "SIGTERM" } else { o.stop_signal.as_str() },
         "StopTimeout": rec.stop_timeout(),
+        "ExposedPorts": o.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
 fn host_config_json(rec: &Record) -> Value {
     let o = &rec.options;
     json!({
-        "NetworkMode": "default",
+        "NetworkMode": crate::api::networks::network_mode(rec),
+        "PortBindings": crate::api::networks::port_bindings_json(rec),
+        "PublishAllPorts": o.publish_all,
         "LogConfig": {"Type": "json-file", "Config": {}},
         "AutoRemove": o.auto_remove,
         "RestartPolicy": {

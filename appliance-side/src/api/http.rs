@@ -65,6 +65,7 @@ impl From<EngineError> for ApiError {
             | EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::NotRunning(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::NotModified(..) => StatusCode::NOT_MODIFIED,
+            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             // dockerd answers 400 for a process that cannot be executed, 500 otherwise.
             EngineError::StartFailed { exit_code, .. }

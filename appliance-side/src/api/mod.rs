@@ -15,6 +15,7 @@ pub mod http;
 mod images;
 mod lifecycle;
 pub mod logs;
+mod networks;
 mod pull;
 mod router;
 mod stats;

@@ -66,6 +66,22 @@ impl Api {
             }
             (&Method::GET, ["exec", id, "json"]) => self.exec_inspect(id),
             (&Method::POST, ["exec", id, "resize"]) => self.exec_resize(id, &query(&req)),
+            (&Method::GET, ["networks"]) => self.network_list(&query(&req)),
+            (&Method::POST, ["networks", "create"]) => match read_json(req).await {
+                Ok(v) => self.network_create(&v),
+                Err(r) => r.into_response(),
+            },
+            (&Method::POST, ["networks", "prune"]) => self.network_prune(&query(&req)),
+            (&Method::GET, ["networks", id]) => self.network_inspect(id),
+            (&Method::DELETE, ["networks", id]) => self.network_remove(id),
+            (&Method::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
+                let (id, verb) = (id.to_string(), *verb);
+                match read_json(req).await {
+                    Ok(v) if verb == "connect" => self.network_connect(&id, &v),
+                    Ok(v) => self.network_disconnect(&id, &v),
+                    Err(r) => r.into_response(),
+                }
+            }
             // Image names may hold slashes (`localhost/app`): the name is every part between.
             (&Method::GET, ["images", "json"]) => self.images_list(&query(&req)),
             (&Method::POST, ["images", "load"]) => images::load(self.clone(), req).await,

@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod boot_files;
 pub mod disk_cache;
+pub mod net;
 pub mod qemu;
 pub mod qemu_args;
 pub mod vsphere;
@@ -38,6 +39,26 @@ pub struct LaunchRequest {
     pub transport: Transport,
     /// Volume disks (qcow2 with an ext4 each), attached after the image disk.
     pub volumes: Vec<PathBuf>,
+    /// The VM's NICs, in the order of its networks.
+    pub nics: Vec<Nic>,
+}
+
+/// One NIC of a VM, at a fixed PCI slot (where tether looks for it).
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub slot: u32,
+    pub mac: String,
+    pub attachment: NicAttachment,
+}
+
+/// What a NIC is plugged into.
+#[derive(Debug, Clone)]
+pub enum NicAttachment {
+    /// QEMU's user-mode network (docker's default network): its DHCP server, its NAT out,
+    /// and `hostfwd` rules (`tcp:127.0.0.1:18080-:80`) for published ports.
+    UserMode { hostfwd: Vec<String> },
+    /// A tap on a user network's bridge, opened in its namespace (`net::tap`).
+    Tap(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
 /// A VM the backend started.
@@ -110,5 +131,10 @@ pub trait Backend: Send + Sync {
     /// Removes the container's VM for good (`docker rm`). A VM process leaves nothing behind.
     fn destroy(&self, _container_dir: &std::path::Path) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    /// The host plumbing of user networks, where this backend has it.
+    fn network_plumbing(&self) -> Option<std::sync::Arc<dyn net::NetworkPlumbing>> {
+        None
     }
 }

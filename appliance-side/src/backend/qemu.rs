@@ -2,14 +2,17 @@
 //! (the QEMU analogue of VIC's linked-clone delta disks), and the VM is a q35 machine with the
 //! config in fw_cfg and the channel on the session server.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::backend::accel::accelerator;
 use crate::backend::boot_files::kernel_and_initramfs;
-use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, VmSpec};
-use crate::backend::{Backend, BackendError, LaunchRequest, Launched, Transport};
+use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, QemuNic, VmSpec};
+use crate::backend::{
+    Backend, BackendError, LaunchRequest, Launched, Nic, NicAttachment, Transport,
+};
 use crate::home::Home;
 
 pub struct QemuBackend {
@@ -32,6 +35,12 @@ impl QemuBackend {
 impl Backend for QemuBackend {
     fn can_boot(&self) -> Result<(), BackendError> {
         kernel_and_initramfs(self.kernel.clone(), self.initramfs.clone()).map(|_| ())
+    }
+
+    fn network_plumbing(&self) -> Option<std::sync::Arc<dyn crate::backend::net::NetworkPlumbing>> {
+        Some(std::sync::Arc::new(
+            crate::backend::net::netns::NetnsPlumbing::new(self.home.clone()),
+        ))
     }
 
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
@@ -67,13 +76,43 @@ impl Backend for QemuBackend {
             config: req.config.clone(),
             console: req.container_dir.join("console.log"),
             channel,
+            nics: req.nics.iter().map(qemu_nic).collect(),
         }));
+        // The taps' descriptors, inherited by QEMU (and by nothing else: they are O_CLOEXEC
+        // here, and only this child clears the flag).
+        let inherited: Vec<i32> = req
+            .nics
+            .iter()
+            .filter_map(|n| match &n.attachment {
+                NicAttachment::Tap(fd) => Some(fd.as_raw_fd()),
+                NicAttachment::UserMode { .. } => None,
+            })
+            .collect();
+        if !inherited.is_empty() {
+            // SAFETY: between fork and exec the closure calls only fcntl(2), which is
+            // async-signal-safe, on descriptors this process owns (kept open by `req`).
+            unsafe {
+                qemu.pre_exec(move || {
+                    for fd in &inherited {
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        // QEMU's own complaints (a host port it cannot forward, a bad option) are kept.
+        let qemu_log = req.container_dir.join("qemu.log");
+        let stderr = std::fs::File::create(&qemu_log)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         // The VM outlives the command that started it (it powers itself off when the container
         // ends), so it gets its own process group.
         let child = qemu
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .map_err(|source| BackendError::Tool {
@@ -92,6 +131,26 @@ impl Backend for QemuBackend {
             pid: child.id(),
             child: Some(child),
         })
+    }
+}
+
+/// A NIC as QEMU's `-netdev` and `-device` take it.
+fn qemu_nic(nic: &Nic) -> QemuNic {
+    let netdev = match &nic.attachment {
+        NicAttachment::UserMode { hostfwd } => {
+            let mut n = String::from("user");
+            for rule in hostfwd {
+                n.push_str(",hostfwd=");
+                n.push_str(rule);
+            }
+            n
+        }
+        NicAttachment::Tap(fd) => format!("tap,fd={}", fd.as_raw_fd()),
+    };
+    QemuNic {
+        slot: nic.slot,
+        mac: nic.mac.clone(),
+        netdev,
     }
 }
 

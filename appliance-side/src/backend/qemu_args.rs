@@ -41,6 +41,17 @@ pub struct VmSpec {
     /// Where ttyS0 (the guest console) is written.
     pub console: PathBuf,
     pub channel: ChannelEnd,
+    /// NICs: virtio-net devices at fixed PCI slots.
+    pub nics: Vec<QemuNic>,
+}
+
+/// One virtio-net NIC on QEMU's command line.
+pub struct QemuNic {
+    /// The device's slot on the root bus (`addr=`), where tether finds it.
+    pub slot: u32,
+    pub mac: String,
+    /// The `-netdev` backend without its id: `user,...` or `tap,fd=N`.
+    pub netdev: String,
 }
 
 /// Arguments for `qemu-system-x86_64`. q35: its ACPI gives tether a clean power-off. Whether
@@ -97,6 +108,21 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
     // TCG boot to seed, and tether's handshake nonces wait for it.
     push("-device");
     push("virtio-rng-pci");
+    if s.nics.is_empty() {
+        // Else QEMU adds its default NIC (q35: an e1000e on user-mode networking), which a
+        // container on `--network none` must not have.
+        push("-nic");
+        push("none");
+    }
+    for (i, nic) in s.nics.iter().enumerate() {
+        push("-netdev");
+        push(&format!("{},id=net{i}", nic.netdev));
+        push("-device");
+        push(&format!(
+            "virtio-net-pci,netdev=net{i},mac={},bus=pcie.0,addr={:#x}",
+            nic.mac, nic.slot
+        ));
+    }
     push("-fw_cfg");
     push(&format!("name={FW_CFG_NAME},file={}", s.config.display()));
     push("-serial");
@@ -130,4 +156,56 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
         }
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nics: Vec<QemuNic>) -> VmSpec {
+        VmSpec {
+            accel: "tcg",
+            memory_mb: 256,
+            cpus: 0,
+            boot: BootMedium::Iso("/b.iso".into()),
+            disk: "/d.qcow2".into(),
+            volumes: Vec::new(),
+            config: "/c.vmx".into(),
+            console: "/console.log".into(),
+            channel: ChannelEnd::Unix("/ch.sock".into()),
+            nics,
+        }
+    }
+
+    fn args(s: &VmSpec) -> Vec<String> {
+        qemu_args(s)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn nics_sit_at_their_slots_and_none_means_no_nic() {
+        let a = args(&spec(vec![
+            QemuNic {
+                slot: 0x08,
+                mac: "02:42:0a:00:02:0f".into(),
+                netdev: "user,hostfwd=tcp:127.0.0.1:18080-:80".into(),
+            },
+            QemuNic {
+                slot: 0x09,
+                mac: "02:42:ac:12:00:02".into(),
+                netdev: "tap,fd=7".into(),
+            },
+        ]));
+        let joined = a.join(" ");
+        assert!(joined.contains(
+            "-netdev user,hostfwd=tcp:127.0.0.1:18080-:80,id=net0 -device virtio-net-pci,netdev=net0,mac=02:42:0a:00:02:0f,bus=pcie.0,addr=0x8"
+        ), "{joined}");
+        assert!(joined.contains("-netdev tap,fd=7,id=net1 -device virtio-net-pci,netdev=net1,mac=02:42:ac:12:00:02,bus=pcie.0,addr=0x9"), "{joined}");
+        assert!(!joined.contains("-nic none"));
+        let none = args(&spec(Vec::new())).join(" ");
+        assert!(none.contains("-nic none"), "{none}");
+        assert!(!none.contains("-netdev"));
+    }
 }

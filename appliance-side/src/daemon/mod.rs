@@ -132,7 +132,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             tracing::warn!("collecting unused image layers: {e}");
         }
         engine.registries.configure(opts.registry.clone());
-        let api = Api::with_engine(engine);
+        let api = Api::with_engine(engine.clone());
         // Owner-only from the bind on (the umask), 0600 exactly before the API answers.
         let channel = home.channel_socket();
         if let Err(e) = server.listen_unix(&channel).await.and_then(|()| {
@@ -195,6 +195,7 @@ pub fn serve(home: &Home, opts: &ServeOptions) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        engine.shutdown_networks();
         ExitCode::SUCCESS
     })
 }

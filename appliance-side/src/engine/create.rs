@@ -163,6 +163,7 @@ pub fn new_container(
             }
         },
         mounts: crate::engine::mounts::parse(body, &image.config)?,
+        ..Default::default()
     };
     if memory > 0 && options.memory_mb < MIN_MEMORY_MB {
         return Err(bad(format!(
@@ -207,6 +208,9 @@ impl Engine {
         let _refs = self.volume_refs.lock().expect("volume refs lock");
         let made = self.provide_volumes(&mut new.options.mounts)?;
         let _names = self.names.lock().expect("names lock");
+        self.network_request(body, &image.config.exposed_ports)
+            .inspect_err(|_| self.discard_volumes(&made))?
+            .apply(&mut new.options);
         let (rec, _) = records::create(self.home(), &new).inspect_err(|_| {
             self.discard_volumes(&made);
         })?;

@@ -138,6 +138,7 @@ impl Engine {
             EngineError::Internal("this appliance has no backend to run VMs".into())
         })?;
         let image_disk = self.image_disk(rec)?;
+        let rec = &self.bind_endpoints(rec)?;
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
         let mut spec = records::spec_for(rec, attach)?;
@@ -145,6 +146,7 @@ impl Engine {
             .boot_mounts(rec)
             .map_err(|e| self.start_refused(rec, e))?;
         spec.mounts = mounts;
+        spec.networks = self.guest_networks(rec)?;
         let transport = if rec.options.transport == "serial" {
             spec.channel_device = Some(COM_DEVICE.into());
             let tcp = std::fs::read_to_string(self.home().channel_tcp_file()).map_err(|e| {
@@ -166,6 +168,11 @@ impl Engine {
         let writers = self.volume_starts.lock().await;
         self.check_single_writer(rec)
             .map_err(|e| self.start_refused(rec, e))?;
+        let crate::engine::endpoints::Plugged {
+            nics,
+            proxies,
+            published,
+        } = self.plug(rec).await?;
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),
@@ -179,8 +186,10 @@ impl Engine {
                 cpus: rec.options.cpus,
                 transport,
                 volumes: volume_disks,
+                nics,
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.plugged(rec, proxies, published);
         if let Some(start_time) = crate::engine::vms::process_start_time(launched.pid) {
             let vm = crate::engine::vms::VmRecord {
                 pid: launched.pid,
@@ -462,6 +471,7 @@ impl Engine {
             b.destroy(&self.home().container(&rec.id))
                 .map_err(|e| EngineError::Internal(format!("removing the container's VM: {e}")))?;
         }
+        self.unplug(rec);
         self.server.forget(&rec.id);
         records::remove(self.home(), &rec.id)?;
         if volumes {

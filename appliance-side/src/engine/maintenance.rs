@@ -108,8 +108,9 @@ impl Engine {
                 memory_mb: crate::engine::DEFAULT_MEMORY_MB,
                 cpus: 0,
                 transport: Transport::Virtio(home.channel_socket()),
-                // A maintenance boot mounts the container's disk only.
+                // A maintenance boot mounts the container's disk only: no volumes, no network.
                 volumes: Vec::new(),
+                nics: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {

@@ -4,14 +4,18 @@
 
 pub mod builtins;
 pub mod create;
+pub mod endpoint_config;
+pub mod endpoints;
 pub mod events;
 pub mod filters;
+pub mod guest_networks;
 pub mod health;
 pub mod images;
 pub mod layers;
 mod lifecycle;
 pub mod maintenance;
 pub mod mounts;
+pub mod networks;
 pub mod pull;
 mod supervise;
 pub mod vms;
@@ -57,6 +61,9 @@ pub enum EngineError {
     NotModified(String, &'static str),
     #[error("{0}")]
     Conflict(String),
+    /// docker's 403: what may never be done (remove a predefined network, or one in use).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
     /// The main process could not start; `exit_code` is 126 or 127 (or 125 for tether's own
@@ -104,6 +111,8 @@ pub struct Engine {
     volumes: crate::store::volumes::VolumeStore,
     volume_refs: Mutex<()>,
     volume_starts: tokio::sync::Mutex<()>,
+    /// Networks: their lock, the host's plumbing, published ports' proxies.
+    pub(crate) net: networks::NetState,
 }
 
 impl Engine {
@@ -116,6 +125,7 @@ impl Engine {
     /// it starts the supervisor that handles exits.
     pub fn with_backend(server: Arc<Server>, backend: Option<Box<dyn Backend>>) -> Arc<Self> {
         let (vm_exits, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+        let plumbing = backend.as_ref().and_then(|b| b.network_plumbing());
         let engine = Arc::new(Self {
             execs: ExecStore::new(server.home.clone()),
             images: ImageStore::new(server.home.clone()),
@@ -133,8 +143,10 @@ impl Engine {
             volumes: crate::store::volumes::VolumeStore::new(server.home.clone()),
             volume_refs: Mutex::new(()),
             volume_starts: tokio::sync::Mutex::new(()),
+            net: networks::NetState::new(plumbing),
             server,
         });
+        engine.ensure_predefined_networks();
         supervise::spawn(&engine, exits_rx);
         engine
     }

@@ -20,6 +20,9 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
     let mut news = engine.server.lifecycle();
     if engine.backend.is_some() {
         engine.adopt_vms();
+        engine.restore_networks();
+        let e = engine.clone();
+        tokio::spawn(async move { e.republish().await });
     }
     let weak: Weak<Engine> = Arc::downgrade(engine);
     tokio::spawn(async move {
@@ -30,7 +33,12 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
                         let Some(engine) = weak.upgrade() else { return };
                         engine.on_main_exit(&id, exit_code);
                     }
-                    Ok(Lifecycle::Connected { .. }) => {}
+                    Ok(Lifecycle::Connected { id }) => {
+                        let Some(engine) = weak.upgrade() else { return };
+                        if let Ok(rec) = engine.resolve(&id) {
+                            engine.refresh_networks_of(&rec);
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("the engine missed {n} lifecycle notices");
                     }
@@ -88,6 +96,7 @@ impl Engine {
 
     fn on_main_exit(&self, id: &str, exit_code: i32) {
         if let Ok(rec) = self.resolve(id) {
+            self.refresh_networks_of(&rec);
             self.emit("die", &rec, &[("exitCode", exit_code.to_string())]);
         }
     }
@@ -98,6 +107,7 @@ impl Engine {
             return;
         };
         tracing::info!(container = %rec.id, pid = exit.pid, how = %exit.how, "VM process ended");
+        self.unplug(&rec);
         // The VM went away under a running main process: nobody will report its exit.
         let why = format!(
             "the containerVM ended without its process exiting ({}); console: {}",

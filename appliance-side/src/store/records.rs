@@ -83,6 +83,16 @@ pub struct ContainerOptions {
     pub transport: String,
     /// Volumes and tmpfs mounts, in the order given.
     pub mounts: Vec<crate::store::volumes::MountOption>,
+    /// docker's NetworkMode: "" (the default network), "none", or the first network's name.
+    pub network_mode: String,
+    /// One endpoint per network the container is on (none with `--network none`).
+    pub endpoints: Vec<crate::store::endpoints::Endpoint>,
+    /// `-p`: the ports to publish and where.
+    pub port_bindings: Vec<crate::store::endpoints::PortBinding>,
+    /// `-P`: every exposed port published on a free host port.
+    pub publish_all: bool,
+    /// The image's EXPOSE and `--expose`, as `PORT/PROTO`.
+    pub exposed_ports: Vec<String>,
 }
 
 impl Record {

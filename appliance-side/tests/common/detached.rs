@@ -152,16 +152,21 @@ impl Detached {
         let out = self.cli(&args, None);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let id = text(&out.stdout).trim().to_string();
+        self.attach_tether(&id);
+        id
+    }
+
+    /// Boots a tether (host mode) for the existing container `id` on the channel socket.
+    pub fn attach_tether(&mut self, id: &str) {
         let child = Command::new(super::tether_bin())
             .arg("--config")
-            .arg(self.home.join("containers").join(&id).join("config.vmx"))
+            .arg(self.home.join("containers").join(id).join("config.vmx"))
             .arg("--channel")
             .arg(self.home.join("channel.sock"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         self.tethers.push(child);
-        id
     }
 
     /// Polls `docker inspect` until the container's status is `want`.

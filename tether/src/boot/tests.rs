@@ -269,7 +269,7 @@ fn a_disk_being_built_is_mounted_without_journal_or_atime_and_gets_nothing_added
     ] {
         spec.sessions.get_mut("abc").unwrap().builtin = builtin.into();
         let os = Recording::default();
-        prepare_root(&os, Path::new("/dev/vdb"), &spec).unwrap();
+        prepare_root(&os, Path::new("/dev/vdb"), &spec, &[]).unwrap();
         let mounts: Vec<String> = os
             .calls()
             .into_iter()

@@ -109,6 +109,7 @@ impl Baseline {
             config,
             console: self.dir.join("baseline-console.log"),
             channel,
+            nics: Vec::new(),
         });
         let launch = Instant::now();
         let mut vm = Command::new("timeout")

@@ -240,7 +240,7 @@ fn nested_destinations_mount_parents_first_and_read_only_is_applied_after_etc_is
             },
         ),
     ]);
-    crate::boot::prepare_root(&os, Path::new("/dev/vda"), &s).unwrap();
+    crate::boot::prepare_root(&os, Path::new("/dev/vda"), &s, &[]).unwrap();
     let calls = os.calls();
     let at = |prefix: &str| {
         calls
