@@ -194,7 +194,7 @@ impl Engine {
             let keep = if repo_tags.is_empty() && repo_digests.is_empty() {
                 filter.reference.is_empty() && filter.dangling != Some(false)
             } else {
-                !(filter.dangling == Some(true) && !repo_tags.is_empty())
+                filter.dangling != Some(true) || repo_tags.is_empty()
             };
             if keep {
                 out.push(ImageSummary {
