@@ -56,7 +56,7 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
     });
     if let Some(net) = &network {
         // The sessions start with their addresses (or after the wait, without).
-        net.start(crate::net::runtime::FIRST_LEASE_WAIT).await;
+        crate::net::dhcp::start(net, crate::net::runtime::FIRST_LEASE_WAIT).await;
         crate::timing::mark("network_ready");
     }
     let procs = process::Real { root: cfg.root };

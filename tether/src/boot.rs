@@ -97,7 +97,13 @@ pub enum BootError {
     },
     /// A network endpoint could not be set up (its NIC missing at its slot, ...).
     #[error("{0}")]
-    Network(#[from] crate::net::NetError),
+    Network(Box<crate::net::NetError>),
+}
+
+impl From<crate::net::NetError> for BootError {
+    fn from(e: crate::net::NetError) -> Self {
+        Self::Network(Box::new(e))
+    }
 }
 
 impl From<volumes::VolumeError> for BootError {

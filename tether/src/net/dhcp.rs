@@ -62,6 +62,33 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts a DHCP client per DHCP endpoint and waits (up to `wait`) for their first leases.
+/// Must be called inside a `LocalSet`.
+pub async fn start(net: &Rc<Network>, wait: Duration) {
+    net.refresh();
+    let dhcp: Vec<usize> = net
+        .endpoints
+        .borrow()
+        .iter()
+        .enumerate()
+        .filter(|(_, ep)| ep.spec.is_dhcp())
+        .map(|(i, _)| i)
+        .collect();
+    for i in dhcp {
+        tokio::task::spawn_local(run(net.clone(), i));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while !net.all_leased() {
+        tokio::select! {
+            _ = net.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                crate::log::warn("DHCP: no lease yet on every network; starting anyway");
+                return;
+            }
+        }
+    }
+}
+
 enum Step {
     State(Result<DhcpV4State, mozim::DhcpError>),
     Stop,

@@ -51,8 +51,15 @@ pub trait NetOs {
 #[cfg(test)]
 pub mod recording {
     //! A fake kernel: links and sysfs entries set up by the test; every call recorded as text.
-    use super::*;
     use std::cell::RefCell;
+    use std::io;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use guestinfo::Cidr;
+
+    use crate::net::firewall::Ruleset;
+    use crate::net::ops::{Link, NetOs, Route};
     use std::collections::BTreeMap;
 
     #[derive(Default)]

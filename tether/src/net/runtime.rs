@@ -132,33 +132,6 @@ impl Network {
             .all(|ep| !ep.spec.is_dhcp() || ep.ipv4.is_some())
     }
 
-    /// Starts a DHCP client per DHCP endpoint and waits (up to `wait`) for their first leases.
-    /// Must be called inside a `LocalSet`.
-    pub async fn start(self: &Rc<Self>, wait: Duration) {
-        self.refresh();
-        let dhcp: Vec<usize> = self
-            .endpoints
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter(|(_, ep)| ep.spec.is_dhcp())
-            .map(|(i, _)| i)
-            .collect();
-        for i in dhcp {
-            tokio::task::spawn_local(crate::net::dhcp::run(self.clone(), i));
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        while !self.all_leased() {
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    crate::log::warn("DHCP: no lease yet on every network; starting anyway");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Releases the leases (shutdown), waiting a moment for the clients to send it.
     pub async fn stop(&self) {
         let clients = self

@@ -54,7 +54,19 @@ pub fn interface_at(os: &dyn NetOs, slot: PciSlot) -> Result<String, String> {
             }
         }
     }
-    let net = dir.join("net");
+    // vmxnet3 is the PCI device's own driver (`net/` under it); virtio-net sits on a virtio
+    // device below it (`virtioN/net/`).
+    let mut net = dir.join("net");
+    if os.list_dir(&net).is_err() {
+        if let Some(v) = os
+            .list_dir(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.starts_with("virtio"))
+        {
+            net = dir.join(v).join("net");
+        }
+    }
     match os.list_dir(&net).unwrap_or_default().as_slice() {
         [name] => Ok(name.clone()),
         [] => Err(format!(
@@ -102,6 +114,25 @@ mod tests {
         );
         let e = interface_at(&os, PciSlot::from_parts(2, 0, 0)).unwrap_err();
         assert!(e.contains("0000:00:12.0"), "{e}");
+    }
+
+    #[test]
+    fn a_virtio_nic_is_found_below_its_virtio_device() {
+        let mut os = Recording::default();
+        os.dirs
+            .insert(PCI_DEVICES.into(), vec!["0000:00:08.0".into()]);
+        os.dirs.insert(
+            format!("{PCI_DEVICES}/0000:00:08.0"),
+            vec!["driver".into(), "virtio1".into()],
+        );
+        os.dirs.insert(
+            format!("{PCI_DEVICES}/0000:00:08.0/virtio1/net"),
+            vec!["eth0".into()],
+        );
+        assert_eq!(
+            interface_at(&os, PciSlot::from_parts(0, 8, 0)).unwrap(),
+            "eth0"
+        );
     }
 
     #[test]
