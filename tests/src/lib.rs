@@ -101,11 +101,14 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// A change to a container's spec before its VM boots.
+pub type SpecEdit = Box<dyn FnOnce(&mut guestinfo::ContainerSpec)>;
+
 /// What a test adds to one containerVM (`Appliance::run_with`).
 #[derive(Default)]
 pub struct VmExtras {
     /// A change to the container's spec before it is written (its networks, ...).
-    pub spec: Option<Box<dyn FnOnce(&mut guestinfo::ContainerSpec)>>,
+    pub spec: Option<SpecEdit>,
     /// More QEMU arguments (NICs and their netdevs, ...).
     pub qemu_args: Vec<String>,
     /// A command QEMU runs under (`ip netns exec NS`), after the hard timeout.
