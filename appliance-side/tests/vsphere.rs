@@ -196,8 +196,8 @@ fn a_containervm_is_created_as_meant_powered_off_restarted_and_destroyed() {
     let spec = guestinfo::spec::decode(&guestinfo::KeySet::from_pairs(
         info.extra_config
             .iter()
-            .cloned()
             .filter(|(k, _)| k.starts_with("guestinfo."))
+            .cloned()
             .collect::<Vec<_>>(),
     ))
     .unwrap();

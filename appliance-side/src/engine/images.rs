@@ -522,7 +522,10 @@ mod tests {
         let by_digest = format!("127.0.0.1:5000/app@{d}");
         s.add_digest(&id, &parse_normalized(&by_digest).unwrap())
             .unwrap();
-        assert_eq!(s.resolve(&id).unwrap().digests, [by_digest.clone()]);
+        assert_eq!(
+            s.resolve(&id).unwrap().digests,
+            std::slice::from_ref(&by_digest)
+        );
         assert_eq!(s.resolve(&by_digest).unwrap().id, id);
         assert_eq!(
             s.resolve(&format!("127.0.0.1:5000/app:zz@{d}")).unwrap().id,
