@@ -15,6 +15,11 @@ key=$(cat "$here/fragment.config" "$here/build.sh" "$here/check.sh" <(echo "$src
     sha256sum | cut -c1-16)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/tether/kernel
 out_dir=$cache/$key
+mkdir -p "$cache"
+# One build at a time: test binaries and parallel checkouts share the cache, and a second
+# build would delete the first one's work tree under it.
+exec 9>"$cache/build-$key.lock"
+flock 9
 if [ ! -f "$out_dir/bzImage" ]; then
     work=$cache/build-$key
     rm -rf "$work"
