@@ -133,7 +133,7 @@ pub fn named_sh(name: &str, script: &str) -> NewContainer {
 }
 
 /// Command output as text, for assertions and messages.
-pub use appliance::testing::process::{failed, succeeded, text};
+pub use appliance::testing::process::{failed, host_script, succeeded, text};
 
 /// A VM's writable disk: a qcow2 overlay at `overlay` on the shared raw image `base` (replaced
 /// if it exists).

@@ -9,17 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use e2e::{busybox_rootfs, layer_tar, save_archive, succeeded, text, workspace, Appliance};
-
-fn sh(script: &str) {
-    let out = Command::new("sh").args(["-ec", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+use e2e::{
+    busybox_rootfs, host_script, layer_tar, save_archive, succeeded, text, workspace, Appliance,
+};
 
 /// The layer directories in the store, and the bytes each takes on disk.
 fn layers(app: &Appliance) -> Vec<(String, u64)> {
@@ -79,12 +71,12 @@ fn layered_images_share_their_layers_and_each_entry_kind_survives() {
     std::fs::write(l2.join("links/a"), "linked").unwrap();
     std::fs::hard_link(l2.join("links/a"), l2.join("links/b")).unwrap();
     std::fs::write(l2.join("long").join(&long), "long name").unwrap();
-    sh(&format!("mknod {}/devs/null c 1 3", l2.display()));
+    host_script(&format!("mknod {}/devs/null c 1 3", l2.display()));
     // A layer with a file capability (its own image, see the end).
     let l5 = work.join("l5");
     std::fs::create_dir_all(l5.join("caps")).unwrap();
     std::fs::copy("/bin/busybox", l5.join("caps/cat")).unwrap();
-    sh(&format!(
+    host_script(&format!(
         "setcap cap_net_bind_service+ep {}/caps/cat",
         l5.display()
     ));
@@ -109,7 +101,7 @@ fn layered_images_share_their_layers_and_each_entry_kind_survives() {
         .collect();
     // A layer that cannot apply: an entry leading out of the root.
     let bad = work.join("bad.tar");
-    sh(&format!(
+    host_script(&format!(
         "cd {0} && mkdir -p badroot && echo x > escape && cd badroot && tar -P -cf {1} ../escape",
         work.display(),
         bad.display()

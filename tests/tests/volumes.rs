@@ -13,21 +13,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    busybox_rootfs, layer_tar, save_archive_with_config, succeeded, text, workspace, Appliance,
+    busybox_rootfs, host_script, layer_tar, save_archive_with_config, succeeded, text, workspace,
+    Appliance,
 };
 use serde_json::json;
 
 const IMAGE: &str = "localhost/tether-volumes:e2e";
-
-fn sh(script: &str) {
-    let out = Command::new("sh").args(["-ec", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// The image: busybox, an /etc with files of other owners (a 0640 file of uid 1000 with an
 /// xattr, a setuid file, a hard-link pair, a dangling symlink, an 8 MiB file that is all hole
@@ -45,7 +36,7 @@ fn image_archive() -> PathBuf {
     )
     .unwrap();
     let r = root.display();
-    sh(&format!(
+    host_script(&format!(
         "cd {r}
          printf 'secret=1\\n' > etc/app.conf; chown 1000:1000 etc/app.conf; chmod 0640 etc/app.conf
          python3 -c \"import os; os.setxattr('etc/app.conf', 'user.origin', b'image')\"
@@ -435,7 +426,7 @@ fn volumes_keep_data_ownership_and_their_filesystem_across_containers_kills_and_
             && e.contains("is missing"),
         "{e}"
     );
-    sh(&format!(
+    host_script(&format!(
         "qemu-img create -q -f qcow2 {} 32M",
         broken.display()
     ));

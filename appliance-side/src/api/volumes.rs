@@ -9,16 +9,9 @@ use serde_json::{json, Value};
 
 use crate::api::http::{flag, json_response, no_content, ApiError};
 use crate::api::{Api, ApiResponse};
+use crate::engine::json::string_map;
 use crate::store::records::Record;
 use crate::store::volumes::{MountKind, Volume};
-
-fn strings(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
 
 impl Api {
     fn volume_json(&self, v: &Volume) -> Value {
@@ -94,8 +87,8 @@ impl Api {
         match self.engine.volume_create(
             name,
             body["Driver"].as_str().unwrap_or_default(),
-            strings(&body["DriverOpts"]),
-            strings(&body["Labels"]),
+            string_map(&body["DriverOpts"]),
+            string_map(&body["Labels"]),
         ) {
             Ok(v) => json_response(StatusCode::CREATED, &self.volume_json(&v)),
             Err(e) => ApiError::from(e).into_response(),

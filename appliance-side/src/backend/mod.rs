@@ -10,7 +10,9 @@ pub mod qemu;
 pub mod qemu_args;
 pub mod vsphere;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 
 use thiserror::Error;
 
@@ -137,4 +139,20 @@ pub trait Backend: Send + Sync {
     fn network_plumbing(&self) -> Option<std::sync::Arc<dyn net::NetworkPlumbing>> {
         None
     }
+}
+
+/// Starts a helper process that outlives the request that needs it (a VM, a network's
+/// dnsmasq): no stdin or stdout, stderr to `stderr` (its log), and its own process group, so a
+/// ctrl-c at the appliance's terminal does not reach it and the engine can kill the whole group.
+pub(crate) fn spawn_detached(
+    cmd: &mut Command,
+    stderr: Stdio,
+    program: &'static str,
+) -> Result<Child, BackendError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| BackendError::Tool { program, source })
 }

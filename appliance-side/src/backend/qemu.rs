@@ -11,7 +11,7 @@ use crate::backend::accel::accelerator;
 use crate::backend::boot_files::kernel_and_initramfs;
 use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, QemuNic, VmSpec};
 use crate::backend::{
-    Backend, BackendError, LaunchRequest, Launched, Nic, NicAttachment, Transport,
+    spawn_detached, Backend, BackendError, LaunchRequest, Launched, Nic, NicAttachment, Transport,
 };
 use crate::home::Home;
 
@@ -109,16 +109,7 @@ impl Backend for QemuBackend {
             .unwrap_or_else(|_| Stdio::null());
         // The VM outlives the command that started it (it powers itself off when the container
         // ends), so it gets its own process group.
-        let child = qemu
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| BackendError::Tool {
-                program: "qemu-system-x86_64",
-                source,
-            })?;
+        let child = spawn_detached(&mut qemu, stderr, "qemu-system-x86_64")?;
         let pid_file = req.container_dir.join("qemu.pid");
         std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(|source| {
             BackendError::Io {

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Value};
 
+use crate::engine::json::string_list;
 use crate::engine::networks::DEFAULT_GATEWAY;
 use crate::engine::{Engine, EngineError};
 use crate::store::atomic::{hex, random};
@@ -51,7 +52,7 @@ impl NetworkRequest {
 fn pending_endpoint(name: &str, cfg: &Value, slot: u32) -> Endpoint {
     Endpoint {
         network_name: name.to_string(),
-        aliases: strings(&cfg["Aliases"]),
+        aliases: string_list(&cfg["Aliases"]),
         requested_ip: cfg["IPAMConfig"]["IPv4Address"]
             .as_str()
             .unwrap_or_default()
@@ -71,14 +72,6 @@ fn mac_for(ip: Ipv4Addr) -> String {
 fn random_mac() -> String {
     let r = random::<4>();
     format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2], r[3])
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
 }
 
 /// `-p` and `--expose` from the request, EXPOSE from the image.
@@ -242,7 +235,7 @@ impl Engine {
         siblings: &[Endpoint],
     ) -> Result<Endpoint, EngineError> {
         let bad = EngineError::BadRequest;
-        let aliases = strings(&cfg["Aliases"]);
+        let aliases = string_list(&cfg["Aliases"]);
         let requested = cfg["IPAMConfig"]["IPv4Address"]
             .as_str()
             .unwrap_or_default()

@@ -11,6 +11,7 @@ pub mod filters;
 pub mod guest_networks;
 pub mod health;
 pub mod images;
+pub mod json;
 pub mod layers;
 mod lifecycle;
 pub mod maintenance;

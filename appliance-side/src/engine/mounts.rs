@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::engine::json::string_map;
 use crate::engine::EngineError;
 use crate::store::images::ImageConfig;
 use crate::store::volumes::{check_name, MountKind, MountOption};
@@ -142,14 +143,6 @@ fn check_volume_name(option: &MountOption) -> Result<(), EngineError> {
     check_name(&option.name).map_err(|e| bad(format!("create {}: {e}", option.name)))
 }
 
-fn strings(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
-}
-
 /// One `HostConfig.Mounts` entry (`--mount`).
 fn parse_mount(m: &Value) -> Result<MountOption, EngineError> {
     let kind = m["Type"].as_str().unwrap_or_default();
@@ -185,8 +178,8 @@ fn parse_mount(m: &Value) -> Result<MountOption, EngineError> {
                 read_only,
                 copy: !options["NoCopy"].as_bool().unwrap_or(false),
                 anonymous: source.is_empty(),
-                create_options: strings(&options["DriverConfig"]["Options"]),
-                create_labels: strings(&options["Labels"]),
+                create_options: string_map(&options["DriverConfig"]["Options"]),
+                create_labels: string_map(&options["Labels"]),
                 ..Default::default()
             };
             check_volume_name(&option)?;

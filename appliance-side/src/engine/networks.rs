@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::backend::net::proxy::Proxy;
 use crate::backend::net::{BridgePlan, HostEntry, NetworkPlumbing};
 use crate::engine::filters::Filters;
+use crate::engine::json::string_map;
 use crate::engine::{Engine, EngineError};
 use crate::store::endpoints::Endpoint;
 use crate::store::networks::{self, NetworkRecord, Subnet, DEFAULT_NETWORK, NONE_NETWORK};
@@ -440,16 +441,6 @@ fn label_matches(n: &NetworkRecord, filter: &str) -> bool {
         Some((k, want)) => n.labels.get(k).is_some_and(|x| x == want),
         None => n.labels.contains_key(filter),
     }
-}
-
-fn string_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// docker's rule for network names, as for container names.

@@ -38,3 +38,13 @@ pub fn failed(out: &Output, code: Option<i32>, says: &str) {
         text(&out.stdout),
     );
 }
+
+/// Runs `script` with `sh -ec` on the host (a fixture step: mknod, setfattr, ...); panics
+/// with its output unless it succeeded.
+pub fn host_script(script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .expect("running sh");
+    succeeded(&out, script, "");
+}

@@ -69,6 +69,16 @@ pub enum VolumeError {
     NotADirectory { what: String, destination: String },
 }
 
+/// The error for a failed `step` of mounting `m`.
+fn step_error(m: &MountSpec) -> impl Fn(&'static str, io::Error) -> VolumeError + '_ {
+    move |step, source| VolumeError::Step {
+        what: what(m),
+        destination: m.destination.clone(),
+        step,
+        source,
+    }
+}
+
 fn what(m: &MountSpec) -> String {
     match &m.source {
         MountSource::Label(l) => format!("volume {l:?}"),
@@ -85,12 +95,7 @@ pub fn mount_all(
 ) -> Result<Vec<PathBuf>, BootError> {
     let mut read_only = Vec::new();
     for m in in_mount_order(&spec.mounts) {
-        let step = |step, source| VolumeError::Step {
-            what: what(m),
-            destination: m.destination.clone(),
-            step,
-            source,
-        };
+        let step = step_error(m);
         let target = os
             .resolve_in(root, Path::new(&m.destination))
             .map_err(|e| step("resolving the path in the image", e))?;
@@ -130,12 +135,7 @@ pub fn mount_all(
 /// The mount point in the image: its directory (`Some`, what a first use copies), or a new one
 /// (`None`) when the image has nothing there.
 fn mount_point(os: &dyn Os, m: &MountSpec, target: &Path) -> Result<Option<PathBuf>, VolumeError> {
-    let step = |step, source| VolumeError::Step {
-        what: what(m),
-        destination: m.destination.clone(),
-        step,
-        source,
-    };
+    let step = step_error(m);
     match os.stat(target) {
         Ok(s) if s.is_dir => Ok(Some(target.to_path_buf())),
         Ok(_) => Err(VolumeError::NotADirectory {
@@ -171,12 +171,7 @@ fn mount_volume(
         "noinit_itable",
     )?;
     let bound = fill_and_bind(os, m, &staging, target, image_dir);
-    let step = |step, source| VolumeError::Step {
-        what: what(m),
-        destination: m.destination.clone(),
-        step,
-        source,
-    };
+    let step = step_error(m);
     let dropped = os
         .unmount(&staging)
         .map_err(|e| step("unmounting its staging path", e))
@@ -195,12 +190,7 @@ fn fill_and_bind(
     target: &Path,
     image_dir: Option<PathBuf>,
 ) -> Result<(), BootError> {
-    let step = |step, source| VolumeError::Step {
-        what: what(m),
-        destination: m.destination.clone(),
-        step,
-        source,
-    };
+    let step = step_error(m);
     let copying = staging.join(COPYING);
     if os.stat(&copying).is_ok() {
         // A first use cut short: its copy is not the volume's data.

@@ -6,13 +6,12 @@
 //! restart, like the containerVMs it serves.
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::backend::net::{BridgePlan, HostEntry, BRIDGE};
-use crate::backend::BackendError;
+use crate::backend::{spawn_detached, BackendError};
 use crate::store::atomic::write_atomic;
 
 const PID_FILE: &str = "dnsmasq.pid";
@@ -84,19 +83,9 @@ pub fn ensure_running(dir: &Path, ns: &str, plan: &BridgePlan) -> Result<(), Bac
     let stderr_path = dir.join(STDERR_FILE);
     let stderr =
         std::fs::File::create(&stderr_path).map_err(|e| io_err("creating", &stderr_path, e))?;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "dnsmasq"])
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        // Its own group: a ctrl-c at the appliance's terminal does not reach it.
-        .process_group(0)
-        .spawn()
-        .map_err(|source| BackendError::Tool {
-            program: "dnsmasq",
-            source,
-        })?;
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, "dnsmasq"]).args(&args);
+    let mut child = spawn_detached(&mut command, Stdio::from(stderr), "dnsmasq")?;
     // `ip netns exec` execs dnsmasq in place: the child's pid is dnsmasq's.
     let pid_file = dir.join(PID_FILE);
     write_atomic(&pid_file, format!("{}\n", child.id()).as_bytes())
