@@ -85,10 +85,10 @@ fn docker_run_applies_the_images_config_and_exits_with_the_process() {
         ),
         // A command that does not exist: docker's 127.
         (&["--entrypoint", "/no/such"], &[], 127, None, None),
-        // --add-host lands in /etc/hosts.
+        // --add-host lands in /etc/hosts (-w: the hostname, a hex id, may hold "db").
         (
             &["--add-host", "db:10.1.2.3"],
-            &["grep db /etc/hosts"],
+            &["grep -w db /etc/hosts"],
             0,
             Some("10.1.2.3\tdb\n"),
             None,
