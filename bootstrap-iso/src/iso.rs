@@ -12,8 +12,10 @@ use crate::error::IoError;
 
 pub const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
 pub const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
-/// The kernel command line a containerVM boots with.
-pub const DEFAULT_APPEND: &str = "console=ttyS0 panic=-1 quiet";
+/// The kernel command line a containerVM boots with. `no_timer_check`: under TCG on a loaded
+/// host the kernel's IO-APIC timer check can miss its ticks and panic ("IO-APIC + timer doesn't
+/// work"); a VM's timer is emulated and needs no check (cloud images boot with it too).
+pub const DEFAULT_APPEND: &str = "console=ttyS0 panic=-1 no_timer_check quiet";
 
 /// What can go wrong building the ISO.
 #[derive(Debug, thiserror::Error)]

@@ -68,7 +68,7 @@ struct IsoArgs {
     #[arg(long, value_name = "PATH")]
     initramfs: PathBuf,
     /// The kernel command line, instead of the default; repeat it to add words
-    /// [default: "console=ttyS0 panic=-1 quiet"]
+    /// [default: "console=ttyS0 panic=-1 no_timer_check quiet"]
     #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
     append: Vec<String>,
     #[command(flatten)]

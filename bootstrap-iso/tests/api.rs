@@ -69,5 +69,5 @@ fn the_harness_builds_initramfs_disk_and_iso() {
     let mut args: Vec<String> = Vec::new();
     let mut push = |s: &str| args.push(s.to_string());
     push(bootstrap::iso::DEFAULT_APPEND);
-    assert_eq!(args, ["console=ttyS0 panic=-1 quiet"]);
+    assert_eq!(args, ["console=ttyS0 panic=-1 no_timer_check quiet"]);
 }
