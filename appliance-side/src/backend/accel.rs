@@ -47,7 +47,10 @@ pub fn accelerator(home: &Home, kernel: &Path) -> &'static str {
         ])
         .arg("-kernel")
         .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 no_timer_check init=/tether-kvm-probe"])
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 no_timer_check init=/tether-kvm-probe",
+        ])
         .stdin(Stdio::null())
         .output();
     let works = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Kernel panic"));
