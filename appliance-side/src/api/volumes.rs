@@ -2,7 +2,7 @@
 //! `Mountpoint` is its disk file on the appliance host (there is no directory to show: the
 //! filesystem lives in the disk), and `Status` says which disk and label.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use hyper::StatusCode;
 use serde_json::{json, Value};

@@ -12,8 +12,6 @@
 //! Errors are dockerd's words (`invalid volume specification: '...'`, `Duplicate mount point:
 //! ...`, `invalid mount config for type "volume": ...`), all 400.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use crate::engine::json::string_map;
