@@ -224,11 +224,13 @@ fn a_second_pull_on_the_same_lower_layers_downloads_only_its_own() {
     assert_eq!(app.inspect(&b, "{{.Id}}").trim(), b_id);
 
     // b's chain: the shared layers below, its own on top.
-    let out = app.docker(&["run", "--rm", &b, "cat", "/etc/greeting"]);
+    // The image's entrypoint is `sh -c`: the command is one string.
+    let out = app.docker(&["run", "--rm", &b, "cat /etc/greeting"]);
     assert_eq!(
         text(&out.stdout),
         "hello from image b\n",
-        "{}",
+        "{}: {}",
+        out.status,
         text(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
