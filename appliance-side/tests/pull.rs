@@ -10,6 +10,7 @@ use common::detached::text;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
+use registry_support::token::{self, TokenServer};
 use registry_support::{
     layer, noise, succeeded, three_layer_image, Appliance, Image, Registry, RegistryOpts, TempDir,
 };
@@ -350,4 +351,88 @@ fn docker_create_of_a_missing_image_gets_the_404_the_cli_pulls_on() {
         err.contains("manifest unknown") && err.contains("tether/none:v1"),
         "{err}"
     );
+}
+
+#[test]
+fn an_identity_token_from_docker_login_buys_pull_tokens_by_the_refresh_grant() {
+    let dir = TempDir::new("identity");
+    let tokens = TokenServer::start(&dir.0, "tether", "s3cret");
+    let reg = Registry::start(
+        "identity",
+        RegistryOpts {
+            token_auth: Some(tokens.registry_auth()),
+            ..Default::default()
+        },
+    );
+    let image = three_layer_image();
+    push(
+        &reg,
+        &image,
+        &dir,
+        "tether/private",
+        "v1",
+        Some("tether:s3cret"),
+    );
+    let app = Appliance::start("identity", &[]);
+    let name = format!("{}/tether/private:v1", reg.addr);
+
+    // docker login: the token server gives a refresh token, which the CLI keeps instead of
+    // the password (its identity token).
+    let out = app.docker_stdin(
+        &["login", "-u", "tether", "--password-stdin", &reg.addr],
+        Some(b"s3cret\n"),
+    );
+    assert!(succeeded(&out, "docker login", "").contains("Login Succeeded"));
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(app.docker_config.as_ref().unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let kept = &config["auths"][&reg.addr];
+    let identity = kept["identitytoken"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(identity.starts_with("refresh-"), "{config}");
+    let login = tokens.requests();
+    let asked = login.last().unwrap();
+    assert_eq!(
+        (asked.method.as_str(), asked.user.as_deref()),
+        ("GET", Some("tether"))
+    );
+    assert_eq!(asked.params["offline_token"], "true");
+
+    // docker pull: the CLI sends the identity token, which the engine trades for a pull token
+    // by the OAuth2 refresh grant, as dockerd does; the registry takes that token.
+    pulled(&app, &name, &image);
+    let grants: Vec<_> = tokens
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let p = &grants[0].params;
+    assert_eq!(p["grant_type"], "refresh_token");
+    assert_eq!(p["refresh_token"], identity);
+    assert_eq!(p["service"], token::SERVICE);
+    assert_eq!(p["scope"], "repository:tether/private:pull");
+    assert_eq!(p["client_id"], "docker");
+    assert_eq!(grants[0].user, None, "no password goes with the grant");
+
+    // A refresh token the server no longer takes: the pull fails naming the image and why.
+    tokens.revoke_all();
+    push(
+        &reg,
+        &image,
+        &dir,
+        "tether/other",
+        "v1",
+        Some("tether:s3cret"),
+    );
+    let other = format!("{}/tether/other:v1", reg.addr);
+    let err = app.fails(&["pull", &other]);
+    assert!(
+        err.contains("tether/other") && err.contains("unauthorized"),
+        "{err}"
+    );
+    assert!(err.contains("refused the identity token"), "{err}");
 }
