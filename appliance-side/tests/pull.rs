@@ -213,6 +213,20 @@ fn pull_over_tls_verifies_against_the_test_ca() {
     pulled(&app, &name, &image);
 }
 
+/// The three-layer image pushed to `reg` as `tether/private:v1` with `creds`, an appliance for
+/// test `tag`, and the image's name to pull.
+fn private_image(
+    reg: &Registry,
+    dir: &TempDir,
+    tag: &str,
+    creds: &str,
+) -> (Image, Appliance, String) {
+    let image = three_layer_image();
+    push(reg, &image, dir, "tether/private", "v1", Some(creds));
+    let name = format!("{}/tether/private:v1", reg.addr);
+    (image, Appliance::start(tag, &[]), name)
+}
+
 #[test]
 fn docker_login_then_pull_from_an_htpasswd_registry() {
     let dir = TempDir::new("auth");
@@ -230,17 +244,7 @@ fn docker_login_then_pull_from_an_htpasswd_registry() {
             ..Default::default()
         },
     );
-    let image = three_layer_image();
-    push(
-        &reg,
-        &image,
-        &dir,
-        "tether/private",
-        "v1",
-        Some("tether:s3cret pass"),
-    );
-    let app = Appliance::start("auth", &[]);
-    let name = format!("{}/tether/private:v1", reg.addr);
+    let (image, app, name) = private_image(&reg, &dir, "auth", "tether:s3cret pass");
 
     // Anonymous: refused, and said so.
     let err = app.fails(&["pull", &name]);
@@ -364,17 +368,7 @@ fn an_identity_token_from_docker_login_buys_pull_tokens_by_the_refresh_grant() {
             ..Default::default()
         },
     );
-    let image = three_layer_image();
-    push(
-        &reg,
-        &image,
-        &dir,
-        "tether/private",
-        "v1",
-        Some("tether:s3cret"),
-    );
-    let app = Appliance::start("identity", &[]);
-    let name = format!("{}/tether/private:v1", reg.addr);
+    let (image, app, name) = private_image(&reg, &dir, "identity", "tether:s3cret");
 
     // docker login: the token server gives a refresh token, which the CLI keeps instead of
     // the password (its identity token).
