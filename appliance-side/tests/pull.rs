@@ -412,6 +412,31 @@ fn an_identity_token_from_docker_login_buys_pull_tokens_by_the_refresh_grant() {
     assert_eq!(p["client_id"], "docker");
     assert_eq!(grants[0].user, None, "no password goes with the grant");
 
+    // A login with what the CLI keeps (POST /auth with the identity token, as the CLI sends it
+    // for stored credentials): checked by the grant without a scope, as dockerd checks it.
+    let body = serde_json::json!({
+        "username": "tether", "identitytoken": identity, "serveraddress": reg.addr,
+    });
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(app.home.join("docker.sock"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg("http://localhost/auth")
+        .output()
+        .expect("curl (Debian's curl): run make deps");
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(said["Status"], "Login Succeeded", "{}", text(&out.stdout));
+    assert_eq!(said["IdentityToken"], identity.as_str());
+    let last = tokens.requests().pop().unwrap();
+    assert_eq!(last.method, "POST", "{last:?}");
+    assert_eq!(last.params["refresh_token"], identity);
+    assert!(!last.params.contains_key("scope"), "{last:?}");
+
     // A refresh token the server no longer takes: the pull fails naming the image and why.
     tokens.revoke_all();
     push(
