@@ -10,6 +10,7 @@ use common::detached::text;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
+use registry_support::token::{self, TokenServer};
 use registry_support::{
     layer, noise, succeeded, three_layer_image, Appliance, Image, Registry, RegistryOpts, TempDir,
 };
@@ -212,6 +213,20 @@ fn pull_over_tls_verifies_against_the_test_ca() {
     pulled(&app, &name, &image);
 }
 
+/// The three-layer image pushed to `reg` as `tether/private:v1` with `creds`, an appliance for
+/// test `tag`, and the image's name to pull.
+fn private_image(
+    reg: &Registry,
+    dir: &TempDir,
+    tag: &str,
+    creds: &str,
+) -> (Image, Appliance, String) {
+    let image = three_layer_image();
+    push(reg, &image, dir, "tether/private", "v1", Some(creds));
+    let name = format!("{}/tether/private:v1", reg.addr);
+    (image, Appliance::start(tag, &[]), name)
+}
+
 #[test]
 fn docker_login_then_pull_from_an_htpasswd_registry() {
     let dir = TempDir::new("auth");
@@ -229,17 +244,7 @@ fn docker_login_then_pull_from_an_htpasswd_registry() {
             ..Default::default()
         },
     );
-    let image = three_layer_image();
-    push(
-        &reg,
-        &image,
-        &dir,
-        "tether/private",
-        "v1",
-        Some("tether:s3cret pass"),
-    );
-    let app = Appliance::start("auth", &[]);
-    let name = format!("{}/tether/private:v1", reg.addr);
+    let (image, app, name) = private_image(&reg, &dir, "auth", "tether:s3cret pass");
 
     // Anonymous: refused, and said so.
     let err = app.fails(&["pull", &name]);
@@ -350,4 +355,103 @@ fn docker_create_of_a_missing_image_gets_the_404_the_cli_pulls_on() {
         err.contains("manifest unknown") && err.contains("tether/none:v1"),
         "{err}"
     );
+}
+
+#[test]
+fn an_identity_token_from_docker_login_buys_pull_tokens_by_the_refresh_grant() {
+    let dir = TempDir::new("identity");
+    let tokens = TokenServer::start(&dir.0, "tether", "s3cret");
+    let reg = Registry::start(
+        "identity",
+        RegistryOpts {
+            token_auth: Some(tokens.registry_auth()),
+            ..Default::default()
+        },
+    );
+    let (image, app, name) = private_image(&reg, &dir, "identity", "tether:s3cret");
+
+    // docker login: the token server gives a refresh token, which the CLI keeps instead of
+    // the password (its identity token).
+    let out = app.docker_stdin(
+        &["login", "-u", "tether", "--password-stdin", &reg.addr],
+        Some(b"s3cret\n"),
+    );
+    assert!(succeeded(&out, "docker login", "").contains("Login Succeeded"));
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(app.docker_config.as_ref().unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let kept = &config["auths"][&reg.addr];
+    let identity = kept["identitytoken"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(identity.starts_with("refresh-"), "{config}");
+    let login = tokens.requests();
+    let asked = login.last().unwrap();
+    assert_eq!(
+        (asked.method.as_str(), asked.user.as_deref()),
+        ("GET", Some("tether"))
+    );
+    assert_eq!(asked.params["offline_token"], "true");
+
+    // docker pull: the CLI sends the identity token, which the engine trades for a pull token
+    // by the OAuth2 refresh grant, as dockerd does; the registry takes that token.
+    pulled(&app, &name, &image);
+    let grants: Vec<_> = tokens
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let p = &grants[0].params;
+    assert_eq!(p["grant_type"], "refresh_token");
+    assert_eq!(p["refresh_token"], identity);
+    assert_eq!(p["service"], token::SERVICE);
+    assert_eq!(p["scope"], "repository:tether/private:pull");
+    assert_eq!(p["client_id"], "docker");
+    assert_eq!(grants[0].user, None, "no password goes with the grant");
+
+    // A login with what the CLI keeps (POST /auth with the identity token, as the CLI sends it
+    // for stored credentials): checked by the grant without a scope, as dockerd checks it.
+    let body = serde_json::json!({
+        "username": "tether", "identitytoken": identity, "serveraddress": reg.addr,
+    });
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(app.home.join("docker.sock"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg("http://localhost/auth")
+        .output()
+        .expect("curl (Debian's curl): run make deps");
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(said["Status"], "Login Succeeded", "{}", text(&out.stdout));
+    assert_eq!(said["IdentityToken"], identity.as_str());
+    let last = tokens.requests().pop().unwrap();
+    assert_eq!(last.method, "POST", "{last:?}");
+    assert_eq!(last.params["refresh_token"], identity);
+    assert!(!last.params.contains_key("scope"), "{last:?}");
+
+    // A refresh token the server no longer takes: the pull fails naming the image and why.
+    tokens.revoke_all();
+    push(
+        &reg,
+        &image,
+        &dir,
+        "tether/other",
+        "v1",
+        Some("tether:s3cret"),
+    );
+    let other = format!("{}/tether/other:v1", reg.addr);
+    let err = app.fails(&["pull", &other]);
+    assert!(
+        err.contains("tether/other") && err.contains("unauthorized"),
+        "{err}"
+    );
+    assert!(err.contains("refused the identity token"), "{err}");
 }

@@ -268,3 +268,122 @@ fn layered_images_share_their_layers_and_each_entry_kind_survives() {
     docker_ok(&app, &["rmi", "layers-b:1"]);
     assert!(layers(&app).is_empty(), "{:?}", layers(&app));
 }
+
+/// `debugfs -R "stat PATH"` on the raw filesystem `raw`: the inode's mode (octal, as debugfs
+/// prints it) and its owner `uid:gid`.
+fn debugfs_stat(raw: &std::path::Path, path: &str) -> (String, String) {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(raw)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    let after = |key: &str| {
+        let mut words = said.split_whitespace();
+        words.find(|w| *w == key);
+        words
+            .next()
+            .unwrap_or_else(|| panic!("no {key} for {path}: {said}"))
+            .to_string()
+    };
+    (
+        after("Mode:"),
+        format!("{}:{}", after("User:"), after("Group:")),
+    )
+}
+
+/// A layer above the bottom that carries `proc/`, `sys/` and `dev/` (every `podman build` layer
+/// does): the VM that applies it mounts no kernel filesystem over them, so the directories'
+/// metadata and a file inside one land on the layer's disk, beside the layer's other files; a
+/// container on the image still gets its /proc and /sys.
+#[test]
+fn a_layer_carrying_proc_sys_and_dev_lands_on_its_disk() {
+    let work = workspace().join("target/e2e/layers-mounts");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let l1 = work.join("l1");
+    busybox_rootfs(&l1);
+    let l2 = work.join("l2");
+    for d in ["proc", "sys", "dev", "app"] {
+        std::fs::create_dir_all(l2.join(d)).unwrap();
+    }
+    std::fs::write(l2.join("sys/marker"), "on the layer's disk\n").unwrap();
+    std::fs::write(l2.join("app/hello"), "beside them\n").unwrap();
+    sh(&format!(
+        "cd {} && chmod 0711 sys && chown 101:102 sys && chmod 0600 sys/marker && \
+         chown 101:102 sys/marker && chmod 0750 dev && chown 0:5 dev && chmod 0555 proc && \
+         chmod 0640 app/hello && chown 7:8 app/hello",
+        l2.display()
+    ));
+    let tars: Vec<PathBuf> = [&l1, &l2]
+        .iter()
+        .map(|d| {
+            let t = d.with_extension("tar");
+            layer_tar(d, &t);
+            t
+        })
+        .collect();
+    let archive = save_archive(&work, "mounts", "layers-mounts:1", &[&tars[0], &tars[1]]);
+
+    let app = Appliance::start_process("layers-mounts");
+    docker_ok(&app, &["load", "-i", archive.to_str().unwrap()]);
+    let store = app.home.root().join("images/layers");
+    let top: Vec<PathBuf> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|d| {
+            let record = std::fs::read_to_string(d.join("layer.json")).unwrap_or_default();
+            !record.contains("\"parent\": null")
+        })
+        .collect();
+    assert_eq!(top.len(), 1, "one layer above the bottom: {top:?}");
+    // The layer's disk read through its chain, as a raw filesystem debugfs reads.
+    let raw = work.join("top.raw");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(top[0].join("disk.qcow2"))
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        debugfs_stat(&raw, "/sys"),
+        ("0711".into(), "101:102".into())
+    );
+    assert_eq!(debugfs_stat(&raw, "/dev"), ("0750".into(), "0:5".into()));
+    assert_eq!(debugfs_stat(&raw, "/proc"), ("0555".into(), "0:0".into()));
+    assert_eq!(
+        debugfs_stat(&raw, "/sys/marker"),
+        ("0600".into(), "101:102".into())
+    );
+    assert_eq!(
+        debugfs_stat(&raw, "/app/hello"),
+        ("0640".into(), "7:8".into())
+    );
+    let marker = Command::new("debugfs")
+        .args(["-R", "cat /sys/marker"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(text(&marker.stdout), "on the layer's disk\n");
+    let _ = std::fs::remove_file(&raw);
+
+    // A container on it: the layer's file, and the kernel's /proc and /sys mounted over the
+    // layer's directories.
+    let out = docker_ok(
+        &app,
+        &[
+            "run",
+            "--rm",
+            "layers-mounts:1",
+            "sh",
+            "-c",
+            "stat -c '%a %u:%g' /app/hello; cat /app/hello; cat /proc/self/comm; \
+             test -d /sys/kernel && test ! -e /sys/marker && echo sysfs",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["640 7:8", "beside them", "cat", "sysfs"], "{out}");
+    docker_ok(&app, &["rmi", "layers-mounts:1"]);
+}

@@ -132,9 +132,9 @@ pub(crate) async fn login(api: Arc<Api>, req: Request<Incoming>) -> ApiResponse 
         .registry_login(&creds.server_address, &creds)
         .await
     {
-        Ok(()) => json_response(
+        Ok(identity) => json_response(
             StatusCode::OK,
-            &json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+            &json!({"Status": "Login Succeeded", "IdentityToken": identity.unwrap_or_default()}),
         ),
         Err(e) => {
             tracing::info!(registry = %e.image, error = %e.cause, "docker login refused");

@@ -141,8 +141,13 @@ impl Engine {
         Ok(image)
     }
 
-    /// `docker login`: Ok once the registry at `server` accepted `creds`.
-    pub async fn registry_login(&self, server: &str, creds: &Credentials) -> Result<(), PullError> {
+    /// `docker login`: Ok once the registry at `server` accepted `creds`, with the identity
+    /// token its token server gave (the CLI keeps it instead of the password).
+    pub async fn registry_login(
+        &self,
+        server: &str,
+        creds: &Credentials,
+    ) -> Result<Option<String>, PullError> {
         let server = server
             .trim_start_matches("https://")
             .trim_start_matches("http://")

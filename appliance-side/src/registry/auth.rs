@@ -4,7 +4,10 @@
 //! object with `username` and `password`, or an `identitytoken` (or `registrytoken`).
 //! `docker login` posts the same object to `/auth`, which answers only after the registry
 //! accepted the credentials, as dockerd's `loginV2` does: `GET /v2/` with basic auth, or, when
-//! the registry asks for a bearer token, a token request to its realm with them.
+//! the registry asks for a bearer token, a token request to its realm with them, which may
+//! answer with a refresh token: `/auth` returns it as the `IdentityToken` the CLI keeps and
+//! sends from then on instead of the password. A pull with an identity token exchanges it for
+//! an access token first (`token.rs`).
 
 use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
@@ -13,6 +16,7 @@ use serde::Deserialize;
 use super::config::RegistryConfig;
 use super::connect::{self, Endpoint};
 use super::error::Cause;
+use super::token;
 
 /// Who a request is made as. Its `Debug` leaves the secrets out.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -62,12 +66,14 @@ impl Credentials {
         serde_json::from_slice(&bytes).map_err(|e| format!("X-Registry-Auth is not valid: {e}"))
     }
 
-    /// As oci-client takes them. A token is sent as the bearer token itself.
+    /// As oci-client takes them. A registry token is sent as the bearer token itself; an
+    /// identity token is first exchanged at the token server ([`pull_auth`]), so here it
+    /// counts as nothing.
     pub(super) fn registry_auth(&self) -> RegistryAuth {
         if !self.registry_token.is_empty() {
             RegistryAuth::Bearer(self.registry_token.clone())
         } else if !self.identity_token.is_empty() {
-            RegistryAuth::Bearer(self.identity_token.clone())
+            RegistryAuth::Anonymous
         } else if !self.username.is_empty() {
             RegistryAuth::Basic(self.username.clone(), self.password.clone())
         } else {
@@ -76,14 +82,28 @@ impl Credentials {
     }
 }
 
-/// `docker login`'s check: the credentials are good when the registry lets them in.
+/// `docker login`'s check: the credentials are good when the registry lets them in. Returns
+/// the identity token for the CLI to keep instead of the password, when the registry's token
+/// server gave a refresh token (as dockerd's `loginV2`); `None` keeps the password.
 pub(super) async fn login(
     config: &RegistryConfig,
     server: &str,
     creds: &Credentials,
-) -> Result<(), Cause> {
+) -> Result<Option<String>, Cause> {
     let endpoint = connect::endpoint(config, server).await?;
     let base = endpoint.v2_url();
+    if !creds.identity_token.is_empty() {
+        let bearer = token::challenge(&endpoint)
+            .await?
+            .ok_or_else(|| no_token_server(&endpoint))?;
+        let answer = token::refresh(&endpoint, &bearer, &creds.identity_token, None).await?;
+        let kept = if answer.refresh_token.is_empty() {
+            creds.identity_token.clone()
+        } else {
+            answer.refresh_token
+        };
+        return Ok(Some(kept));
+    }
     let http = endpoint.http();
     let send = |req: reqwest::RequestBuilder| connect::send(&endpoint, &base, "login", req);
     let mut req = http.get(&base);
@@ -92,7 +112,7 @@ pub(super) async fn login(
     }
     let resp = send(req).await?;
     if resp.status().is_success() {
-        return Ok(());
+        return Ok(None);
     }
     let failed = |status: reqwest::StatusCode, url: &str| Cause::Unauthorized {
         registry: server.to_string(),
@@ -111,77 +131,67 @@ pub(super) async fn login(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let Some(bearer) = bearer_challenge(&challenge) else {
+    let Some(bearer) = token::bearer_challenge(&challenge) else {
         return Err(failed(reqwest::StatusCode::UNAUTHORIZED, &base));
     };
-    // A token registry: the realm hands out tokens to good credentials.
-    let mut query = vec![("account", creds.username.clone())];
-    if let Some(service) = bearer.service {
-        query.push(("service", service));
+    // A token registry: the realm hands out tokens to good credentials, and a refresh token
+    // (the identity token) when asked for one.
+    let mut query = vec![
+        ("account", creds.username.clone()),
+        ("client_id", token::CLIENT_ID.to_string()),
+        ("offline_token", "true".to_string()),
+    ];
+    if let Some(service) = &bearer.service {
+        query.push(("service", service.clone()));
     }
     let mut req = http.get(&bearer.realm).query(&query);
     if !creds.username.is_empty() {
         req = req.basic_auth(&creds.username, Some(&creds.password));
-    } else if let RegistryAuth::Bearer(t) = creds.registry_auth() {
-        req = req.bearer_auth(t);
+    } else if !creds.registry_token.is_empty() {
+        req = req.bearer_auth(&creds.registry_token);
     }
     let resp = send(req).await?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(failed(resp.status(), &bearer.realm))
+    if !resp.status().is_success() {
+        return Err(failed(resp.status(), &bearer.realm));
     }
+    let answer = token::answer(&endpoint, &bearer, resp, "the credentials").await?;
+    Ok(Some(answer.refresh_token).filter(|t| !t.is_empty()))
 }
 
-struct Bearer {
-    realm: String,
-    service: Option<String>,
-}
-
-/// `Bearer realm="https://auth.example/token",service="registry.example"`.
-fn bearer_challenge(header: &str) -> Option<Bearer> {
-    let rest = header.trim().strip_prefix("Bearer ").or_else(|| {
-        header
-            .trim()
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("bearer "))
-            .map(|_| &header.trim()[7..])
+/// How a pull from `repository` at `endpoint` authenticates. An identity token is a refresh
+/// token for the registry's token server, never sent to the registry itself: it buys an access
+/// token for the repository by the OAuth2 refresh grant first.
+pub(super) async fn pull_auth(
+    endpoint: &Endpoint,
+    creds: &Credentials,
+    repository: &str,
+) -> Result<RegistryAuth, Cause> {
+    if !creds.registry_token.is_empty() || creds.identity_token.is_empty() {
+        return Ok(creds.registry_auth());
+    }
+    let bearer = token::challenge(endpoint)
+        .await?
+        .ok_or_else(|| no_token_server(endpoint))?;
+    let scope = format!("repository:{repository}:pull");
+    let answer = token::refresh(endpoint, &bearer, &creds.identity_token, Some(&scope)).await?;
+    let access = answer.access().ok_or_else(|| {
+        unauthorized(
+            endpoint,
+            format!("the token server {} answered no access token", bearer.realm),
+        )
     })?;
-    let mut realm = None;
-    let mut service = None;
-    for part in split_params(rest) {
-        let Some((k, v)) = part.split_once('=') else {
-            continue;
-        };
-        let v = v.trim().trim_matches('"').to_string();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "realm" => realm = Some(v),
-            "service" => service = Some(v),
-            _ => {}
-        }
-    }
-    Some(Bearer {
-        realm: realm?,
-        service,
-    })
+    Ok(RegistryAuth::Bearer(access.to_string()))
 }
 
-/// Splits `a="x,y",b=z` at the commas outside quotes.
-fn split_params(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
+fn no_token_server(endpoint: &Endpoint) -> Cause {
+    unauthorized(
+        endpoint,
+        format!(
+            "the credentials are an identity token, which only a token server takes, and {} \
+             names none; `docker logout` and log in with a password",
+            endpoint.v2_url()
+        ),
+    )
 }
 
 /// What the fetch's errors become for the registry at `endpoint`.
@@ -215,20 +225,18 @@ mod tests {
             Credentials::from_header(&anon).unwrap().registry_auth(),
             RegistryAuth::Anonymous
         );
-        let tok = base64::engine::general_purpose::URL_SAFE.encode(r#"{"identitytoken":"t"}"#);
+        // The CLI sends the user name beside an identity token; neither goes to the registry
+        // as they are (the token is exchanged at the token server first).
+        let tok = base64::engine::general_purpose::URL_SAFE
+            .encode(r#"{"username":"u","identitytoken":"t"}"#);
+        let c = Credentials::from_header(&tok).unwrap();
+        assert_eq!(c.identity_token, "t");
+        assert_eq!(c.registry_auth(), RegistryAuth::Anonymous);
+        let reg = base64::engine::general_purpose::URL_SAFE.encode(r#"{"registrytoken":"r"}"#);
         assert_eq!(
-            Credentials::from_header(&tok).unwrap().registry_auth(),
-            RegistryAuth::Bearer("t".into())
+            Credentials::from_header(&reg).unwrap().registry_auth(),
+            RegistryAuth::Bearer("r".into())
         );
         assert!(Credentials::from_header("!!!").is_err());
-    }
-
-    #[test]
-    fn bearer_challenges_parse() {
-        let b = bearer_challenge(r#"Bearer realm="https://a/token",service="reg,x",scope="s""#)
-            .unwrap();
-        assert_eq!(b.realm, "https://a/token");
-        assert_eq!(b.service.as_deref(), Some("reg,x"));
-        assert!(bearer_challenge(r#"Basic realm="x""#).is_none());
     }
 }

@@ -432,11 +432,12 @@ pub(super) async fn fetch(
             t.clone().unwrap_or_else(|| "latest".into()),
         ),
     };
+    let auth = auth::pull_auth(&endpoint, creds, &reference.path).await?;
     let pull = Pull {
         client: endpoint.oci_client(),
         endpoint,
         oref: oref.clone(),
-        auth: creds.registry_auth(),
+        auth,
         blobs,
         holds: &holds,
         events: events.clone(),

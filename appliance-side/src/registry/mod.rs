@@ -22,6 +22,7 @@ mod connect;
 mod error;
 mod fetch;
 mod layout;
+mod token;
 
 use std::sync::{Arc, Mutex};
 
@@ -94,8 +95,13 @@ impl Registries {
         self.blobs.collect()
     }
 
-    /// `docker login`: checks `creds` against the registry at `server` (`host[:port]`).
-    pub async fn login(&self, server: &str, creds: &Credentials) -> Result<(), PullError> {
+    /// `docker login`: checks `creds` against the registry at `server` (`host[:port]`);
+    /// returns the identity token its token server gave, if any.
+    pub async fn login(
+        &self,
+        server: &str,
+        creds: &Credentials,
+    ) -> Result<Option<String>, PullError> {
         auth::login(&self.config(), server, creds)
             .await
             .map_err(|cause| PullError {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +52,9 @@ pub struct RegistryOpts {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// An htpasswd file (bcrypt) to require basic auth with.
     pub htpasswd: Option<PathBuf>,
+    /// The `auth:` section of a token server (`token::TokenServer::registry_auth`): bearer
+    /// tokens from it required.
+    pub token_auth: Option<String>,
 }
 
 /// A running `docker-registry`, killed on drop.
@@ -74,7 +78,8 @@ impl Registry {
                 key.display()
             );
         }
-        let auth = opts.htpasswd.as_ref().map_or(String::new(), |p| {
+        let auth = opts.token_auth.clone().unwrap_or_default();
+        let auth = opts.htpasswd.as_ref().map_or(auth, |p| {
             format!(
                 "auth:\n  htpasswd:\n    realm: tether-test\n    path: {}\n",
                 p.display()

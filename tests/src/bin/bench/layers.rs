@@ -18,11 +18,14 @@ use crate::util::du_bytes;
 pub const BASE_FILES: usize = 100;
 /// Each small top layer: one incompressible file of this many bytes (and a line of text).
 pub const SMALL_BYTES: usize = 1 << 20;
+/// A third image's top layer, the same shape ten times larger: the fixed cost of a layer's disk
+/// beside a layer it is a smaller share of.
+pub const LARGER_BYTES: usize = 10 << 20;
 /// Layers of the chained image in the boot comparison.
 pub const CHAIN_LAYERS: usize = 5;
 /// Each layer above busybox in the chain: one incompressible file of this many bytes.
 const CHAIN_FILE_BYTES: usize = 256 << 10;
-/// Directories a containerVM mounts over: in the bottom layer only.
+/// Directories a containerVM mounts over: in the bottom layer only (as the first runs had them).
 const MOUNT_POINTS: [&str; 3] = ["proc", "sys", "dev"];
 
 pub struct LayersRun {
@@ -35,6 +38,10 @@ pub struct LayersRun {
     pub layers_b: usize,
     /// B's own (top) layer tar.
     pub b_own_tar: u64,
+    /// TETHER_HOME/images after image C (the same two lower layers and a top layer of
+    /// [`LARGER_BYTES`]) too, and C's own layer tar.
+    pub after_c: u64,
+    pub c_own_tar: u64,
     /// B's top layer's qcow2: bytes on disk, and the guest data it holds (its allocated
     /// clusters); the rest of the file is qcow2 metadata.
     pub b_disk: u64,
@@ -79,10 +86,10 @@ fn layer(work: &Path, name: &str, fill: impl FnOnce(&Path)) -> PathBuf {
     tar
 }
 
-fn small(dir: &Path, which: &str, seed: u64) {
+fn small(dir: &Path, which: &str, bytes: usize, seed: u64) {
     std::fs::create_dir_all(dir.join(which)).unwrap();
     std::fs::write(dir.join(which).join("hello"), format!("image {which}\n")).unwrap();
-    random_file(&dir.join(which).join("data.bin"), SMALL_BYTES, seed);
+    random_file(&dir.join(which).join("data.bin"), bytes, seed);
 }
 
 fn docker_ok(app: &Appliance, args: &[&str]) -> String {
@@ -194,8 +201,8 @@ pub fn layers(runs: usize) -> LayersRun {
     std::fs::create_dir_all(&work).unwrap();
 
     // Sharing: A = base + busybox + a, B = base + busybox + b.
-    // The base holds the mount points too: a layer above the bottom that carries /proc, /sys or
-    // /dev fails to apply (the hold VM has them mounted; see docs/benchmarks.md).
+    // The base holds the mount points, as the first runs of this bench had them (a layer above
+    // may carry them too since the hold VM mounts none: tests/tests/layers.rs).
     let base = layer(&work, "base", |d| {
         for m in MOUNT_POINTS {
             std::fs::create_dir_all(d.join(m)).unwrap();
@@ -211,8 +218,9 @@ pub fn layers(runs: usize) -> LayersRun {
         }
     });
     let busybox = layer(&work, "busybox", busybox_rootfs);
-    let own_a = layer(&work, "own-a", |d| small(d, "a", 1_000));
-    let own_b = layer(&work, "own-b", |d| small(d, "b", 2_000));
+    let own_a = layer(&work, "own-a", |d| small(d, "a", SMALL_BYTES, 1_000));
+    let own_b = layer(&work, "own-b", |d| small(d, "b", SMALL_BYTES, 2_000));
+    let own_c = layer(&work, "own-c", |d| small(d, "c", LARGER_BYTES, 4_000));
     let a = save_archive(
         &work,
         "image-a",
@@ -224,6 +232,12 @@ pub fn layers(runs: usize) -> LayersRun {
         "image-b",
         "bench-layers-b:1",
         &[&base, &busybox_upper, &own_b],
+    );
+    let c = save_archive(
+        &work,
+        "image-c",
+        "bench-layers-c:1",
+        &[&base, &busybox_upper, &own_c],
     );
 
     // Boot: busybox and four layers of one file each, chained and flattened.
@@ -301,6 +315,13 @@ pub fn layers(runs: usize) -> LayersRun {
         ),
         "image b\n"
     );
+    load(&app, &c);
+    let after_c = du_bytes(&images);
+    eprintln!(
+        "  layers: image C (a {} KiB own layer) added {} KiB",
+        size(&own_c) >> 10,
+        after_c.saturating_sub(after_b) >> 10
+    );
 
     load(&app, &chained);
     load(&app, &flattened);
@@ -349,6 +370,8 @@ pub fn layers(runs: usize) -> LayersRun {
         layers_a: layers_a.len(),
         layers_b: layers_b.len(),
         b_own_tar: size(&own_b),
+        after_c,
+        c_own_tar: size(&own_c),
         b_disk,
         b_disk_data,
         chain_first,

@@ -2,7 +2,7 @@
 
 use crate::churn::ChurnRun;
 use crate::disk::DiskRun;
-use crate::layers::{LayersRun, BASE_FILES, CHAIN_LAYERS, SMALL_BYTES};
+use crate::layers::{LayersRun, BASE_FILES, CHAIN_LAYERS, LARGER_BYTES, SMALL_BYTES};
 use crate::scale::{rows, ScaleRun};
 use crate::util::{fmt, machine, percentile, ratio, stats};
 use crate::{COM_STREAM_BYTES, ECHOES, STDIN_BYTES, STREAM_BYTES};
@@ -291,6 +291,7 @@ that failed: {}. Seconds per cycle: {}.
 
     pub fn layers(&mut self, l: &LayersRun) {
         let added = l.after_b.saturating_sub(l.after_a);
+        let added_c = l.after_c.saturating_sub(l.after_b);
         let kib = |b: u64| format!("{:.0} KiB", b as f64 / 1024.0);
         self.text.push_str(&format!(
             "
@@ -304,7 +305,9 @@ busybox layer, and a small layer (a {} KiB incompressible file and a line of tex
 same two lower layers and a different small layer of the same shape. `docker load` A, then B;
 TETHER_HOME/images measured after each (allocated blocks x 512: image records, the layer store's
 qcow2 disks and `layer.json`s). B's layer's qcow2 split by `qemu-img map`: the guest clusters it
-holds (its files and the ext4 metadata the apply wrote), the rest qcow2's own tables.
+holds (its files and the ext4 metadata the apply wrote), the rest qcow2's own tables. Then image
+C, the same two lower layers and a top layer of the same shape with a {} KiB file, loaded
+third: the same fixed cost beside a larger layer.
 
 | | disk use |
 |---|---|
@@ -317,6 +320,9 @@ holds (its files and the ext4 metadata the apply wrote), the rest qcow2's own ta
 | B's layer's qcow2 | {} |
 | of it guest data (files {} KiB + 4 KiB, ext4 metadata the rest) | {} |
 | of it qcow2 metadata (header, L1, refcounts, L2 tables) | {} |
+| added by C | {} |
+| C's own layer (tar) | {} |
+| added / own layer (C) | {:.2}x |
 
 **Boot, chain vs flattened.** The same root filesystem (busybox and {} layers of one 256 KiB
 incompressible file and one text file each) as a {CHAIN_LAYERS}-layer image (an ext4 bottom disk
@@ -338,6 +344,7 @@ byte and to the CLI's exit (the container removed).
 ",
             l.base_tar as f64 / 1e6,
             SMALL_BYTES >> 10,
+            LARGER_BYTES >> 10,
             l.layers_a,
             kib(l.after_a),
             l.layers_b,
@@ -350,6 +357,9 @@ byte and to the CLI's exit (the container removed).
             SMALL_BYTES >> 10,
             kib(l.b_disk_data),
             kib(l.b_disk.saturating_sub(l.b_disk_data)),
+            kib(added_c),
+            kib(l.c_own_tar),
+            added_c as f64 / l.c_own_tar as f64,
             CHAIN_LAYERS - 1,
             CHAIN_LAYERS - 1,
             l.rootfs_tar as f64 / 1e6,
