@@ -309,7 +309,7 @@ fn a_layer_carrying_proc_sys_and_dev_lands_on_its_disk() {
     }
     std::fs::write(l2.join("sys/marker"), "on the layer's disk\n").unwrap();
     std::fs::write(l2.join("app/hello"), "beside them\n").unwrap();
-    sh(&format!(
+    host_script(&format!(
         "cd {} && chmod 0711 sys && chown 101:102 sys && chmod 0600 sys/marker && \
          chown 101:102 sys/marker && chmod 0750 dev && chown 0:5 dev && chmod 0555 proc && \
          chmod 0640 app/hello && chown 7:8 app/hello",
