@@ -1,5 +1,5 @@
 //! The kernel config checker: the built config has every required option, and a config missing
-//! one fails with that option's name.
+//! one (or having one it wants off) fails with that option's name.
 
 use std::process::Command;
 
@@ -41,4 +41,23 @@ fn the_checker_names_a_missing_option() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("CONFIG_VIRTIO_CONSOLE"), "{err}");
     assert!(err.contains("1 required option(s) missing"), "{err}");
+
+    // An option the fragment wants off (`=n`) that is on fails too, named.
+    std::fs::write(
+        &broken,
+        text.replace("# CONFIG_IPV6_SIT is not set", "CONFIG_IPV6_SIT=y"),
+    )
+    .unwrap();
+    let on = Command::new(&check)
+        .arg(&fragment)
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&broken);
+    assert!(!on.status.success());
+    let err = String::from_utf8_lossy(&on.stderr);
+    assert!(
+        err.contains("CONFIG_IPV6_SIT: fragment wants it off"),
+        "{err}"
+    );
 }
