@@ -341,7 +341,8 @@ fn published_udp_ports_answer_the_host_on_a_user_network_and_the_default_one() {
         &["network", "create", "--subnet", "172.31.0.0/24", "udpnet"],
     );
     // One responder on the user network (through the appliance's UDP proxy), one on the default
-    // network (QEMU's hostfwd): the program copied into each created container, then started.
+    // network (QEMU's hostfwd): each container waits for the program, copied in once it runs
+    // (the appliance copies only into a container started once), and for /ready after it.
     for (name, network, publish) in [
         ("udp-user", "udpnet", "127.0.0.1:18082:5353/udp"),
         ("udp-default", "bridge", "127.0.0.1:18083:5353/udp"),
@@ -349,7 +350,8 @@ fn published_udp_ports_answer_the_host_on_a_user_network_and_the_default_one() {
         ok(
             &app,
             &[
-                "create",
+                "run",
+                "-d",
                 "--name",
                 name,
                 "-u",
@@ -359,14 +361,14 @@ fn published_udp_ports_answer_the_host_on_a_user_network_and_the_default_one() {
                 "-p",
                 publish,
                 image,
-                "/udp_echo 5353",
+                "while [ ! -e /ready ]; do sleep 0.2; done; exec /udp_echo 5353",
             ],
         );
         ok(
             &app,
             &["cp", echo.to_str().unwrap(), &format!("{name}:/udp_echo")],
         );
-        ok(&app, &["start", name]);
+        ok(&app, &["exec", name, "touch", "/ready"]);
     }
     assert_eq!(
         ok(&app, &["port", "udp-user"]).trim(),
