@@ -12,18 +12,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use appliance::backend::net::netns;
 use appliance::backend::net::tap::in_namespace;
 use appliance::backend::net::udp_proxy::{self, UdpLimits};
 use tokio::net::UdpSocket;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip(8) runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    netns::ip(args).unwrap();
 }
 
 /// A namespace with its loopback up and a UDP responder on 127.0.0.1 in it that answers each
