@@ -155,3 +155,34 @@ pub fn save_archive_with_config(
     shell(&format!("tar -C {} -cf {} .", dir.display(), out.display()));
     out
 }
+
+/// A static program for containerVMs, built from `tests/fixtures/NAME.rs` (std only) with rustc
+/// for x86_64-unknown-linux-musl, once per test process; for `docker cp` into a container, where
+/// busybox has no applet that does the job (a UDP server, ...).
+pub fn guest_program(name: &str) -> PathBuf {
+    let out = workspace().join("target/e2e/fixtures").join(name);
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|n| n == name) {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let src = workspace()
+            .join("tests/fixtures")
+            .join(format!("{name}.rs"));
+        must(
+            Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+                .args([
+                    "--edition",
+                    "2021",
+                    "-O",
+                    "--target",
+                    "x86_64-unknown-linux-musl",
+                ])
+                .arg(&src)
+                .arg("-o")
+                .arg(&out),
+            &format!("building {}", src.display()),
+        );
+        built.push(name.to_string());
+    }
+    out
+}

@@ -9,7 +9,8 @@ pub mod registry;
 pub mod tmux;
 
 pub use image::{
-    busybox_image_archive, busybox_rootfs, layer_tar, save_archive, save_archive_with_config,
+    busybox_image_archive, busybox_rootfs, guest_program, layer_tar, save_archive,
+    save_archive_with_config,
 };
 
 use std::path::{Path, PathBuf};

@@ -220,7 +220,7 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_alias() {
             "run",
             "-d",
             "--name",
-            "b",
+            "back",
             "-u",
             "0",
             "--network",
@@ -241,7 +241,7 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_alias() {
             "run",
             "-d",
             "--name",
-            "a",
+            "front",
             "-u",
             "0",
             "--network",
@@ -251,25 +251,28 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_alias() {
         ],
     );
     // By name and by alias, from a peer: the page, and ping.
-    let got = exec_until(&app, "a", "wget -qO- http://b/", 90);
+    let got = exec_until(&app, "front", "wget -qO- http://back/", 90);
     assert_eq!(got, page_b);
-    assert_eq!(exec_until(&app, "a", "wget -qO- http://web/", 30), page_b);
-    exec_until(&app, "a", "ping -c1 -W2 b", 30);
+    assert_eq!(
+        exec_until(&app, "front", "wget -qO- http://web/", 30),
+        page_b
+    );
+    exec_until(&app, "front", "ping -c1 -W2 back", 30);
     // The static address is b's, as docker inspect and `ip addr` inside both show.
-    assert_eq!(address_inside(&app, "b"), "172.30.0.50/24");
+    assert_eq!(address_inside(&app, "back"), "172.30.0.50/24");
     assert_eq!(
         inspect(
             &app,
-            "b",
+            "back",
             "{{(index .NetworkSettings.Networks \"appnet\").IPAddress}}"
         ),
         "172.30.0.50"
     );
     // a's address came from the network's dnsmasq (a DHCP lease reserved for its MAC).
-    let a_inside = address_inside(&app, "a");
+    let a_inside = address_inside(&app, "front");
     let a_shown = inspect(
         &app,
-        "a",
+        "front",
         "{{(index .NetworkSettings.Networks \"appnet\").IPAddress}}",
     );
     assert_eq!(a_inside, format!("{a_shown}/24"));
@@ -280,14 +283,14 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_alias() {
     );
     // Both are members; the network cannot go while they run.
     let members = inspect_network_containers(&app, "appnet");
-    assert_eq!(members, ["a", "b"]);
+    assert_eq!(members, ["back", "front"]);
     let busy = app.docker(&["network", "rm", "appnet"]);
     assert!(
         text(&busy.stderr).contains("has active endpoints"),
         "{}",
         text(&busy.stderr)
     );
-    ok(&app, &["rm", "-f", "a", "b"]);
+    ok(&app, &["rm", "-f", "front", "back"]);
     ok(&app, &["network", "rm", "appnet"]);
 }
 
@@ -307,4 +310,83 @@ fn inspect_network_containers(app: &Appliance, net: &str) -> Vec<String> {
     .collect();
     names.sort();
     names
+}
+
+/// Sends `payload` from `client` to `to` every 500 ms until the answer comes (the containerVM
+/// takes a while to boot, and a datagram before its responder listens is lost); the answer.
+fn udp_ask(client: &std::net::UdpSocket, to: &str, payload: &str, secs: u64) -> String {
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    loop {
+        client.send_to(payload.as_bytes(), to).unwrap();
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "no answer from {to}/udp"
+        );
+    }
+}
+
+#[test]
+fn published_udp_ports_answer_the_host_on_a_user_network_and_the_default_one() {
+    let (app, image) = appliance_with_image("net-udp");
+    let echo = e2e::guest_program("udp_echo");
+    ok(
+        &app,
+        &["network", "create", "--subnet", "172.31.0.0/24", "udpnet"],
+    );
+    // One responder on the user network (through the appliance's UDP proxy), one on the default
+    // network (QEMU's hostfwd): each container waits for the program, copied in once it runs
+    // (the appliance copies only into a container started once), and for /ready after it.
+    for (name, network, publish) in [
+        ("udp-user", "udpnet", "127.0.0.1:18082:5353/udp"),
+        ("udp-default", "bridge", "127.0.0.1:18083:5353/udp"),
+    ] {
+        ok(
+            &app,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "-u",
+                "0",
+                "--network",
+                network,
+                "-p",
+                publish,
+                image,
+                "while [ ! -e /ready ]; do sleep 0.2; done; exec /udp_echo 5353",
+            ],
+        );
+        ok(
+            &app,
+            &["cp", echo.to_str().unwrap(), &format!("{name}:/udp_echo")],
+        );
+        ok(&app, &["exec", name, "touch", "/ready"]);
+    }
+    assert_eq!(
+        ok(&app, &["port", "udp-user"]).trim(),
+        "5353/udp -> 127.0.0.1:18082"
+    );
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(udp_ask(&a, "127.0.0.1:18082", "from a", 90), "echo:from a");
+    // A second client gets its own answers, and the first keeps its way in.
+    assert_eq!(udp_ask(&b, "127.0.0.1:18082", "from b", 10), "echo:from b");
+    assert_eq!(udp_ask(&a, "127.0.0.1:18082", "again", 10), "echo:again");
+    assert_eq!(
+        udp_ask(&a, "127.0.0.1:18083", "default", 90),
+        "echo:default"
+    );
+    // Stopped, the proxy lets its host port go.
+    ok(&app, &["stop", "-t", "1", "udp-user"]);
+    std::net::UdpSocket::bind("127.0.0.1:18082").expect("the host port is released");
+    ok(&app, &["rm", "-f", "udp-user", "udp-default"]);
+    ok(&app, &["network", "rm", "udpnet"]);
 }

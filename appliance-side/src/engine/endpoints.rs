@@ -5,10 +5,12 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::net::netns::namespace_path;
 use crate::backend::net::proxy::{self, Proxy};
+use crate::backend::net::udp_proxy::{self, UdpLimits};
 use crate::backend::{Nic, NicAttachment};
 use crate::engine::networks::DEFAULT_GUEST_IP;
 use crate::engine::{Engine, EngineError};
@@ -111,26 +113,10 @@ impl Engine {
                     .map(|p| namespace_path(&p.namespace(&net.id)))
                     .unwrap_or_default();
                 for p in &plugged.published {
-                    if p.proto != "tcp" {
-                        return Err(EngineError::BadRequest(format!(
-                            "publishing {}/{} of a container on a user network is not supported (tcp only)",
-                            p.port, p.proto
-                        )));
-                    }
-                    let host_ip: IpAddr = p
-                        .host_ip
-                        .parse()
-                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                    let proxy = proxy::publish(
-                        SocketAddr::new(host_ip, p.host_port),
-                        ns.clone(),
-                        SocketAddrV4::new(ip, p.port),
-                    )
-                    .await
-                    .map_err(|e| {
+                    let proxy = publish(p, ns.clone(), ip).await.map_err(|e| {
                         EngineError::Internal(format!(
-                            "driver failed programming external connectivity on endpoint {} ({}): failed to bind host port {}:{}/tcp: {e}",
-                            rec.name, ep.endpoint_id, p.host_ip, p.host_port
+                            "driver failed programming external connectivity on endpoint {} ({}): failed to bind host port {}:{}/{}: {e}",
+                            rec.name, ep.endpoint_id, p.host_ip, p.host_port, p.proto
                         ))
                     })?;
                     plugged.proxies.push(proxy);
@@ -240,18 +226,8 @@ impl Engine {
             }
             let ns = namespace_path(&p.namespace(&net.id));
             let mut proxies = Vec::new();
-            for pb in published.iter().filter(|p| p.proto == "tcp") {
-                let host_ip: IpAddr = pb
-                    .host_ip
-                    .parse()
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                match proxy::publish(
-                    SocketAddr::new(host_ip, pb.host_port),
-                    ns.clone(),
-                    SocketAddrV4::new(ip, pb.port),
-                )
-                .await
-                {
+            for pb in &published {
+                match publish(pb, ns.clone(), ip).await {
                     Ok(proxy) => proxies.push(proxy),
                     Err(e) => {
                         tracing::warn!(container = %rec.id, port = pb.host_port, "publishing again: {e}")
@@ -264,6 +240,22 @@ impl Engine {
                 .expect("proxies lock")
                 .insert(rec.id.clone(), proxies);
         }
+    }
+}
+
+/// Serves published port `p` of a container at `ip` in the namespace at `ns`: through the TCP
+/// or the UDP proxy, on its host address (all of them when none was given).
+async fn publish(p: &Published, ns: PathBuf, ip: Ipv4Addr) -> std::io::Result<Proxy> {
+    let host_ip: IpAddr = p
+        .host_ip
+        .parse()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let host = SocketAddr::new(host_ip, p.host_port);
+    let target = SocketAddrV4::new(ip, p.port);
+    if p.proto == "udp" {
+        udp_proxy::publish(host, ns, target, UdpLimits::default()).await
+    } else {
+        proxy::publish(host, ns, target).await
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dnsmasq;
 pub mod netns;
 pub mod proxy;
 pub mod tap;
+pub mod udp_proxy;
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;

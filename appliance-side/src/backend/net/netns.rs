@@ -24,7 +24,7 @@ impl NetnsPlumbing {
 }
 
 /// Runs `ip ARGS`; its stderr in the error.
-pub(crate) fn ip(args: &[&str]) -> Result<(), BackendError> {
+pub fn ip(args: &[&str]) -> Result<(), BackendError> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())

@@ -2,7 +2,7 @@
 //! role): a listener on the appliance host, and for each connection a socket made inside the
 //! network's namespace to the container's address. Such containers have no QEMU user-mode
 //! network whose `hostfwd` could do it, and the namespace has no route to the host (nothing in
-//! the host's routing table changes for a network).
+//! the host's routing table changes for a network). TCP here; UDP in `udp_proxy.rs`.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -22,6 +22,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     pub host: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A handle on `task`, which serves `host` (the UDP proxy's constructor too).
+    pub(crate) fn new(host: SocketAddr, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { host, task }
+    }
 }
 
 impl Drop for Proxy {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use appliance::server::container::Container;
 use appliance::store::records::NewContainer;
-use e2e::{Appliance, Transport};
+use e2e::{Appliance, Transport, VmExtras};
 use wire::{StreamKey, StreamKind};
 
 /// A booted containerVM and its server-side container.
@@ -19,8 +19,17 @@ struct Guest {
 
 impl Guest {
     fn start(new: NewContainer, transport: Transport) -> Self {
+        Self::launched(|app| app.run_on(new, transport, "containerfs"))
+    }
+
+    /// Over the virtio port, with `extras` (NICs and the spec's networks).
+    fn start_with(new: NewContainer, extras: VmExtras) -> Self {
+        Self::launched(|app| app.run_with(new, extras))
+    }
+
+    fn launched(run: impl FnOnce(&mut Appliance) -> String) -> Self {
         let mut app = Appliance::start("bench");
-        let id = app.run_on(new, transport, "containerfs");
+        let id = run(&mut app);
         let launch = app.last_launch().expect("a VM was launched");
         let server = app.server().expect("in-process server").clone();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -87,7 +96,17 @@ pub fn boot_and_stream(bytes: u64, transport: Transport) -> BootRun {
             "0".repeat(99)
         )
     };
-    let g = Guest::start(e2e::sh(&script), transport);
+    measure(Guest::start(e2e::sh(&script), transport), bytes)
+}
+
+/// A container that prints `up` booted with `extras` (its NICs and networks): launch to the
+/// first byte, and the guest's stages (`network_up`, `network_ready`, ...).
+pub fn boot_with(extras: VmExtras) -> BootRun {
+    measure(Guest::start_with(e2e::sh("echo up"), extras), 0)
+}
+
+/// Waits for `up` and then `bytes` more of stdout; the boot's figures.
+fn measure(g: Guest, bytes: u64) -> BootRun {
     let first = g.wait_stdout(1, Duration::from_micros(500));
     let first_byte_ms = (first - g.launch).as_secs_f64() * 1000.0;
     let end = g.wait_stdout(bytes + 3, Duration::from_micros(500)); // + "up\n"

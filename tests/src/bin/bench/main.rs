@@ -5,7 +5,7 @@
 //! on a number.
 //!
 //! `BENCH_RUNS=N` changes the number of repeated runs (default 5); `BENCH_ONLY=a,b` runs only
-//! those sections (boot, stream, interactive, footprint, scale, disk, churn, layers) and writes
+//! those sections (boot, stream, interactive, footprint, scale, disk, churn, layers, net) and writes
 //! target/bench/benchmarks-partial.md instead.
 
 mod baseline;
@@ -14,6 +14,7 @@ mod disk;
 mod footprint;
 mod guest;
 mod layers;
+mod net;
 mod report;
 mod scale;
 mod stock_kernel;
@@ -182,6 +183,10 @@ fn main() {
 
     if selected("layers") {
         r.layers(&layers::layers(runs));
+    }
+
+    if selected("net") {
+        r.net(&net::network_boot(runs));
     }
 
     let partial = std::env::var("BENCH_ONLY").is_ok_and(|v| !v.is_empty());

@@ -3,6 +3,7 @@
 use crate::churn::ChurnRun;
 use crate::disk::DiskRun;
 use crate::layers::{LayersRun, BASE_FILES, CHAIN_LAYERS, LARGER_BYTES, SMALL_BYTES};
+use crate::net::NetRun;
 use crate::scale::{rows, ScaleRun};
 use crate::util::{fmt, machine, percentile, ratio, stats};
 use crate::{COM_STREAM_BYTES, ECHOES, STDIN_BYTES, STREAM_BYTES};
@@ -375,6 +376,75 @@ byte and to the CLI's exit (the container removed).
             ratio(&l.chain_exit, &l.flat_exit),
             ratio(&l.wide_first, &l.flat_first),
             ratio(&l.wide_exit, &l.flat_exit),
+        ));
+    }
+
+    pub fn net(&mut self, n: &NetRun) {
+        let (s, d) = (&n.fixed, &n.dhcp);
+        // No ratio where the static side is about nothing (the wait for a lease).
+        let row = |what: &str, a: &[f64], b: &[f64], with_ratio: bool| {
+            format!(
+                "| {what} | {} | {} | {} |\n",
+                fmt(stats(a), "ms"),
+                fmt(stats(b), "ms"),
+                if with_ratio {
+                    ratio(b, a)
+                } else {
+                    "–".into()
+                }
+            )
+        };
+        self.text.push_str(&format!(
+            "
+## Boot to network-ready
+
+One containerVM (`echo up`) with one virtio-net NIC on QEMU's user-mode network (root-bus slot 8,
+trust level `published`, as the engine's default network), booted {} times each way, the two
+interleaved with the order alternating: **static** (10.0.2.15/24, gateway 10.0.2.2, the address
+QEMU's DHCP server gives) and **DHCP** (tether's client against QEMU's server: discover, offer,
+request, ack). Stages are tether's `Timing` records (guest CLOCK_BOOTTIME, ms since the kernel
+started): `network_up` when the NIC is found by its slot, renamed, up, addressed, routed and the
+firewall loaded (for DHCP: link up, the address comes later); `network_ready` when the agent
+has its first lease (static: none to wait for) and the sessions may start. `root_ready` →
+`network_ready` holds the agent's own start too (its runtime, the channel task), the same both
+ways; the DHCP exchange is the difference. `disk_found` → `network_ready` leaves out the kernel's
+boot, which varies most on this shared machine. Debug build of the bench and appliance (the
+guest's figures are the static release tether's either way).
+
+| | static | DHCP | ratio DHCP / static (per run) |
+|---|---|---|---|
+{}{}{}{}{}",
+            s.ready.len(),
+            row(
+                "kernel start → `network_ready` (guest)",
+                &s.ready,
+                &d.ready,
+                true
+            ),
+            row(
+                "`disk_found` → `network_ready`",
+                &s.from_disk,
+                &d.from_disk,
+                true
+            ),
+            row(
+                "`disk_found` → `network_up`: link, addresses, routes, firewall",
+                &s.up,
+                &d.up,
+                true
+            ),
+            row(
+                "`root_ready` → `network_ready`: waiting for the lease",
+                &s.wait,
+                &d.wait,
+                false
+            ),
+            row(
+                "QEMU launch → first container byte at the server (host)",
+                &s.first_byte,
+                &d.first_byte,
+                true
+            ),
         ));
     }
 
