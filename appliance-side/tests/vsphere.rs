@@ -7,98 +7,15 @@
 //! these tests. The QEMU tier covers that side (tests/tests/vspc.rs).
 
 mod common;
+mod vcsim_support;
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 
 use appliance::backend::vsphere::{recorded_vm_id, VsphereBackend, VsphereConfig, VsphereError};
 use appliance::backend::{Backend, LaunchRequest, Transport};
 use appliance::store::records::{self, NewContainer};
 use common::*;
-
-/// The simulator, running; stopped on drop.
-struct Vcsim {
-    child: Child,
-    url: String,
-    datastore_dir: PathBuf,
-}
-
-fn vcsim_bin() -> PathBuf {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = ws.join("target/vcsim/vcsim");
-    let src = ws.join("tests/vcsim/main.go");
-    let stale = match (bin.metadata(), src.metadata()) {
-        (Ok(b), Ok(s)) => b.modified().unwrap() < s.modified().unwrap(),
-        _ => true,
-    };
-    if stale {
-        let ok = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./tests/vcsim")
-            .current_dir(&ws)
-            // Offline, against Debian's govmomi (golang-github-vmware-govmomi-dev).
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", ws.join("target/vcsim/cache"))
-            .env("GOFLAGS", "")
-            .status()
-            .expect("go is installed (make deps)")
-            .success();
-        assert!(ok, "building tests/vcsim failed");
-    }
-    bin
-}
-
-impl Vcsim {
-    fn start() -> Self {
-        let mut child = Command::new(vcsim_bin())
-            .args(["-user", "tether", "-pass", "s3cret"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let mut words = line.split_whitespace();
-        let url = words.next().expect("vcsim prints its URL").to_string();
-        let datastore_dir = PathBuf::from(words.next().expect("and its datastore"));
-        Self {
-            child,
-            url,
-            datastore_dir,
-        }
-    }
-
-    fn config(&self) -> VsphereConfig {
-        VsphereConfig {
-            url: self.url.clone(),
-            user: "tether".into(),
-            password: "s3cret".into(),
-            datastore: "LocalDS_0".into(),
-            folder: "/DC0/vm".into(),
-            pool: "/DC0/host/DC0_C0/Resources".into(),
-            iso: "tether/bootstrap.iso".into(),
-            image_dir: "tether/images".into(),
-            networks: vec!["VM Network".into()],
-            vspc_uri: "telnet://192.0.2.1:2377".into(),
-        }
-    }
-}
-
-impl Drop for Vcsim {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vcsim_support::Vcsim;
 
 /// A container record with its guestinfo written, as the engine leaves it before a launch.
 fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {

@@ -192,9 +192,21 @@ impl VsphereBackend {
             .collect();
         let name = Self::vm_name(&req.container_dir);
         if let Some(vm) = Self::recorded_vm(&req.container_dir) {
-            // A restart: the same VM with this boot's guestinfo.
+            // A restart: the same VM with this boot's guestinfo. The last boot's keys that this
+            // one has not (its execs, its status) are set empty, which vSphere takes as removed.
+            let before = self
+                .vim
+                .vm_info(&vm)
+                .await
+                .map_err(api(format!("reading {name}")))?;
+            let mut pairs = extra_config.clone();
+            for (key, _) in before.extra_config {
+                if key.starts_with("guestinfo.") && !pairs.iter().any(|(k, _)| *k == key) {
+                    pairs.push((key, String::new()));
+                }
+            }
             self.vim
-                .reconfigure(&vm, &spec::reconfigure_extra_config(&extra_config))
+                .reconfigure(&vm, &spec::reconfigure_extra_config(&pairs))
                 .await
                 .map_err(api(format!("reconfiguring {name}")))?;
             self.vim
@@ -212,6 +224,20 @@ impl VsphereBackend {
             return Err(VsphereError::NameClash {
                 name,
                 folder: self.cfg.folder.clone(),
+            });
+        }
+        // The datastore may have gone since `serve` found it: say so before creating anything.
+        let ds_path = format!("/{}/datastore/{}", self.datacenter, self.cfg.datastore);
+        let ds = self
+            .vim
+            .find_by_path(&ds_path)
+            .await
+            .map_err(api(format!("looking up {ds_path}")))?;
+        if ds.is_none() {
+            return Err(VsphereError::NotFound {
+                what: "datastore",
+                path: ds_path,
+                example: "LocalDS_0, in the folder's datacenter",
             });
         }
         let vm_spec = spec::VmSpec {
@@ -253,12 +279,27 @@ impl VsphereBackend {
             .await
             .map_err(api("reading the VM's power state"))?;
         if state == "poweredOn" {
-            self.vim
-                .power_off(&vm)
-                .await
-                .map_err(api("powering the VM off"))?;
+            if let Err(e) = self.vim.power_off(&vm).await {
+                // The guest may have powered itself off meanwhile (tether does at its end).
+                let now = self.vim.power_state(&vm).await.unwrap_or_default();
+                if now != "poweredOff" {
+                    return Err(api("powering the VM off")(e));
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn vm_on_async(&self, container_dir: &Path) -> Result<bool, VsphereError> {
+        let Some(vm) = Self::recorded_vm(container_dir) else {
+            return Ok(false);
+        };
+        let state = self
+            .vim
+            .power_state(&vm)
+            .await
+            .map_err(api("reading the VM's power state"))?;
+        Ok(state == "poweredOn")
     }
 
     async fn destroy_async(&self, container_dir: &Path) -> Result<(), VsphereError> {
@@ -309,6 +350,14 @@ impl Backend for VsphereBackend {
 
     fn runs_processes(&self) -> bool {
         false
+    }
+
+    fn serial_channel(&self) -> bool {
+        true
+    }
+
+    fn vm_on(&self, container_dir: &Path) -> Result<bool, BackendError> {
+        Ok(blocking(self.vm_on_async(container_dir))?)
     }
 
     fn power_off(&self, container_dir: &Path) -> Result<(), BackendError> {
