@@ -31,7 +31,7 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
     records::write_config(&dir, &spec).unwrap();
     let req = LaunchRequest {
         container_dir: dir.clone(),
-        image_disk: home.root().join("images/img1/disk.qcow2"),
+        image_disk: image_disk(home),
         config: dir.join("config.vmx"),
         memory_mb: 512,
         cpus: 2,
@@ -40,6 +40,40 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
         nics: Vec::new(),
     };
     (dir, req)
+}
+
+/// An image disk in the image store (`images/img1/disk.qcow2`): a qcow2 with a few bytes on it.
+fn image_disk(home: &TempHome) -> PathBuf {
+    let disk = home.root().join("images/img1/disk.qcow2");
+    if !disk.exists() {
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        let raw = disk.with_extension("raw");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[4096..4096 + 12].copy_from_slice(b"image-bytes!");
+        std::fs::write(&raw, bytes).unwrap();
+        let ok = std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&disk)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::remove_file(raw).unwrap();
+    }
+    disk
+}
+
+/// The files under the datastore's image directory.
+fn image_files(sim: &Vcsim) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sim.datastore_dir.join("tether/images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The backend's calls are synchronous (the engine's), run on a runtime worker.
@@ -87,6 +121,30 @@ fn a_containervm_is_created_as_meant_powered_off_restarted_and_destroyed() {
     assert_eq!(disks.len(), 1);
     assert_eq!(disks[0].backing, format!("[LocalDS_0] {name}/{name}.vmdk"));
     assert_eq!(disks[0].parent, "[LocalDS_0] tether/images/img1.vmdk");
+    // The image's disk was uploaded there, whole, as a streamOptimized VMDK, under its name only.
+    assert_eq!(image_files(&sim), ["img1.vmdk"]);
+    let uploaded = std::fs::read(sim.datastore_dir.join("tether/images/img1.vmdk")).unwrap();
+    assert_eq!(&uploaded[..4], b"KDMV", "a sparse VMDK");
+    let local = home.root().join("local.vmdk");
+    appliance::backend::vsphere::datastore::convert_to_vmdk(&req.image_disk, &local).unwrap();
+    let descriptor = |b: &[u8]| {
+        String::from_utf8_lossy(&b[512..1536])
+            .lines()
+            .filter(|l| l.starts_with("createType") || l.starts_with("RW "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        descriptor(&uploaded),
+        [
+            "createType=\"streamOptimized\"",
+            "RW 2048 SPARSE \"img1.vmdk\""
+        ]
+    );
+    assert_eq!(
+        uploaded.len(),
+        std::fs::metadata(&local).unwrap().len() as usize
+    );
     assert!(
         sim.datastore_dir
             .join(&name)
@@ -221,4 +279,43 @@ fn bad_credentials_a_missing_datastore_or_folder_and_a_name_clash_are_clear_and_
         "nothing created"
     );
     assert_eq!(recorded_vm_id(&same), None);
+}
+
+#[test]
+fn an_image_already_on_the_datastore_is_used_and_a_failed_upload_leaves_nothing() {
+    let sim = Vcsim::start();
+    let rt = runtime();
+    // An admin put the image there already: used as it is, not uploaded again.
+    let images = sim.datastore_dir.join("tether/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("img1.vmdk"), "the admin's disk").unwrap();
+    let backend = std::sync::Arc::new(rt.block_on(VsphereBackend::connect(sim.config())).unwrap());
+    let home = TempHome::new("vsphere-kept-image");
+    let (dir, req) = container(&home);
+    let b = backend.clone();
+    on_runtime(&rt, move || b.launch(&req)).expect("launch");
+    assert_eq!(
+        std::fs::read_to_string(images.join("img1.vmdk")).unwrap(),
+        "the admin's disk"
+    );
+    let b = backend.clone();
+    on_runtime(&rt, move || b.destroy(&dir)).unwrap();
+
+    // A disk that cannot be converted: a clear error, no VM, nothing new on the datastore.
+    let home = TempHome::new("vsphere-bad-image");
+    let (_, mut req) = container(&home);
+    let bad = home.root().join("images/bad/disk.qcow2");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, "not a disk").unwrap();
+    req.image_disk = bad;
+    let b = backend.clone();
+    let e = on_runtime(&rt, move || b.launch(&req))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("converting") && e.contains("to VMDK"), "{e}");
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        vec![]
+    );
+    assert_eq!(image_files(&sim), ["img1.vmdk"]);
 }

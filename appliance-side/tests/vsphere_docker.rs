@@ -175,6 +175,17 @@ fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
     );
     assert_eq!(env.vms(), vec![], "--rm destroyed the VM");
     assert_eq!(d.ok(&["ps", "-aq"]), "");
+    // The image's disk was uploaded to the datastore, once, under its final name only.
+    let images = env.sim.datastore_dir.join("tether/images");
+    let uploaded: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    let disk = std::fs::read(&uploaded[0]).unwrap();
+    assert_eq!(&disk[..4], b"KDMV", "a sparse VMDK");
+    assert!(String::from_utf8_lossy(&disk[512..1536]).contains("createType=\"streamOptimized\""));
 
     // run -d, stop: the VM powered off and kept; start: the same VM on again; rm: gone.
     let id = d
@@ -212,6 +223,12 @@ fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
     d.ok(&["stop", "-t", "1", "bg"]);
     assert_eq!(env.vms(), vec![(name.clone(), "poweredOff".into())]);
     assert_eq!(d.ok(&["logs", "bg"]), "up\nup\n");
+    assert_eq!(
+        std::fs::read(&uploaded[0]).unwrap(),
+        disk,
+        "the image was not uploaded again"
+    );
+    assert_eq!(d.log().matches("image disk uploaded").count(), 1);
     d.ok(&["rm", "bg"]);
     assert_eq!(env.vms(), vec![], "rm destroyed the VM");
     assert!(

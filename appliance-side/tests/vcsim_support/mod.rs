@@ -88,7 +88,14 @@ impl Vcsim {
 
 impl Drop for Vcsim {
     fn drop(&mut self) {
+        // Its standard input closed, it removes its datastore directory and exits.
         drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -9,6 +9,7 @@
 //! when the backend connects; a name clash is refused before anything is created; a VM that
 //! cannot be powered on is destroyed again.
 
+pub mod datastore;
 pub mod soap;
 pub mod spec;
 pub mod vim;
@@ -91,6 +92,9 @@ pub struct VsphereBackend {
     folder: MoRef,
     pool: MoRef,
     datacenter: String,
+    datacenter_ref: MoRef,
+    /// Image keys whose disks are known to be on the datastore (held while one uploads).
+    uploaded: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl VsphereBackend {
@@ -132,6 +136,7 @@ impl VsphereBackend {
                     })
             }
         };
+        let datacenter_ref = lookup("datacenter", format!("/{datacenter}"), "/DC0").await?;
         let folder = lookup("VM folder", cfg.folder.clone(), "/DC0/vm").await?;
         let pool = lookup(
             "resource pool",
@@ -151,6 +156,8 @@ impl VsphereBackend {
             folder,
             pool,
             datacenter,
+            datacenter_ref,
+            uploaded: Default::default(),
         })
     }
 
@@ -170,11 +177,7 @@ impl VsphereBackend {
     /// The datastore path of the image a container runs: `<image_dir>/<key>.vmdk`, the key
     /// being the image disk's directory in the image store (its image or layer id).
     pub fn image_on_datastore(&self, image_disk: &Path) -> String {
-        let key = image_disk
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
+        let key = Self::image_key(image_disk);
         self.ds_path(&format!("{}/{key}.vmdk", self.cfg.image_dir))
     }
 
@@ -240,13 +243,16 @@ impl VsphereBackend {
                 example: "LocalDS_0, in the folder's datacenter",
             });
         }
+        let image_disk = self
+            .ensure_image(&req.image_disk, &req.container_dir)
+            .await?;
         let vm_spec = spec::VmSpec {
             name: name.clone(),
             datastore: self.cfg.datastore.clone(),
             memory_mb: req.memory_mb,
             cpus: req.cpus,
             iso: self.ds_path(&self.cfg.iso),
-            image_disk: self.image_on_datastore(&req.image_disk),
+            image_disk,
             delta_disk: self.ds_path(&format!("{name}/{name}.vmdk")),
             networks: self.cfg.networks.clone(),
             vspc_uri: self.cfg.vspc_uri.clone(),

@@ -104,6 +104,21 @@ impl Soap {
         }
     }
 
+    /// The HTTP client (the datastore file service shares it).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The SDK endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The session cookie (`vmware_soap_session=…`), once logged in.
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.lock().expect("lock").clone()
+    }
+
     /// Calls `method` with the body's inner XML; the answer's document text.
     pub async fn call(&self, method: &str, inner: &str) -> Result<String, SoapError> {
         let envelope = format!(
