@@ -319,3 +319,53 @@ fn an_image_already_on_the_datastore_is_used_and_a_failed_upload_leaves_nothing(
     );
     assert_eq!(image_files(&sim), ["img1.vmdk"]);
 }
+
+#[test]
+fn the_vcenter_tls_certificate_is_trusted_by_the_ca_given_and_only_then() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let home = TempHome::new("vsphere-tls");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "tether vCenter test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = home.root().join("ca.pem");
+    std::fs::write(&ca_pem, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (home.root().join("cert.pem"), home.root().join("key.pem"));
+    std::fs::write(&cert_pem, leaf.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let sim = Vcsim::start_tls(&cert_pem, &key_pem);
+    assert!(sim.url.starts_with("https://127.0.0.1:"), "{}", sim.url);
+    let rt = runtime();
+    let connect = |cfg: VsphereConfig| rt.block_on(VsphereBackend::connect(cfg));
+    // The system's roots do not know the test CA.
+    let e = connect(sim.config()).err().expect("refused").to_string();
+    assert!(e.contains(&sim.url) && e.contains("certificate"), "{e:?}");
+    let with_ca = VsphereConfig {
+        ca_file: Some(ca_pem.clone()),
+        ..sim.config()
+    };
+    let backend = connect(with_ca).expect("trusted with --vsphere-ca");
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        vec![]
+    );
+    // A file with no certificate in it is refused, naming it.
+    let e = connect(VsphereConfig {
+        ca_file: Some(key_pem.clone()),
+        ..sim.config()
+    })
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "--vsphere-ca {}: no PEM certificate",
+            key_pem.display()
+        )),
+        "{e}"
+    );
+}

@@ -284,6 +284,17 @@ fn a_name_clash_or_a_missing_datastore_is_a_clear_docker_error_leaving_nothing()
         }
     });
 
+    // Volumes: refused at launch (not yet supported on vSphere), nothing created.
+    let out = d.docker(&["run", "--rm", "-v", "/data", IMAGE, "true"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{e}");
+    assert!(
+        e.contains("the container mounts 1 volume(s): volumes are not yet supported on the vsphere backend"),
+        "{e}"
+    );
+    assert_eq!(env.vms(), vec![], "no VM for a refused container");
+    assert_eq!(d.ok(&["ps", "-aq"]), "", "--rm removed the container");
+
     // The datastore gone from the inventory after the appliance started.
     env.rt.block_on(async {
         let vim = client(&env.sim.url).await;

@@ -50,8 +50,23 @@ fn vcsim_bin() -> PathBuf {
 
 impl Vcsim {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Serving HTTPS with the certificate and key (PEM files) given.
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_with(&[
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let mut child = Command::new(vcsim_bin())
             .args(["-user", "tether", "-pass", "s3cret"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -82,6 +97,7 @@ impl Vcsim {
             image_dir: "tether/images".into(),
             networks: vec!["VM Network".into()],
             vspc_uri: "telnet://192.0.2.1:2377".into(),
+            ca_file: None,
         }
     }
 }

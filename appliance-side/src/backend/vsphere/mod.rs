@@ -45,6 +45,8 @@ pub struct VsphereConfig {
     pub networks: Vec<String>,
     /// The vSPC's URI as the ESXi hosts reach it (`telnet://appliance:2377`).
     pub vspc_uri: String,
+    /// A CA certificate file (PEM) to trust for the vCenter's TLS, besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,10 @@ pub enum VsphereError {
         #[source]
         source: SoapError,
     },
+    #[error("the container mounts {count} volume(s): volumes are not yet supported on the vsphere backend (run it without volumes, or on the qemu backend)")]
+    VolumesUnsupported { count: usize },
+    #[error("--vsphere-ca {path}: {why} (give a PEM file of the CA that signed the vCenter's certificate)")]
+    BadCa { path: String, why: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -102,8 +108,13 @@ impl VsphereBackend {
     pub async fn connect(cfg: VsphereConfig) -> Result<Self, VsphereError> {
         // reqwest's TLS is rustls with the process's provider: ring, as the registry client's.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &cfg.ca_file {
+            for cert in trusted_cas(path)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| VsphereError::Setup(format!("HTTP client: {e}")))?;
         let vim = Vim::connect(Soap::new(http, cfg.url.clone()))
@@ -187,6 +198,11 @@ impl VsphereBackend {
     }
 
     pub async fn launch_async(&self, req: &LaunchRequest) -> Result<MoRef, VsphereError> {
+        if !req.volumes.is_empty() {
+            return Err(VsphereError::VolumesUnsupported {
+                count: req.volumes.len(),
+            });
+        }
         let text = std::fs::read_to_string(&req.config)
             .map_err(|e| VsphereError::Setup(format!("{}: {e}", req.config.display())))?;
         let extra_config: Vec<(String, String)> = guestinfo::vmx::parse(&text)
@@ -330,6 +346,25 @@ impl VsphereBackend {
     pub fn folder(&self) -> &MoRef {
         &self.folder
     }
+}
+
+/// The certificates of a PEM file, for `--vsphere-ca`.
+fn trusted_cas(path: &Path) -> Result<Vec<reqwest::Certificate>, VsphereError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| VsphereError::BadCa {
+        path: path.display().to_string(),
+        why,
+    };
+    let ders = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    ders.iter()
+        .map(|d| reqwest::Certificate::from_der(d).map_err(|e| bad(e.to_string())))
+        .collect()
 }
 
 /// Runs an API future from the engine's synchronous backend calls (on a worker thread of the
