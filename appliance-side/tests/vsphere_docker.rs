@@ -16,19 +16,23 @@ use vcsim_support::Vcsim;
 
 const IMAGE: &str = "localhost/vs-test:1";
 
-/// A docker-save archive of a one-file image (its content does not matter: the stand-in
-/// guests run their sessions on this host).
-fn image_archive(dir: &Path) -> std::path::PathBuf {
-    let mut layer = tar::Builder::new(Vec::new());
+/// Appends a root-owned regular file to a tar archive.
+fn append(tar: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) {
     let mut h = tar::Header::new_gnu();
-    let body = b"on vSphere\n";
-    h.set_size(body.len() as u64);
+    h.set_size(bytes.len() as u64);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_uid(0);
     h.set_gid(0);
     h.set_cksum();
-    layer.append_data(&mut h, "note.txt", &body[..]).unwrap();
+    tar.append_data(&mut h, name, bytes).unwrap();
+}
+
+/// A docker-save archive of a one-file image (its content does not matter: the stand-in
+/// guests run their sessions on this host).
+fn image_archive(dir: &Path) -> std::path::PathBuf {
+    let mut layer = tar::Builder::new(Vec::new());
+    append(&mut layer, "note.txt", b"on vSphere\n");
     let layer = layer.into_inner().unwrap();
     let layer_hex = common::sha256_hex(&layer);
     let config = serde_json::json!({
@@ -45,20 +49,9 @@ fn image_archive(dir: &Path) -> std::path::PathBuf {
     }])
     .to_string();
     let mut out = tar::Builder::new(Vec::new());
-    for (name, bytes) in [
-        ("manifest.json".to_string(), manifest.into_bytes()),
-        (format!("{config_hex}.json"), config.into_bytes()),
-        (format!("{layer_hex}/layer.tar"), layer),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        out.append_data(&mut h, name, bytes.as_slice()).unwrap();
-    }
+    append(&mut out, "manifest.json", manifest.as_bytes());
+    append(&mut out, &format!("{config_hex}.json"), config.as_bytes());
+    append(&mut out, &format!("{layer_hex}/layer.tar"), &layer);
     let path = dir.join("image.tar");
     std::fs::write(&path, out.into_inner().unwrap()).unwrap();
     path

@@ -125,11 +125,15 @@ async fn run(
                 }
                 // The guest ended: tether powers its VM off.
                 (true, true) if ended => {
-                    guests.remove(&vm.id).map(Guest::end);
+                    if let Some(g) = guests.remove(&vm.id) {
+                        g.end();
+                    }
                     let _ = vim.power_off(&vm).await;
                 }
                 (false, true) => {
-                    guests.remove(&vm.id).map(Guest::end);
+                    if let Some(g) = guests.remove(&vm.id) {
+                        g.end();
+                    }
                 }
                 _ => {}
             }
