@@ -67,6 +67,7 @@ fn serve(home: &Home, a: ServeArgs, log_level: Option<String>, log_format: LogFo
                 pool: a.pool,
                 networks: a.vsphere_network,
                 vspc_uri: a.vspc_uri,
+                ca_file: a.vsphere_ca,
             },
         ) {
             Ok(b) => b,

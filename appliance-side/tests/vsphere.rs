@@ -7,98 +7,15 @@
 //! these tests. The QEMU tier covers that side (tests/tests/vspc.rs).
 
 mod common;
+mod vcsim_support;
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 
 use appliance::backend::vsphere::{recorded_vm_id, VsphereBackend, VsphereConfig, VsphereError};
 use appliance::backend::{Backend, LaunchRequest, Transport};
 use appliance::store::records::{self, NewContainer};
 use common::*;
-
-/// The simulator, running; stopped on drop.
-struct Vcsim {
-    child: Child,
-    url: String,
-    datastore_dir: PathBuf,
-}
-
-fn vcsim_bin() -> PathBuf {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = ws.join("target/vcsim/vcsim");
-    let src = ws.join("tests/vcsim/main.go");
-    let stale = match (bin.metadata(), src.metadata()) {
-        (Ok(b), Ok(s)) => b.modified().unwrap() < s.modified().unwrap(),
-        _ => true,
-    };
-    if stale {
-        let ok = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./tests/vcsim")
-            .current_dir(&ws)
-            // Offline, against Debian's govmomi (golang-github-vmware-govmomi-dev).
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", ws.join("target/vcsim/cache"))
-            .env("GOFLAGS", "")
-            .status()
-            .expect("go is installed (make deps)")
-            .success();
-        assert!(ok, "building tests/vcsim failed");
-    }
-    bin
-}
-
-impl Vcsim {
-    fn start() -> Self {
-        let mut child = Command::new(vcsim_bin())
-            .args(["-user", "tether", "-pass", "s3cret"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let mut words = line.split_whitespace();
-        let url = words.next().expect("vcsim prints its URL").to_string();
-        let datastore_dir = PathBuf::from(words.next().expect("and its datastore"));
-        Self {
-            child,
-            url,
-            datastore_dir,
-        }
-    }
-
-    fn config(&self) -> VsphereConfig {
-        VsphereConfig {
-            url: self.url.clone(),
-            user: "tether".into(),
-            password: "s3cret".into(),
-            datastore: "LocalDS_0".into(),
-            folder: "/DC0/vm".into(),
-            pool: "/DC0/host/DC0_C0/Resources".into(),
-            iso: "tether/bootstrap.iso".into(),
-            image_dir: "tether/images".into(),
-            networks: vec!["VM Network".into()],
-            vspc_uri: "telnet://192.0.2.1:2377".into(),
-        }
-    }
-}
-
-impl Drop for Vcsim {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vcsim_support::Vcsim;
 
 /// A container record with its guestinfo written, as the engine leaves it before a launch.
 fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
@@ -114,7 +31,7 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
     records::write_config(&dir, &spec).unwrap();
     let req = LaunchRequest {
         container_dir: dir.clone(),
-        image_disk: home.root().join("images/img1/disk.qcow2"),
+        image_disk: image_disk(home),
         config: dir.join("config.vmx"),
         memory_mb: 512,
         cpus: 2,
@@ -123,6 +40,40 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
         nics: Vec::new(),
     };
     (dir, req)
+}
+
+/// An image disk in the image store (`images/img1/disk.qcow2`): a qcow2 with a few bytes on it.
+fn image_disk(home: &TempHome) -> PathBuf {
+    let disk = home.root().join("images/img1/disk.qcow2");
+    if !disk.exists() {
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        let raw = disk.with_extension("raw");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[4096..4096 + 12].copy_from_slice(b"image-bytes!");
+        std::fs::write(&raw, bytes).unwrap();
+        let ok = std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&disk)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::remove_file(raw).unwrap();
+    }
+    disk
+}
+
+/// The files under the datastore's image directory.
+fn image_files(sim: &Vcsim) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sim.datastore_dir.join("tether/images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The backend's calls are synchronous (the engine's), run on a runtime worker.
@@ -170,6 +121,30 @@ fn a_containervm_is_created_as_meant_powered_off_restarted_and_destroyed() {
     assert_eq!(disks.len(), 1);
     assert_eq!(disks[0].backing, format!("[LocalDS_0] {name}/{name}.vmdk"));
     assert_eq!(disks[0].parent, "[LocalDS_0] tether/images/img1.vmdk");
+    // The image's disk was uploaded there, whole, as a streamOptimized VMDK, under its name only.
+    assert_eq!(image_files(&sim), ["img1.vmdk"]);
+    let uploaded = std::fs::read(sim.datastore_dir.join("tether/images/img1.vmdk")).unwrap();
+    assert_eq!(&uploaded[..4], b"KDMV", "a sparse VMDK");
+    let local = home.root().join("local.vmdk");
+    appliance::backend::vsphere::datastore::convert_to_vmdk(&req.image_disk, &local).unwrap();
+    let descriptor = |b: &[u8]| {
+        String::from_utf8_lossy(&b[512..1536])
+            .lines()
+            .filter(|l| l.starts_with("createType") || l.starts_with("RW "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        descriptor(&uploaded),
+        [
+            "createType=\"streamOptimized\"",
+            "RW 2048 SPARSE \"img1.vmdk\""
+        ]
+    );
+    assert_eq!(
+        uploaded.len(),
+        std::fs::metadata(&local).unwrap().len() as usize
+    );
     assert!(
         sim.datastore_dir
             .join(&name)
@@ -304,4 +279,93 @@ fn bad_credentials_a_missing_datastore_or_folder_and_a_name_clash_are_clear_and_
         "nothing created"
     );
     assert_eq!(recorded_vm_id(&same), None);
+}
+
+#[test]
+fn an_image_already_on_the_datastore_is_used_and_a_failed_upload_leaves_nothing() {
+    let sim = Vcsim::start();
+    let rt = runtime();
+    // An admin put the image there already: used as it is, not uploaded again.
+    let images = sim.datastore_dir.join("tether/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("img1.vmdk"), "the admin's disk").unwrap();
+    let backend = std::sync::Arc::new(rt.block_on(VsphereBackend::connect(sim.config())).unwrap());
+    let home = TempHome::new("vsphere-kept-image");
+    let (dir, req) = container(&home);
+    let b = backend.clone();
+    on_runtime(&rt, move || b.launch(&req)).expect("launch");
+    assert_eq!(
+        std::fs::read_to_string(images.join("img1.vmdk")).unwrap(),
+        "the admin's disk"
+    );
+    let b = backend.clone();
+    on_runtime(&rt, move || b.destroy(&dir)).unwrap();
+
+    // A disk that cannot be converted: a clear error, no VM, nothing new on the datastore.
+    let home = TempHome::new("vsphere-bad-image");
+    let (_, mut req) = container(&home);
+    let bad = home.root().join("images/bad/disk.qcow2");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, "not a disk").unwrap();
+    req.image_disk = bad;
+    let b = backend.clone();
+    let e = on_runtime(&rt, move || b.launch(&req))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("converting") && e.contains("to VMDK"), "{e}");
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        vec![]
+    );
+    assert_eq!(image_files(&sim), ["img1.vmdk"]);
+}
+
+#[test]
+fn the_vcenter_tls_certificate_is_trusted_by_the_ca_given_and_only_then() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let home = TempHome::new("vsphere-tls");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "tether vCenter test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = home.root().join("ca.pem");
+    std::fs::write(&ca_pem, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (home.root().join("cert.pem"), home.root().join("key.pem"));
+    std::fs::write(&cert_pem, leaf.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let sim = Vcsim::start_tls(&cert_pem, &key_pem);
+    assert!(sim.url.starts_with("https://127.0.0.1:"), "{}", sim.url);
+    let rt = runtime();
+    let connect = |cfg: VsphereConfig| rt.block_on(VsphereBackend::connect(cfg));
+    // The system's roots do not know the test CA.
+    let e = connect(sim.config()).err().expect("refused").to_string();
+    assert!(e.contains(&sim.url) && e.contains("certificate"), "{e:?}");
+    let with_ca = VsphereConfig {
+        ca_file: Some(ca_pem.clone()),
+        ..sim.config()
+    };
+    let backend = connect(with_ca).expect("trusted with --vsphere-ca");
+    assert_eq!(
+        rt.block_on(backend.vim().vms_in(backend.folder())).unwrap(),
+        vec![]
+    );
+    // A file with no certificate in it is refused, naming it.
+    let e = connect(VsphereConfig {
+        ca_file: Some(key_pem.clone()),
+        ..sim.config()
+    })
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "--vsphere-ca {}: no PEM certificate",
+            key_pem.display()
+        )),
+        "{e}"
+    );
 }

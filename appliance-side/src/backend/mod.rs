@@ -124,6 +124,18 @@ pub trait Backend: Send + Sync {
         true
     }
 
+    /// Whether the guest's channel is its COM port (vSphere's network serial port, which the
+    /// vSPC takes) whatever the container's transport says.
+    fn serial_channel(&self) -> bool {
+        false
+    }
+
+    /// Whether the container's VM is powered on, for a backend whose VMs are no processes
+    /// here ([`Backend::runs_processes`] false): how the engine sees a guest power itself off.
+    fn vm_on(&self, _container_dir: &std::path::Path) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+
     /// Powers the container's VM off if it is still on (tether did not). A VM process is
     /// killed by the engine instead, so the default does nothing.
     fn power_off(&self, _container_dir: &std::path::Path) -> Result<(), BackendError> {

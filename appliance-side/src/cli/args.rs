@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// A port group for the containerVMs' NICs (repeatable) [default: VM Network]
     #[arg(long, value_name = "NAME")]
     pub vsphere_network: Vec<String>,
+    /// A CA certificate file (PEM) to trust for the vCenter's TLS, besides the system's roots
+    #[arg(long, value_name = "FILE")]
+    pub vsphere_ca: Option<PathBuf>,
     /// How ESXi hosts reach the vSPC [default: telnet://<the --vspc address>]
     #[arg(long, value_name = "URI")]
     pub vspc_uri: Option<String>,

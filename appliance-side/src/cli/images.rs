@@ -7,28 +7,14 @@
 //! vSphere makes on top of the uploaded base, so a delta is never exported from here.
 
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use crate::cli::args::ExportVmdkArgs;
 use crate::cli::client::{CliError, Client};
 
 /// The VMDK of the disk at `disk` (qcow2, with its backing chain) at `out`.
 pub fn convert(disk: &Path, out: &Path) -> Result<(), CliError> {
-    let o = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "qcow2", "-O", "vmdk", "-o"])
-        .arg("subformat=streamOptimized,adapter_type=lsilogic")
-        .arg(disk)
-        .arg(out)
-        .output()
-        .map_err(|e| CliError::Failed(format!("qemu-img: {e} (run `make deps`)")))?;
-    if !o.status.success() {
-        let _ = std::fs::remove_file(out);
-        return Err(CliError::Failed(format!(
-            "qemu-img convert: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )));
-    }
-    Ok(())
+    crate::backend::vsphere::datastore::convert_to_vmdk(disk, out).map_err(CliError::Failed)
 }
 
 pub async fn export_vmdk(client: &Client, a: &ExportVmdkArgs) -> Result<ExitCode, CliError> {

@@ -15,6 +15,7 @@ pub struct VsphereArgs {
     pub pool: Option<String>,
     pub networks: Vec<String>,
     pub vspc_uri: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl VsphereArgs {
@@ -32,6 +33,9 @@ impl VsphereArgs {
             if let Some(v) = v {
                 a.extend([flag.to_string(), v.clone()]);
             }
+        }
+        if let Some(ca) = &self.ca_file {
+            a.extend(["--vsphere-ca".to_string(), ca.display().to_string()]);
         }
         for n in &self.networks {
             a.extend(["--vsphere-network".to_string(), n.clone()]);
@@ -128,6 +132,7 @@ impl BackendChoice {
                 v.networks.clone()
             },
             vspc_uri,
+            ca_file: v.ca_file.clone(),
         };
         let b = VsphereBackend::connect(cfg)
             .await

@@ -21,8 +21,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// After SIGKILL, how long tether has to report the exit before the VM is powered off.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After the main process exited, how long the VM has to power itself off.
-const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+pub(super) const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
+/// How often a VM that is no process here is asked for its power state (an API call each).
+const UNWATCHED_POLL: Duration = Duration::from_millis(250);
 /// How long a start waits for the attaches made before it to listen to the new boot.
 const ATTACH_GRACE: Duration = Duration::from_secs(10);
 
@@ -147,7 +149,11 @@ impl Engine {
             .map_err(|e| self.start_refused(rec, e))?;
         spec.mounts = mounts;
         spec.networks = self.guest_networks(rec)?;
-        let transport = if rec.options.transport == "serial" {
+        let transport = if backend.serial_channel() {
+            // vSphere: the COM port is the VM's network serial port, which the vSPC takes.
+            spec.channel_device = Some(COM_DEVICE.into());
+            Transport::Serial(String::new())
+        } else if rec.options.transport == "serial" {
             spec.channel_device = Some(COM_DEVICE.into());
             let tcp = std::fs::read_to_string(self.home().channel_tcp_file()).map_err(|e| {
                 EngineError::Internal(format!("the server's TCP channel address: {e}"))
@@ -188,7 +194,7 @@ impl Engine {
                 volumes: volume_disks,
                 nics,
             })
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+            .map_err(|e| self.start_refused(rec, EngineError::Internal(e.to_string())))?;
         self.plugged(rec, proxies, published);
         if let Some(start_time) = crate::engine::vms::process_start_time(launched.pid) {
             let vm = crate::engine::vms::VmRecord {
@@ -215,6 +221,12 @@ impl Engine {
                 tracing::warn!(container = %rec.id, "start failed: {e}");
                 // A VM whose process could not start powers itself off; make sure.
                 self.stop_vm_after(rec, POWEROFF_GRACE).await;
+                if !self.backend_tracks_pids() && rec.options.auto_remove {
+                    // No VM process whose end removes it: as dockerd, --rm removes it now.
+                    if let Err(rm) = self.remove_now(rec, true) {
+                        tracing::warn!(container = %rec.id, "--rm after a failed start: {rm}");
+                    }
+                }
             }
         }
         outcome
@@ -388,7 +400,7 @@ impl Engine {
 
     /// Waits up to `grace` for the VM's process to end on its own, then kills it; returns once
     /// the supervisor has handled its exit.
-    async fn stop_vm_after(&self, rec: &Record, grace: Duration) {
+    pub(super) async fn stop_vm_after(&self, rec: &Record, grace: Duration) {
         let deadline = Instant::now() + grace;
         while self.vms.pid(&rec.id).is_some() && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
@@ -399,11 +411,30 @@ impl Engine {
                 tokio::time::sleep(POLL).await;
             }
         }
-        // A VM that is no process here (vSphere) is powered off through its backend.
-        if let Some(b) = self.backend.as_ref().filter(|b| !b.runs_processes()) {
-            if let Err(e) = b.power_off(&self.home().container(&rec.id)) {
-                tracing::warn!(container = %rec.id, "powering the VM off: {e}");
+        self.power_off_unwatched(rec, grace).await;
+    }
+
+    /// A VM that is no process here (vSphere): `grace` to power itself off (tether does at its
+    /// end, after syncing its disks), then powered off through its backend.
+    async fn power_off_unwatched(&self, rec: &Record, grace: Duration) {
+        let Some(b) = self.backend.as_ref().filter(|b| !b.runs_processes()) else {
+            return;
+        };
+        let dir = self.home().container(&rec.id);
+        let deadline = Instant::now() + grace;
+        loop {
+            match b.vm_on(&dir) {
+                Ok(false) => return,
+                Ok(true) if Instant::now() < deadline => tokio::time::sleep(UNWATCHED_POLL).await,
+                Ok(true) => break,
+                Err(e) => {
+                    tracing::warn!(container = %rec.id, "the VM's power state: {e}");
+                    break;
+                }
             }
+        }
+        if let Err(e) = b.power_off(&dir) {
+            tracing::warn!(container = %rec.id, "powering the VM off: {e}");
         }
     }
 

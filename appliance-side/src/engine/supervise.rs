@@ -32,6 +32,11 @@ pub(super) fn spawn(engine: &Arc<Engine>, mut vm_exits: mpsc::UnboundedReceiver<
                     Ok(Lifecycle::MainExited { id, exit_code }) => {
                         let Some(engine) = weak.upgrade() else { return };
                         engine.on_main_exit(&id, exit_code);
+                        if !engine.backend.as_ref().is_some_and(|b| b.runs_processes()) {
+                            // No VM process to watch end: the VM's end follows the main's.
+                            let e = engine.clone();
+                            tokio::spawn(async move { e.after_unwatched_exit(&id).await });
+                        }
                     }
                     Ok(Lifecycle::Connected { id }) => {
                         let Some(engine) = weak.upgrade() else { return };
@@ -98,6 +103,32 @@ impl Engine {
         if let Ok(rec) = self.resolve(id) {
             self.refresh_networks_of(&rec);
             self.emit("die", &rec, &[("exitCode", exit_code.to_string())]);
+        }
+    }
+
+    /// After the main process of a container whose VM is no process here (vSphere) ended:
+    /// the VM powers itself off (or is powered off after a grace), then `--rm` removes the
+    /// container. (Restart policies are not applied to such VMs yet.)
+    async fn after_unwatched_exit(self: &Arc<Self>, id: &str) {
+        if self.backend.is_none() {
+            return;
+        }
+        let lock = self.op_lock(id);
+        let _op = lock.lock().await;
+        // Under the lock: a stop, rm or start may have come first.
+        let Ok(rec) = self.resolve(id) else {
+            return;
+        };
+        if self.is_running(&rec.id) {
+            return;
+        }
+        self.stop_vm_after(&rec, super::lifecycle::POWEROFF_GRACE)
+            .await;
+        self.unplug(&rec);
+        if rec.options.auto_remove {
+            if let Err(e) = self.remove_now(&rec, true) {
+                tracing::warn!(container = %rec.id, "--rm: {e}");
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 //! when the backend connects; a name clash is refused before anything is created; a VM that
 //! cannot be powered on is destroyed again.
 
+pub mod datastore;
 pub mod soap;
 pub mod spec;
 pub mod vim;
@@ -44,6 +45,8 @@ pub struct VsphereConfig {
     pub networks: Vec<String>,
     /// The vSPC's URI as the ESXi hosts reach it (`telnet://appliance:2377`).
     pub vspc_uri: String,
+    /// A CA certificate file (PEM) to trust for the vCenter's TLS, besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,10 @@ pub enum VsphereError {
         #[source]
         source: SoapError,
     },
+    #[error("the container mounts {count} volume(s): volumes are not yet supported on the vsphere backend (run it without volumes, or on the qemu backend)")]
+    VolumesUnsupported { count: usize },
+    #[error("--vsphere-ca {path}: {why} (give a PEM file of the CA that signed the vCenter's certificate)")]
+    BadCa { path: String, why: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -91,6 +98,9 @@ pub struct VsphereBackend {
     folder: MoRef,
     pool: MoRef,
     datacenter: String,
+    datacenter_ref: MoRef,
+    /// Image keys whose disks are known to be on the datastore (held while one uploads).
+    uploaded: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl VsphereBackend {
@@ -98,8 +108,13 @@ impl VsphereBackend {
     pub async fn connect(cfg: VsphereConfig) -> Result<Self, VsphereError> {
         // reqwest's TLS is rustls with the process's provider: ring, as the registry client's.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &cfg.ca_file {
+            for cert in trusted_cas(path)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| VsphereError::Setup(format!("HTTP client: {e}")))?;
         let vim = Vim::connect(Soap::new(http, cfg.url.clone()))
@@ -132,6 +147,7 @@ impl VsphereBackend {
                     })
             }
         };
+        let datacenter_ref = lookup("datacenter", format!("/{datacenter}"), "/DC0").await?;
         let folder = lookup("VM folder", cfg.folder.clone(), "/DC0/vm").await?;
         let pool = lookup(
             "resource pool",
@@ -151,6 +167,8 @@ impl VsphereBackend {
             folder,
             pool,
             datacenter,
+            datacenter_ref,
+            uploaded: Default::default(),
         })
     }
 
@@ -170,11 +188,7 @@ impl VsphereBackend {
     /// The datastore path of the image a container runs: `<image_dir>/<key>.vmdk`, the key
     /// being the image disk's directory in the image store (its image or layer id).
     pub fn image_on_datastore(&self, image_disk: &Path) -> String {
-        let key = image_disk
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
+        let key = Self::image_key(image_disk);
         self.ds_path(&format!("{}/{key}.vmdk", self.cfg.image_dir))
     }
 
@@ -184,6 +198,11 @@ impl VsphereBackend {
     }
 
     pub async fn launch_async(&self, req: &LaunchRequest) -> Result<MoRef, VsphereError> {
+        if !req.volumes.is_empty() {
+            return Err(VsphereError::VolumesUnsupported {
+                count: req.volumes.len(),
+            });
+        }
         let text = std::fs::read_to_string(&req.config)
             .map_err(|e| VsphereError::Setup(format!("{}: {e}", req.config.display())))?;
         let extra_config: Vec<(String, String)> = guestinfo::vmx::parse(&text)
@@ -192,9 +211,21 @@ impl VsphereBackend {
             .collect();
         let name = Self::vm_name(&req.container_dir);
         if let Some(vm) = Self::recorded_vm(&req.container_dir) {
-            // A restart: the same VM with this boot's guestinfo.
+            // A restart: the same VM with this boot's guestinfo. The last boot's keys that this
+            // one has not (its execs, its status) are set empty, which vSphere takes as removed.
+            let before = self
+                .vim
+                .vm_info(&vm)
+                .await
+                .map_err(api(format!("reading {name}")))?;
+            let mut pairs = extra_config.clone();
+            for (key, _) in before.extra_config {
+                if key.starts_with("guestinfo.") && !pairs.iter().any(|(k, _)| *k == key) {
+                    pairs.push((key, String::new()));
+                }
+            }
             self.vim
-                .reconfigure(&vm, &spec::reconfigure_extra_config(&extra_config))
+                .reconfigure(&vm, &spec::reconfigure_extra_config(&pairs))
                 .await
                 .map_err(api(format!("reconfiguring {name}")))?;
             self.vim
@@ -214,13 +245,30 @@ impl VsphereBackend {
                 folder: self.cfg.folder.clone(),
             });
         }
+        // The datastore may have gone since `serve` found it: say so before creating anything.
+        let ds_path = format!("/{}/datastore/{}", self.datacenter, self.cfg.datastore);
+        let ds = self
+            .vim
+            .find_by_path(&ds_path)
+            .await
+            .map_err(api(format!("looking up {ds_path}")))?;
+        if ds.is_none() {
+            return Err(VsphereError::NotFound {
+                what: "datastore",
+                path: ds_path,
+                example: "LocalDS_0, in the folder's datacenter",
+            });
+        }
+        let image_disk = self
+            .ensure_image(&req.image_disk, &req.container_dir)
+            .await?;
         let vm_spec = spec::VmSpec {
             name: name.clone(),
             datastore: self.cfg.datastore.clone(),
             memory_mb: req.memory_mb,
             cpus: req.cpus,
             iso: self.ds_path(&self.cfg.iso),
-            image_disk: self.image_on_datastore(&req.image_disk),
+            image_disk,
             delta_disk: self.ds_path(&format!("{name}/{name}.vmdk")),
             networks: self.cfg.networks.clone(),
             vspc_uri: self.cfg.vspc_uri.clone(),
@@ -253,12 +301,27 @@ impl VsphereBackend {
             .await
             .map_err(api("reading the VM's power state"))?;
         if state == "poweredOn" {
-            self.vim
-                .power_off(&vm)
-                .await
-                .map_err(api("powering the VM off"))?;
+            if let Err(e) = self.vim.power_off(&vm).await {
+                // The guest may have powered itself off meanwhile (tether does at its end).
+                let now = self.vim.power_state(&vm).await.unwrap_or_default();
+                if now != "poweredOff" {
+                    return Err(api("powering the VM off")(e));
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn vm_on_async(&self, container_dir: &Path) -> Result<bool, VsphereError> {
+        let Some(vm) = Self::recorded_vm(container_dir) else {
+            return Ok(false);
+        };
+        let state = self
+            .vim
+            .power_state(&vm)
+            .await
+            .map_err(api("reading the VM's power state"))?;
+        Ok(state == "poweredOn")
     }
 
     async fn destroy_async(&self, container_dir: &Path) -> Result<(), VsphereError> {
@@ -285,6 +348,25 @@ impl VsphereBackend {
     }
 }
 
+/// The certificates of a PEM file, for `--vsphere-ca`.
+fn trusted_cas(path: &Path) -> Result<Vec<reqwest::Certificate>, VsphereError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| VsphereError::BadCa {
+        path: path.display().to_string(),
+        why,
+    };
+    let ders = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    ders.iter()
+        .map(|d| reqwest::Certificate::from_der(d).map_err(|e| bad(e.to_string())))
+        .collect()
+}
+
 /// Runs an API future from the engine's synchronous backend calls (on a worker thread of the
 /// multi-threaded runtime the appliance runs).
 fn blocking<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -309,6 +391,14 @@ impl Backend for VsphereBackend {
 
     fn runs_processes(&self) -> bool {
         false
+    }
+
+    fn serial_channel(&self) -> bool {
+        true
+    }
+
+    fn vm_on(&self, container_dir: &Path) -> Result<bool, BackendError> {
+        Ok(blocking(self.vm_on_async(container_dir))?)
     }
 
     fn power_off(&self, container_dir: &Path) -> Result<(), BackendError> {

@@ -13,7 +13,7 @@ const VIM_VERSION: &str = "urn:vim25/7.0";
 
 #[derive(Debug, Error)]
 pub enum SoapError {
-    #[error("vSphere at {url}: {source}")]
+    #[error("vSphere at {url}: {}", chain(.source))]
     Http {
         url: String,
         #[source]
@@ -27,6 +27,17 @@ pub enum SoapError {
     Missing { call: &'static str, what: String },
     #[error("{0}")]
     Fault(Fault),
+}
+
+/// An error and its causes, `: `-joined (reqwest's own message names no TLS failure).
+fn chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
 }
 
 /// A SOAP fault: the vSphere fault type (from `detail`) and its message.
@@ -102,6 +113,21 @@ impl Soap {
             url,
             cookie: Mutex::new(None),
         }
+    }
+
+    /// The HTTP client (the datastore file service shares it).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The SDK endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The session cookie (`vmware_soap_session=…`), once logged in.
+    pub fn cookie(&self) -> Option<String> {
+        self.cookie.lock().expect("lock").clone()
     }
 
     /// Calls `method` with the body's inner XML; the answer's document text.

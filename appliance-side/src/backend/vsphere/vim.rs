@@ -17,6 +17,7 @@ pub struct Content {
     pub property_collector: MoRef,
     pub search_index: MoRef,
     pub session_manager: MoRef,
+    pub file_manager: MoRef,
 }
 
 /// One device of a VM, as read back.
@@ -71,6 +72,7 @@ impl Vim {
             property_collector: get("propertyCollector")?,
             search_index: get("searchIndex")?,
             session_manager: get("sessionManager")?,
+            file_manager: get("fileManager")?,
         };
         Ok(Self { soap, content })
     }
@@ -207,6 +209,39 @@ impl Vim {
 
     pub async fn destroy(&self, vm: &MoRef) -> Result<(), SoapError> {
         self.task("Destroy_Task", &vm.xml("_this"))
+            .await
+            .map(|_| ())
+    }
+
+    /// Renames a datastore file (`[ds] dir/a` to `[ds] dir/b`); an existing `to` is an error.
+    pub async fn move_file(
+        &self,
+        datacenter: &MoRef,
+        from: &str,
+        to: &str,
+    ) -> Result<(), SoapError> {
+        let inner = format!(
+            "{}{}{}{}{}<force>false</force>",
+            self.content.file_manager.xml("_this"),
+            el("sourceName", from),
+            datacenter.xml("sourceDatacenter"),
+            el("destinationName", to),
+            datacenter.xml("destinationDatacenter"),
+        );
+        self.task("MoveDatastoreFile_Task", &inner)
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes a datastore file.
+    pub async fn delete_file(&self, datacenter: &MoRef, name: &str) -> Result<(), SoapError> {
+        let inner = format!(
+            "{}{}{}",
+            self.content.file_manager.xml("_this"),
+            el("name", name),
+            datacenter.xml("datacenter"),
+        );
+        self.task("DeleteDatastoreFile_Task", &inner)
             .await
             .map(|_| ())
     }
