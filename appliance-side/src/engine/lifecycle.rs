@@ -21,7 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// After SIGKILL, how long tether has to report the exit before the VM is powered off.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After the main process exited, how long the VM has to power itself off.
-pub(super) const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
 /// How often a VM that is no process here is asked for its power state (an API call each).
 const UNWATCHED_POLL: Duration = Duration::from_millis(250);
@@ -396,6 +396,11 @@ impl Engine {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// After the main process exited: the VM's grace to power itself off, then powered off.
+    pub(super) async fn power_off_after_main_exit(&self, rec: &Record) {
+        self.stop_vm_after(rec, POWEROFF_GRACE).await;
     }
 
     /// Waits up to `grace` for the VM's process to end on its own, then kills it; returns once

@@ -122,8 +122,7 @@ impl Engine {
         if self.is_running(&rec.id) {
             return;
         }
-        self.stop_vm_after(&rec, super::lifecycle::POWEROFF_GRACE)
-            .await;
+        self.power_off_after_main_exit(&rec).await;
         self.unplug(&rec);
         if rec.options.auto_remove {
             if let Err(e) = self.remove_now(&rec, true) {
