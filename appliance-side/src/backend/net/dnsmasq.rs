@@ -76,6 +76,9 @@ pub fn ensure_running(dir: &Path, ns: &str, plan: &BridgePlan) -> Result<(), Bac
         format!("--dhcp-hostsfile={}", path(DHCP_HOSTS)),
         format!("--addn-hosts={}", path(HOSTS)),
         format!("--dhcp-leasefile={}", path("leases")),
+        // Its own pid file, not /var/run/dnsmasq.pid, which every network's dnsmasq (and the
+        // host's) would share: a second one failed at start when that file was there.
+        format!("--pid-file={}", path("dnsmasq-own.pid")),
         format!("--log-facility={}", path(LOG_FILE)),
         "--log-dhcp".into(),
     ];
