@@ -174,21 +174,16 @@ fn a_multi_platform_index_resolves_to_linux_amd64() {
 
 #[test]
 fn pull_over_tls_verifies_against_the_test_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let dir = TempDir::new("tls");
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "tether registry test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = dir.0.join("ca.pem");
-    std::fs::write(&ca_pem, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
-    let (cert_pem, key_pem) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert_pem, leaf.signed_by(&key, &issuer).unwrap().pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let common::test_ca::TestCerts {
+        ca_pem,
+        cert_pem,
+        key_pem,
+    } = common::test_ca::write_test_ca(
+        &dir.0,
+        "tether registry test CA",
+        &["127.0.0.1", "localhost"],
+    );
 
     let reg = Registry::start(
         "tls",

@@ -322,21 +322,12 @@ fn an_image_already_on_the_datastore_is_used_and_a_failed_upload_leaves_nothing(
 
 #[test]
 fn the_vcenter_tls_certificate_is_trusted_by_the_ca_given_and_only_then() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let home = TempHome::new("vsphere-tls");
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "tether vCenter test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = home.root().join("ca.pem");
-    std::fs::write(&ca_pem, ca.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let (cert_pem, key_pem) = (home.root().join("cert.pem"), home.root().join("key.pem"));
-    std::fs::write(&cert_pem, leaf.signed_by(&key, &issuer).unwrap().pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let common::test_ca::TestCerts {
+        ca_pem,
+        cert_pem,
+        key_pem,
+    } = common::test_ca::write_test_ca(home.root(), "tether vCenter test CA", &["127.0.0.1"]);
     let sim = Vcsim::start_tls(&cert_pem, &key_pem);
     assert!(sim.url.starts_with("https://127.0.0.1:"), "{}", sim.url);
     let rt = runtime();

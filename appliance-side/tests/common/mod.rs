@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod detached;
+pub mod test_ca;
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
