@@ -140,7 +140,10 @@ fn attach_gets_all_output_and_the_exit_code() {
         &mut env,
         "gated",
         &["-a"],
-        "echo first; echo second >&2; exit 9",
+        // The docker CLI inspects the container again right after its attach request (the
+        // one that releases the process) and refuses with "You cannot attach to a stopped
+        // container" if it already exited: the process outlives that round trip.
+        "echo first; echo second >&2; sleep 1; exit 9",
     );
     let attach = env.docker(&["attach", "--no-stdin", "gated"]);
     assert_eq!(
