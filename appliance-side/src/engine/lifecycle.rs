@@ -27,6 +27,8 @@ const POLL: Duration = Duration::from_millis(50);
 const UNWATCHED_POLL: Duration = Duration::from_millis(250);
 /// How long a start waits for the attaches made before it to listen to the new boot.
 const ATTACH_GRACE: Duration = Duration::from_secs(10);
+/// How long a start whose VM has ended waits for the server to read the channel to its end.
+const CHANNEL_DRAIN: Duration = Duration::from_secs(2);
 
 /// `docker wait --condition`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +243,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut held = attach;
+        let mut vm_gone = false;
         loop {
             let st = self.state(&rec.id);
             let new_boot = !st.boot.is_empty() && st.boot != old_boot;
@@ -273,6 +276,16 @@ impl Engine {
                 }
             }
             if self.vms.pid(&rec.id).is_none() && self.backend_tracks_pids() {
+                if !vm_gone {
+                    // What the boot reported before its power-off may still be in the
+                    // channel: look again once the server has read it to the end.
+                    vm_gone = true;
+                    let drained = Instant::now() + CHANNEL_DRAIN;
+                    while self.state(&rec.id).connected && Instant::now() < drained {
+                        tokio::time::sleep(POLL).await;
+                    }
+                    continue;
+                }
                 let st = self.state(&rec.id);
                 if st.status.is_finished() && new_boot {
                     return Ok(());

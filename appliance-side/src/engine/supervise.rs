@@ -131,6 +131,24 @@ impl Engine {
         }
     }
 
+    /// `--rm` after the VM's end, under the container's lock: a start still waiting for this
+    /// boot reads its outcome (the state this removes) first. In a task of its own, so the
+    /// supervisor goes on noting other VMs' ends meanwhile.
+    async fn auto_remove_after_vm_exit(self: &Arc<Self>, id: &str) {
+        let lock = self.op_lock(id);
+        let _op = lock.lock().await;
+        let Ok(rec) = self.resolve(id) else {
+            return;
+        };
+        // A newer boot (a start that came first under the lock) is not this exit's to remove.
+        if self.vms.pid(&rec.id).is_some() || self.is_running(&rec.id) {
+            return;
+        }
+        if let Err(e) = self.remove_now(&rec, true) {
+            tracing::warn!(container = %rec.id, "--rm: {e}");
+        }
+    }
+
     async fn on_vm_exit(self: &Arc<Self>, exit: VmExit) {
         let on_purpose = self.vms.finished(&exit.id, exit.pid);
         let Ok(rec) = self.resolve(&exit.id) else {
@@ -158,9 +176,8 @@ impl Engine {
             .and_then(|m| m.exit_code)
             .unwrap_or(KILLED_EXIT_CODE);
         if rec.options.auto_remove {
-            if let Err(e) = self.remove_now(&rec, true) {
-                tracing::warn!(container = %rec.id, "--rm: {e}");
-            }
+            let engine = self.clone();
+            tokio::spawn(async move { engine.auto_remove_after_vm_exit(&rec.id).await });
             return;
         }
         if !on_purpose && !rec.options.restart_policy.is_empty() {
