@@ -4,8 +4,9 @@
 //! holes and xattrs; `:ro` is EROFS; an in-use volume is neither removed nor mounted by a second
 //! running container; a non-root user writes to a volume whose image directory it owns; after
 //! a containerVM is killed -9 mid-write the volume mounts again and `e2fsck -fn` is clean; a
-//! volume whose disk is gone or unreadable is a clear start error (exit 125, naming the label).
-//! Five VM boots in all (TCG is slow).
+//! volume whose disk is gone or unreadable is a clear start error (exit 125, naming the label);
+//! `docker cp` into a container that never ran reaches its volume. Five container boots and
+//! two copy VMs in all (TCG is slow).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -305,6 +306,28 @@ fn volumes_keep_data_ownership_and_their_filesystem_across_containers_kills_and_
         "{attrs}"
     );
 
+    // `docker cp` into a container that never ran, to a path on its volume: the copy's
+    // maintenance VM mounts the container's volumes, so the file lands in the volume.
+    ok(
+        &app,
+        &[
+            "create",
+            "--name",
+            "never-ran",
+            "-v",
+            "home:/home/app",
+            IMAGE,
+            "true",
+        ],
+    );
+    let copied = scratch.join("copied");
+    std::fs::write(&copied, "from cp\n").unwrap();
+    ok(
+        &app,
+        &["cp", copied.to_str().unwrap(), "never-ran:/home/app/copied"],
+    );
+    ok(&app, &["rm", "never-ran"]);
+
     // Boot 2: the next container reads what the first wrote, through a read-only mount that
     // even root cannot write. While it runs, the volume is in use.
     let id = ok(
@@ -319,13 +342,14 @@ fn volumes_keep_data_ownership_and_their_filesystem_across_containers_kills_and_
             "-v",
             "home:/home/app:ro",
             IMAGE,
-            "cat /home/app/note; touch /home/app/y 2>&1; echo ready; exec sleep 600",
+            "cat /home/app/note /home/app/copied; touch /home/app/y 2>&1; echo ready; \
+             exec sleep 600",
         ],
     )
     .trim()
     .to_string();
     let logs = wait_logs(&app, "holder", "ready", 120);
-    assert!(logs.starts_with("hello\n"), "{logs}");
+    assert!(logs.starts_with("hello\nfrom cp\n"), "{logs}");
     assert!(
         logs.contains("touch: /home/app/y: Read-only file system"),
         "EROFS: {logs}"

@@ -78,6 +78,7 @@ impl Engine {
                 disk,
                 disk.to_path_buf(),
                 BUILTIN_HOLD_BUILD,
+                Default::default(),
                 "applying an image layer",
             )
             .await?;

@@ -5,12 +5,14 @@
 //! container's state, logs and events are untouched. Image layers are applied in the same kind
 //! of VM (`layers.rs`): [`Engine::boot_hold`] and [`Engine::end_hold`] serve both.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use guestinfo::contract::MAIN_SESSION;
 use guestinfo::spec::BUILTIN_HOLD;
+use guestinfo::{MountSource, MountSpec};
 use tokio::time::Instant;
 use wire::Control;
 
@@ -25,6 +27,14 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The maintenance identity of a container: never a listed container (not 64 hex digits).
 pub fn maintenance_id(id: &str) -> String {
     format!("{id}.cp")
+}
+
+/// What a hold VM mounts besides its disk: the volumes of the container it stands in for
+/// (none for a layer build).
+#[derive(Default)]
+pub(crate) struct HoldVolumes {
+    pub mounts: BTreeMap<String, MountSpec>,
+    pub disks: Vec<PathBuf>,
 }
 
 /// A maintenance VM for one stopped container; powered off and forgotten on [`Maintenance::end`].
@@ -46,20 +56,21 @@ impl Engine {
                 rec.id
             )));
         }
+        // The container's own writable layer, while the container is stopped (one writer).
+        // A container never started has none yet: the backend layers it on the image's disk
+        // through the maintenance VM's link to it, as the container's first start would.
         let disk = self.home().container(&rec.id).join("disk.qcow2");
-        if !disk.exists() {
-            return Err(EngineError::Conflict(format!(
-                "container {} has never been started: its filesystem is the image's; copy from a running container or start it once",
-                rec.id
-            )));
-        }
         let mut m = rec.clone();
         m.id = maintenance_id(&rec.id);
         m.name = format!("{}-cp", rec.name);
         let image_disk = self.image_disk(rec)?;
-        // The container's own writable layer, while the container is stopped (one writer).
+        // Its volumes too, at their paths, so a copy under one reaches the volume as it would
+        // in the running container. Not its tmpfs mounts: they exist only while it runs.
+        let (mut mounts, disks) = self.boot_mounts(rec)?;
+        mounts.retain(|_, spec| !matches!(spec.source, MountSource::Tmpfs));
+        let volumes = HoldVolumes { mounts, disks };
         let m = self
-            .boot_hold(m, &disk, image_disk, BUILTIN_HOLD, "docker cp")
+            .boot_hold(m, &disk, image_disk, BUILTIN_HOLD, volumes, "docker cp")
             .await?;
         Ok(Maintenance {
             record: m,
@@ -70,14 +81,16 @@ impl Engine {
 
     /// Boots `disk` as the writable disk of a VM under the identity `m` (a fresh secret given
     /// here), whose main session is tether's `builtin` (`hold`, or `hold-build` for a disk
-    /// being built); returns the record once tether holds it. `image_disk` is what the backend
-    /// would layer a missing disk on (unused: `disk` is there). `why` names the VM in messages.
+    /// being built), with `volumes` mounted; returns the record once tether holds it.
+    /// `image_disk` is what the backend layers `disk` on if it does not exist yet. `why` names
+    /// the VM in messages.
     pub(crate) async fn boot_hold(
         self: &Arc<Self>,
         mut m: Record,
         disk: &Path,
         image_disk: PathBuf,
         builtin: &str,
+        volumes: HoldVolumes,
         why: &str,
     ) -> Result<Record, EngineError> {
         let backend = self.backend.as_ref().ok_or_else(|| {
@@ -99,7 +112,15 @@ impl Engine {
         if let Some(main) = spec.sessions.get_mut(&m.id) {
             main.builtin = builtin.into();
         }
+        spec.mounts = volumes.mounts;
         records::write_config(&dir, &spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        // One writer per volume disk, as for a start: checked and launched under one lock.
+        let writers = self.volume_starts.lock().await;
+        if let Err(e) = self.check_single_writer(&m) {
+            drop(writers);
+            let _ = records::remove(home, &id);
+            return Err(e);
+        }
         let launched = backend
             .launch(&LaunchRequest {
                 container_dir: dir.clone(),
@@ -108,14 +129,15 @@ impl Engine {
                 memory_mb: crate::engine::DEFAULT_MEMORY_MB,
                 cpus: 0,
                 transport: Transport::Virtio(home.channel_socket()),
-                // A maintenance boot mounts the container's disk only: no volumes, no network.
-                volumes: Vec::new(),
+                volumes: volumes.disks,
+                // No network: nothing of the image runs.
                 nics: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {
             self.vms.watch(&id, child, self.vm_exits.clone());
         }
+        drop(writers);
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
             let st = self.state(&id);

@@ -14,6 +14,7 @@ use guestinfo::{CopyMode, MountSource, MountSpec};
 
 use crate::engine::events::EngineEvent;
 use crate::engine::filters::Filters;
+use crate::engine::maintenance::maintenance_id;
 use crate::engine::{Engine, EngineError};
 use crate::store::records::Record;
 use crate::store::volumes::{
@@ -390,7 +391,10 @@ impl Engine {
             return Ok(());
         }
         for other in self.containers().into_iter().filter(|o| o.id != rec.id) {
-            let active = self.vms.pid(&other.id).is_some() || self.is_running(&other.id);
+            // A stopped container's disk and volumes may be up in a `docker cp` VM.
+            let active = self.vms.pid(&other.id).is_some()
+                || self.vms.pid(&maintenance_id(&other.id)).is_some()
+                || self.is_running(&other.id);
             if let Some(name) = names
                 .iter()
                 .find(|n| mounts_volume(&other, n))
