@@ -187,7 +187,7 @@ pub struct Appliance {
 }
 
 /// Most tests' VMs are done in well under a minute; this bounds a hung one.
-const DEFAULT_VM_TIMEOUT_SECS: u64 = 120;
+const DEFAULT_VM_TIMEOUT_SECS: u64 = 300;
 
 /// The `appliance` binary of this tree, built once per test process.
 pub fn appliance_bin() -> PathBuf {

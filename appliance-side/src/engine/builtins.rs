@@ -108,15 +108,21 @@ impl Engine {
                     Next::Done => break,
                 }
             }
-            let exit_code = c
+            let ended = c
                 .state()
                 .sessions
                 .get(&session)
-                .and_then(|s| s.exit_code)
+                .cloned()
+                .unwrap_or_default();
+            let exit_code = ended
+                .exit_code
                 .unwrap_or(if lost.is_some() { 137 } else { 0 });
             let mut stderr = String::from_utf8_lossy(&stderr).into_owned();
             if let Some(l) = lost {
                 stderr = l;
+            } else if stderr.trim().is_empty() {
+                // Ended without a word of its own (its VM died): the server's reason.
+                stderr = ended.error;
             }
             let _ = end_tx.send(BuiltinEnd { exit_code, stderr });
         });

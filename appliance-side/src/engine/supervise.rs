@@ -151,21 +151,23 @@ impl Engine {
 
     async fn on_vm_exit(self: &Arc<Self>, exit: VmExit) {
         let on_purpose = self.vms.finished(&exit.id, exit.pid);
-        let Ok(rec) = self.resolve(&exit.id) else {
-            return;
-        };
-        tracing::info!(container = %rec.id, pid = exit.pid, how = %exit.how, "VM process ended");
-        self.unplug(&rec);
-        // The VM went away under a running main process: nobody will report its exit.
+        tracing::info!(container = %exit.id, pid = exit.pid, how = %exit.how, "VM process ended");
+        // The VM went away under running sessions: nobody will report their exits. Ended here
+        // for every VM, also a hold VM (a layer being applied, a copy), which is no container
+        // `resolve` knows, so that whoever waits on its sessions is released.
         let why = format!(
             "the containerVM ended without its process exiting ({}); console: {}",
             exit.how,
-            self.console_tail(&rec.id)
+            self.console_tail(&exit.id)
         );
-        let died = match self.server.container(&rec.id) {
+        let died = match self.server.container(&exit.id) {
             Some(c) => c.mark_vm_gone(KILLED_EXIT_CODE, &why).unwrap_or(false),
             None => false,
         };
+        let Ok(rec) = self.resolve(&exit.id) else {
+            return;
+        };
+        self.unplug(&rec);
         if died {
             tracing::warn!(container = %rec.id, "{why}");
             self.emit("die", &rec, &[("exitCode", KILLED_EXIT_CODE.to_string())]);
