@@ -97,6 +97,7 @@ impl Engine {
             };
             plugged.nics.push(Nic {
                 slot: ep.slot,
+                network: net.name.clone(),
                 mac: ep.mac.clone(),
                 attachment,
             });
