@@ -127,7 +127,7 @@ impl Env {
     /// A VM's vmxnet3 NICs as vSphere holds them, (port group, pciSlotNumber), and its
     /// guestinfo's networks, (docker network, the slot tether looks at), decoded from the same
     /// VM's extraConfig.
-    fn nics_and_guest_slots(&self, name: &str) -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+    fn nics_and_guest_slots(&self, name: &str) -> (Placed, Placed) {
         self.rt.block_on(async {
             let vim = client(&self.sim.url).await;
             let folder = vim.find_by_path("/DC0/vm").await.unwrap().unwrap();
@@ -155,7 +155,7 @@ impl Env {
 
     /// A VM's disks as vSphere holds them, (file, SCSI unit), and its guestinfo's volume
     /// mounts, (destination, source), decoded from the same VM's extraConfig.
-    fn disks_and_guest_mounts(&self, name: &str) -> (Vec<(String, u32)>, Vec<(String, String)>) {
+    fn disks_and_guest_mounts(&self, name: &str) -> (Placed, Vec<(String, String)>) {
         self.rt.block_on(async {
             let vim = client(&self.sim.url).await;
             let folder = vim.find_by_path("/DC0/vm").await.unwrap().unwrap();
@@ -197,6 +197,10 @@ impl Drop for Env {
         drop(self.guests.take());
     }
 }
+
+/// (name, number) pairs: a VM's devices (port group and slot, file and unit) or what its
+/// guestinfo says of them.
+type Placed = Vec<(String, u32)>;
 
 fn vm_name(id: &str) -> String {
     format!("tether-{}", &id[..12])
