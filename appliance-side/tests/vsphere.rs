@@ -12,7 +12,7 @@ mod vcsim_support;
 use std::path::PathBuf;
 
 use appliance::backend::vsphere::{recorded_vm_id, VsphereBackend, VsphereConfig, VsphereError};
-use appliance::backend::{Backend, LaunchRequest, Transport};
+use appliance::backend::{Backend, LaunchRequest, Nic, NicAttachment, Transport};
 use appliance::store::records::{self, NewContainer};
 use common::*;
 use vcsim_support::Vcsim;
@@ -37,7 +37,15 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
         cpus: 2,
         transport: Transport::Serial(String::new()),
         volumes: Vec::new(),
-        nics: Vec::new(),
+        // On docker's default network, at the slot the vsphere backend gives a first NIC.
+        nics: vec![Nic {
+            slot: 192,
+            network: "bridge".into(),
+            mac: String::new(),
+            attachment: NicAttachment::UserMode {
+                hostfwd: Vec::new(),
+            },
+        }],
     };
     (dir, req)
 }
@@ -188,13 +196,20 @@ fn a_containervm_is_created_as_meant_powered_off_restarted_and_destroyed() {
         rt.block_on(backend.vim().power_state(&vm)).unwrap(),
         "poweredOff"
     );
+    // The second boot's NICs are what its request says: here none (its network disconnected).
+    assert_eq!(backend.nic_slot(0), 192);
+    assert_eq!(backend.nic_slot(2), 256);
     let b = backend.clone();
-    let r = req.clone();
+    let mut r = req.clone();
+    r.nics.clear();
     on_runtime(&rt, move || b.launch(&r)).expect("relaunch");
     assert_eq!(recorded_vm_id(&dir).as_deref(), Some(id.as_str()));
-    assert_eq!(
-        rt.block_on(backend.vim().power_state(&vm)).unwrap(),
-        "poweredOn"
+    let again = rt.block_on(backend.vim().vm_info(&vm)).unwrap();
+    assert_eq!(again.power_state, "poweredOn");
+    assert!(
+        !again.devices.iter().any(|d| d.kind == "VirtualVmxnet3"),
+        "the NIC of a disconnected network removed: {:?}",
+        again.devices
     );
     // rm: gone from the inventory.
     let b = backend.clone();

@@ -124,6 +124,69 @@ impl Env {
         })
     }
 
+    /// A VM's vmxnet3 NICs as vSphere holds them, (port group, pciSlotNumber), and its
+    /// guestinfo's networks, (docker network, the slot tether looks at), decoded from the same
+    /// VM's extraConfig.
+    fn nics_and_guest_slots(&self, name: &str) -> (Placed, Placed) {
+        self.rt.block_on(async {
+            let vim = client(&self.sim.url).await;
+            let folder = vim.find_by_path("/DC0/vm").await.unwrap().unwrap();
+            let vm = vim
+                .find_child(&folder, name)
+                .await
+                .unwrap()
+                .expect("the VM");
+            let info = vim.vm_info(&vm).await.unwrap();
+            let nics = info
+                .devices
+                .iter()
+                .filter(|d| d.kind == "VirtualVmxnet3")
+                .map(|d| (d.backing.clone(), d.pci_slot.expect("a NIC's PCI slot")))
+                .collect();
+            let (_, spec) = vcsim_support::guests::held_spec(&info).expect("guestinfo");
+            let slots = spec
+                .networks
+                .iter()
+                .map(|(net, ep)| (net.clone(), ep.slot.0))
+                .collect();
+            (nics, slots)
+        })
+    }
+
+    /// A VM's disks as vSphere holds them, (file, SCSI unit), and its guestinfo's volume
+    /// mounts, (destination, source), decoded from the same VM's extraConfig.
+    fn disks_and_guest_mounts(&self, name: &str) -> (Placed, Vec<(String, String)>) {
+        self.rt.block_on(async {
+            let vim = client(&self.sim.url).await;
+            let folder = vim.find_by_path("/DC0/vm").await.unwrap().unwrap();
+            let vm = vim
+                .find_child(&folder, name)
+                .await
+                .unwrap()
+                .expect("the VM");
+            let info = vim.vm_info(&vm).await.unwrap();
+            let disks = info
+                .devices
+                .iter()
+                .filter(|d| d.kind == "VirtualDisk")
+                .map(|d| (d.backing.clone(), d.unit.expect("a disk's unit")))
+                .collect();
+            let (_, spec) = vcsim_support::guests::held_spec(&info).expect("guestinfo");
+            let mounts = spec
+                .mounts
+                .values()
+                .map(|m| {
+                    let source = match &m.source {
+                        guestinfo::MountSource::Label(l) => format!("label://{l}"),
+                        other => format!("{other:?}"),
+                    };
+                    (m.destination.clone(), source)
+                })
+                .collect();
+            (disks, mounts)
+        })
+    }
+
     fn boots(&self) -> Vec<vcsim_support::guests::Boot> {
         self.guests.as_ref().unwrap().boots.lock().unwrap().clone()
     }
@@ -135,12 +198,16 @@ impl Drop for Env {
     }
 }
 
+/// (name, number) pairs: a VM's devices (port group and slot, file and unit) or what its
+/// guestinfo says of them.
+type Placed = Vec<(String, u32)>;
+
 fn vm_name(id: &str) -> String {
     format!("tether-{}", &id[..12])
 }
 
 #[test]
-fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
+fn docker_run_stop_start_rm_and_restart_policies_drive_vms_in_the_simulator() {
     let env = Env::start("vs-docker-life");
     let d = &env.d;
 
@@ -197,6 +264,13 @@ fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
     let name = vm_name(&id);
     d.wait_state("bg", "running");
     assert_eq!(env.vms(), vec![(name.clone(), "poweredOn".into())]);
+    // Its NIC (docker's default network, on the first port group) is where its guestinfo
+    // tells tether to look: VIC's first NIC slot, 192 (behind the bridge at 00:16.0).
+    let nics_meant = (
+        vec![("VM Network".to_string(), 192)],
+        vec![("bridge".to_string(), 192)],
+    );
+    assert_eq!(env.nics_and_guest_slots(&name), nics_meant);
     d.ok(&["stop", "bg"]);
     assert_eq!(
         d.ok(&[
@@ -211,6 +285,11 @@ fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
     assert_eq!(env.vms(), vec![(name.clone(), "poweredOff".into())]);
     d.ok(&["start", "bg"]);
     assert_eq!(env.vms(), vec![(name.clone(), "poweredOn".into())]);
+    assert_eq!(
+        env.nics_and_guest_slots(&name),
+        nics_meant,
+        "a restart keeps the one NIC"
+    );
     assert_eq!(env.boots().len(), 3, "a second boot of the same VM");
     assert_eq!(env.boots()[2].vm, name);
     d.ok(&["stop", "-t", "1", "bg"]);
@@ -229,10 +308,55 @@ fn docker_run_stop_start_rm_drive_vms_in_the_simulator() {
         "the VM's files are gone from the datastore"
     );
     assert_eq!(d.ok(&["ps", "-aq"]), "");
+
+    // A restart policy: on-failure:2 boots the VM of a process that exits 3 twice more (the
+    // same VM, powered on again), then it stays exited.
+    let id = d
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "rp",
+            "--restart",
+            "on-failure:2",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo try; exit 3",
+        ])
+        .trim()
+        .to_string();
+    let name = vm_name(&id);
+    let given_up = "not restarting: the policy's retries are used up";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !d.log().contains(given_up) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy never gave up; server log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+            "rp"
+        ])
+        .trim(),
+        "exited 3 2"
+    );
+    let rp_boots = env.boots().iter().filter(|b| b.vm == name).count();
+    assert_eq!(rp_boots, 3, "the first boot and two restarts");
+    assert_eq!(d.ok(&["logs", "rp"]), "try\ntry\ntry\n");
+    assert_eq!(env.vms(), vec![(name.clone(), "poweredOff".into())]);
+    d.ok(&["rm", "rp"]);
+    assert_eq!(env.vms(), vec![]);
 }
 
 #[test]
-fn a_name_clash_or_a_missing_datastore_is_a_clear_docker_error_leaving_nothing() {
+fn volumes_and_a_name_clash_or_a_missing_datastore_as_docker_has_them() {
     let env = Env::start("vs-docker-fail");
     let d = &env.d;
 
@@ -277,16 +401,94 @@ fn a_name_clash_or_a_missing_datastore_is_a_clear_docker_error_leaving_nothing()
         }
     });
 
-    // Volumes: refused at launch (not yet supported on vSphere), nothing created.
-    let out = d.docker(&["run", "--rm", "-v", "/data", IMAGE, "true"]);
+    // A named volume: its disk uploaded to the datastore and attached to the VM as a second
+    // disk on the pvscsi controller, the guestinfo naming its label; one writer at a time,
+    // and no `volume rm` while a container mounts it.
+    // Small: a flat VMDK's extent goes up whole.
+    d.ok(&["volume", "create", "--opt", "size=16m", "data"]);
+    let id = d
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "vol1",
+            "-v",
+            "data:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do sleep 0.1; done",
+        ])
+        .trim()
+        .to_string();
+    d.wait_state("vol1", "running");
+    let name = vm_name(&id);
+    let volume_vmdk = "[LocalDS_0] tether/volumes/data.vmdk";
+    let (disks, mounts) = env.disks_and_guest_mounts(&name);
+    assert_eq!(
+        disks,
+        vec![
+            (format!("[LocalDS_0] {name}/{name}.vmdk"), 0),
+            (volume_vmdk.to_string(), 1)
+        ]
+    );
+    let label = d.ok(&["volume", "inspect", "-f", "{{.Status.Label}}", "data"]);
+    assert_eq!(
+        mounts,
+        vec![("/data".to_string(), format!("label://{}", label.trim()))]
+    );
+    // A flat VMDK: its descriptor names the extent beside it, which holds the ext4 whole.
+    let on_ds = env.sim.datastore_dir.join("tether/volumes/data.vmdk");
+    let flat = env.sim.datastore_dir.join("tether/volumes/data-flat.vmdk");
+    let descriptor = std::fs::read_to_string(&on_ds).expect("the volume's descriptor");
+    assert!(
+        descriptor.contains("createType=\"monolithicFlat\""),
+        "{descriptor}"
+    );
+    assert!(
+        descriptor.contains("RW 32768 FLAT \"data-flat.vmdk\" 0"),
+        "{descriptor}"
+    );
+    let vmdk = std::fs::read(&flat).expect("the volume's extent");
+    assert_eq!(vmdk.len(), 16 << 20);
+    assert_eq!(
+        &vmdk[1024 + 0x38..1024 + 0x3a],
+        [0x53, 0xef],
+        "an ext4 superblock"
+    );
+    let ext4_label = String::from_utf8_lossy(&vmdk[1024 + 0x78..1024 + 0x88])
+        .trim_end_matches('\0')
+        .to_string();
+    assert_eq!(
+        ext4_label,
+        label.trim(),
+        "the disk tether finds by that label"
+    );
+    let out = d.docker(&["volume", "rm", "data"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("remove data: volume is in use"), "{e}");
+    let out = d.docker(&["run", "--rm", "-v", "data:/data", IMAGE, "true"]);
     let e = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{e}");
     assert!(
-        e.contains("the container mounts 1 volume(s): volumes are not yet supported on the vsphere backend"),
+        e.contains("volume data is in use by running container"),
         "{e}"
     );
-    assert_eq!(env.vms(), vec![], "no VM for a refused container");
-    assert_eq!(d.ok(&["ps", "-aq"]), "", "--rm removed the container");
+    d.ok(&["stop", "-t", "1", "vol1"]);
+    d.ok(&["rm", "vol1"]);
+    assert_eq!(env.vms(), vec![], "no VM left");
+    assert_eq!(
+        std::fs::read(&flat).unwrap(),
+        vmdk,
+        "the volume outlives the VM, its disk untouched"
+    );
+    d.ok(&["volume", "rm", "data"]);
+    assert!(
+        !on_ds.exists() && !flat.exists(),
+        "volume rm deleted its disk on the datastore"
+    );
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
 
     // The datastore gone from the inventory after the appliance started.
     env.rt.block_on(async {

@@ -39,7 +39,8 @@ pub struct LaunchRequest {
     /// vCPUs (docker's NanoCpus / CpuCount); 0 is one.
     pub cpus: u32,
     pub transport: Transport,
-    /// Volume disks (qcow2 with an ext4 each), attached after the image disk.
+    /// Volume disks (qcow2 with an ext4 each), attached after the image disk (on vSphere the
+    /// seed of the volume's VMDK on the datastore).
     pub volumes: Vec<PathBuf>,
     /// The VM's NICs, in the order of its networks.
     pub nics: Vec<Nic>,
@@ -48,7 +49,11 @@ pub struct LaunchRequest {
 /// One NIC of a VM, at a fixed PCI slot (where tether looks for it).
 #[derive(Debug, Clone)]
 pub struct Nic {
+    /// The slot in VMware's `pciSlotNumber` encoding ([`guestinfo::PciSlot`]), as the
+    /// container's guestinfo names it: [`Backend::nic_slot`] of the NIC's index.
     pub slot: u32,
+    /// The docker network the NIC is on (a vSphere backend picks the port group by it).
+    pub network: String,
     pub mac: String,
     pub attachment: NicAttachment,
 }
@@ -108,8 +113,21 @@ pub enum BackendError {
     },
 }
 
+/// The root-bus slot of a QEMU VM's first NIC; the next NICs take the next slots. Clear of
+/// what QEMU places itself on q35 (slots 1 to 7 for the devices it numbers, 0x1f for the ICH9
+/// functions) and of the PCI bridges guestinfo's slot encoding puts from 0x11 on. A root-bus
+/// slot with function 0 is its own `pciSlotNumber`.
+pub const ROOT_BUS_FIRST_NIC_SLOT: u32 = 0x08;
+
 /// What runs containerVMs.
 pub trait Backend: Send + Sync {
+    /// Where the VM's `index`th NIC sits, in VMware's `pciSlotNumber` encoding: the one slot
+    /// the backend places the NIC at and the container's guestinfo tells tether to look at.
+    /// By default the root bus from [`ROOT_BUS_FIRST_NIC_SLOT`] on (QEMU's `addr=`).
+    fn nic_slot(&self, index: usize) -> u32 {
+        ROOT_BUS_FIRST_NIC_SLOT + index as u32
+    }
+
     /// Gives the container its writable layer on the image's disk and boots it.
     /// Returns once the VM process runs; tether connects to the server on its own.
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError>;
@@ -144,6 +162,12 @@ pub trait Backend: Send + Sync {
 
     /// Removes the container's VM for good (`docker rm`). A VM process leaves nothing behind.
     fn destroy(&self, _container_dir: &std::path::Path) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Removes what the backend keeps of a volume whose local disk is `disk` (`docker volume
+    /// rm`): vSphere's copy on the datastore. QEMU uses the local disk itself.
+    fn remove_volume(&self, _disk: &std::path::Path) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -126,6 +126,7 @@ impl BackendChoice {
             pool: v.pool.clone().unwrap_or_default(),
             iso: "tether/bootstrap.iso".into(),
             image_dir: "tether/images".into(),
+            volume_dir: "tether/volumes".into(),
             networks: if v.networks.is_empty() {
                 vec!["VM Network".into()]
             } else {

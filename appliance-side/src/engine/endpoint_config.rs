@@ -16,17 +16,26 @@ use crate::store::endpoints::{parse_host_ports, parse_port_key, port_key, Endpoi
 use crate::store::networks::{NetworkRecord, DEFAULT_NETWORK, NONE_NETWORK};
 use crate::store::records::{ContainerOptions, Record};
 
-/// The PCI slot of a container's first NIC on the VM's root bus; the next NICs take the next
-/// slots, up to [`MAX_NICS`]. Clear of what QEMU places itself on q35 (slots 1 to 7 for the
-/// devices it numbers, 0x1f for the ICH9 functions) and of the PCI bridges guestinfo's slot
-/// encoding puts from 0x11 on.
-pub const FIRST_NIC_SLOT: u32 = 0x08;
-/// NICs a containerVM can have (root-bus slots 0x08 to 0x10).
+/// NICs a containerVM can have (on QEMU, root-bus slots 0x08 to 0x10).
 pub const MAX_NICS: usize = 9;
 
-/// The PCI slot of a container's `index`th NIC.
-pub fn nic_slot(index: usize) -> u32 {
-    FIRST_NIC_SLOT + index as u32
+impl Engine {
+    /// The PCI slot (VMware's `pciSlotNumber` encoding) of a container's `index`th NIC: where
+    /// the backend puts it, so the guestinfo and the VM agree.
+    pub fn nic_slot(&self, index: usize) -> u32 {
+        match &self.backend {
+            Some(b) => b.nic_slot(index),
+            None => crate::backend::ROOT_BUS_FIRST_NIC_SLOT + index as u32,
+        }
+    }
+
+    /// The container's endpoints with each at the slot of its place: a boot's NICs are the
+    /// endpoints in order, whatever slots an earlier disconnect or another backend left.
+    pub(crate) fn slots_by_place(&self, rec: &mut Record) {
+        for (index, ep) in rec.options.endpoints.iter_mut().enumerate() {
+            ep.slot = self.nic_slot(index);
+        }
+    }
 }
 
 /// What create's request says about networks and ports, checked and resolved.
@@ -200,7 +209,7 @@ impl Engine {
             let net = match self.network(name) {
                 Ok(net) => net,
                 Err(EngineError::NotFound(_)) => {
-                    endpoints.push(pending_endpoint(name, &cfg, nic_slot(index)));
+                    endpoints.push(pending_endpoint(name, &cfg, self.nic_slot(index)));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -213,7 +222,7 @@ impl Engine {
             if endpoints.iter().any(|e| e.network_id == net.id) {
                 continue;
             }
-            let ep = self.new_endpoint(&net, &cfg, nic_slot(index), &endpoints)?;
+            let ep = self.new_endpoint(&net, &cfg, self.nic_slot(index), &endpoints)?;
             endpoints.push(ep);
         }
         Ok(NetworkRequest {
@@ -385,14 +394,8 @@ impl Engine {
                 rec.name, net.name
             )));
         }
-        let slot = rec
-            .options
-            .endpoints
-            .iter()
-            .map(|e| e.slot + 1)
-            .max()
-            .unwrap_or(FIRST_NIC_SLOT);
-        if slot >= nic_slot(MAX_NICS) {
+        let index = rec.options.endpoints.len();
+        if index >= MAX_NICS {
             return Err(EngineError::BadRequest(format!(
                 "a containerVM can be on at most {MAX_NICS} networks"
             )));
@@ -402,7 +405,7 @@ impl Engine {
         } else {
             cfg.clone()
         };
-        let ep = self.new_endpoint(&net, &cfg, slot, &[])?;
+        let ep = self.new_endpoint(&net, &cfg, self.nic_slot(index), &[])?;
         rec.options.endpoints.push(ep);
         crate::store::records::save(self.home(), &rec)?;
         Ok(())
@@ -427,6 +430,8 @@ impl Engine {
                 rec.id, net.name
             )));
         }
+        // The NICs after it move up a place (tether names them by place, eth0, eth1, ...).
+        self.slots_by_place(&mut rec);
         crate::store::records::save(self.home(), &rec)?;
         Ok(())
     }

@@ -78,7 +78,10 @@ impl Engine {
         for (net, ep) in &networks {
             let attachment = if net.is_user() {
                 let p = self.net.plumbing.clone().ok_or_else(|| {
-                    EngineError::Internal("this appliance has no network plumbing".into())
+                    EngineError::Internal(format!(
+                        "network {} is a user-defined network, and this appliance's backend has no host plumbing for one (on vSphere: run the container on the default network, whose NICs are on the first --vsphere-network port group)",
+                        net.name
+                    ))
                 })?;
                 p.up(&crate::engine::networks::bridge_plan(net)?)
                     .map_err(|e| EngineError::Internal(e.to_string()))?;
@@ -97,6 +100,7 @@ impl Engine {
             };
             plugged.nics.push(Nic {
                 slot: ep.slot,
+                network: net.name.clone(),
                 mac: ep.mac.clone(),
                 attachment,
             });

@@ -96,7 +96,7 @@ impl Engine {
                 net.name.clone(),
                 NetworkEndpoint {
                     interface: format!("eth{index}"),
-                    slot: PciSlot::from_parts(0, ep.slot, 0),
+                    slot: PciSlot(ep.slot),
                     static_ipv4,
                     static_ipv6: Vec::new(),
                     network,

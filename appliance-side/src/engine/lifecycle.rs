@@ -138,11 +138,17 @@ impl Engine {
         }
         // The last boot's VM may still be powering off: it must be gone before the next boot.
         self.stop_vm_after(rec, POWEROFF_GRACE).await;
+        // A stop that found no exit to take its mark (the boot had died) leaves none for this one.
+        self.vms.take_stopping_unwatched(&rec.id);
         let backend = self.backend.as_ref().ok_or_else(|| {
             EngineError::Internal("this appliance has no backend to run VMs".into())
         })?;
         let image_disk = self.image_disk(rec)?;
-        let rec = &self.bind_endpoints(rec)?;
+        let mut rec = self.bind_endpoints(rec)?;
+        // Made under another backend (or an older appliance), its slots may not be this
+        // backend's: each NIC at the backend's slot for its place, for the guestinfo and the VM.
+        self.slots_by_place(&mut rec);
+        let rec = &rec;
         let attach = self.has_pending_attach(&rec.id);
         let dir = self.home().container(&rec.id);
         let mut spec = records::spec_for(rec, attach)?;

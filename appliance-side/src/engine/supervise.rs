@@ -108,7 +108,8 @@ impl Engine {
 
     /// After the main process of a container whose VM is no process here (vSphere) ended:
     /// the VM powers itself off (or is powered off after a grace), then `--rm` removes the
-    /// container. (Restart policies are not applied to such VMs yet.)
+    /// container, or its restart policy starts it again (not after a `docker stop`), as a VM
+    /// process's end does under QEMU.
     async fn after_unwatched_exit(self: &Arc<Self>, id: &str) {
         if self.backend.is_none() {
             return;
@@ -122,12 +123,24 @@ impl Engine {
         if self.is_running(&rec.id) {
             return;
         }
+        let on_purpose = self.vms.take_stopping_unwatched(&rec.id);
         self.power_off_after_main_exit(&rec).await;
         self.unplug(&rec);
         if rec.options.auto_remove {
             if let Err(e) = self.remove_now(&rec, true) {
                 tracing::warn!(container = %rec.id, "--rm: {e}");
             }
+            return;
+        }
+        if !on_purpose && !rec.options.restart_policy.is_empty() {
+            let code = self
+                .state(&rec.id)
+                .main()
+                .and_then(|m| m.exit_code)
+                .unwrap_or(KILLED_EXIT_CODE);
+            // Its own task: the restart takes this container's lock, held here.
+            let engine = self.clone();
+            tokio::spawn(async move { engine.restart_by_policy(&rec.id, code).await });
         }
     }
 

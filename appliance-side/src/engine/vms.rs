@@ -2,7 +2,7 @@
 //! ends while its main process was still running died (QEMU crashed or was killed): the
 //! container becomes exited with docker's code for a killed process, and waiters are released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
@@ -26,6 +26,9 @@ struct Vm {
 #[derive(Default)]
 pub struct Vms {
     running: Mutex<HashMap<String, Vm>>,
+    /// Containers whose VM is no process here (vSphere) that `docker stop` is ending: their
+    /// main's exit is no reason for the restart policy.
+    stopping_unwatched: Mutex<HashSet<String>>,
 }
 
 impl Vms {
@@ -98,9 +101,21 @@ impl Vms {
 
     /// Marks the VM as being stopped on purpose.
     pub fn set_stopping(&self, id: &str) {
-        if let Some(vm) = self.running.lock().expect("vms lock").get_mut(id) {
-            vm.stopping = true;
+        match self.running.lock().expect("vms lock").get_mut(id) {
+            Some(vm) => vm.stopping = true,
+            None => {
+                self.stopping_unwatched
+                    .lock()
+                    .expect("vms lock")
+                    .insert(id.to_string());
+            }
         }
+    }
+
+    /// Whether the container, whose VM is no process here, was being stopped on purpose; the
+    /// mark is used up.
+    pub fn take_stopping_unwatched(&self, id: &str) -> bool {
+        self.stopping_unwatched.lock().expect("vms lock").remove(id)
     }
 
     /// Kills the VM's processes outright (tether did not answer, or `rm -f`): its whole

@@ -204,6 +204,19 @@ impl Engine {
             .collect())
     }
 
+    /// What the backend keeps of a volume (vSphere: its disk on the datastore) removed, before
+    /// the volume goes from the store: a failure keeps the volume, to be removed again.
+    fn remove_backend_copy(&self, name: &str) -> Result<(), EngineError> {
+        let Some(b) = self.backend.as_ref() else {
+            return Ok(());
+        };
+        b.remove_volume(&self.volumes.disk(name)).map_err(|e| {
+            EngineError::Internal(format!(
+                "remove {name}: the backend's copy of its disk: {e}"
+            ))
+        })
+    }
+
     /// `docker volume rm`: refused (409) while a container mounts it; `force` only makes a
     /// missing volume no error, as dockerd's.
     pub fn volume_remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
@@ -221,6 +234,7 @@ impl Engine {
                 users.join(", ")
             )));
         }
+        self.remove_backend_copy(name)?;
         self.volumes
             .remove(name)
             .map_err(|e| store_error(name, "remove", e))?;
@@ -244,6 +258,10 @@ impl Engine {
                 && (all || v.is_anonymous())
                 && labels_pass(&v.labels, f.values("label"), f.values("label!"))
             {
+                if let Err(e) = self.remove_backend_copy(&v.name) {
+                    tracing::warn!(volume = %v.name, "prune: {e}");
+                    continue;
+                }
                 match self.volumes.remove(&v.name) {
                     Ok(bytes) => {
                         reclaimed += bytes;
@@ -310,7 +328,14 @@ impl Engine {
             .iter()
             .filter(|m| m.anonymous && !m.name.is_empty())
         {
-            if self.volume_users(&m.name).is_empty() && self.volumes.remove(&m.name).is_ok() {
+            if !self.volume_users(&m.name).is_empty() {
+                continue;
+            }
+            if let Err(e) = self.remove_backend_copy(&m.name) {
+                tracing::warn!(volume = %m.name, "removing an anonymous volume: {e}");
+                continue;
+            }
+            if self.volumes.remove(&m.name).is_ok() {
                 self.volume_event("destroy", &m.name);
             }
         }
@@ -391,15 +416,10 @@ impl Engine {
             return Ok(());
         }
         for other in self.containers().into_iter().filter(|o| o.id != rec.id) {
-            // A stopped container's disk and volumes may be up in a `docker cp` VM.
-            let active = self.vms.pid(&other.id).is_some()
-                || self.vms.pid(&maintenance_id(&other.id)).is_some()
-                || self.is_running(&other.id);
-            if let Some(name) = names
-                .iter()
-                .find(|n| mounts_volume(&other, n))
-                .filter(|_| active)
-            {
+            let Some(name) = names.iter().find(|n| mounts_volume(&other, n)) else {
+                continue;
+            };
+            if self.holds_its_disks(&other) {
                 return Err(EngineError::Conflict(format!(
                     "volume {name} is in use by running container {}: a volume's disk has one \
                      writer, so only one running container can mount it; stop that container \
@@ -409,6 +429,29 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Whether the container's VM may still have its disks open: its main process runs, its
+    /// VM process is up, or (a VM that is no process here, vSphere) its VM is powered on.
+    fn holds_its_disks(&self, rec: &Record) -> bool {
+        // A stopped container's disk and volumes may be up in a `docker cp` VM.
+        if self.vms.pid(&rec.id).is_some()
+            || self.vms.pid(&maintenance_id(&rec.id)).is_some()
+            || self.is_running(&rec.id)
+        {
+            return true;
+        }
+        match self.backend.as_ref().filter(|b| !b.runs_processes()) {
+            Some(b) => b
+                .vm_on(&self.home().container(&rec.id))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(container = %rec.id, "the VM's power state: {e}");
+                    true
+                }),
+            None => false,
+        }
     }
 }
 

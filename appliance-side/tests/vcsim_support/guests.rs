@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use appliance::backend::vsphere::soap::{MoRef, Soap};
-use appliance::backend::vsphere::vim::Vim;
+use appliance::backend::vsphere::vim::{Vim, VmInfo};
 use appliance::testing::vmotion::{HostKind, HostRelay};
 
 /// A logged-in API session on the simulator, as the tests' own client.
@@ -145,6 +145,28 @@ async fn run(
     }
 }
 
+/// The guestinfo a VM holds (as a `.vmx` text) and the container spec in it, decoded with the
+/// guestinfo crate as tether decodes it; `None` for a VM without one (not the appliance's).
+pub fn held_spec(info: &VmInfo) -> Option<(String, guestinfo::ContainerSpec)> {
+    // vSphere keeps one value per key, an empty one removing it; the simulator appends a
+    // reconfigure's keys to the list: the last value of a key is the one vSphere would hold.
+    let mut held = std::collections::BTreeMap::new();
+    for (k, v) in &info.extra_config {
+        if k.starts_with("guestinfo.") {
+            held.insert(k.clone(), v.clone());
+        }
+    }
+    let pairs: Vec<(String, String)> = held.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    let text = guestinfo::vmx::write(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    match guestinfo::spec_from_vmx(&text) {
+        Ok(spec) => Some((text, spec)),
+        Err(e) => {
+            eprintln!("guests: {} has no container spec: {e}", info.name);
+            None
+        }
+    }
+}
+
 /// Starts the guest of a powered-on VM, or `None` if the VM has no container spec (not one
 /// the appliance made).
 async fn boot(
@@ -162,23 +184,7 @@ async fn boot(
             return None;
         }
     };
-    // vSphere keeps one value per key, an empty one removing it; the simulator appends a
-    // reconfigure's keys to the list: the last value of a key is the one vSphere would hold.
-    let mut held = std::collections::BTreeMap::new();
-    for (k, v) in info.extra_config {
-        if k.starts_with("guestinfo.") {
-            held.insert(k, v);
-        }
-    }
-    let pairs: Vec<(String, String)> = held.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-    let text = guestinfo::vmx::write(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let spec = match guestinfo::spec_from_vmx(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("guests: {} has no container spec: {e}", info.name);
-            return None;
-        }
-    };
+    let (text, spec) = held_spec(&info)?;
     let n = boots.lock().unwrap().len();
     let config = dir.join(format!("{}-{n}.vmx", vm.id));
     std::fs::write(&config, &text).unwrap();

@@ -95,6 +95,7 @@ impl Vcsim {
             pool: "/DC0/host/DC0_C0/Resources".into(),
             iso: "tether/bootstrap.iso".into(),
             image_dir: "tether/images".into(),
+            volume_dir: "tether/volumes".into(),
             networks: vec!["VM Network".into()],
             vspc_uri: "telnet://192.0.2.1:2377".into(),
             ca_file: None,

@@ -19,9 +19,15 @@ const CHUNK: usize = 1024 * 1024;
 
 /// Writes the qcow2 disk at `disk` (with its backing chain) as a streamOptimized VMDK at `out`.
 pub fn convert_to_vmdk(disk: &Path, out: &Path) -> Result<(), String> {
+    convert_to_vmdk_as(disk, out, "streamOptimized")
+}
+
+/// Writes the qcow2 disk at `disk` as a VMDK of qemu-img's `subformat` at `out`
+/// (`monolithicFlat`: a descriptor at `out` and its extent beside it, `NAME-flat.vmdk`).
+pub fn convert_to_vmdk_as(disk: &Path, out: &Path, subformat: &str) -> Result<(), String> {
     let o = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "qcow2", "-O", "vmdk", "-o"])
-        .arg("subformat=streamOptimized,adapter_type=lsilogic")
+        .arg(format!("subformat={subformat},adapter_type=lsilogic"))
         .arg(disk)
         .arg(out)
         .output()
@@ -76,7 +82,7 @@ impl VsphereBackend {
     }
 
     /// Whether the datastore holds `rel`.
-    async fn file_exists(&self, rel: &str) -> Result<bool, VsphereError> {
+    pub(super) async fn file_exists(&self, rel: &str) -> Result<bool, VsphereError> {
         let what = format!("looking for [{}] {rel}", self.cfg.datastore);
         let resp = self
             .with_cookie(self.vim.soap.http().head(self.file_url(rel)?))
@@ -116,11 +122,18 @@ impl VsphereBackend {
         Ok(self.ds_path(&rel))
     }
 
-    async fn upload(&self, image_disk: &Path, local: &Path, rel: &str) -> Result<(), VsphereError> {
+    /// Converts the qcow2 `image_disk` (an image's or a volume's) to a VMDK at `local` and
+    /// uploads it to `rel`, whole or not at all.
+    pub(super) async fn upload(
+        &self,
+        image_disk: &Path,
+        local: &Path,
+        rel: &str,
+    ) -> Result<(), VsphereError> {
         let (disk, out) = (image_disk.to_path_buf(), local.to_path_buf());
         tokio::task::spawn_blocking(move || convert_to_vmdk(&disk, &out))
             .await
-            .map_err(|e| VsphereError::Setup(format!("converting the image disk: {e}")))?
+            .map_err(|e| VsphereError::Setup(format!("converting the disk: {e}")))?
             .map_err(|e| {
                 VsphereError::Setup(format!("converting {} to VMDK: {e}", image_disk.display()))
             })?;
@@ -138,7 +151,7 @@ impl VsphereBackend {
                     &self.ds_path(rel),
                 )
                 .await
-                .map_err(api(format!("renaming the uploaded image to {rel}"))),
+                .map_err(api(format!("renaming the uploaded disk to {rel}"))),
             Err(e) => Err(e),
         };
         if moved.is_err() {
@@ -152,8 +165,8 @@ impl VsphereBackend {
     }
 
     /// PUTs the local file to the datastore at `rel`, streamed.
-    async fn put(&self, local: &Path, rel: &str) -> Result<(), VsphereError> {
-        let what = format!("uploading the image disk to [{}] {rel}", self.cfg.datastore);
+    pub(super) async fn put(&self, local: &Path, rel: &str) -> Result<(), VsphereError> {
+        let what = format!("uploading the disk to [{}] {rel}", self.cfg.datastore);
         let file = tokio::fs::File::open(local)
             .await
             .map_err(|e| VsphereError::Setup(format!("{}: {e}", local.display())))?;

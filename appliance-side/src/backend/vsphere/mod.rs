@@ -13,6 +13,7 @@ pub mod datastore;
 pub mod soap;
 pub mod spec;
 pub mod vim;
+pub mod volumes;
 
 use std::path::Path;
 
@@ -41,7 +42,10 @@ pub struct VsphereConfig {
     pub iso: String,
     /// Where image disks are on the datastore (`tether/images`): `<dir>/<image key>.vmdk`.
     pub image_dir: String,
-    /// Port groups, one vmxnet3 NIC each.
+    /// Where volume disks are on the datastore (`tether/volumes`): `<dir>/<volume>.vmdk`.
+    pub volume_dir: String,
+    /// Port groups (`--vsphere-network`): the first carries docker's default network (the
+    /// containers' `bridge`); a docker network named like one of them is on that one.
     pub networks: Vec<String>,
     /// The vSPC's URI as the ESXi hosts reach it (`telnet://appliance:2377`).
     pub vspc_uri: String,
@@ -72,8 +76,10 @@ pub enum VsphereError {
         #[source]
         source: SoapError,
     },
-    #[error("the container mounts {count} volume(s): volumes are not yet supported on the vsphere backend (run it without volumes, or on the qemu backend)")]
-    VolumesUnsupported { count: usize },
+    #[error("the container mounts {count} volumes: a containerVM on vSphere can mount at most {max} (one SCSI controller)")]
+    TooManyVolumes { count: usize, max: usize },
+    #[error("the container is on docker network {network:?}, which has no vSphere port group (the port groups given with --vsphere-network: {known:?}; the first carries the default network, bridge)")]
+    NoPortGroup { network: String, known: Vec<String> },
     #[error("--vsphere-ca {path}: {why} (give a PEM file of the CA that signed the vCenter's certificate)")]
     BadCa { path: String, why: String },
     #[error("{0}")]
@@ -192,15 +198,44 @@ impl VsphereBackend {
         self.ds_path(&format!("{}/{key}.vmdk", self.cfg.image_dir))
     }
 
+    /// The port group a container's NIC on docker network `network` is on.
+    fn port_group(&self, network: &str) -> Result<String, VsphereError> {
+        let known = &self.cfg.networks;
+        let found = if network == crate::store::networks::DEFAULT_NETWORK {
+            known.first()
+        } else {
+            known.iter().find(|pg| *pg == network)
+        };
+        found.cloned().ok_or_else(|| VsphereError::NoPortGroup {
+            network: network.to_string(),
+            known: known.clone(),
+        })
+    }
+
+    /// The VM's NICs: the container's, each at the slot the engine gave it (the one in its
+    /// guestinfo) on its network's port group.
+    fn vm_nics(&self, req: &LaunchRequest) -> Result<Vec<spec::VmNic>, VsphereError> {
+        req.nics
+            .iter()
+            .map(|nic| {
+                Ok(spec::VmNic {
+                    port_group: self.port_group(&nic.network)?,
+                    slot: nic.slot,
+                })
+            })
+            .collect()
+    }
+
     fn recorded_vm(container_dir: &Path) -> Option<MoRef> {
         let id = std::fs::read_to_string(container_dir.join(VM_FILE)).ok()?;
         Some(MoRef::new("VirtualMachine", id.trim()))
     }
 
     pub async fn launch_async(&self, req: &LaunchRequest) -> Result<MoRef, VsphereError> {
-        if !req.volumes.is_empty() {
-            return Err(VsphereError::VolumesUnsupported {
+        if req.volumes.len() > spec::MAX_VOLUMES {
+            return Err(VsphereError::TooManyVolumes {
                 count: req.volumes.len(),
+                max: spec::MAX_VOLUMES,
             });
         }
         let text = std::fs::read_to_string(&req.config)
@@ -210,9 +245,11 @@ impl VsphereBackend {
             .into_iter()
             .collect();
         let name = Self::vm_name(&req.container_dir);
+        let nics = self.vm_nics(req)?;
         if let Some(vm) = Self::recorded_vm(&req.container_dir) {
-            // A restart: the same VM with this boot's guestinfo. The last boot's keys that this
-            // one has not (its execs, its status) are set empty, which vSphere takes as removed.
+            // A restart: the same VM with this boot's guestinfo and NICs. The last boot's keys
+            // that this one has not (its execs, its status) are set empty, which vSphere takes
+            // as removed.
             let before = self
                 .vim
                 .vm_info(&vm)
@@ -224,8 +261,20 @@ impl VsphereBackend {
                     pairs.push((key, String::new()));
                 }
             }
+            let held: Vec<spec::HeldNic> = before
+                .devices
+                .iter()
+                .filter(|d| d.kind == "VirtualVmxnet3")
+                .map(|d| spec::HeldNic {
+                    key: d.key,
+                    nic: spec::VmNic {
+                        port_group: d.backing.clone(),
+                        slot: d.pci_slot.unwrap_or_default(),
+                    },
+                })
+                .collect();
             self.vim
-                .reconfigure(&vm, &spec::reconfigure_extra_config(&pairs))
+                .reconfigure(&vm, &spec::reconfigure(&pairs, &held, &nics))
                 .await
                 .map_err(api(format!("reconfiguring {name}")))?;
             self.vim
@@ -262,6 +311,10 @@ impl VsphereBackend {
         let image_disk = self
             .ensure_image(&req.image_disk, &req.container_dir)
             .await?;
+        let mut volumes = Vec::new();
+        for disk in &req.volumes {
+            volumes.push(self.ensure_volume(disk, &req.container_dir).await?);
+        }
         let vm_spec = spec::VmSpec {
             name: name.clone(),
             datastore: self.cfg.datastore.clone(),
@@ -270,7 +323,8 @@ impl VsphereBackend {
             iso: self.ds_path(&self.cfg.iso),
             image_disk,
             delta_disk: self.ds_path(&format!("{name}/{name}.vmdk")),
-            networks: self.cfg.networks.clone(),
+            volumes,
+            nics,
             vspc_uri: self.cfg.vspc_uri.clone(),
             service_uri: format!("tether://{name}"),
             extra_config,
@@ -329,6 +383,8 @@ impl VsphereBackend {
             return Ok(());
         };
         self.power_off_async(container_dir).await?;
+        // The volumes outlive the VM: off it before vSphere deletes its disks with it.
+        self.detach_volumes(&vm).await?;
         self.vim
             .destroy(&vm)
             .await
@@ -374,6 +430,10 @@ fn blocking<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 impl Backend for VsphereBackend {
+    fn nic_slot(&self, index: usize) -> u32 {
+        spec::nic_slot(index)
+    }
+
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
         blocking(self.launch_async(req))?;
         // No process here: the VM's life is vSphere's (power state), its channel the vSPC's.
@@ -407,6 +467,10 @@ impl Backend for VsphereBackend {
 
     fn destroy(&self, container_dir: &Path) -> Result<(), BackendError> {
         Ok(blocking(self.destroy_async(container_dir))?)
+    }
+
+    fn remove_volume(&self, disk: &Path) -> Result<(), BackendError> {
+        Ok(blocking(self.remove_volume_async(disk))?)
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Device {
     /// A disk's parent disk.
     pub parent: String,
     pub pci_slot: Option<u32>,
+    /// Its unit on its controller (a disk's SCSI unit).
+    pub unit: Option<u32>,
 }
 
 /// A VM as vSphere has it.
@@ -350,5 +352,6 @@ fn device(n: roxmltree::Node<'_, '_>) -> Device {
         backing: backing_text,
         parent,
         pci_slot,
+        unit: child_text(n, "unitNumber").and_then(|t| t.parse().ok()),
     }
 }
