@@ -38,6 +38,7 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
         transport: Transport::Serial(String::new()),
         volumes: Vec::new(),
         nics: Vec::new(),
+        hotplug_slots: Vec::new(),
     };
     (dir, req)
 }

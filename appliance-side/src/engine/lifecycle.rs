@@ -194,6 +194,7 @@ impl Engine {
                 cpus: rec.options.cpus,
                 transport,
                 volumes: volume_disks,
+                hotplug_slots: crate::engine::hotplug::hotplug_slots(&rec.options),
                 nics,
             })
             .map_err(|e| self.start_refused(rec, EngineError::Internal(e.to_string())))?;

@@ -111,6 +111,7 @@ impl Engine {
                 // A maintenance boot mounts the container's disk only: no volumes, no network.
                 volumes: Vec::new(),
                 nics: Vec::new(),
+                hotplug_slots: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {

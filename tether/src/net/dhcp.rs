@@ -66,16 +66,15 @@ fn now_unix() -> u64 {
 /// Must be called inside a `LocalSet`.
 pub async fn start(net: &Rc<Network>, wait: Duration) {
     net.refresh();
-    let dhcp: Vec<usize> = net
+    let dhcp: Vec<String> = net
         .endpoints
         .borrow()
         .iter()
-        .enumerate()
-        .filter(|(_, ep)| ep.spec.is_dhcp())
-        .map(|(i, _)| i)
+        .filter(|ep| ep.spec.is_dhcp())
+        .map(|ep| ep.network.clone())
         .collect();
-    for i in dhcp {
-        tokio::task::spawn_local(run(net.clone(), i));
+    for network in dhcp {
+        net.start_client(&network);
     }
     let deadline = tokio::time::Instant::now() + wait;
     while !net.all_leased() {
@@ -94,22 +93,24 @@ enum Step {
     Stop,
 }
 
-/// Runs endpoint `i`'s client until shutdown. Must be spawned on a `LocalSet`.
-pub async fn run(net: Rc<Network>, i: usize) {
-    run_client(&net, i).await;
-    net.ended.set(net.ended.get() + 1);
-    net.ended_changed.notify_waiters();
+/// Runs the client of the endpoint on `network` until shutdown or the endpoint's removal.
+/// Must be spawned on a `LocalSet` (by [`Network::start_client`]).
+pub async fn run(net: Rc<Network>, network: String) {
+    run_client(&net, &network).await;
+    net.client_ended(&network);
 }
 
-async fn run_client(net: &Network, i: usize) {
-    let Some((network, link)) = net
+async fn run_client(net: &Network, network: &str) {
+    let Some(link) = net
         .endpoints
         .borrow()
-        .get(i)
-        .map(|ep| (ep.network.clone(), ep.link.clone()))
+        .iter()
+        .find(|ep| ep.network == network)
+        .map(|ep| ep.link.clone())
     else {
         return;
     };
+    let leave = net.leave_signal(network);
     let mut config = DhcpV4Config::new(&link.name);
     config.set_iface_index(link.index);
     if let Err(e) = config.set_iface_mac_raw(&link.mac) {
@@ -118,14 +119,14 @@ async fn run_client(net: &Network, i: usize) {
     }
     let hostname = net.spec.effective_hostname();
     config.set_host_name(hostname.split('.').next().unwrap_or(&hostname));
-    config.set_client_id(CLIENT_ID_OPAQUE, &client_id(&net.spec.id, &network));
+    config.set_client_id(CLIENT_ID_OPAQUE, &client_id(&net.spec.id, network));
     let mut leased: Option<DhcpV4Lease> = None;
     while !net.stopping.get() {
         let mut client = match DhcpV4Client::init(config.clone(), None).await {
             Ok(c) => c,
             Err(e) => {
                 crate::log::error(&format!("DHCP on {}: {e}", link.name));
-                if wait_or_stop(net, RETRY).await {
+                if wait_or_stop(net, &leave, RETRY).await {
                     return;
                 }
                 continue;
@@ -135,6 +136,7 @@ async fn run_client(net: &Network, i: usize) {
             let step = tokio::select! {
                 s = client.run() => Step::State(s),
                 _ = net.stop.notified() => Step::Stop,
+                _ = leave.notified() => Step::Stop,
             };
             match step {
                 Step::Stop => {
@@ -154,13 +156,13 @@ async fn run_client(net: &Network, i: usize) {
                         "DHCP on {}: {} for {} s from {}",
                         link.name, lease.yiaddr, lease.lease_time_sec, lease.srv_id
                     ));
-                    net.apply_lease(i, Some(lease_info(&lease, now_unix())));
+                    net.apply_lease(network, Some(lease_info(&lease, now_unix())));
                     leased = Some(*lease);
                 }
                 Step::State(Ok(DhcpV4State::InitReboot)) if leased.is_some() => {
                     crate::log::warn(&format!("DHCP on {}: the lease expired", link.name));
                     leased = None;
-                    net.apply_lease(i, None);
+                    net.apply_lease(network, None);
                 }
                 Step::State(Ok(state)) => {
                     crate::log::debug(&format!("DHCP on {}: {state}", link.name));
@@ -173,20 +175,21 @@ async fn run_client(net: &Network, i: usize) {
         }
         // The client is rebuilt after an error; a lease still held stays applied until its
         // new client's first answer (or expiry) says otherwise.
-        if wait_or_stop(net, RETRY).await {
+        if wait_or_stop(net, &leave, RETRY).await {
             return;
         }
     }
 }
 
-/// Sleeps `d`; true when shutdown came first.
-async fn wait_or_stop(net: &Network, d: Duration) -> bool {
+/// Sleeps `d`; true when shutdown (or the endpoint's removal) came first.
+async fn wait_or_stop(net: &Network, leave: &tokio::sync::Notify, d: Duration) -> bool {
     if net.stopping.get() {
         return true;
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => net.stopping.get(),
         _ = net.stop.notified() => true,
+        _ = leave.notified() => true,
     }
 }
 
