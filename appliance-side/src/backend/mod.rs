@@ -160,6 +160,18 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Whether the NIC at `slot` can be unplugged from the running VM (it was hot-plugged),
+    /// asked before the guest is told to let it go; the error says why not.
+    fn hot_removable(
+        &self,
+        _container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
+        )))
+    }
+
     /// Unplugs the NIC at `slot` from the running VM (`docker network disconnect`), once the
     /// guest let it go.
     fn hot_remove_nic(

@@ -64,6 +64,20 @@ impl Backend for QemuBackend {
         Ok(())
     }
 
+    fn hot_removable(
+        &self,
+        container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        let ports = std::fs::read_to_string(container_dir.join(HOTPLUG_SLOTS)).unwrap_or_default();
+        if ports.split_whitespace().any(|s| s == slot.to_string()) {
+            return Ok(());
+        }
+        Err(BackendError::Failed(format!(
+            "the NIC at PCI slot {slot:#x} was plugged at boot, on QEMU's root bus, which cannot unplug it: stop the container to disconnect it"
+        )))
+    }
+
     fn hot_remove_nic(
         &self,
         container_dir: &std::path::Path,
@@ -71,12 +85,8 @@ impl Backend for QemuBackend {
     ) -> Result<(), BackendError> {
         let (netdev, device) = hotplug_ids(slot);
         let mut q = monitor(container_dir)?;
-        q.device_del(&device).map_err(|e| match e {
-            crate::backend::qmp::QmpError::Command { .. } => BackendError::Failed(format!(
-                "the NIC at PCI slot {slot:#x} was there at boot, not hot-plugged, and QEMU's root bus cannot unplug it ({e}): stop the container to disconnect it"
-            )),
-            e => qmp_failed("unplugging", slot)(e),
-        })?;
+        q.device_del(&device)
+            .map_err(qmp_failed("unplugging", slot))?;
         q.wait_device_deleted(&device, RELEASE_WAIT)
             .map_err(qmp_failed("unplugging", slot))?;
         q.netdev_del(&netdev)
@@ -156,6 +166,13 @@ impl Backend for QemuBackend {
         // The VM outlives the command that started it (it powers itself off when the container
         // ends), so it gets its own process group.
         let child = spawn_detached(&mut qemu, stderr, "qemu-system-x86_64")?;
+        let slots: String = req.hotplug_slots.iter().map(|s| format!("{s}\n")).collect();
+        let slots_file = req.container_dir.join(HOTPLUG_SLOTS);
+        std::fs::write(&slots_file, slots).map_err(|source| BackendError::Io {
+            what: "writing",
+            path: slots_file,
+            source,
+        })?;
         let pid_file = req.container_dir.join("qemu.pid");
         std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(|source| {
             BackendError::Io {
@@ -173,6 +190,9 @@ impl Backend for QemuBackend {
 
 /// The QMP monitor's socket in the container's directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// The slots of the VM's hot-plug root ports (decimal, one a line), kept for
+/// [`Backend::hot_removable`].
+const HOTPLUG_SLOTS: &str = "hotplug-slots";
 /// How long the guest may take to release a NIC being unplugged.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 

@@ -170,7 +170,8 @@ impl Qmp {
         .map(drop)
     }
 
-    /// A virtio-net NIC `id` on netdev `netdev`, in the PCI(e) bus `bus` at its slot 0.
+    /// A virtio-net NIC `id` on netdev `netdev`, in the PCI(e) bus `bus` (a root port: its one
+    /// slot).
     pub fn device_add_virtio_net(
         &mut self,
         id: &str,
@@ -180,7 +181,7 @@ impl Qmp {
     ) -> Result<(), QmpError> {
         self.execute(
             "device_add",
-            json!({"driver": "virtio-net-pci", "id": id, "netdev": netdev, "mac": mac, "bus": bus, "addr": "0x0"}),
+            json!({"driver": "virtio-net-pci", "id": id, "netdev": netdev, "mac": mac, "bus": bus}),
             None,
         )
         .map(drop)

@@ -135,13 +135,17 @@ impl Engine {
         };
         let c = self.running_soon(&rec).await?;
         let backend = self.backend()?;
+        let dir = self.home().container(&rec.id);
+        backend
+            .hot_removable(&dir, ep.slot)
+            .map_err(|e| EngineError::Conflict(format!("container {}: {e}", rec.name)))?;
         ask(&c, |request| Control::NetworkRemove {
             request,
             network: net.name.clone(),
         })
         .await?;
         backend
-            .hot_remove_nic(&self.home().container(&rec.id), ep.slot)
+            .hot_remove_nic(&dir, ep.slot)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         self.forget_endpoint(container, &ep);
         Ok(())
@@ -188,7 +192,37 @@ impl Engine {
             .map(|n| format!("eth{n}"))
             .find(|name| !taken.contains(name))
             .unwrap_or_default();
+        // The guest's resolver asks its first network's dnsmasq first, which answers "no such
+        // name" for a peer on this one: the peers running now go in /etc/hosts (as VIC's
+        // `hosts`), so they are reached by name at once.
+        endpoint.network.hosts = self.peers_on(&ep.network_id, &rec.id);
         Ok(guestinfo::endpoint_to_vmx(&ep.network_name, &endpoint))
+    }
+
+    /// `NAME:ADDR` of every name of the running containers on network `net_id` but `except`.
+    fn peers_on(&self, net_id: &str, except: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for peer in self.containers() {
+            if peer.id == except || !self.is_active(&peer.id) {
+                continue;
+            }
+            for ep in peer
+                .options
+                .endpoints
+                .iter()
+                .filter(|e| e.network_id == net_id)
+            {
+                let ip = self.endpoint_address(&peer, ep);
+                if ip.is_empty() {
+                    continue;
+                }
+                let names = std::iter::once(peer.name.clone())
+                    .chain(ep.aliases.iter().cloned())
+                    .chain(std::iter::once(peer.id[..12].to_string()));
+                out.extend(names.map(|n| format!("{n}:{ip}")));
+            }
+        }
+        out
     }
 
     fn backend(&self) -> Result<&dyn crate::backend::Backend, EngineError> {
