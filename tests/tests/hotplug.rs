@@ -62,7 +62,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
             "run",
             "-d",
             "--name",
-            "b",
+            "beta",
             "-u",
             "0",
             "--network",
@@ -90,30 +90,46 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         ],
     );
     // Before: a has only its net1 NIC, and b's address is out of its reach.
-    exec_until(&app, "a", "ip -4 -o addr show dev eth0 | grep -q inet", 90);
-    exec_until(&app, "b", "ip -4 -o addr show dev eth0 | grep -q inet", 90);
+    exec_until(
+        &app,
+        "alpha",
+        "ip -4 -o addr show dev eth0 | grep -q inet",
+        90,
+    );
+    exec_until(
+        &app,
+        "beta",
+        "ip -4 -o addr show dev eth0 | grep -q inet",
+        90,
+    );
     let b_ip = inspect(
         &app,
         "b",
         "{{(index .NetworkSettings.Networks \"net2\").IPAddress}}",
     );
     assert!(b_ip.starts_with("172.31.2."), "{b_ip}");
-    assert_eq!(exec_until(&app, "a", "ls /sys/class/net", 10), "eth0\nlo\n");
+    assert_eq!(
+        exec_until(&app, "alpha", "ls /sys/class/net", 10),
+        "eth0\nlo\n"
+    );
 
     // Connect: the NIC appears inside, configured, and b answers by name.
-    let connect = app.docker(&["network", "connect", "net2", "a"]);
+    let connect = app.docker(&["network", "connect", "net2", "alpha"]);
     assert!(
         connect.status.success(),
         "connect: {}\nconsole:\n{}",
         text(&connect.stderr),
-        console_of(&app, "a")
+        console_of(&app, "alpha")
     );
     assert_eq!(
-        exec_until(&app, "a", "ls /sys/class/net", 10),
+        exec_until(&app, "alpha", "ls /sys/class/net", 10),
         "eth0\neth1\nlo\n"
     );
-    assert_eq!(exec_until(&app, "a", "wget -qO- http://b/", 60), page);
-    exec_until(&app, "a", "ping -c1 -W2 b", 30);
+    assert_eq!(
+        exec_until(&app, "alpha", "wget -qO- http://beta/", 60),
+        page
+    );
+    exec_until(&app, "alpha", "ping -c1 -W2 beta", 30);
     // docker inspect shows both networks, the new one with the address the guest has.
     let networks = inspect(
         &app,
@@ -121,7 +137,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
     );
     assert_eq!(networks, "net1 net2");
-    let inside = exec_until(&app, "a", "ip -4 -o addr show dev eth1", 10);
+    let inside = exec_until(&app, "alpha", "ip -4 -o addr show dev eth1", 10);
     let inside = inside.split_whitespace().nth(3).unwrap_or_default();
     let shown = inspect(
         &app,
@@ -131,14 +147,14 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     assert!(shown.starts_with("172.31.2."), "{shown}");
     assert_eq!(inside, format!("{shown}/24"));
     // Connected twice: dockerd's refusal, and nothing changes.
-    let again = app.docker(&["network", "connect", "net2", "a"]);
+    let again = app.docker(&["network", "connect", "net2", "alpha"]);
     assert!(!again.status.success());
     assert!(
         text(&again.stderr).contains("already exists in network net2"),
         "{}",
         text(&again.stderr)
     );
-    let unknown = app.docker(&["network", "connect", "nosuchnet", "a"]);
+    let unknown = app.docker(&["network", "connect", "nosuchnet", "alpha"]);
     assert!(
         text(&unknown.stderr).contains("not found"),
         "{}",
@@ -146,17 +162,20 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     );
 
     // Disconnect: the NIC is gone inside and b is out of reach again.
-    let disconnect = app.docker(&["network", "disconnect", "net2", "a"]);
+    let disconnect = app.docker(&["network", "disconnect", "net2", "alpha"]);
     assert!(
         disconnect.status.success(),
         "disconnect: {}\nconsole:\n{}",
         text(&disconnect.stderr),
-        console_of(&app, "a")
+        console_of(&app, "alpha")
     );
-    assert_eq!(exec_until(&app, "a", "ls /sys/class/net", 10), "eth0\nlo\n");
+    assert_eq!(
+        exec_until(&app, "alpha", "ls /sys/class/net", 10),
+        "eth0\nlo\n"
+    );
     let unreachable = app.docker(&[
         "exec",
-        "a",
+        "alpha",
         "sh",
         "-c",
         &format!("wget -T 3 -qO- http://{b_ip}/"),
@@ -169,15 +188,15 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     assert_eq!(
         inspect(
             &app,
-            "a",
+            "alpha",
             "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
         ),
         "net1"
     );
     // a still works on net1, and b still serves on net2.
     assert_eq!(
-        exec_until(&app, "b", "wget -qO- http://127.0.0.1/", 10),
+        exec_until(&app, "beta", "wget -qO- http://127.0.0.1/", 10),
         page
     );
-    ok(&app, &["rm", "-f", "a", "b"]);
+    ok(&app, &["rm", "-f", "alpha", "beta"]);
 }
