@@ -104,7 +104,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     );
     let b_ip = inspect(
         &app,
-        "b",
+        "beta",
         "{{(index .NetworkSettings.Networks \"net2\").IPAddress}}",
     );
     assert!(b_ip.starts_with("172.31.2."), "{b_ip}");
@@ -133,7 +133,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     // docker inspect shows both networks, the new one with the address the guest has.
     let networks = inspect(
         &app,
-        "a",
+        "alpha",
         "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
     );
     assert_eq!(networks, "net1 net2");
@@ -141,7 +141,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     let inside = inside.split_whitespace().nth(3).unwrap_or_default();
     let shown = inspect(
         &app,
-        "a",
+        "alpha",
         "{{(index .NetworkSettings.Networks \"net2\").IPAddress}}",
     );
     assert!(shown.starts_with("172.31.2."), "{shown}");

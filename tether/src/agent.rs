@@ -104,7 +104,13 @@ async fn network_changes(
                     Ok((name, _)) if name != network => Err(format!(
                         "the config names endpoint {name:?}, the record {network:?}"
                     )),
-                    Ok((name, endpoint)) => net.add(&name, endpoint).await,
+                    Ok((name, endpoint)) => {
+                        let dhcp = endpoint.is_dhcp();
+                        match net.add(&name, endpoint).await {
+                            Ok(()) if dhcp => crate::net::dhcp::hot_added(&net, &name).await,
+                            other => other,
+                        }
+                    }
                     Err(e) => Err(format!("network {network:?}: its config: {e}")),
                 };
                 (request, result)

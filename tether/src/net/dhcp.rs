@@ -74,7 +74,7 @@ pub async fn start(net: &Rc<Network>, wait: Duration) {
         .map(|ep| ep.network.clone())
         .collect();
     for network in dhcp {
-        net.start_client(&network);
+        start_client(net, &network);
     }
     let deadline = tokio::time::Instant::now() + wait;
     while !net.all_leased() {
@@ -93,8 +93,41 @@ enum Step {
     Stop,
 }
 
+/// After a hot-added DHCP endpoint's NIC is up: its client started, and a moment
+/// ([`HOTPLUG_WAIT`](crate::net::runtime::HOTPLUG_WAIT)) given for its first lease.
+pub async fn hot_added(net: &Rc<Network>, network: &str) -> Result<(), String> {
+    start_client(net, network);
+    let leased = || {
+        net.endpoints
+            .borrow()
+            .iter()
+            .any(|ep| ep.network == network && ep.ipv4.is_some())
+    };
+    let wait = crate::net::runtime::HOTPLUG_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
+    while !leased() {
+        tokio::select! {
+            _ = net.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                // The client keeps trying; the report shows the endpoint's error meanwhile.
+                return Err(format!(
+                    "network {network:?}: no DHCP lease within {} s (the client keeps asking)",
+                    wait.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the DHCP client of the endpoint on `network`. Must be called inside a `LocalSet`.
+pub fn start_client(net: &Rc<Network>, network: &str) {
+    net.clients.borrow_mut().insert(network.to_string());
+    tokio::task::spawn_local(run(net.clone(), network.to_string()));
+}
+
 /// Runs the client of the endpoint on `network` until shutdown or the endpoint's removal.
-/// Must be spawned on a `LocalSet` (by [`Network::start_client`]).
+/// Must be spawned on a `LocalSet` (by [`start_client`]).
 pub async fn run(net: Rc<Network>, network: String) {
     run_client(&net, &network).await;
     net.client_ended(&network);

@@ -166,15 +166,9 @@ impl Network {
         }
     }
 
-    /// Starts the DHCP client of the endpoint on `network`. Must be called inside a `LocalSet`.
-    pub fn start_client(self: &Rc<Self>, network: &str) {
-        self.clients.borrow_mut().insert(network.to_string());
-        tokio::task::spawn_local(crate::net::dhcp::run(self.clone(), network.to_string()));
-    }
-
     /// A NIC hot-plugged into the running VM, as endpoint `network`: awaited at its slot (up to
-    /// [`HOTPLUG_WAIT`]), configured as boot configures one, and on DHCP given a moment for its
-    /// first lease; then the files, the firewall and the report. Must be called inside a
+    /// [`HOTPLUG_WAIT`]) and configured as boot configures one; then the files, the firewall
+    /// and the report. Must be called inside a
     /// `LocalSet`. The error says what failed (a NIC that never appeared names its slot).
     pub async fn add(self: &Rc<Self>, network: &str, spec: NetworkEndpoint) -> Result<(), String> {
         if self
@@ -208,33 +202,9 @@ impl Network {
             "network {network:?}: hot-added NIC {} at {}",
             ep.link.name, spec.slot
         ));
-        let dhcp = ep.spec.is_dhcp();
+        // A DHCP endpoint's client is started by the caller (`dhcp::hot_added`).
         self.endpoints.borrow_mut().push(ep);
-        if !dhcp {
-            self.refresh();
-            return Ok(());
-        }
-        self.start_client(network);
-        let leased = || {
-            self.endpoints
-                .borrow()
-                .iter()
-                .any(|ep| ep.network == network && ep.ipv4.is_some())
-        };
-        let deadline = tokio::time::Instant::now() + HOTPLUG_WAIT;
-        while !leased() {
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    // The client keeps trying; the report shows the endpoint's error meanwhile.
-                    self.refresh();
-                    return Err(format!(
-                        "network {network:?}: no DHCP lease within {} s (the client keeps asking)",
-                        HOTPLUG_WAIT.as_secs()
-                    ));
-                }
-            }
-        }
+        self.refresh();
         Ok(())
     }
 
