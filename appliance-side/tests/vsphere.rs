@@ -46,6 +46,7 @@ fn container(home: &TempHome) -> (PathBuf, LaunchRequest) {
                 hostfwd: Vec::new(),
             },
         }],
+        hotplug_slots: Vec::new(),
     };
     (dir, req)
 }

@@ -53,3 +53,28 @@ pub fn identity_from_vmx(text: &str) -> Option<(String, Vec<u8>)> {
         .ok()??;
     Some((id, secret))
 }
+
+/// One network endpoint as VMX text: the `networks|NAME` keys a whole config would carry for
+/// it, alone. What the appliance sends when it hot-adds a NIC (`Control::NetworkAdd`), so tether
+/// decodes a hot-added endpoint with the same code as a boot-time one.
+pub fn endpoint_to_vmx(name: &str, endpoint: &NetworkEndpoint) -> String {
+    let mut w = KeyWriter::new();
+    let one = std::collections::BTreeMap::from([(name.to_string(), endpoint.clone())]);
+    network::encode(&mut w, &KeyPath::read_only(), &one);
+    let pairs = w.into_pairs();
+    vmx::write(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// The endpoint [`endpoint_to_vmx`] wrote: exactly one, else an error naming what is there.
+pub fn endpoint_from_vmx(text: &str) -> Result<(String, NetworkEndpoint), ConfigError> {
+    let keys = KeySet::from_pairs(vmx::parse(text)?);
+    let mut all = network::decode(&keys, &KeyPath::read_only())?;
+    let count = all.len();
+    match all.pop_first() {
+        Some(one) if count == 1 => Ok(one),
+        _ => Err(ConfigError::Key(KeyError {
+            key: KeyPath::read_only().field("networks").to_string(),
+            problem: format!("one network endpoint expected, {count} given"),
+        })),
+    }
+}

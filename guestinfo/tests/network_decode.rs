@@ -255,3 +255,21 @@ proptest! {
         prop_assert_eq!(spec_from_vmx(&text).unwrap(), spec);
     }
 }
+
+/// A hot-added NIC's endpoint travels alone (`Control::NetworkAdd`): the same keys, decoded by
+/// the same code, and anything but exactly one endpoint is refused.
+#[test]
+fn one_endpoint_round_trips_alone() {
+    let spec = spec_from_vmx(&format!("{BASE}{VIC_STYLE}")).unwrap();
+    let backend = spec.networks["backend"].clone();
+    let text = guestinfo::endpoint_to_vmx("backend", &backend);
+    assert!(text.contains("networks|backend/common/id"), "{text}");
+    assert_eq!(
+        guestinfo::endpoint_from_vmx(&text).unwrap(),
+        ("backend".to_string(), backend)
+    );
+    let e = guestinfo::endpoint_from_vmx(VIC_STYLE).unwrap_err();
+    assert!(e.to_string().contains("2 given"), "{e}");
+    let e = guestinfo::endpoint_from_vmx("").unwrap_err();
+    assert!(e.to_string().contains("0 given"), "{e}");
+}

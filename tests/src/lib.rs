@@ -431,6 +431,8 @@ impl Appliance {
                     } => ChannelEnd::Tcp(addr.to_string()),
                 },
                 nics: Vec::new(),
+                hotplug_slots: Vec::new(),
+                qmp: None,
             }))
             .args(&extras.qemu_args);
         self.last_launch = Some(Instant::now());

@@ -60,8 +60,13 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
         crate::timing::mark("network_ready");
     }
     let procs = process::Real { root: cfg.root };
-    match Controller::new(ctx, procs, &spec, cfg.drain_timeout) {
-        Some(controller) => {
+    match Controller::new(ctx.clone(), procs, &spec, cfg.drain_timeout) {
+        Some(mut controller) => {
+            if let Some(net) = &network {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::task::spawn_local(network_changes(net.clone(), ctx, rx));
+                controller = controller.with_network(tx);
+            }
             let outcome = controller.run(events).await;
             if let Some(net) = &network {
                 net.stop().await;
@@ -78,6 +83,48 @@ pub async fn run(cfg: AgentConfig) -> Outcome {
                 undelivered: 0,
             }
         }
+    }
+}
+
+/// The appliance's network changes, one at a time, each answered with `NetworkChanged` (after
+/// the `Network` report it made).
+async fn network_changes(
+    net: std::rc::Rc<crate::net::runtime::Network>,
+    ctx: Ctx,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+) {
+    while let Some(record) = rx.recv().await {
+        let (request, result) = match record {
+            Control::NetworkAdd {
+                request,
+                network,
+                config,
+            } => {
+                let result = match guestinfo::endpoint_from_vmx(&config) {
+                    Ok((name, _)) if name != network => Err(format!(
+                        "the config names endpoint {name:?}, the record {network:?}"
+                    )),
+                    Ok((name, endpoint)) => {
+                        let dhcp = endpoint.is_dhcp();
+                        match net.add(&name, endpoint).await {
+                            Ok(()) if dhcp => crate::net::dhcp::hot_added(&net, &name).await,
+                            other => other,
+                        }
+                    }
+                    Err(e) => Err(format!("network {network:?}: its config: {e}")),
+                };
+                (request, result)
+            }
+            Control::NetworkRemove { request, network } => (request, net.remove(&network).await),
+            _ => continue,
+        };
+        if let Err(e) = &result {
+            crate::log::error(e);
+        }
+        ctx.send_control(Control::NetworkChanged {
+            request,
+            error: result.err().unwrap_or_default(),
+        });
     }
 }
 

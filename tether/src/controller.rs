@@ -109,6 +109,9 @@ pub struct Controller<P> {
     stopping: bool,
     /// Process groups to SIGKILL when the grace ends.
     kill_after_grace: Vec<u32>,
+    /// Where `NetworkAdd`/`NetworkRemove` records go (the network runtime's task, which may
+    /// wait for a hot-plugged NIC without holding up the sessions); `None` with no network.
+    network: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
 }
 
 impl<P: Processes> Controller<P> {
@@ -134,6 +137,7 @@ impl<P: Processes> Controller<P> {
             drain_timeout,
             stopping: false,
             kill_after_grace: Vec::new(),
+            network: None,
         };
         for (id, s) in (MAIN_SESSION..).zip(std::iter::once(main).chain(others)) {
             let plan = Plan::from_spec(s, &hostname);
@@ -349,8 +353,26 @@ impl<P: Processes> Controller<P> {
         }
     }
 
+    /// Sends the appliance's network changes to `tx` (agent.rs runs them).
+    pub fn with_network(mut self, tx: tokio::sync::mpsc::UnboundedSender<Control>) -> Self {
+        self.network = Some(tx);
+        self
+    }
+
     fn on_control(&mut self, c: Control) {
         match c {
+            Control::NetworkAdd { request, .. } | Control::NetworkRemove { request, .. } => {
+                let refused = match &self.network {
+                    Some(tx) => tx.send(c).is_err(),
+                    None => true,
+                };
+                if refused {
+                    self.ctx.send_control(Control::NetworkChanged {
+                        request,
+                        error: "this containerVM has no network runtime (it booted without a network): stop it, connect it, start it".into(),
+                    });
+                }
+            }
             Control::Exec {
                 session,
                 name,

@@ -264,6 +264,28 @@ pub enum Control {
     Network {
         endpoints: Vec<crate::network::EndpointStatus>,
     },
+    /// Server -> tether: a NIC was hot-plugged into the running VM; configure it as endpoint
+    /// `network`. `config` is that endpoint's guestinfo keys as VMX text (the `networks|NAME`
+    /// keys a boot config carries, alone: `guestinfo::endpoint_to_vmx`), so a hot-added NIC is
+    /// decoded and configured by the code that configures one at boot. Answered by
+    /// [`Control::NetworkChanged`] with the same `request`, after a [`Control::Network`] report.
+    NetworkAdd {
+        request: u32,
+        network: String,
+        config: String,
+    },
+    /// Server -> tether: drop endpoint `network` (its DHCP lease released, its address, names
+    /// and firewall rules gone) before its NIC is unplugged. Answered by `NetworkChanged`.
+    NetworkRemove {
+        request: u32,
+        network: String,
+    },
+    /// Tether -> server: how a `NetworkAdd` or `NetworkRemove` ended: `error` empty when it was
+    /// applied, else why not (a NIC that did not appear at its slot names the slot).
+    NetworkChanged {
+        request: u32,
+        error: String,
+    },
 }
 
 /// What a [`Control::Builtin`] session does. Paths are absolute in the container (a relative
@@ -502,6 +524,46 @@ mod tests {
             assert_eq!(builtin(op)[..5], [13, 0x80, 0x20, 0, tag]);
         }
         assert_eq!(encode(&Control::Network { endpoints: vec![] }), [14, 0]);
+        let add = Control::NetworkAdd {
+            request: 1,
+            network: "n".into(),
+            config: "k".into(),
+        };
+        assert_eq!(encode(&add), [15, 1, 1, b'n', 1, b'k']);
+        let remove = Control::NetworkRemove {
+            request: 2,
+            network: "n".into(),
+        };
+        assert_eq!(encode(&remove), [16, 2, 1, b'n']);
+        let changed = Control::NetworkChanged {
+            request: 3,
+            error: String::new(),
+        };
+        assert_eq!(encode(&changed), [17, 3, 0]);
+    }
+
+    #[test]
+    fn hot_plug_records_round_trip() {
+        let records = [
+            Control::NetworkAdd {
+                request: u32::MAX,
+                network: "net2".into(),
+                config: "guestinfo.vice./networks = \"net2\"\n".into(),
+            },
+            Control::NetworkRemove {
+                request: 7,
+                network: "net2".into(),
+            },
+            Control::NetworkChanged {
+                request: 7,
+                error: "no PCI device at PCI slot 9 (0000:00:09.0)".into(),
+            },
+        ];
+        let mut framed = Vec::new();
+        for r in &records {
+            framed.extend(crate::encode_control(r).unwrap());
+        }
+        assert_eq!(crate::ControlDecoder::new().push(&framed).unwrap(), records);
     }
 
     #[test]

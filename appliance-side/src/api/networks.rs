@@ -116,20 +116,21 @@ impl Api {
         )
     }
 
-    pub(crate) fn network_connect(&self, reference: &str, body: &Value) -> ApiResponse {
+    pub(crate) async fn network_connect(&self, reference: &str, body: &Value) -> ApiResponse {
         let container = body["Container"].as_str().unwrap_or_default();
         match self
             .engine
-            .network_connect(reference, container, &body["EndpointConfig"])
+            .connect(reference, container, &body["EndpointConfig"])
+            .await
         {
             Ok(()) => json_response(StatusCode::OK, &Value::Null),
             Err(e) => ApiError::from(e).into_response(),
         }
     }
 
-    pub(crate) fn network_disconnect(&self, reference: &str, body: &Value) -> ApiResponse {
+    pub(crate) async fn network_disconnect(&self, reference: &str, body: &Value) -> ApiResponse {
         let container = body["Container"].as_str().unwrap_or_default();
-        match self.engine.network_disconnect(reference, container) {
+        match self.engine.disconnect(reference, container).await {
             Ok(()) => json_response(StatusCode::OK, &Value::Null),
             Err(e) => ApiError::from(e).into_response(),
         }

@@ -77,8 +77,8 @@ impl Api {
             (&Method::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
                 let (id, verb) = (id.to_string(), *verb);
                 match read_json(req).await {
-                    Ok(v) if verb == "connect" => self.network_connect(&id, &v),
-                    Ok(v) => self.network_disconnect(&id, &v),
+                    Ok(v) if verb == "connect" => self.network_connect(&id, &v).await,
+                    Ok(v) => self.network_disconnect(&id, &v).await,
                     Err(r) => r.into_response(),
                 }
             }

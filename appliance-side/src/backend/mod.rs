@@ -8,6 +8,7 @@ pub mod disk_cache;
 pub mod net;
 pub mod qemu;
 pub mod qemu_args;
+pub mod qmp;
 pub mod vsphere;
 
 use std::os::unix::process::CommandExt;
@@ -44,6 +45,9 @@ pub struct LaunchRequest {
     pub volumes: Vec<PathBuf>,
     /// The VM's NICs, in the order of its networks.
     pub nics: Vec<Nic>,
+    /// PCI slots where a NIC may be hot-plugged later (`docker network connect` of the running
+    /// container): the QEMU backend puts an empty PCIe root port at each.
+    pub hotplug_slots: Vec<u32>,
 }
 
 /// One NIC of a VM, at a fixed PCI slot (where tether looks for it).
@@ -169,6 +173,39 @@ pub trait Backend: Send + Sync {
     /// rm`): vSphere's copy on the datastore. QEMU uses the local disk itself.
     fn remove_volume(&self, _disk: &std::path::Path) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    /// Plugs `nic` into the running VM of the container (`docker network connect`), at its
+    /// slot. Backends that cannot say so.
+    fn hot_add_nic(&self, _container_dir: &std::path::Path, nic: &Nic) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot add a NIC to a running containerVM (slot {:#x}): stop the container, connect it, start it",
+            nic.slot
+        )))
+    }
+
+    /// Whether the NIC at `slot` can be unplugged from the running VM (it was hot-plugged),
+    /// asked before the guest is told to let it go; the error says why not.
+    fn hot_removable(
+        &self,
+        _container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
+        )))
+    }
+
+    /// Unplugs the NIC at `slot` from the running VM (`docker network disconnect`), once the
+    /// guest let it go.
+    fn hot_remove_nic(
+        &self,
+        _container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Failed(format!(
+            "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
+        )))
     }
 
     /// The host plumbing of user networks, where this backend has it.

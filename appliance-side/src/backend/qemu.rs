@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 use crate::backend::accel::accelerator;
 use crate::backend::boot_files::kernel_and_initramfs;
-use crate::backend::qemu_args::{qemu_args, BootMedium, ChannelEnd, QemuNic, VmSpec};
+use crate::backend::qemu_args::{hotplug_port, qemu_args, BootMedium, ChannelEnd, QemuNic, VmSpec};
+use crate::backend::qmp::Qmp;
 use crate::backend::{
     spawn_detached, Backend, BackendError, LaunchRequest, Launched, Nic, NicAttachment, Transport,
 };
@@ -41,6 +42,56 @@ impl Backend for QemuBackend {
         Some(std::sync::Arc::new(
             crate::backend::net::netns::NetnsPlumbing::new(self.home.clone()),
         ))
+    }
+
+    fn hot_add_nic(&self, container_dir: &std::path::Path, nic: &Nic) -> Result<(), BackendError> {
+        let NicAttachment::Tap(tap) = &nic.attachment else {
+            return Err(BackendError::Failed(
+                "only a user network's NIC (a tap) can be hot-plugged: QEMU's user-mode network cannot be added to a running VM here".into(),
+            ));
+        };
+        let slot = nic.slot;
+        let (netdev, device) = hotplug_ids(slot);
+        let mut q = monitor(container_dir)?;
+        q.getfd(&netdev, std::os::fd::AsFd::as_fd(&**tap))
+            .map_err(qmp_failed("passing the tap of", slot))?;
+        q.netdev_add_tap(&netdev, &netdev)
+            .map_err(qmp_failed("adding the network backend of", slot))?;
+        if let Err(e) = q.device_add_virtio_net(&device, &netdev, &nic.mac, &hotplug_port(slot)) {
+            let _ = q.netdev_del(&netdev);
+            return Err(qmp_failed("plugging", slot)(e));
+        }
+        Ok(())
+    }
+
+    fn hot_removable(
+        &self,
+        container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        let ports = std::fs::read_to_string(container_dir.join(HOTPLUG_SLOTS)).unwrap_or_default();
+        if ports.split_whitespace().any(|s| s == slot.to_string()) {
+            return Ok(());
+        }
+        Err(BackendError::Failed(format!(
+            "the NIC at PCI slot {slot:#x} was plugged at boot, on QEMU's root bus, which cannot unplug it: stop the container to disconnect it"
+        )))
+    }
+
+    fn hot_remove_nic(
+        &self,
+        container_dir: &std::path::Path,
+        slot: u32,
+    ) -> Result<(), BackendError> {
+        let (netdev, device) = hotplug_ids(slot);
+        let mut q = monitor(container_dir)?;
+        q.device_del(&device)
+            .map_err(qmp_failed("unplugging", slot))?;
+        q.wait_device_deleted(&device, RELEASE_WAIT)
+            .map_err(qmp_failed("unplugging", slot))?;
+        q.netdev_del(&netdev)
+            .map_err(qmp_failed("removing the network backend of", slot))?;
+        Ok(())
     }
 
     fn launch(&self, req: &LaunchRequest) -> Result<Launched, BackendError> {
@@ -77,7 +128,12 @@ impl Backend for QemuBackend {
             console: req.container_dir.join("console.log"),
             channel,
             nics: req.nics.iter().map(qemu_nic).collect(),
+            hotplug_slots: req.hotplug_slots.clone(),
+            qmp: Some(QMP_SOCKET.into()),
         }));
+        // QEMU binds the QMP socket relative to here (`QMP_SOCKET`); every other path it is
+        // given is absolute.
+        qemu.current_dir(&req.container_dir);
         // The taps' descriptors, inherited by QEMU (and by nothing else: they are O_CLOEXEC
         // here, and only this child clears the flag).
         let inherited: Vec<i32> = req
@@ -110,6 +166,13 @@ impl Backend for QemuBackend {
         // The VM outlives the command that started it (it powers itself off when the container
         // ends), so it gets its own process group.
         let child = spawn_detached(&mut qemu, stderr, "qemu-system-x86_64")?;
+        let slots: String = req.hotplug_slots.iter().map(|s| format!("{s}\n")).collect();
+        let slots_file = req.container_dir.join(HOTPLUG_SLOTS);
+        std::fs::write(&slots_file, slots).map_err(|source| BackendError::Io {
+            what: "writing",
+            path: slots_file,
+            source,
+        })?;
         let pid_file = req.container_dir.join("qemu.pid");
         std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(|source| {
             BackendError::Io {
@@ -123,6 +186,34 @@ impl Backend for QemuBackend {
             child: Some(child),
         })
     }
+}
+
+/// The QMP monitor's socket in the container's directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// The slots of the VM's hot-plug root ports (decimal, one a line), kept for
+/// [`Backend::hot_removable`].
+const HOTPLUG_SLOTS: &str = "hotplug-slots";
+/// How long the guest may take to release a NIC being unplugged.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The hot-plugged NIC at `slot`: its netdev's and its device's ids.
+fn hotplug_ids(slot: u32) -> (String, String) {
+    (format!("hpnet{slot:x}"), format!("hpnic{slot:x}"))
+}
+
+fn qmp_failed(
+    what: &str,
+    slot: u32,
+) -> impl FnOnce(crate::backend::qmp::QmpError) -> BackendError + '_ {
+    move |e| BackendError::Failed(format!("{what} the NIC at PCI slot {slot:#x}: {e}"))
+}
+
+fn monitor(container_dir: &std::path::Path) -> Result<Qmp, BackendError> {
+    Qmp::connect(&container_dir.join(QMP_SOCKET)).map_err(|e| {
+        BackendError::Failed(format!(
+            "{e}: a containerVM started before this appliance version has no monitor; restart it"
+        ))
+    })
 }
 
 /// A NIC as QEMU's `-netdev` and `-device` take it.

@@ -43,6 +43,17 @@ pub struct VmSpec {
     pub channel: ChannelEnd,
     /// NICs: virtio-net devices at fixed PCI slots.
     pub nics: Vec<QemuNic>,
+    /// Empty PCIe root ports at these root-bus slots, for NICs hot-plugged later: q35's root
+    /// complex takes no hot-plug, a root port does.
+    pub hotplug_slots: Vec<u32>,
+    /// The QMP monitor's socket (hot-plug goes through it); relative to QEMU's working
+    /// directory, the container's, so a deep TETHER_HOME does not overflow `sun_path`.
+    pub qmp: Option<PathBuf>,
+}
+
+/// The id of the root port at `slot` (a hot-plugged NIC's `bus`).
+pub fn hotplug_port(slot: u32) -> String {
+    format!("hp{slot:x}")
 }
 
 /// One virtio-net NIC on QEMU's command line.
@@ -123,6 +134,19 @@ pub fn qemu_args(s: &VmSpec) -> Vec<OsString> {
             nic.mac, nic.slot
         ));
     }
+    for slot in &s.hotplug_slots {
+        // No I/O window: virtio-net on PCIe needs only memory BARs, and nine ports' 4 KiB
+        // windows would take half the I/O space.
+        push("-device");
+        push(&format!(
+            "pcie-root-port,id={},bus=pcie.0,addr={slot:#x},chassis=1,slot={slot},io-reserve=0",
+            hotplug_port(*slot)
+        ));
+    }
+    if let Some(qmp) = &s.qmp {
+        push("-qmp");
+        push(&format!("unix:{},server=on,wait=off", qmp.display()));
+    }
     push("-fw_cfg");
     push(&format!("name={FW_CFG_NAME},file={}", s.config.display()));
     push("-serial");
@@ -174,6 +198,8 @@ mod tests {
             console: "/console.log".into(),
             channel: ChannelEnd::Unix("/ch.sock".into()),
             nics,
+            hotplug_slots: Vec::new(),
+            qmp: None,
         }
     }
 
@@ -204,6 +230,20 @@ mod tests {
         ), "{joined}");
         assert!(joined.contains("-netdev tap,fd=7,id=net1 -device virtio-net-pci,netdev=net1,mac=02:42:ac:12:00:02,bus=pcie.0,addr=0x9"), "{joined}");
         assert!(!joined.contains("-nic none"));
+        let mut hot = spec(Vec::new());
+        hot.hotplug_slots = vec![0x09];
+        hot.qmp = Some("qmp.sock".into());
+        let hot = args(&hot).join(" ");
+        assert!(
+            hot.contains(
+                "-device pcie-root-port,id=hp9,bus=pcie.0,addr=0x9,chassis=1,slot=9,io-reserve=0"
+            ),
+            "{hot}"
+        );
+        assert!(
+            hot.contains("-qmp unix:qmp.sock,server=on,wait=off"),
+            "{hot}"
+        );
         let none = args(&spec(Vec::new())).join(" ");
         assert!(none.contains("-nic none"), "{none}");
         assert!(!none.contains("-netdev"));

@@ -236,7 +236,7 @@ impl Engine {
 
     /// An endpoint on `net` for the NIC at `slot`; `siblings` are the container's endpoints so
     /// far. Called under the network lock (the addresses it assigns must stay unique).
-    fn new_endpoint(
+    pub(crate) fn new_endpoint(
         &self,
         net: &NetworkRecord,
         cfg: &Value,

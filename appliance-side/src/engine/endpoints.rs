@@ -273,7 +273,7 @@ pub(crate) struct Plugged {
 
 /// The tap of a container in a user network's namespace: `tap` and 12 hex digits of its id
 /// (15 bytes, the most an interface name holds).
-fn tap_name(id: &str) -> String {
+pub(crate) fn tap_name(id: &str) -> String {
     format!("tap{}", &id[..12])
 }
 

@@ -200,6 +200,9 @@ impl Engine {
                 cpus: rec.options.cpus,
                 transport,
                 volumes: volume_disks,
+                hotplug_slots: crate::engine::hotplug::hotplug_slots(&rec.options, |i| {
+                    self.nic_slot(i)
+                }),
                 nics,
             })
             .map_err(|e| self.start_refused(rec, EngineError::Internal(e.to_string())))?;

@@ -132,6 +132,7 @@ impl Engine {
                 volumes: volumes.disks,
                 // No network: nothing of the image runs.
                 nics: Vec::new(),
+                hotplug_slots: Vec::new(),
             })
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         if let Some(child) = launched.child {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod filters;
 pub mod guest_networks;
 pub mod health;
+pub mod hotplug;
 pub mod images;
 pub mod json;
 pub mod layers;

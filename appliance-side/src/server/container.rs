@@ -486,6 +486,9 @@ fn apply_control(
         }
         Control::Log { level, message } => logs.push((level, message)),
         Control::Network { endpoints } => state.network = endpoints,
+        Control::NetworkChanged { request, error } => {
+            events.push(Event::NetworkChanged { request, error })
+        }
         _ => {}
     }
 }

@@ -30,6 +30,11 @@ pub enum Event {
         session: SessionId,
         message: String,
     },
+    /// Tether's answer to a `NetworkAdd`/`NetworkRemove`: empty `error` when applied.
+    NetworkChanged {
+        request: u32,
+        error: String,
+    },
 }
 
 pub const EVENT_BUFFER: usize = 1024;

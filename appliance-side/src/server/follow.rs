@@ -65,6 +65,7 @@ impl SessionFollower {
             | Event::Exited { session, .. }
             | Event::Started { session }
             | Event::StartFailed { session, .. } => *session,
+            Event::NetworkChanged { .. } => return None,
         };
         if session != self.session {
             return None;

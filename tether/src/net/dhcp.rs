@@ -66,16 +66,15 @@ fn now_unix() -> u64 {
 /// Must be called inside a `LocalSet`.
 pub async fn start(net: &Rc<Network>, wait: Duration) {
     net.refresh();
-    let dhcp: Vec<usize> = net
+    let dhcp: Vec<String> = net
         .endpoints
         .borrow()
         .iter()
-        .enumerate()
-        .filter(|(_, ep)| ep.spec.is_dhcp())
-        .map(|(i, _)| i)
+        .filter(|ep| ep.spec.is_dhcp())
+        .map(|ep| ep.network.clone())
         .collect();
-    for i in dhcp {
-        tokio::task::spawn_local(run(net.clone(), i));
+    for network in dhcp {
+        start_client(net, &network);
     }
     let deadline = tokio::time::Instant::now() + wait;
     while !net.all_leased() {
@@ -94,22 +93,57 @@ enum Step {
     Stop,
 }
 
-/// Runs endpoint `i`'s client until shutdown. Must be spawned on a `LocalSet`.
-pub async fn run(net: Rc<Network>, i: usize) {
-    run_client(&net, i).await;
-    net.ended.set(net.ended.get() + 1);
-    net.ended_changed.notify_waiters();
+/// After a hot-added DHCP endpoint's NIC is up: its client started, and a moment
+/// ([`HOTPLUG_WAIT`](crate::net::runtime::HOTPLUG_WAIT)) given for its first lease.
+pub async fn hot_added(net: &Rc<Network>, network: &str) -> Result<(), String> {
+    start_client(net, network);
+    let leased = || {
+        net.endpoints
+            .borrow()
+            .iter()
+            .any(|ep| ep.network == network && ep.ipv4.is_some())
+    };
+    let wait = crate::net::runtime::HOTPLUG_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
+    while !leased() {
+        tokio::select! {
+            _ = net.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                // The client keeps trying; the report shows the endpoint's error meanwhile.
+                return Err(format!(
+                    "network {network:?}: no DHCP lease within {} s (the client keeps asking)",
+                    wait.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
-async fn run_client(net: &Network, i: usize) {
-    let Some((network, link)) = net
+/// Starts the DHCP client of the endpoint on `network`. Must be called inside a `LocalSet`.
+pub fn start_client(net: &Rc<Network>, network: &str) {
+    net.clients.borrow_mut().insert(network.to_string());
+    tokio::task::spawn_local(run(net.clone(), network.to_string()));
+}
+
+/// Runs the client of the endpoint on `network` until shutdown or the endpoint's removal.
+/// Must be spawned on a `LocalSet` (by [`start_client`]).
+pub async fn run(net: Rc<Network>, network: String) {
+    run_client(&net, &network).await;
+    net.client_ended(&network);
+}
+
+async fn run_client(net: &Network, network: &str) {
+    let Some(link) = net
         .endpoints
         .borrow()
-        .get(i)
-        .map(|ep| (ep.network.clone(), ep.link.clone()))
+        .iter()
+        .find(|ep| ep.network == network)
+        .map(|ep| ep.link.clone())
     else {
         return;
     };
+    let leave = net.leave_signal(network);
     let mut config = DhcpV4Config::new(&link.name);
     config.set_iface_index(link.index);
     if let Err(e) = config.set_iface_mac_raw(&link.mac) {
@@ -118,14 +152,14 @@ async fn run_client(net: &Network, i: usize) {
     }
     let hostname = net.spec.effective_hostname();
     config.set_host_name(hostname.split('.').next().unwrap_or(&hostname));
-    config.set_client_id(CLIENT_ID_OPAQUE, &client_id(&net.spec.id, &network));
+    config.set_client_id(CLIENT_ID_OPAQUE, &client_id(&net.spec.id, network));
     let mut leased: Option<DhcpV4Lease> = None;
     while !net.stopping.get() {
         let mut client = match DhcpV4Client::init(config.clone(), None).await {
             Ok(c) => c,
             Err(e) => {
                 crate::log::error(&format!("DHCP on {}: {e}", link.name));
-                if wait_or_stop(net, RETRY).await {
+                if wait_or_stop(net, &leave, RETRY).await {
                     return;
                 }
                 continue;
@@ -135,6 +169,7 @@ async fn run_client(net: &Network, i: usize) {
             let step = tokio::select! {
                 s = client.run() => Step::State(s),
                 _ = net.stop.notified() => Step::Stop,
+                _ = leave.notified() => Step::Stop,
             };
             match step {
                 Step::Stop => {
@@ -154,13 +189,13 @@ async fn run_client(net: &Network, i: usize) {
                         "DHCP on {}: {} for {} s from {}",
                         link.name, lease.yiaddr, lease.lease_time_sec, lease.srv_id
                     ));
-                    net.apply_lease(i, Some(lease_info(&lease, now_unix())));
+                    net.apply_lease(network, Some(lease_info(&lease, now_unix())));
                     leased = Some(*lease);
                 }
                 Step::State(Ok(DhcpV4State::InitReboot)) if leased.is_some() => {
                     crate::log::warn(&format!("DHCP on {}: the lease expired", link.name));
                     leased = None;
-                    net.apply_lease(i, None);
+                    net.apply_lease(network, None);
                 }
                 Step::State(Ok(state)) => {
                     crate::log::debug(&format!("DHCP on {}: {state}", link.name));
@@ -173,20 +208,21 @@ async fn run_client(net: &Network, i: usize) {
         }
         // The client is rebuilt after an error; a lease still held stays applied until its
         // new client's first answer (or expiry) says otherwise.
-        if wait_or_stop(net, RETRY).await {
+        if wait_or_stop(net, &leave, RETRY).await {
             return;
         }
     }
 }
 
-/// Sleeps `d`; true when shutdown came first.
-async fn wait_or_stop(net: &Network, d: Duration) -> bool {
+/// Sleeps `d`; true when shutdown (or the endpoint's removal) came first.
+async fn wait_or_stop(net: &Network, leave: &tokio::sync::Notify, d: Duration) -> bool {
     if net.stopping.get() {
         return true;
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => net.stopping.get(),
         _ = net.stop.notified() => true,
+        _ = leave.notified() => true,
     }
 }
 

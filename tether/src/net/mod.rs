@@ -127,55 +127,65 @@ impl Endpoint {
 pub fn bring_up(os: &dyn NetOs, spec: &ContainerSpec) -> Result<Vec<Endpoint>, NetError> {
     let mut out = Vec::new();
     for (network, e) in &spec.networks {
-        let found = slot::interface_at(os, e.slot).map_err(|problem| NetError::NicMissing {
-            network: network.clone(),
-            problem,
-        })?;
-        let mut ep = Endpoint {
-            network: network.clone(),
-            spec: e.clone(),
-            link: Link {
-                index: 0,
-                name: found.clone(),
-                mac: [0; 6],
-            },
-            ipv4: None,
-            gateway: None,
-            lease_dns: vec![],
-            lease: None,
-            error: String::new(),
-        };
-        ep.link = os
-            .link(&found)
-            .map_err(ep.setup_error("reading the link"))?;
-        if !e.interface.is_empty() && e.interface != found {
-            os.rename(ep.link.index, &e.interface)
-                .map_err(ep.setup_error(format!("renaming {found} to {}", e.interface)))?;
-            ep.link.name = e.interface.clone();
-        }
-        os.set_up(ep.link.index)
-            .map_err(ep.setup_error("bringing the link up"))?;
-        for &a in &e.static_ipv6 {
-            os.add_address(ep.link.index, a)
-                .map_err(ep.setup_error(format!("adding {a}")))?;
-        }
-        for r in ep.routes6() {
-            add_route(os, &ep, &r)?;
-        }
-        match e.static_ipv4 {
-            Some(a) => {
-                let gateway = e.network.gateway.map(|g| g.addr);
-                set_ipv4(os, &mut ep, Some((a, gateway)))?;
-            }
-            None => ep.error = "DHCP: no lease yet".into(),
-        }
-        out.push(ep);
+        out.push(bring_up_one(os, network, e)?);
     }
     if !out.is_empty() {
         os.set_firewall(&ruleset(&out))
             .map_err(NetError::Firewall)?;
     }
     Ok(out)
+}
+
+/// One endpoint's NIC found at its slot, renamed, brought up, with its static addresses and
+/// routes: at boot, and for a NIC hot-added later (net/runtime.rs).
+pub fn bring_up_one(
+    os: &dyn NetOs,
+    network: &str,
+    e: &NetworkEndpoint,
+) -> Result<Endpoint, NetError> {
+    let found = slot::interface_at(os, e.slot).map_err(|problem| NetError::NicMissing {
+        network: network.to_string(),
+        problem,
+    })?;
+    let mut ep = Endpoint {
+        network: network.to_string(),
+        spec: e.clone(),
+        link: Link {
+            index: 0,
+            name: found.clone(),
+            mac: [0; 6],
+        },
+        ipv4: None,
+        gateway: None,
+        lease_dns: vec![],
+        lease: None,
+        error: String::new(),
+    };
+    ep.link = os
+        .link(&found)
+        .map_err(ep.setup_error("reading the link"))?;
+    if !e.interface.is_empty() && e.interface != found {
+        os.rename(ep.link.index, &e.interface)
+            .map_err(ep.setup_error(format!("renaming {found} to {}", e.interface)))?;
+        ep.link.name = e.interface.clone();
+    }
+    os.set_up(ep.link.index)
+        .map_err(ep.setup_error("bringing the link up"))?;
+    for &a in &e.static_ipv6 {
+        os.add_address(ep.link.index, a)
+            .map_err(ep.setup_error(format!("adding {a}")))?;
+    }
+    for r in ep.routes6() {
+        add_route(os, &ep, &r)?;
+    }
+    match e.static_ipv4 {
+        Some(a) => {
+            let gateway = e.network.gateway.map(|g| g.addr);
+            set_ipv4(os, &mut ep, Some((a, gateway)))?;
+        }
+        None => ep.error = "DHCP: no lease yet".into(),
+    }
+    Ok(ep)
 }
 
 fn add_route(os: &dyn NetOs, ep: &Endpoint, r: &Route) -> Result<(), NetError> {

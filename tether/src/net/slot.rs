@@ -54,19 +54,20 @@ pub fn interface_at(os: &dyn NetOs, slot: PciSlot) -> Result<String, String> {
             }
         }
     }
-    // vmxnet3 is the PCI device's own driver (`net/` under it); virtio-net sits on a virtio
-    // device below it (`virtioN/net/`).
-    let mut net = dir.join("net");
-    if os.list_dir(&net).is_err() {
-        if let Some(v) = os
+    // A NIC hot-plugged under QEMU's q35 sits in the PCIe root port at its slot (the root
+    // complex itself takes no hot-plug): the port's one device at 00.0 is the NIC.
+    if net_dir(os, &dir).is_none() {
+        let below: Vec<String> = os
             .list_dir(&dir)
             .unwrap_or_default()
             .into_iter()
-            .find(|e| e.starts_with("virtio"))
-        {
-            net = dir.join(v).join("net");
+            .filter(|e| step_matches("0000:*:00.0", e))
+            .collect();
+        if let [one] = below.as_slice() {
+            dir.push(one);
         }
     }
+    let net = net_dir(os, &dir).unwrap_or_else(|| dir.join("net"));
     match os.list_dir(&net).unwrap_or_default().as_slice() {
         [name] => Ok(name.clone()),
         [] => Err(format!(
@@ -79,6 +80,21 @@ pub fn interface_at(os: &dyn NetOs, slot: PciSlot) -> Result<String, String> {
             net.display()
         )),
     }
+}
+
+/// The `net/` directory of the PCI device at `dir`: vmxnet3 is the PCI device's own driver
+/// (`net/` under it); virtio-net sits on a virtio device below it (`virtioN/net/`).
+fn net_dir(os: &dyn NetOs, dir: &std::path::Path) -> Option<PathBuf> {
+    let net = dir.join("net");
+    if os.list_dir(&net).is_ok() {
+        return Some(net);
+    }
+    os.list_dir(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.starts_with("virtio"))
+        .map(|v| dir.join(v).join("net"))
+        .filter(|n| os.list_dir(n).is_ok())
 }
 
 #[cfg(test)]
@@ -132,6 +148,28 @@ mod tests {
         assert_eq!(
             interface_at(&os, PciSlot::from_parts(0, 8, 0)).unwrap(),
             "eth0"
+        );
+    }
+
+    #[test]
+    fn a_hot_plugged_nic_is_found_in_the_root_port_at_its_slot() {
+        let os = Recording::default().nic(&["0000:00:09.0", "0000:02:00.0"], "eth1", 3);
+        assert_eq!(
+            interface_at(&os, PciSlot::from_parts(0, 9, 0)).unwrap(),
+            "eth1"
+        );
+        // An empty port is no NIC, and the error says where it looked.
+        let mut empty = Recording::default();
+        empty
+            .dirs
+            .insert(PCI_DEVICES.into(), vec!["0000:00:0a.0".into()]);
+        empty
+            .dirs
+            .insert(format!("{PCI_DEVICES}/0000:00:0a.0"), vec!["driver".into()]);
+        let e = interface_at(&empty, PciSlot::from_parts(0, 10, 0)).unwrap_err();
+        assert!(
+            e.contains("0000:00:0a.0") && e.contains("no net/ entry"),
+            "{e}"
         );
     }
 

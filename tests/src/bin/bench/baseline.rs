@@ -110,6 +110,8 @@ impl Baseline {
             console: self.dir.join("baseline-console.log"),
             channel,
             nics: Vec::new(),
+            hotplug_slots: Vec::new(),
+            qmp: None,
         });
         let launch = Instant::now();
         let mut vm = Command::new("timeout")
