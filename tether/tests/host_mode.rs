@@ -315,7 +315,9 @@ fn without_an_appliance_output_is_buffered_to_the_bound_then_the_process_waits()
         blocked_at,
         "the writer is blocked, not dropping"
     );
-    let buffer = wire::StreamConfig::default().out_capacity as u64;
+    // One stream alone: its own capacity, within the bound over all streams.
+    let cfg = wire::StreamConfig::default();
+    let buffer = cfg.out_capacity.min(cfg.out_total) as u64;
     let pipe = 64 * 1024;
     assert!(
         blocked_at * 4096 >= buffer && blocked_at * 4096 <= buffer + pipe + 2 * 4096,

@@ -43,6 +43,9 @@ impl Role {
 pub struct StreamConfig {
     /// Unacked bytes an outgoing data stream may hold before the writer is told to wait.
     pub out_capacity: usize,
+    /// Unacked bytes all outgoing data streams of the channel may hold together (see
+    /// [`Streams::writable`]): the bound on the sender's memory however many sessions stream.
+    pub out_total: usize,
     /// The same for the control stream.
     pub control_capacity: usize,
     /// Credit window granted on each incoming stream (>= INITIAL_CREDIT).
@@ -59,6 +62,9 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             out_capacity: 1 << 20,
+            // One stream alone may still fill its whole buffer (the stream rate wants a 1 MiB
+            // window under TCG); ten streaming sessions share it instead of taking 1 MiB each.
+            out_total: 1 << 20,
             control_capacity: 1 << 20,
             in_window: 256 * 1024,
             max_chunk: 16 * 1024,
@@ -186,6 +192,49 @@ impl Streams {
         self.out
             .entry(key)
             .or_insert_with(|| OutStream::new(capacity, INITIAL_CREDIT, rto))
+    }
+
+    /// Bytes the writer of outgoing stream `key` may add now; zero means wait for acks.
+    ///
+    /// The control stream has its own capacity. A data stream gets at most its own capacity,
+    /// at most what is left of `out_total` over all data streams (a hard bound), and at most a
+    /// fair share of `out_total`, split between it and the other streams holding bytes, so a
+    /// stream whose peer stopped acknowledging cannot take the whole budget from the others.
+    pub fn writable(&self, key: StreamKey) -> usize {
+        let Some(stream) = self.out.get(&key) else {
+            return 0;
+        };
+        if key == StreamKey::CONTROL {
+            return stream.writable();
+        }
+        let (mut total, mut others) = (0usize, 0usize);
+        for (k, s) in &self.out {
+            if *k != StreamKey::CONTROL {
+                total += s.buffered();
+                others += usize::from(*k != key && s.buffered() > 0);
+            }
+        }
+        let share = (self.cfg.out_total / (others + 1)).max(self.cfg.max_chunk);
+        stream
+            .writable()
+            .min(share.saturating_sub(stream.buffered()))
+            .min(self.cfg.out_total.saturating_sub(total))
+    }
+
+    /// Writes as much of `data` to outgoing stream `key` as [`writable`](Self::writable)
+    /// allows; returns how much that was.
+    pub fn write_out(&mut self, key: StreamKey, data: &[u8]) -> usize {
+        let n = data.len().min(self.writable(key));
+        self.out.get_mut(&key).map_or(0, |s| s.write(&data[..n]))
+    }
+
+    /// Unacknowledged bytes held by the outgoing data streams, and the memory their buffers
+    /// take (whole segments).
+    pub fn out_data_held(&self) -> (usize, usize) {
+        self.out
+            .iter()
+            .filter(|(k, _)| **k != StreamKey::CONTROL)
+            .fold((0, 0), |(b, a), (_, s)| (b + s.buffered(), a + s.allocated()))
     }
 
     pub fn out(&self, key: StreamKey) -> Option<&OutStream> {

@@ -12,9 +12,9 @@
 //!
 //! After a reconnect the receiver states its [`Position`]; the sender continues from there.
 
-use std::collections::VecDeque;
-
 use thiserror::Error;
+
+use ring::Ring;
 
 use crate::message::{Message, Position, StreamKey};
 
@@ -38,19 +38,6 @@ pub enum StreamError {
     OffsetOverflow,
 }
 
-/// Bytes `from..from + n` of a ring buffer, as the (up to) two slices they occupy (lent out
-/// whole: a byte iterator over a `VecDeque` was a fifth of tether's instructions per byte).
-fn ring_slices(buf: &VecDeque<u8>, from: usize, n: usize) -> [&[u8]; 2] {
-    let (a, b) = buf.as_slices();
-    if from < a.len() {
-        let take = n.min(a.len() - from);
-        [&a[from..from + take], &b[..n - take]]
-    } else {
-        let start = from - a.len();
-        [&b[start..start + n], &[]]
-    }
-}
-
 /// A chunk lent as two slices, copied into one buffer (slice copies, not a byte iterator).
 pub(crate) fn joined([a, b]: [&[u8]; 2]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(a.len() + b.len());
@@ -64,7 +51,7 @@ pub(crate) fn joined([a, b]: [&[u8]; 2]) -> Vec<u8> {
 pub struct OutStream {
     /// Offset of `buf[0]`: every byte below it is acknowledged.
     base: u64,
-    buf: VecDeque<u8>,
+    buf: Ring,
     capacity: usize,
     closed: bool,
     fin_acked: bool,
@@ -95,7 +82,7 @@ impl OutStream {
     pub fn starting_at(offset: u64, capacity: usize, limit: u64, rto_ms: u64) -> Self {
         Self {
             base: offset,
-            buf: VecDeque::new(),
+            buf: Ring::default(),
             capacity,
             closed: false,
             fin_acked: false,
@@ -158,6 +145,11 @@ impl OutStream {
         self.buf.len()
     }
 
+    /// Memory the buffer holds (whole segments): at most `buffered() / SEGMENT + 2` of them.
+    pub fn allocated(&self) -> usize {
+        self.buf.allocated()
+    }
+
     pub fn retransmits(&self) -> u64 {
         self.retransmits
     }
@@ -190,15 +182,17 @@ impl OutStream {
         self.probe_due = false;
         if self.sent < d_end {
             let allowed = self.limit.saturating_sub(self.sent).min(d_end - self.sent);
-            let n = (max_len as u64).min(allowed) as usize;
+            let from = (self.sent - self.base) as usize;
+            let n = (max_len as u64)
+                .min(allowed)
+                .min(self.buf.two_slice_span(from) as u64) as usize;
             if n == 0 {
                 return None;
             }
-            let from = (self.sent - self.base) as usize;
             let seq = self.sent;
             let fin = self.closed && seq + n as u64 == d_end;
             self.advance_sent(seq + n as u64 + u64::from(fin));
-            return Some(f(seq, ring_slices(&self.buf, from, n), fin));
+            return Some(f(seq, self.buf.slices(from, n), fin));
         }
         if self.closed && self.sent == d_end {
             self.advance_sent(d_end + 1);
@@ -224,7 +218,7 @@ impl OutStream {
         if upto > self.acked() {
             let d_end = self.data_end();
             let freed = (upto.min(d_end) - self.base) as usize;
-            self.buf.drain(..freed);
+            self.buf.drain_front(freed);
             self.base += freed as u64;
             if self.closed && upto == d_end + 1 {
                 self.fin_acked = true;
@@ -507,6 +501,10 @@ impl InStream {
         None
     }
 }
+
+mod ring;
+
+pub use ring::SEGMENT;
 
 #[cfg(test)]
 mod tests;

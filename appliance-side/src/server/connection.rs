@@ -77,8 +77,6 @@ impl Server {
                     return;
                 }
             };
-            // Reads need not hold a whole frame (the reader reassembles): 16 KiB keeps an idle
-            // channel cheap (server memory per channel is a benchmark goal) and reads big enough.
             rd.set_read_size(READ_BUFFER);
             let established =
                 self.established(&container, &hello, &mut rd, &mut wr, resync.as_deref());

@@ -33,8 +33,9 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PENDING_HANDSHAKES: u64 = 256;
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// Read size of an established channel. Reads need not hold a whole frame (the reader
-/// reassembles): 16 KiB keeps an idle channel cheap (server memory per channel is a benchmark
-/// goal) and reads big enough.
+/// reassembles); the buffer is one per worker thread, shared by every channel (`wire::io`), so
+/// an idle channel holds none. 16 KiB a read bounds what one streaming channel does per turn of
+/// the scheduler, which the other channels' latency waits on.
 pub(crate) const READ_BUFFER: usize = 16 * 1024;
 /// Read size before the peer has proved who it is.
 pub(crate) const HANDSHAKE_READ: usize = 4 * 1024;

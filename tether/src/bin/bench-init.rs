@@ -6,6 +6,12 @@
 //!   out N    copy N bytes of 100-byte text lines from a file to the port, as `cat` would
 //!   in N     read N bytes from the port, then write `done`
 //!   echo N   N times: read one byte from the port and write it back
+//!   relay-out N  a child `cat`s N bytes into a pipe; this process reads the pipe in 64 KiB
+//!                chunks and writes the port (the least any agent carrying stdout does)
+//!   relay-in N   reads the port and writes a pipe, a child reads it to its end; `done` after
+//!                the child has read all N bytes and exited
+//!   pty-echo N   N times: one byte from the port to a pty master, its echo by the terminal
+//!                (canonical mode, as a shell's `cat` has it) read back and written to the port
 //!
 //! (A bare number means `out N`.) Nothing here is part of a containerVM.
 
@@ -36,6 +42,9 @@ enum Task {
     Out(u64),
     In(u64),
     Echo(u64),
+    RelayOut(u64),
+    RelayIn(u64),
+    PtyEcho(u64),
 }
 
 fn task() -> Task {
@@ -50,6 +59,9 @@ fn task() -> Task {
     match verb {
         "in" => Task::In(n),
         "echo" => Task::Echo(n),
+        "relay-out" => Task::RelayOut(n),
+        "relay-in" => Task::RelayIn(n),
+        "pty-echo" => Task::PtyEcho(n),
         _ => Task::Out(n),
     }
 }
@@ -86,9 +98,94 @@ fn cat(path: &str, port: &mut File) -> std::io::Result<()> {
     }
 }
 
+/// A pipe: (read end, write end).
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Runs `child` in a forked process (which then exits); returns its pid.
+fn fork(child: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<libc::pid_t> {
+    // SAFETY: this process is single-threaded, so the child may run ordinary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            let code = i32::from(child().is_err());
+            // SAFETY: _exit ends the child without running the parent's cleanup.
+            unsafe { libc::_exit(code) }
+        }
+        pid => Ok(pid),
+    }
+}
+
+fn wait(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our variable.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Copies `from` to `to` in 64 KiB reads until `from` ends, or `limit` bytes.
+fn copy(from: &mut File, to: &mut File, mut limit: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while limit > 0 {
+        let want = limit.min(buf.len() as u64) as usize;
+        let n = from.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n])?;
+        limit -= n as u64;
+    }
+    Ok(())
+}
+
+/// The pty echo relay: port -> master, the terminal's echo master -> port, one byte each way.
+fn pty_echo(port: &mut File, n: u64) -> std::io::Result<()> {
+    let (mut master, mut secondary) = (-1, -1);
+    // SAFETY: openpty writes two descriptors; the name, termios and winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut secondary,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nothing else. The secondary end stays
+    // open (a reader would hold it); its default termios is canonical with echo.
+    let (mut master, _secondary): (File, File) = unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(master),
+            std::os::fd::FromRawFd::from_raw_fd(secondary),
+        )
+    };
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        port.read_exact(&mut b)?;
+        master.write_all(&b)?;
+        master.read_exact(&mut b)?;
+        port.write_all(&b)?;
+    }
+    Ok(())
+}
+
 fn serve(port: &mut File, task: Task) -> std::io::Result<()> {
     // The file is made before the line, so the host times only the copy.
-    if let Task::Out(n @ 1..) = task {
+    if let Task::Out(n @ 1..) | Task::RelayOut(n @ 1..) = task {
         make_file("/bench.data", n)?;
     }
     port.write_all(b"bench-init: up\n")?;
@@ -115,6 +212,32 @@ fn serve(port: &mut File, task: Task) -> std::io::Result<()> {
             }
             Ok(())
         }
+        Task::RelayOut(n) => {
+            let (mut rd, mut wr) = pipe()?;
+            // The closure takes the write end: the parent's copy closes when it drops, so the
+            // read below sees the end when the child is done.
+            let child = fork(move || cat("/bench.data", &mut wr))?;
+            copy(&mut rd, port, n)?;
+            wait(child);
+            port.flush()
+        }
+        Task::RelayIn(n) => {
+            let (mut rd, mut wr) = pipe()?;
+            let wr_fd = std::os::fd::AsRawFd::as_raw_fd(&wr);
+            // The closure takes the read end (the parent's copy closes when it drops).
+            let child = fork(move || {
+                // SAFETY: the child's copy of the write end, closed so the reader sees the end.
+                unsafe { libc::close(wr_fd) };
+                let mut sink = vec![0u8; 64 * 1024];
+                while rd.read(&mut sink)? > 0 {}
+                Ok(())
+            })?;
+            copy(port, &mut wr, n)?;
+            drop(wr);
+            wait(child);
+            port.write_all(b"done\n")
+        }
+        Task::PtyEcho(n) => pty_echo(port, n),
     }
 }
 

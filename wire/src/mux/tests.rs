@@ -275,3 +275,94 @@ fn rolled_back_data_and_control_come_again_on_the_senders_timer() {
     assert_eq!(records, vec![exited]);
     assert!(guest.out(out).unwrap().is_finished());
 }
+
+/// Ten sessions streaming to a peer that never acknowledges: together their outgoing streams
+/// hold no more than `out_total` (a writer that keeps asking gets nothing more), each one gets
+/// a share (none is shut out by the others), and their buffers' memory follows what they hold.
+/// Once the peer acknowledges, output resumes and every byte arrives in order.
+#[test]
+fn ten_streams_never_hold_more_than_the_global_bound_and_resume_on_acks() {
+    let cfg = StreamConfig::default();
+    let bound = cfg.out_total;
+    let mut guest = Streams::new(Role::Guest, cfg.clone());
+    let mut server = Streams::new(
+        Role::Appliance,
+        StreamConfig {
+            in_window: 4 << 20,
+            ..cfg.clone()
+        },
+    );
+    let keys: Vec<StreamKey> = (1..=10)
+        .map(|s| StreamKey::new(s, StreamKind::Stdout))
+        .collect();
+    // Each stream's bytes name their stream, so a mix-up would show.
+    let block = |k: StreamKey, n: usize| vec![k.session as u8; n];
+    let fill = |guest: &mut Streams| {
+        for _ in 0..100 {
+            for &k in &keys {
+                guest.open_out(k);
+                let room = guest.writable(k);
+                assert_eq!(guest.write_out(k, &block(k, 64 * 1024)), room.min(64 * 1024));
+            }
+        }
+    };
+    fill(&mut guest);
+    let (held, allocated) = guest.out_data_held();
+    // Shares of the budget are whole bytes: up to one byte per stream of it may go unused.
+    assert!(held <= bound && held + keys.len() >= bound, "{held} of {bound}");
+    for &k in &keys {
+        let b = guest.out(k).unwrap().buffered();
+        assert!(b >= bound / 20, "stream {k:?} got only {b} bytes");
+        assert_eq!(guest.writable(k), 0);
+    }
+    assert!(allocated <= bound + 2 * keys.len() * crate::stream::SEGMENT);
+
+    // Everything goes on the line; the server takes it but acknowledges nothing yet.
+    let mut received: BTreeMap<StreamKey, Vec<u8>> = BTreeMap::new();
+    let mut deliver = |guest: &mut Streams, server: &mut Streams, ack: bool| {
+        while let Some(m) = guest.poll_transmit() {
+            if let Inbound::Data { key, bytes, .. } = server.on_message(m).unwrap() {
+                if ack {
+                    server.release(key, bytes.len() as u64);
+                }
+                received.entry(key).or_default().extend_from_slice(&bytes);
+            }
+        }
+    };
+    deliver(&mut guest, &mut server, false);
+    fill(&mut guest);
+    assert_eq!(guest.out_data_held().0, held, "sent but unacked still counts");
+
+    // The peer acknowledges what it holds: the streams have room again and output resumes.
+    for &k in &keys {
+        let n = server.in_stream(k).unwrap().received() - server.in_stream(k).unwrap().released();
+        server.release(k, n);
+    }
+    while let Some(m) = server.poll_transmit() {
+        guest.on_message(m).unwrap();
+    }
+    assert!(guest.out_data_held().0 < held, "acked bytes are freed");
+    for &k in &keys {
+        assert!(guest.writable(k) > 0, "{k:?} has room again");
+    }
+    for round in 0..20 {
+        fill(&mut guest);
+        assert!(guest.out_data_held().0 <= bound, "round {round}");
+        deliver(&mut guest, &mut server, true);
+        while let Some(m) = server.poll_transmit() {
+            guest.on_message(m).unwrap();
+        }
+    }
+    for _ in 0..10 {
+        deliver(&mut guest, &mut server, true);
+        while let Some(m) = server.poll_transmit() {
+            guest.on_message(m).unwrap();
+        }
+    }
+    assert_eq!(guest.out_data_held(), (0, 0), "all acked, all freed");
+    for &k in &keys {
+        let got = &received[&k];
+        assert!(got.len() > 2 * bound / keys.len(), "{k:?}: {} bytes", got.len());
+        assert!(got.iter().all(|&b| b == k.session as u8), "{k:?} mixed up");
+    }
+}

@@ -173,8 +173,18 @@ impl Baseline {
     /// bench-init `cat`s `bytes` to the port; the host only reads. Bytes/s from its first line to
     /// the last byte.
     pub fn stdout_rate(&self, bytes: u64, via: Via) -> f64 {
+        self.read_rate("out", bytes, via)
+    }
+
+    /// The same bytes through bench-init's pipe relay (a child `cat`s them into a pipe, the
+    /// relay reads it and writes the port).
+    pub fn relay_stdout_rate(&self, bytes: u64) -> f64 {
+        self.read_rate("relay-out", bytes, Via::Virtio)
+    }
+
+    fn read_rate(&self, verb: &str, bytes: u64, via: Via) -> f64 {
         let mut b = self
-            .try_boot(&format!("out {bytes}"), "tcg", 300, via)
+            .try_boot(&format!("{verb} {bytes}"), "tcg", 300, via)
             .unwrap_or_else(|e| panic!("{e}"));
         let mut got = b.extra.len() as u64;
         let start = Instant::now();
@@ -192,7 +202,17 @@ impl Baseline {
     /// The host writes `bytes` to the port; bench-init reads them and answers `done`. Bytes/s
     /// from the first write to that answer.
     pub fn stdin_rate(&self, bytes: u64) -> f64 {
-        let mut b = self.boot(&format!("in {bytes}"), "tcg");
+        self.write_rate("in", bytes)
+    }
+
+    /// The same through bench-init's relay: port -> relay -> pipe -> a reading child; `done`
+    /// once the child has read everything.
+    pub fn relay_stdin_rate(&self, bytes: u64) -> f64 {
+        self.write_rate("relay-in", bytes)
+    }
+
+    fn write_rate(&self, verb: &str, bytes: u64) -> f64 {
+        let mut b = self.boot(&format!("{verb} {bytes}"), "tcg");
         let block = vec![b'0'; 64 * 1024];
         let start = Instant::now();
         let mut left = bytes;
@@ -215,7 +235,16 @@ impl Baseline {
 
     /// `n` one-byte round trips through bench-init's echo loop; each in ms.
     pub fn echo_ms(&self, n: usize) -> Vec<f64> {
-        let mut b = self.boot(&format!("echo {n}"), "tcg");
+        self.echo_task_ms("echo", n)
+    }
+
+    /// `n` one-byte round trips through bench-init's pty relay (the terminal echoes); each in ms.
+    pub fn pty_echo_ms(&self, n: usize) -> Vec<f64> {
+        self.echo_task_ms("pty-echo", n)
+    }
+
+    fn echo_task_ms(&self, verb: &str, n: usize) -> Vec<f64> {
+        let mut b = self.boot(&format!("{verb} {n}"), "tcg");
         let mut out = Vec::with_capacity(n);
         let mut byte = [0u8; 1];
         for _ in 0..n {

@@ -1,6 +1,7 @@
 //! Tether's footprint: its RSS as an ordinary process (the same static binary the VMs boot),
 //! idle and with ten sessions streaming.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,9 @@ use e2e::Appliance;
 
 use crate::util::rss;
 
-/// tether (the static release binary) as an ordinary process with one idle session, then with
-/// ten sessions streaming: its RSS in KiB (idle VmRSS, peak VmHWM while streaming).
-pub fn tether_memory() -> (u64, u64) {
+/// tether (a static release binary, `bin`) as an ordinary process with one idle session, then
+/// with ten sessions streaming: its RSS in KiB (idle VmRSS, peak VmHWM while streaming).
+pub fn tether_memory(bin: &Path) -> (u64, u64) {
     let app = Appliance::start("bench-rss");
     let (rec, _) = appliance::store::records::create(
         &app.home,
@@ -21,7 +22,6 @@ pub fn tether_memory() -> (u64, u64) {
         },
     )
     .unwrap();
-    let bin = e2e::workspace().join("target/x86_64-unknown-linux-musl/release/tether");
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(app.home.container(&rec.id).join("config.vmx"))
@@ -60,4 +60,12 @@ pub fn tether_memory() -> (u64, u64) {
     let _ = child.kill();
     let _ = child.wait();
     (idle, peak)
+}
+
+/// The tether binary this tree builds, and, with `BENCH_TETHER_BASELINE=PATH`, another one
+/// (an older build) to measure beside it in the same run.
+pub fn binaries() -> (PathBuf, Option<PathBuf>) {
+    let ours = e2e::workspace().join("target/x86_64-unknown-linux-musl/release/tether");
+    let baseline = std::env::var_os("BENCH_TETHER_BASELINE").map(PathBuf::from);
+    (ours, baseline)
 }

@@ -85,8 +85,10 @@ fn main() {
 
     if selected("stream") {
         let (mut t_tp, mut b_tp, mut com, mut b_com) = (vec![], vec![], vec![], vec![]);
+        let mut relay_tp = vec![];
         for i in 0..runs {
             let raw = baseline.stdout_rate(STREAM_BYTES, Via::Virtio) / 1e6;
+            let relay = baseline.relay_stdout_rate(STREAM_BYTES) / 1e6;
             let raw_com = baseline.stdout_rate(COM_STREAM_BYTES, Via::Com) / 1e6;
             let ours = guest::boot_and_stream(STREAM_BYTES, Transport::Virtio)
                 .throughput
@@ -97,38 +99,60 @@ fn main() {
                 .unwrap()
                 / 1e6;
             eprintln!(
-                "  stream {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s; COM: tether {serial:.2} MB/s, raw {raw_com:.2} MB/s"
+                "  stream {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s, relay {relay:.1} MB/s; COM: tether {serial:.2} MB/s, raw {raw_com:.2} MB/s"
             );
             t_tp.push(ours);
             b_tp.push(raw);
+            relay_tp.push(relay);
             com.push(serial);
             b_com.push(raw_com);
         }
-        r.stream(&t_tp, &b_tp, &com, &b_com);
+        r.stream(&t_tp, &b_tp, &relay_tp, &com, &b_com);
     }
 
     if selected("interactive") {
         let (mut t_in, mut b_in, mut t_echo, mut b_echo) = (vec![], vec![], vec![], vec![]);
+        let (mut r_in, mut p_echo) = (vec![], vec![]);
         for i in 0..runs {
             let raw = baseline.stdin_rate(STDIN_BYTES) / 1e6;
+            let relay = baseline.relay_stdin_rate(STDIN_BYTES) / 1e6;
             let ours = guest::stdin_rate(STDIN_BYTES) / 1e6;
             let raw_echo = baseline.echo_ms(ECHOES);
+            let pty_echo = baseline.pty_echo_ms(ECHOES);
             let echo = guest::tty_echo_ms(ECHOES);
             eprintln!(
-                "  stdin {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s; echo p50 tether {:.2} ms, raw {:.2} ms",
+                "  stdin {i}: tether {ours:.1} MB/s, raw {raw:.1} MB/s, relay {relay:.1} MB/s; echo p50 tether {:.2} ms, raw {:.2} ms, pty relay {:.2} ms",
                 percentile(&echo, 50.0),
-                percentile(&raw_echo, 50.0)
+                percentile(&raw_echo, 50.0),
+                percentile(&pty_echo, 50.0)
             );
             t_in.push(ours);
             b_in.push(raw);
+            r_in.push(relay);
             t_echo.extend(echo);
             b_echo.extend(raw_echo);
+            p_echo.extend(pty_echo);
         }
-        r.interactive(&t_in, &b_in, &t_echo, &b_echo);
+        r.interactive([&t_in, &b_in, &r_in], [&t_echo, &b_echo, &p_echo]);
     }
 
     if selected("footprint") {
-        let (idle, peak) = footprint::tether_memory();
+        // Alternating with the baseline binary when there is one; RSS varies little from run
+        // to run (it is not timing), so three of each.
+        let (ours, baseline_bin) = footprint::binaries();
+        let (mut idle, mut peak, mut b_idle, mut b_peak) = (vec![], vec![], vec![], vec![]);
+        for i in 0..runs.min(3) {
+            let (a, b) = footprint::tether_memory(&ours);
+            eprintln!("  footprint {i}: tether idle {a} KiB, peak with ten streams {b} KiB");
+            idle.push(a as f64);
+            peak.push(b as f64);
+            if let Some(bin) = &baseline_bin {
+                let (a, b) = footprint::tether_memory(bin);
+                eprintln!("  footprint {i}: baseline idle {a} KiB, peak {b} KiB");
+                b_idle.push(a as f64);
+                b_peak.push(b as f64);
+            }
+        }
         let mut iso_ms = Vec::new();
         for _ in 0..runs {
             let out = dir.join("bench.iso");
@@ -142,23 +166,39 @@ fn main() {
             .unwrap();
             iso_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        r.footprint(idle, peak, &iso_ms);
+        let baseline = baseline_bin.map(|bin| (bin, b_idle, b_peak));
+        r.footprint(&idle, &peak, baseline.as_ref(), &iso_ms);
     }
 
     if selected("scale") {
-        util::raise_fd_limit(65_536);
+        let sizes = scale::sizes();
+        // Two fds per channel here (the guests' ends) and one in the server, plus headroom.
+        util::raise_fd_limit(sizes.iter().max().map_or(0, |n| *n as u64) * 2 + 4096);
+        let (ours, baseline_bin) = scale::binaries();
         let mut scale_runs = Vec::new();
-        for n in [1_000usize, 10_000] {
-            let s = scale::server_scale(n);
-            eprintln!(
-                "  server scale {n}: {} -> {} KiB; exec p50 {:.1} ms idle, {:.1} ms loaded; {:.1} MB/s aggregate",
-                s.rss_before_kib,
-                s.rss_connected_kib,
-                percentile(&s.exec_idle_ms, 50.0),
-                percentile(&s.exec_loaded_ms, 50.0),
-                s.aggregate / 1e6
+        for n in sizes {
+            let servers = std::iter::once((ours.clone(), "this tree".to_string())).chain(
+                baseline_bin
+                    .iter()
+                    .map(|b| (b.clone(), format!("baseline `{}`", b.display()))),
             );
-            scale_runs.push(s);
+            for (bin, label) in servers {
+                let mut s = scale::server_scale(n, &bin);
+                s.server = label;
+                eprintln!(
+                    "  server scale {n} ({}): {} -> {} KiB; exec p50/p99 {:.1}/{:.1} ms idle, {:.1}/{:.1} ms loaded; {:.1} MB/s aggregate",
+                    s.server,
+                    s.rss_before_kib,
+                    s.rss_connected_kib,
+                    percentile(&s.exec_idle_ms, 50.0),
+                    percentile(&s.exec_idle_ms, 99.0),
+                    percentile(&s.exec_loaded_ms, 50.0),
+                    percentile(&s.exec_loaded_ms, 99.0),
+                    s.aggregate / 1e6
+                );
+                eprintln!("    loaded phases p50/p99: {}", scale::phases(&s));
+                scale_runs.push(s);
+            }
         }
         r.scale(&scale_runs);
     }

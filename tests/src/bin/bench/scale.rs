@@ -3,6 +3,7 @@
 //! idle channel; docker-API exec round trips, idle and with 100 channels streaming; the
 //! aggregate rate those streams are persisted at.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ pub const EXECS: usize = 200;
 const LOAD_SECS: u64 = 5;
 
 pub struct ScaleRun {
+    /// Which server binary: "this tree" or the baseline's path.
+    pub server: String,
     pub channels: usize,
     pub rss_before_kib: u64,
     pub rss_connected_kib: u64,
@@ -31,6 +34,8 @@ pub struct ScaleRun {
     /// Exec round trips (ms) with every channel idle, then with STREAMERS streaming.
     pub exec_idle_ms: Vec<f64>,
     pub exec_loaded_ms: Vec<f64>,
+    /// The loaded round trips' phases (see `exec_round_trip`).
+    pub exec_loaded_phases: Vec<[f64; 3]>,
     /// Bytes/s the server persisted and acknowledged, summed over the streaming channels.
     pub aggregate: f64,
     pub server_cpu_secs_loaded: f64,
@@ -53,9 +58,11 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// One exec through the docker Engine API as `docker exec` does it: create, start with the
-/// output attached until the stream ends, inspect for the exit code. Milliseconds.
-async fn exec_round_trip(client: &Client, container: &str) -> f64 {
+/// output attached until the stream ends, inspect for the exit code. Milliseconds: in all, and
+/// its three phases (create; start until the output ends; inspect until the exit code).
+async fn exec_round_trip(client: &Client, container: &str) -> (f64, [f64; 3]) {
     let t = Instant::now();
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
     let created = client
         .json(
             "POST",
@@ -65,6 +72,7 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
         .await
         .unwrap_or_else(|e| panic!("exec create: {e}"));
     let exec_id = created["Id"].as_str().expect("exec id").to_string();
+    let created_ms = ms(t);
     let mut io = client
         .hijack(
             &format!("/exec/{exec_id}/start"),
@@ -80,6 +88,7 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
         "exec output {:?}",
         String::from_utf8_lossy(&output)
     );
+    let output_ms = ms(t);
     loop {
         let v = client
             .json("GET", &format!("/exec/{exec_id}/json"), None)
@@ -91,11 +100,32 @@ async fn exec_round_trip(client: &Client, container: &str) -> f64 {
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    t.elapsed().as_secs_f64() * 1000.0
+    let total = ms(t);
+    (
+        total,
+        [created_ms, output_ms - created_ms, total - output_ms],
+    )
 }
 
-pub fn server_scale(n: usize) -> ScaleRun {
-    let appliance_bin = release_binary("appliance-side", "appliance", None);
+/// The `appliance` binary this tree builds, and, with `BENCH_APPLIANCE_BASELINE=PATH`, another
+/// one (an older build) to run the same way beside it.
+pub fn binaries() -> (PathBuf, Option<PathBuf>) {
+    let ours = release_binary("appliance-side", "appliance", None);
+    (
+        ours,
+        std::env::var_os("BENCH_APPLIANCE_BASELINE").map(PathBuf::from),
+    )
+}
+
+/// Channel counts to measure: `BENCH_SCALE=1000,10000` overrides.
+pub fn sizes() -> Vec<usize> {
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000])
+}
+
+pub fn server_scale(n: usize, appliance_bin: &Path) -> ScaleRun {
     let root = std::env::temp_dir().join(format!("bench-scale-{n}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let home = Home::at(&root);
@@ -183,7 +213,7 @@ pub fn server_scale(n: usize) -> ScaleRun {
     let mut exec_idle_ms = Vec::with_capacity(EXECS);
     for _ in 0..EXECS {
         let c = next_container();
-        exec_idle_ms.push(client_rt.block_on(exec_round_trip(&client, &c)));
+        exec_idle_ms.push(client_rt.block_on(exec_round_trip(&client, &c)).0);
     }
 
     // The loaded phase: the first STREAMERS channels stream while execs go to the others.
@@ -200,14 +230,16 @@ pub fn server_scale(n: usize) -> ScaleRun {
     std::thread::sleep(Duration::from_secs(1));
     let (a0, t0, cpu0) = (acked(), Instant::now(), cpu_secs(server.id()));
     let mut exec_loaded_ms = Vec::with_capacity(EXECS);
+    let mut exec_loaded_phases = Vec::with_capacity(EXECS);
     while exec_loaded_ms.len() < EXECS || t0.elapsed() < Duration::from_secs(LOAD_SECS) {
         let c = next_container();
         if ids[..STREAMERS.min(n)].iter().any(|(id, _)| *id == c) {
             continue;
         }
-        let ms = client_rt.block_on(exec_round_trip(&client, &c));
+        let (ms, phases) = client_rt.block_on(exec_round_trip(&client, &c));
         if exec_loaded_ms.len() < EXECS {
             exec_loaded_ms.push(ms);
+            exec_loaded_phases.push(phases);
         }
     }
     let (a1, secs, cpu1) = (acked(), t0.elapsed().as_secs_f64(), cpu_secs(server.id()));
@@ -220,12 +252,14 @@ pub fn server_scale(n: usize) -> ScaleRun {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&root);
     ScaleRun {
+        server: String::new(),
         channels: n,
         rss_before_kib,
         rss_connected_kib,
         connect_secs,
         exec_idle_ms,
         exec_loaded_ms,
+        exec_loaded_phases,
         aggregate: (a1 - a0) as f64 / secs,
         server_cpu_secs_loaded: (cpu1 - cpu0) / secs,
     }
@@ -236,7 +270,8 @@ pub fn rows(runs: &[ScaleRun]) -> String {
     let mut s = String::new();
     for r in runs {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} MB/s ({:.0}% of a core) |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} MB/s ({:.0}% of a core) |\n",
+            r.server,
             r.channels,
             r.rss_before_kib,
             r.rss_connected_kib,
@@ -251,4 +286,21 @@ pub fn rows(runs: &[ScaleRun]) -> String {
         ));
     }
     s
+}
+
+/// p50 / p99 of each phase of the loaded round trips, for the log and the notes.
+pub fn phases(r: &ScaleRun) -> String {
+    let names = ["create", "start to end of output", "inspect to exit code"];
+    (0..3)
+        .map(|i| {
+            let v: Vec<f64> = r.exec_loaded_phases.iter().map(|p| p[i]).collect();
+            format!(
+                "{} {:.1}/{:.1} ms",
+                names[i],
+                percentile(&v, 50.0),
+                percentile(&v, 99.0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
