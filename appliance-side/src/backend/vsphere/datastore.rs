@@ -137,12 +137,23 @@ impl VsphereBackend {
             .map_err(|e| {
                 VsphereError::Setup(format!("converting {} to VMDK: {e}", image_disk.display()))
             })?;
+        self.put_whole(local, rel, "disk").await
+    }
+
+    /// PUTs `local` to the datastore under a temporary name and renames it to `rel`, so that
+    /// `rel` only ever names a whole file; on failure the temporary name goes (it may not
+    /// exist). `what` names the file in errors.
+    pub(super) async fn put_whole(
+        &self,
+        local: &Path,
+        rel: &str,
+        what: &str,
+    ) -> Result<(), VsphereError> {
         let part = format!(
             "{rel}.part-{}",
             crate::store::atomic::hex(&crate::store::atomic::random::<6>())
         );
-        let put = self.put(local, &part).await;
-        let moved = match put {
+        let moved = match self.put(local, &part).await {
             Ok(()) => self
                 .vim
                 .move_file(
@@ -151,11 +162,10 @@ impl VsphereBackend {
                     &self.ds_path(rel),
                 )
                 .await
-                .map_err(api(format!("renaming the uploaded disk to {rel}"))),
+                .map_err(api(format!("renaming the uploaded {what} to {rel}"))),
             Err(e) => Err(e),
         };
         if moved.is_err() {
-            // Nothing half-written left: the temporary name goes (it may not exist).
             let _ = self
                 .vim
                 .delete_file(&self.datacenter_ref, &self.ds_path(&part))

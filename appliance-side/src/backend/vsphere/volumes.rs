@@ -60,29 +60,7 @@ impl VsphereBackend {
         .map_err(|e| VsphereError::Setup(format!("converting the volume's disk: {e}")))?
         .map_err(|e| VsphereError::Setup(format!("converting {} to VMDK: {e}", disk.display())))?;
         self.put(flat, &flat_of(rel)).await?;
-        let part = format!(
-            "{rel}.part-{}",
-            crate::store::atomic::hex(&crate::store::atomic::random::<6>())
-        );
-        let moved = match self.put(local, &part).await {
-            Ok(()) => self
-                .vim
-                .move_file(
-                    &self.datacenter_ref,
-                    &self.ds_path(&part),
-                    &self.ds_path(rel),
-                )
-                .await
-                .map_err(api(format!("renaming the uploaded descriptor to {rel}"))),
-            Err(e) => Err(e),
-        };
-        if moved.is_err() {
-            let _ = self
-                .vim
-                .delete_file(&self.datacenter_ref, &self.ds_path(&part))
-                .await;
-        }
-        moved
+        self.put_whole(local, rel, "descriptor").await
     }
 
     /// Detaches the VM's volume disks, keeping their files.
