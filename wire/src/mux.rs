@@ -234,7 +234,9 @@ impl Streams {
         self.out
             .iter()
             .filter(|(k, _)| **k != StreamKey::CONTROL)
-            .fold((0, 0), |(b, a), (_, s)| (b + s.buffered(), a + s.allocated()))
+            .fold((0, 0), |(b, a), (_, s)| {
+                (b + s.buffered(), a + s.allocated())
+            })
     }
 
     pub fn out(&self, key: StreamKey) -> Option<&OutStream> {

@@ -302,14 +302,20 @@ fn ten_streams_never_hold_more_than_the_global_bound_and_resume_on_acks() {
             for &k in &keys {
                 guest.open_out(k);
                 let room = guest.writable(k);
-                assert_eq!(guest.write_out(k, &block(k, 64 * 1024)), room.min(64 * 1024));
+                assert_eq!(
+                    guest.write_out(k, &block(k, 64 * 1024)),
+                    room.min(64 * 1024)
+                );
             }
         }
     };
     fill(&mut guest);
     let (held, allocated) = guest.out_data_held();
     // Shares of the budget are whole bytes: up to one byte per stream of it may go unused.
-    assert!(held <= bound && held + keys.len() >= bound, "{held} of {bound}");
+    assert!(
+        held <= bound && held + keys.len() >= bound,
+        "{held} of {bound}"
+    );
     for &k in &keys {
         let b = guest.out(k).unwrap().buffered();
         assert!(b >= bound / 20, "stream {k:?} got only {b} bytes");
@@ -331,7 +337,11 @@ fn ten_streams_never_hold_more_than_the_global_bound_and_resume_on_acks() {
     };
     deliver(&mut guest, &mut server, false);
     fill(&mut guest);
-    assert_eq!(guest.out_data_held().0, held, "sent but unacked still counts");
+    assert_eq!(
+        guest.out_data_held().0,
+        held,
+        "sent but unacked still counts"
+    );
 
     // The peer acknowledges what it holds: the streams have room again and output resumes.
     for &k in &keys {
@@ -362,7 +372,11 @@ fn ten_streams_never_hold_more_than_the_global_bound_and_resume_on_acks() {
     assert_eq!(guest.out_data_held(), (0, 0), "all acked, all freed");
     for &k in &keys {
         let got = &received[&k];
-        assert!(got.len() > 2 * bound / keys.len(), "{k:?}: {} bytes", got.len());
+        assert!(
+            got.len() > 2 * bound / keys.len(),
+            "{k:?}: {} bytes",
+            got.len()
+        );
         assert!(got.iter().all(|&b| b == k.session as u8), "{k:?} mixed up");
     }
 }

@@ -121,7 +121,9 @@ mod tests {
                 if from > model.len() {
                     continue;
                 }
-                let n = ring.two_slice_span(from).min((x >> 20) as usize % (SEGMENT + 7));
+                let n = ring
+                    .two_slice_span(from)
+                    .min((x >> 20) as usize % (SEGMENT + 7));
                 let [a, b] = ring.slices(from, n);
                 assert_eq!([a, b].concat(), &model[from..from + n], "round {round}");
             }
