@@ -80,7 +80,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
             "run",
             "-d",
             "--name",
-            "a",
+            "alpha",
             "-u",
             "0",
             "--network",
