@@ -332,6 +332,10 @@ pub fn prepare_root(
     // even the mount points of /proc, /sys and /dev (and a layer's own sys/ or dev/ entries
     // must land on the disk, not on a kernel filesystem mounted over it).
     if spec.main_session().is_some_and(|s| s.is_hold()) {
+        // Its volumes, though, at their paths: a copy under one reaches the volume, as in the
+        // running container. (A layer build has none.)
+        let read_only = volumes::mount_all(os, &root, spec)?;
+        volumes::seal(os, &read_only)?;
         return loopback(os, root);
     }
     mount_all(os, &root, &ROOT_MOUNTS)?;
