@@ -326,7 +326,7 @@ fn volumes_keep_data_ownership_and_their_filesystem_across_containers_kills_and_
         &app,
         &["cp", copied.to_str().unwrap(), "never-ran:/home/app/copied"],
     );
-    ok(&app, &["rm", "never-ran"]);
+    ok(&app, &["rm", "-v", "never-ran"]);
 
     // Boot 2: the next container reads what the first wrote, through a read-only mount that
     // even root cannot write. While it runs, the volume is in use.
