@@ -562,6 +562,31 @@ impl Appliance {
         text(&self.docker(&["logs", name]).stdout)
     }
 
+    /// The console of the container named `name` (its id looked up with docker inspect).
+    pub fn console_of(&self, name: &str) -> String {
+        let id = text(&self.docker(&["inspect", "-f", "{{.Id}}", name]).stdout);
+        self.console(id.trim())
+    }
+
+    /// `docker exec NAME sh -c SCRIPT` until it succeeds within `secs`; its stdout.
+    pub fn exec_until(&self, name: &str, script: &str, secs: u64) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.docker(&["exec", name, "sh", "-c", script]);
+            if out.status.success() {
+                return text(&out.stdout);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "docker exec {name} {script:?} never succeeded: {}{}\nconsole:\n{}",
+                text(&out.stdout),
+                text(&out.stderr),
+                self.console_of(name)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     pub fn console(&self, id: &str) -> String {
         String::from_utf8_lossy(
             &std::fs::read(self.home.container(id).join("console.log")).unwrap_or_default(),

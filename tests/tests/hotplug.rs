@@ -6,36 +6,10 @@
 //! takes the NIC out again and the peer is unreachable. Traffic stays inside the namespaces the
 //! appliance makes; its guard removes them, also when the test fails.
 
-use std::time::{Duration, Instant};
-
 use e2e::{busybox_image_archive, text, Appliance};
 
 fn ok(app: &Appliance, args: &[&str]) -> String {
     app.docker_ok(args)
-}
-
-fn console_of(app: &Appliance, name: &str) -> String {
-    let id = text(&app.docker(&["inspect", "-f", "{{.Id}}", name]).stdout);
-    app.console(id.trim())
-}
-
-/// `docker exec NAME sh -c SCRIPT` until it succeeds; its stdout.
-fn exec_until(app: &Appliance, name: &str, script: &str, secs: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let out = app.docker(&["exec", name, "sh", "-c", script]);
-        if out.status.success() {
-            return text(&out.stdout);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "docker exec {name} {script:?} never succeeded: {}{}\nconsole:\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            console_of(app, name)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn inspect(app: &Appliance, name: &str, format: &str) -> String {
@@ -90,18 +64,8 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         ],
     );
     // Before: a has only its net1 NIC, and b's address is out of its reach.
-    exec_until(
-        &app,
-        "alpha",
-        "ip -4 -o addr show dev eth0 | grep -q inet",
-        90,
-    );
-    exec_until(
-        &app,
-        "beta",
-        "ip -4 -o addr show dev eth0 | grep -q inet",
-        90,
-    );
+    app.exec_until("alpha", "ip -4 -o addr show dev eth0 | grep -q inet", 90);
+    app.exec_until("beta", "ip -4 -o addr show dev eth0 | grep -q inet", 90);
     let b_ip = inspect(
         &app,
         "beta",
@@ -109,7 +73,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     );
     assert!(b_ip.starts_with("172.31.2."), "{b_ip}");
     assert_eq!(
-        exec_until(&app, "alpha", "ls /sys/class/net", 10),
+        app.exec_until("alpha", "ls /sys/class/net", 10),
         "eth0\nlo\n"
     );
 
@@ -119,17 +83,14 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         connect.status.success(),
         "connect: {}\nconsole:\n{}",
         text(&connect.stderr),
-        console_of(&app, "alpha")
+        app.console_of("alpha")
     );
     assert_eq!(
-        exec_until(&app, "alpha", "ls /sys/class/net", 10),
+        app.exec_until("alpha", "ls /sys/class/net", 10),
         "eth0\neth1\nlo\n"
     );
-    assert_eq!(
-        exec_until(&app, "alpha", "wget -qO- http://beta/", 60),
-        page
-    );
-    exec_until(&app, "alpha", "ping -c1 -W2 beta", 30);
+    assert_eq!(app.exec_until("alpha", "wget -qO- http://beta/", 60), page);
+    app.exec_until("alpha", "ping -c1 -W2 beta", 30);
     // docker inspect shows both networks, the new one with the address the guest has.
     let networks = inspect(
         &app,
@@ -137,7 +98,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
     );
     assert_eq!(networks, "net1 net2");
-    let inside = exec_until(&app, "alpha", "ip -4 -o addr show dev eth1", 10);
+    let inside = app.exec_until("alpha", "ip -4 -o addr show dev eth1", 10);
     let inside = inside.split_whitespace().nth(3).unwrap_or_default();
     let shown = inspect(
         &app,
@@ -167,10 +128,10 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
         disconnect.status.success(),
         "disconnect: {}\nconsole:\n{}",
         text(&disconnect.stderr),
-        console_of(&app, "alpha")
+        app.console_of("alpha")
     );
     assert_eq!(
-        exec_until(&app, "alpha", "ls /sys/class/net", 10),
+        app.exec_until("alpha", "ls /sys/class/net", 10),
         "eth0\nlo\n"
     );
     let unreachable = app.docker(&[
@@ -195,7 +156,7 @@ fn a_running_container_is_connected_to_a_network_and_disconnected_again() {
     );
     // a still works on net1, and b still serves on net2.
     assert_eq!(
-        exec_until(&app, "beta", "wget -qO- http://127.0.0.1/", 10),
+        app.exec_until("beta", "wget -qO- http://127.0.0.1/", 10),
         page
     );
     ok(&app, &["rm", "-f", "alpha", "beta"]);

@@ -53,33 +53,9 @@ fn curl(url: &str, secs: u64) -> Vec<u8> {
     }
 }
 
-/// `docker exec NAME sh -c SCRIPT` until it succeeds; its stdout.
-fn exec_until(app: &Appliance, name: &str, script: &str, secs: u64) -> String {
-    let start = Instant::now();
-    loop {
-        let out = app.docker(&["exec", name, "sh", "-c", script]);
-        if out.status.success() {
-            return text(&out.stdout);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "docker exec {name} {script:?} never succeeded: {}{}\nconsole:\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            console_of(app, name)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn console_of(app: &Appliance, name: &str) -> String {
-    let id = text(&app.docker(&["inspect", "-f", "{{.Id}}", name]).stdout);
-    app.console(id.trim())
-}
-
 /// The IPv4 address with prefix on eth0 inside the container (`ip -4 -o addr`'s 4th field).
 fn address_inside(app: &Appliance, name: &str) -> String {
-    let line = exec_until(app, name, "ip -4 -o addr show dev eth0 | grep inet", 60);
+    let line = app.exec_until(name, "ip -4 -o addr show dev eth0 | grep inet", 60);
     line.split_whitespace()
         .nth(3)
         .unwrap_or_default()
@@ -134,7 +110,7 @@ fn a_published_port_on_the_default_network_serves_the_host() {
         ),
         shown.split('/').next().unwrap()
     );
-    let mac_inside = exec_until(&app, "web", "cat /sys/class/net/eth0/address", 10);
+    let mac_inside = app.exec_until("web", "cat /sys/class/net/eth0/address", 10);
     assert_eq!(
         inspect(&app, "web", "{{.NetworkSettings.MacAddress}}"),
         mac_inside.trim()
@@ -251,13 +227,10 @@ fn containers_on_a_user_network_reach_each_other_by_name_and_alias() {
         ],
     );
     // By name and by alias, from a peer: the page, and ping.
-    let got = exec_until(&app, "front", "wget -qO- http://back/", 90);
+    let got = app.exec_until("front", "wget -qO- http://back/", 90);
     assert_eq!(got, page_b);
-    assert_eq!(
-        exec_until(&app, "front", "wget -qO- http://web/", 30),
-        page_b
-    );
-    exec_until(&app, "front", "ping -c1 -W2 back", 30);
+    assert_eq!(app.exec_until("front", "wget -qO- http://web/", 30), page_b);
+    app.exec_until("front", "ping -c1 -W2 back", 30);
     // The static address is b's, as docker inspect and `ip addr` inside both show.
     assert_eq!(address_inside(&app, "back"), "172.30.0.50/24");
     assert_eq!(

@@ -191,9 +191,7 @@ pub trait Backend: Send + Sync {
         _container_dir: &std::path::Path,
         slot: u32,
     ) -> Result<(), BackendError> {
-        Err(BackendError::Failed(format!(
-            "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
-        )))
+        Err(cannot_remove_nic(slot))
     }
 
     /// Unplugs the NIC at `slot` from the running VM (`docker network disconnect`), once the
@@ -203,9 +201,7 @@ pub trait Backend: Send + Sync {
         _container_dir: &std::path::Path,
         slot: u32,
     ) -> Result<(), BackendError> {
-        Err(BackendError::Failed(format!(
-            "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
-        )))
+        Err(cannot_remove_nic(slot))
     }
 
     /// The host plumbing of user networks, where this backend has it.
@@ -228,4 +224,11 @@ pub(crate) fn spawn_detached(
         .process_group(0)
         .spawn()
         .map_err(|source| BackendError::Tool { program, source })
+}
+
+/// The default hot-unplug refusal of a backend that cannot take a NIC out of a running VM.
+fn cannot_remove_nic(slot: u32) -> BackendError {
+    BackendError::Failed(format!(
+        "this backend cannot remove a NIC from a running containerVM (slot {slot:#x}): stop the container first"
+    ))
 }
