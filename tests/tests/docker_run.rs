@@ -263,6 +263,40 @@ fn detached_containers_take_exec_kill_stop_restart_and_rm_at_once() {
     ok(&app, &["start", "flaky"]);
     assert_eq!(inspect(&app, "flaky", "{{.RestartCount}}"), "0");
     ok(&app, &["rm", "-f", "flaky"]);
+    // docker kill ends a container on purpose: `always` does not bring it back (dockerd's
+    // rule: the policy rests until the next start).
+    ok(
+        &app,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "steady",
+            "--restart",
+            "always",
+            image,
+            "echo up; exec sleep 600",
+        ],
+    );
+    let start = Instant::now();
+    while ok(&app, &["logs", "steady"]) != "up\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "steady never said up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&app, &["kill", "steady"]);
+    wait_inspect(&app, "steady", "{{.State.ExitCode}}", "137", 30);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(inspect(&app, "steady", "{{.State.Status}}"), "exited");
+    assert_eq!(inspect(&app, "steady", "{{.RestartCount}}"), "0");
+    assert_eq!(
+        ok(&app, &["logs", "steady"]),
+        "up\n",
+        "not restarted after kill"
+    );
+    ok(&app, &["rm", "-f", "steady"]);
 }
 
 #[test]

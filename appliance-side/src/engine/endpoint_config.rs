@@ -365,8 +365,8 @@ impl Engine {
         Ok(rec)
     }
 
-    /// docker network connect, for a container whose VM is not running (a running VM would
-    /// need its NIC hot-plugged, which is not done yet).
+    /// docker network connect, for a container whose VM is not running (`Engine::connect`
+    /// hot-plugs a running one's NIC and comes here for the rest).
     pub fn network_connect(
         &self,
         reference: &str,
@@ -383,7 +383,7 @@ impl Engine {
         }
         if self.is_active(&rec.id) {
             return Err(EngineError::Conflict(format!(
-                "container {} is running: connecting a running containerVM to a network is not supported yet (stop it, connect it, start it)",
+                "container {} started while it was being connected to a network: run docker network connect again",
                 rec.name
             )));
         }
@@ -411,13 +411,14 @@ impl Engine {
         Ok(())
     }
 
-    /// docker network disconnect, for a container whose VM is not running.
+    /// docker network disconnect, for a container whose VM is not running (`Engine::disconnect`
+    /// hot-unplugs a running one's NIC).
     pub fn network_disconnect(&self, reference: &str, container: &str) -> Result<(), EngineError> {
         let net = self.network(reference)?;
         let mut rec = self.resolve(container)?;
         if self.is_active(&rec.id) {
             return Err(EngineError::Conflict(format!(
-                "container {} is running: disconnecting a running containerVM is not supported yet (stop it first)",
+                "container {} started while it was being disconnected from a network: run docker network disconnect again",
                 rec.name
             )));
         }

@@ -350,10 +350,15 @@ impl Engine {
         Ok(self.images.disk(&image))
     }
 
-    /// Sends `signal` to the main process.
+    /// Sends `signal` to the main process. SIGKILL and the container's stop signal end it on
+    /// purpose, as dockerd has it: its restart policy does not restart it (until it is started
+    /// again); another signal (SIGUSR1, SIGHUP, ...) leaves the policy in force.
     pub async fn kill(&self, reference: &str, signal: i32) -> Result<(), EngineError> {
         let rec = self.resolve(reference)?;
         let c = self.running_soon(&rec).await?;
+        if signal == libc::SIGKILL || signal == rec.stop_signal() {
+            self.vms.set_stopping(&rec.id);
+        }
         c.send_control(Control::Signal {
             session: MAIN_SESSION,
             signal,

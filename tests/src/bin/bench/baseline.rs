@@ -170,6 +170,39 @@ impl Baseline {
         b.first_line_ms
     }
 
+    /// bench-init's same-work boot (tether's mounts, disk, container root, switch and spawn,
+    /// nothing else): (PID 1 entry -> spawn, entry -> root ready), guest ms.
+    pub fn same_work_ms(&self) -> (f64, f64) {
+        let mut b = self.boot("same-work", "tcg");
+        let mut text = b.extra.clone();
+        let mut buf = [0u8; 256];
+        while !text.ends_with(b"\n") {
+            let n = b.port.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "bench-init closed the port before its same-work line"
+            );
+            text.extend_from_slice(&buf[..n]);
+        }
+        let _ = b.vm.wait();
+        let text = String::from_utf8_lossy(&text);
+        let marks: Vec<u64> = text
+            .strip_prefix("same-work ")
+            .unwrap_or_else(|| panic!("bench-init: {text}"))
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let [entry, ready, spawn, status] = marks[..] else {
+            panic!("bench-init: {text}")
+        };
+        assert_eq!(
+            status, 0,
+            "the image's /bin/true failed in the same-work boot"
+        );
+        let ms = |a: u64, b: u64| (b - a) as f64 / 1e6;
+        (ms(entry, spawn), ms(entry, ready))
+    }
+
     /// bench-init `cat`s `bytes` to the port; the host only reads. Bytes/s from its first line to
     /// the last byte.
     pub fn stdout_rate(&self, bytes: u64, via: Via) -> f64 {

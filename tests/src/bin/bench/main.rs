@@ -5,12 +5,14 @@
 //! on a number.
 //!
 //! `BENCH_RUNS=N` changes the number of repeated runs (default 5); `BENCH_ONLY=a,b` runs only
-//! those sections (boot, stream, interactive, footprint, scale, disk, churn, layers, net) and writes
+//! those sections (boot, run, stream, interactive, footprint, scale, disk, churn, layers,
+//! net) and writes
 //! target/bench/benchmarks-partial.md instead.
 
 mod baseline;
 mod churn;
 mod disk;
+mod docker_run;
 mod footprint;
 mod guest;
 mod layers;
@@ -56,18 +58,21 @@ fn main() {
 
     if selected("boot") {
         let (mut t_boot, mut b_boot, mut stage_runs) = (vec![], vec![], vec![]);
+        let mut same_work = vec![];
         for i in 0..runs {
             let b = baseline.boot_ms("tcg");
+            let w = baseline.same_work_ms();
             let t = guest::boot_and_stream(0, Transport::Virtio);
             eprintln!(
-                "  boot {i}: tether {:.0} ms, trivial init {b:.0} ms",
-                t.first_byte_ms
+                "  boot {i}: tether {:.0} ms, trivial init {b:.0} ms; same-work baseline entry -> spawn {:.1} ms",
+                t.first_byte_ms, w.0
             );
             b_boot.push(b);
+            same_work.push(w);
             t_boot.push(t.first_byte_ms);
             stage_runs.push(t.stages);
         }
-        r.boot(&t_boot, &b_boot, &stage_runs);
+        r.boot(&t_boot, &b_boot, &stage_runs, &same_work);
         // Kernels side by side: bench-init over the COM port (built into both).
         let kernels = stock_kernel::fetch().and_then(|(stock, version)| {
             let (mut ours, mut theirs) = (vec![], vec![]);
@@ -81,6 +86,10 @@ fn main() {
             Ok((version, ours, theirs))
         });
         r.kernels(&kernels);
+    }
+
+    if selected("run") {
+        r.docker_run(&docker_run::docker_run(runs));
     }
 
     if selected("stream") {

@@ -12,6 +12,8 @@
 //!                the child has read all N bytes and exited
 //!   pty-echo N   N times: one byte from the port to a pty master, its echo by the terminal
 //!                (canonical mode, as a shell's `cat` has it) read back and written to the port
+//!   same-work    tether's boot work without tether (same_work.rs), then one line:
+//!                `same-work ENTRY ROOT_READY SPAWN STATUS` (CLOCK_BOOTTIME ns, exit status)
 //!
 //! (A bare number means `out N`.) Nothing here is part of a containerVM.
 
@@ -19,6 +21,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 
 use guestinfo::contract::{COM_DEVICE, FW_CFG_PATH, VIRTIO_PORT_NAME};
+
+mod same_work;
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -45,13 +49,16 @@ enum Task {
     RelayOut(u64),
     RelayIn(u64),
     PtyEcho(u64),
+    /// The same-work boot baseline; holds PID 1's entry mark.
+    SameWork(u64),
 }
 
-fn task() -> Task {
+fn task(entry: u64) -> Task {
     let text = std::fs::read_to_string(FW_CFG_PATH).unwrap_or_default();
     let mut words = text.split_whitespace();
     let (verb, n) = match (words.next(), words.next()) {
         (Some(v), Some(n)) => (v, n),
+        (Some("same-work"), None) => ("same-work", "0"),
         (Some(n), None) => ("out", n),
         _ => ("out", "0"),
     };
@@ -62,6 +69,7 @@ fn task() -> Task {
         "relay-out" => Task::RelayOut(n),
         "relay-in" => Task::RelayIn(n),
         "pty-echo" => Task::PtyEcho(n),
+        "same-work" => Task::SameWork(entry),
         _ => Task::Out(n),
     }
 }
@@ -238,6 +246,16 @@ fn serve(port: &mut File, task: Task) -> std::io::Result<()> {
             port.write_all(b"done\n")
         }
         Task::PtyEcho(n) => pty_echo(port, n),
+        Task::SameWork(entry) => {
+            let line = match same_work::run() {
+                Ok(m) => format!(
+                    "same-work {entry} {} {} {}\n",
+                    m.root_ready, m.spawn, m.status
+                ),
+                Err(e) => format!("same-work failed: {e}\n"),
+            };
+            port.write_all(line.as_bytes())
+        }
     }
 }
 
@@ -257,6 +275,7 @@ fn raw_mode(port: &File) {
 }
 
 fn main() {
+    let entry = same_work::now_nanos();
     mount("devtmpfs", "/dev", "devtmpfs");
     mount("sysfs", "/sys", "sysfs");
     mount("proc", "/proc", "proc");
@@ -272,7 +291,7 @@ fn main() {
         if tty {
             raw_mode(&port);
         }
-        let _ = serve(&mut port, task());
+        let _ = serve(&mut port, task(entry));
         if tty {
             // SAFETY: tcdrain on an open descriptor: wait until the UART has sent everything.
             unsafe { libc::tcdrain(std::os::fd::AsRawFd::as_raw_fd(&port)) };
