@@ -159,6 +159,8 @@ fn copy(from: &mut File, to: &mut File, mut limit: u64) -> std::io::Result<()> {
 
 /// The pty echo relay: port -> master, the terminal's echo master -> port, one byte each way.
 fn pty_echo(port: &mut File, n: u64) -> std::io::Result<()> {
+    // openpty opens /dev/ptmx, which needs a devpts at /dev/pts (tether mounts one too).
+    mount("devpts", "/dev/pts", "devpts");
     let (mut master, mut secondary) = (-1, -1);
     // SAFETY: openpty writes two descriptors; the name, termios and winsize pointers may be null.
     let r = unsafe {
