@@ -1,5 +1,6 @@
 //! The physical limit: the same kernel and QEMU command line booting `bench-init`, a static init
-//! that only finds the virtio port and moves bytes over it (tether/src/bin/bench-init.rs).
+//! that finds the virtio port and moves bytes over it, relays a child's pipe or pty, or does
+//! tether's boot work without tether (tether/src/bin/bench-init/).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
