@@ -14,15 +14,13 @@ use crate::os::Os;
 use crate::vmware::GuestinfoError;
 
 pub mod copy;
+pub mod kernel_fs;
 pub mod volumes;
+
+use kernel_fs::{KernelMount, BASE_MOUNTS, DEVICES, DEV_LINKS, DEV_MOUNTS, ROOT_MOUNTS};
 
 /// Where the image disk is mounted before it becomes `/`.
 pub const NEW_ROOT: &str = "/mnt/containerfs";
-
-const MS_NOSUID: u64 = libc::MS_NOSUID;
-const MS_NODEV: u64 = libc::MS_NODEV;
-const MS_NOEXEC: u64 = libc::MS_NOEXEC;
-const MS_RDONLY: u64 = libc::MS_RDONLY;
 
 /// A boot step that failed, and what it failed on. The messages go to the console and, as the
 /// container's failure, to the appliance.
@@ -148,63 +146,6 @@ fn mount(
     }
 }
 
-/// One filesystem to mount: source, target (under a root), type, flags, data.
-type KernelMount = (&'static str, &'static str, &'static str, u64, &'static str);
-
-/// What tether itself needs, where the kernel gives PID 1 nothing.
-const BASE_MOUNTS: [KernelMount; 6] = [
-    ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
-    (
-        "sysfs",
-        "sys",
-        "sysfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "",
-    ),
-    ("devtmpfs", "dev", "devtmpfs", MS_NOSUID, "mode=0755"),
-    (
-        "devpts",
-        "dev/pts",
-        "devpts",
-        MS_NOSUID | MS_NOEXEC,
-        "gid=5,mode=620,ptmxmode=666",
-    ),
-    ("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
-    ("run", "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
-];
-
-/// The container's kernel filesystems, before its /dev is populated: /sys read-only, and a
-/// /dev of its own (a small tmpfs, not the host's devtmpfs).
-const ROOT_MOUNTS: [KernelMount; 3] = [
-    ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
-    (
-        "sysfs",
-        "sys",
-        "sysfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-        "",
-    ),
-    ("tmpfs", "dev", "tmpfs", MS_NOSUID, "mode=755,size=65536k"),
-];
-
-/// The container's /dev/pts (its own instance) and /dev/shm, once /dev holds its nodes.
-const DEV_MOUNTS: [KernelMount; 2] = [
-    (
-        "devpts",
-        "dev/pts",
-        "devpts",
-        MS_NOSUID | MS_NOEXEC,
-        "newinstance,gid=5,mode=620,ptmxmode=666",
-    ),
-    (
-        "shm",
-        "dev/shm",
-        "tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "mode=1777,size=65536k",
-    ),
-];
-
 fn mount_all(os: &dyn Os, root: &Path, table: &[KernelMount]) -> Result<(), BootError> {
     for &(source, target, fstype, flags, data) in table {
         mount(os, source, &root.join(target), fstype, flags, data)?;
@@ -287,16 +228,6 @@ pub fn find_disk(os: &dyn Os, label: &str, wait: Duration) -> Result<PathBuf, Bo
     }
 }
 
-/// Standard device nodes of a container's /dev: (name, major, minor).
-const DEVICES: [(&str, u64, u64); 6] = [
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
-
 /// Mounts the image disk and builds the container's view in it: its own /dev (standard nodes,
 /// a private devpts, shm; never the channel device), /proc, /sys (read-only), hostname, hosts.
 /// `network` holds the endpoints as boot configured them (static addresses are known already):
@@ -347,13 +278,7 @@ pub fn prepare_root(
                 source,
             })?;
     }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
+    for (link, target) in DEV_LINKS {
         os.symlink(target, &dev.join(link))
             .map_err(|source| BootError::Symlink {
                 path: format!("/dev/{link}"),

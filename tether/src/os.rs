@@ -207,29 +207,7 @@ impl Os for Real {
     }
 
     fn loopback_up(&self) -> io::Result<()> {
-        // SAFETY: a datagram socket for the interface ioctls, an ifreq we own, closed after.
-        unsafe {
-            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if sock < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut req: libc::ifreq = std::mem::zeroed();
-            for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-                *dst = *src as libc::c_char;
-            }
-            let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req);
-            if rc == 0 {
-                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-                rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req);
-            }
-            let err = io::Error::last_os_error();
-            libc::close(sock);
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        }
+        crate::boot::kernel_fs::loopback_up()
     }
 
     fn sync(&self) {

@@ -10,7 +10,14 @@ use std::io;
 use guestinfo::contract::DEFAULT_DISK_LABEL;
 use nix::mount::{mount, MsFlags};
 
+use crate::kernel_fs::{
+    loopback_up, KernelMount, BASE_MOUNTS, DEVICES, DEV_LINKS, DEV_MOUNTS, ROOT_MOUNTS,
+};
+
 const ROOT: &str = "/mnt/containerfs";
+
+/// What main mounted before it read its task: the first of tether's base mounts.
+const MOUNTED_BY_MAIN: [&str; 3] = ["proc", "sys", "dev"];
 
 /// Nanoseconds on CLOCK_BOOTTIME, as tether's `timing::now_nanos`.
 pub fn now_nanos() -> u64 {
@@ -19,11 +26,10 @@ pub fn now_nanos() -> u64 {
     })
 }
 
-/// The marks: entry (taken by main), root ready (after the switch), spawn (before the fork,
-/// where tether marks `main_spawn`), and the child's exit status.
+/// The mark after the switch, which is also the spawn's (tether marks `main_spawn` before it
+/// spawns; here nothing lies between), and the child's exit status.
 pub struct Marks {
     pub root_ready: u64,
-    pub spawn: u64,
     pub status: i32,
 }
 
@@ -35,18 +41,13 @@ fn fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: &str) -> i
     }
 }
 
-/// tether's BASE_MOUNTS that main has not mounted yet (it mounts proc, sysfs and devtmpfs).
-fn base_mounts() -> io::Result<()> {
-    let (nosuid, nodev, noexec) = (MsFlags::MS_NOSUID, MsFlags::MS_NODEV, MsFlags::MS_NOEXEC);
-    fs(
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        nosuid | noexec,
-        "gid=5,mode=620,ptmxmode=666",
-    )?;
-    fs("shm", "/dev/shm", "tmpfs", nosuid | nodev, "mode=1777")?;
-    fs("run", "/run", "tmpfs", nosuid | nodev, "mode=0755")
+/// Mounts a table of tether's (`kernel_fs`) under `root`.
+fn mount_table(root: &str, table: &[KernelMount]) -> io::Result<()> {
+    for &(source, target, fstype, flags, data) in table {
+        let flags = MsFlags::from_bits_truncate(flags);
+        fs(source, &format!("{root}/{target}"), fstype, flags, data)?;
+    }
+    Ok(())
 }
 
 /// The block device whose ext4 label is the image's, as tether's `find_disk` (one pass: the
@@ -76,90 +77,27 @@ fn find_disk() -> io::Result<String> {
 }
 
 /// The container's view in the image: its kernel filesystems, /dev nodes and links, devpts and
-/// shm, hostname and the two /etc files tether writes.
+/// shm, hostname and the two /etc files tether writes, `lo` up.
 fn prepare_root(disk: &str) -> io::Result<()> {
-    let (nosuid, nodev, noexec) = (MsFlags::MS_NOSUID, MsFlags::MS_NODEV, MsFlags::MS_NOEXEC);
     fs(disk, ROOT, "ext4", MsFlags::empty(), "noinit_itable")?;
-    let at = |p: &str| format!("{ROOT}/{p}");
-    fs("proc", &at("proc"), "proc", nosuid | nodev | noexec, "")?;
-    let ro = MsFlags::MS_RDONLY;
-    fs(
-        "sysfs",
-        &at("sys"),
-        "sysfs",
-        nosuid | nodev | noexec | ro,
-        "",
-    )?;
-    fs("tmpfs", &at("dev"), "tmpfs", nosuid, "mode=755,size=65536k")?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    mount_table(ROOT, &ROOT_MOUNTS)?;
+    for (name, major, minor) in DEVICES {
         let kind = nix::sys::stat::SFlag::S_IFCHR;
         let mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
         let dev = nix::sys::stat::makedev(major, minor);
-        nix::sys::stat::mknod(at(&format!("dev/{name}")).as_str(), kind, mode, dev)?;
+        nix::sys::stat::mknod(format!("{ROOT}/dev/{name}").as_str(), kind, mode, dev)?;
     }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        std::os::unix::fs::symlink(target, at(&format!("dev/{link}")))?;
+    for (link, target) in DEV_LINKS {
+        std::os::unix::fs::symlink(target, format!("{ROOT}/dev/{link}"))?;
     }
-    let pts_data = "newinstance,gid=5,mode=620,ptmxmode=666";
-    fs(
-        "devpts",
-        &at("dev/pts"),
-        "devpts",
-        nosuid | noexec,
-        pts_data,
-    )?;
-    fs(
-        "shm",
-        &at("dev/shm"),
-        "tmpfs",
-        nosuid | nodev | noexec,
-        "mode=1777,size=65536k",
-    )?;
+    mount_table(ROOT, &DEV_MOUNTS)?;
     nix::unistd::sethostname("bench")?;
-    std::fs::create_dir_all(at("etc"))?;
+    std::fs::create_dir_all(format!("{ROOT}/etc"))?;
     let hosts =
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tbench bench\n";
-    std::fs::write(at("etc/hosts"), hosts)?;
-    std::fs::write(at("etc/hostname"), "bench\n")?;
+    std::fs::write(format!("{ROOT}/etc/hosts"), hosts)?;
+    std::fs::write(format!("{ROOT}/etc/hostname"), "bench\n")?;
     loopback_up()
-}
-
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: a datagram socket for the interface ioctls and an ifreq we own; closed after.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req);
-        if rc == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req);
-        }
-        libc::close(sock);
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
 }
 
 /// The switch: the image becomes `/` (move mount, chroot), as tether's `switch_root`.
@@ -178,12 +116,19 @@ fn switch_root() -> io::Result<()> {
 
 /// Does the work, then forks and execs the image's `/bin/true` and waits for it.
 pub fn run() -> io::Result<Marks> {
-    base_mounts()?;
+    // The rest of tether's base mounts; a table that no longer starts with main's is an error,
+    // not a baseline doing other work.
+    let (early, rest) = BASE_MOUNTS.split_at(MOUNTED_BY_MAIN.len());
+    if early.iter().map(|m| m.1).ne(MOUNTED_BY_MAIN) {
+        return Err(io::Error::other(
+            "tether's base mounts no longer begin with proc, sys, dev",
+        ));
+    }
+    mount_table("", rest)?;
     let disk = find_disk()?;
     prepare_root(&disk)?;
     switch_root()?;
     let root_ready = now_nanos();
-    let spawn = now_nanos();
     let program = c"/bin/true";
     // SAFETY: this process is single-threaded; the child only execs or exits.
     let pid = match unsafe { libc::fork() } {
@@ -201,9 +146,5 @@ pub fn run() -> io::Result<Marks> {
     let mut status = 0;
     // SAFETY: waitpid writes the status into our variable.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    Ok(Marks {
-        root_ready,
-        spawn,
-        status,
-    })
+    Ok(Marks { root_ready, status })
 }
